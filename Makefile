@@ -1,0 +1,51 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv, install the pinned Python dependencies and the Debian packages the
+# project needs (espeak-ng renders the embedded speech corpus, fortunes ships the text corpus).
+
+VENV      ?= .venv
+PYTHON    ?= python3
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+# Exact versions measured together (requirements/lock.txt pins every transitive package too).
+LOCK      := requirements/lock.txt
+DEB_PKGS  := espeak-ng fortunes
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps lock bench clean
+
+demo: install
+	$(VENV)/bin/zoo demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+install: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[test,plot]'
+	touch $(STAMP)
+
+# Debian packages: installed when missing and running as root; otherwise say what to install.
+system-deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "zoo needs the Debian packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+# Re-measure the lock file from the compatible ranges in pyproject.toml + requirements/constraints.txt.
+lock:
+	rm -rf /tmp/zoo-lock-venv && $(PYTHON) -m venv /tmp/zoo-lock-venv
+	/tmp/zoo-lock-venv/bin/pip install --quiet -c requirements/constraints.txt -e '.[test,plot]'
+	/tmp/zoo-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
+
+bench: install
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""callbacks of zoo (installed as zoo.callbacks)."""

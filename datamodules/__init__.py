@@ -1,0 +1,1 @@
+"""datamodules of zoo (installed as zoo.datamodules)."""

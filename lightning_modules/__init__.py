@@ -1,0 +1,1 @@
+"""lightning_modules of zoo (installed as zoo.lightning_modules)."""

@@ -1,0 +1,74 @@
+"""The ``zoo`` command line.
+
+``zoo fit|validate|test|predict --config configs/X.yaml`` is Lightning's own CLI
+(:class:`ZooCLI`), so every hyperparameter of the model, the data and the trainer can be
+overridden on the command line (``--model.lr 0.01``, ``--trainer.max_epochs 3``).
+The zoo's own commands (``zoo list``, ``zoo demo``, ...) are small functions listed in
+:data:`COMMANDS`, each imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from pytorch_lightning.callbacks import RichModelSummary, RichProgressBar
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning import LightningDataModule, LightningModule
+
+#: ``zoo NAME ...`` -> ``"module:function"``; the function takes the remaining argv and returns an exit code.
+COMMANDS: dict[str, str] = {
+    "list": "zoo.commands.list_models:main",
+    "demo": "zoo.commands.demo:main",
+}
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def quiet_known_warnings() -> None:
+    """Silence one known, harmless deprecation inside pytorch-lightning 2.6.6 under torch >= 2.13."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with the zoo's defaults: any LightningModule / LightningDataModule from YAML,
+    rich progress bar and model summary, the resolved config saved next to the logs."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs) -> None:
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"].setdefault("callbacks", [RichProgressBar(), RichModelSummary(max_depth=2)])
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            auto_configure_optimizers=True,
+            **kwargs,
+        )
+
+
+def _load_command(spec: str) -> Callable[[list[str]], int]:
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_known_warnings()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return int(_load_command(COMMANDS[args[0]])(args[1:]) or 0)
+    if args and not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
+        names = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
+        print(f"zoo: unknown command {args[0]!r}; commands: {names}", file=sys.stderr)
+        return 2
+    ZooCLI(args=args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

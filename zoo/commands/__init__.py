@@ -1,0 +1,1 @@
+"""One module per ``zoo`` command that is not a Lightning subcommand (see :data:`zoo.cli.COMMANDS`)."""
