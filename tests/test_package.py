@@ -94,3 +94,10 @@ def test_cli_list_and_unknown_command():
     assert out.returncode == 0 and "zoo models" in out.stdout
     bad = subprocess.run([env_python / "zoo", "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_model_dict_round_trip():
+    model = Tiny(TinyConfig(width=5, kernel=(2, 2)))
+    data = json.loads(json.dumps(registry.model_to_dict(model)))
+    rebuilt = registry.model_from_dict(data)
+    assert type(rebuilt) is Tiny and rebuilt.config == model.config

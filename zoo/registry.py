@@ -147,3 +147,15 @@ def count_parameters(name: str, **overrides: Any) -> int:
     with torch.device("meta"):
         model = cls(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def model_to_dict(model: nn.Module) -> dict[str, Any]:
+    """JSON-able description of a zoo model: ``{"class_path": ..., "config": {...}}``."""
+    cls = type(model)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "config": dataclasses.asdict(model.config)}
+
+
+def model_from_dict(data: dict[str, Any]) -> nn.Module:
+    """Inverse of :func:`model_to_dict` (random weights; load a state dict afterwards)."""
+    cls = import_class(data["class_path"])
+    return cls(config_from_dict(cls.Config, data["config"]))
