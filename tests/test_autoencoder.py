@@ -1,0 +1,112 @@
+"""The deep autoencoder of arXiv 1708.01715: presets, parameter counts, tied decoder, dropout placement."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.recsys.autoencoder import ACTIVATIONS, AutoEncoderConfig, DeepAutoEncoder
+
+
+def dense_count(sizes):
+    """Hand formula: encoder Σ (i·o + o) + decoder Σ (o·i + i) over consecutive widths."""
+    return sum(i * o + o for i, o in zip(sizes, sizes[1:])) + sum(o * i + i for i, o in zip(sizes, sizes[1:]))
+
+
+def tied_count(sizes):
+    """Tied decoder: encoder weights + encoder biases + decoder biases only."""
+    return sum(i * o + o for i, o in zip(sizes, sizes[1:])) + sum(sizes[:-1])
+
+
+@pytest.mark.parametrize("name,sizes", [
+    ("autorec-netflix-full", (17768, 512, 512, 1024)),
+    ("autorec-netflix-6m", (17768, 256, 256, 512)),
+    ("autorec-netflix-3m", (17768, 128, 256, 256)),
+    ("autorec-ml100k", (1682, 256)),
+])
+def test_preset_parameter_counts(name, sizes):
+    assert zoo.count_parameters(name) == dense_count(sizes)
+    assert zoo.count_parameters(name, constrained=True) == tied_count(sizes)
+
+
+def test_full_netflix_count_by_hand():
+    n = 17768
+    expected = (n * 512 + 512) + (512 * 512 + 512) + (512 * 1024 + 1024) \
+        + (1024 * 512 + 512) + (512 * 512 + 512) + (512 * n + n)
+    assert zoo.count_parameters("autorec-netflix-full") == expected == 19_788_136
+
+
+def test_preset_dropout_values():
+    assert zoo.create("autorec-netflix-full").config.dropout == 0.8
+    assert zoo.create("autorec-netflix-3m").config.dropout == 0.65
+
+
+def test_forward_matches_manual_layers_untied_and_tied():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7)
+    for constrained in (False, True):
+        net = DeepAutoEncoder(AutoEncoderConfig(num_items=7, encoder_sizes=(5, 4), activation="elu",
+                                                constrained=constrained)).eval()
+        we, be = list(net.encoder_weights), list(net.encoder_biases)
+        bd = list(net.decoder_biases)
+        wd = [w.t() for w in we] if constrained else list(net.decoder_weights)
+        if constrained:
+            assert net.decoder_weights is None
+            assert wd[1].shape == (5, 4) and bd[1].shape == (5,) and bd[0].shape == (7,)
+        h = F.elu(x @ we[0].t() + be[0])
+        h = F.elu(h @ we[1].t() + be[1])
+        h = F.elu(h @ wd[1].t() + bd[1])
+        y = F.elu(h @ wd[0].t() + bd[0])
+        torch.testing.assert_close(net(x), y)
+
+
+def test_tied_decoder_shares_encoder_weights_in_gradients():
+    net = DeepAutoEncoder(AutoEncoderConfig(num_items=6, encoder_sizes=(3,), constrained=True))
+    with torch.no_grad():
+        net.decoder_biases[0].fill_(0.25)
+    net.encoder_weights[0].data.copy_(torch.arange(18.0).view(3, 6) / 10)
+    torch.testing.assert_close(net.decoder_weight(0), net.encoder_weights[0].t())
+    assert net.decoder_biases[0].data_ptr() != net.encoder_biases[0].data_ptr()
+    # the decoder contributes to the encoder weight's gradient: compare with an untied copy
+    x = torch.rand(2, 6)
+    net(x).sum().backward()
+    untied = DeepAutoEncoder(AutoEncoderConfig(num_items=6, encoder_sizes=(3,)))
+    untied.load_state_dict({**{k: v for k, v in net.state_dict().items()},
+                            "decoder_weights.0": net.encoder_weights[0].detach().t().clone()})
+    untied(x).sum().backward()
+    torch.testing.assert_close(net.encoder_weights[0].grad,
+                               untied.encoder_weights[0].grad + untied.decoder_weights[0].grad.t())
+
+
+def test_linear_last_layer_and_activations():
+    torch.manual_seed(1)
+    x = torch.randn(4, 5)
+    linear = DeepAutoEncoder(AutoEncoderConfig(num_items=5, encoder_sizes=(3,), activation="sigmoid",
+                                               last_layer_activation=False))
+    with torch.no_grad():
+        linear.decoder_biases[0].fill_(-10.0)
+    assert (linear(x) < 0).all()  # no sigmoid on the output
+    for name in ACTIVATIONS:
+        DeepAutoEncoder(AutoEncoderConfig(num_items=5, encoder_sizes=(3,), activation=name))(x)
+    with pytest.raises(ValueError, match="unknown activation"):
+        DeepAutoEncoder(AutoEncoderConfig(activation="gelu"))
+
+
+def test_dropout_only_on_code_layer():
+    net = DeepAutoEncoder(AutoEncoderConfig(num_items=50, encoder_sizes=(40, 30), dropout=0.5)).train()
+    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1
+    code = net.encode(torch.rand(8, 50))
+    assert (code == 0).float().mean() > 0.3  # half the code units dropped
+    net.eval()
+    torch.testing.assert_close(net(torch.ones(2, 50)), net(torch.ones(2, 50)))
+
+
+def test_xavier_init():
+    torch.manual_seed(0)
+    net = DeepAutoEncoder(AutoEncoderConfig(num_items=1000, encoder_sizes=(500,)))
+    w = net.encoder_weights[0]
+    bound = (6 / (1000 + 500)) ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert abs(w.std().item() - bound / 3 ** 0.5) < 0.01 * bound
+    assert all((b == 0).all() for b in net.decoder_biases)
