@@ -1,0 +1,4 @@
+"""Optimizers and learning-rate schedules (pure torch)."""
+
+from zoo.optim.novograd import NovoGrad
+from zoo.optim.schedules import WarmupCosineLR, WarmupPolynomialLR
