@@ -1,0 +1,167 @@
+"""BN-LSTM (arXiv 1603.09025 eqs. 6-8) against a naive per-step reference built from nn.BatchNorm1d."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.text.bn_lstm import BNLSTM, BNLSTMConfig, BNLSTMLayer, StepwiseBatchNorm
+
+
+class NaiveBNLSTM(nn.Module):
+    """Eqs. 6-8 literally: one nn.BatchNorm1d per time step and per normalised term."""
+
+    def __init__(self, layer: BNLSTMLayer, steps: int) -> None:
+        super().__init__()
+        self.layer = layer
+        hidden = layer.hidden_size
+
+        def norms(features: int) -> nn.ModuleList:
+            return nn.ModuleList(nn.BatchNorm1d(features, momentum=0.1, affine=False) for _ in range(steps))
+
+        self.bx, self.bh, self.bc = norms(4 * hidden), norms(4 * hidden), norms(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layer
+        batch = x.shape[1]
+        h = torch.zeros(batch, lay.hidden_size)
+        c = torch.zeros(batch, lay.hidden_size)
+        outs = []
+        for t in range(x.shape[0]):
+            # γ shared over time, β_x = β_h = 0 (eq. 6), β_c learned (eq. 8).
+            def bn(norm: nn.BatchNorm1d, v: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+                return torch.nn.functional.batch_norm(
+                    v, norm.running_mean, norm.running_var, gamma, beta, self.training, 0.1, 1e-5
+                )
+
+            pre = (
+                bn(self.bh[t], h @ lay.weight_h.T, lay.bn_h.weight, None)
+                + bn(self.bx[t], x[t] @ lay.weight_x.T, lay.bn_x.weight, None)
+                + lay.bias
+            )
+            f, i, o, g = pre.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(bn(self.bc[t], c, lay.bn_c.weight, lay.bn_c.bias))
+            outs.append(h)
+        return torch.stack(outs)
+
+
+def _layer(steps: int = 5, inp: int = 3, hidden: int = 4) -> BNLSTMLayer:
+    torch.manual_seed(0)
+    layer = BNLSTMLayer(inp, hidden, max_length=steps)
+    with torch.no_grad():  # move γ, β off their init so a swapped parameter would show
+        for bn in (layer.bn_x, layer.bn_h, layer.bn_c):
+            bn.weight.uniform_(0.05, 0.5)
+        layer.bn_c.bias.uniform_(-0.3, 0.3)
+    return layer
+
+
+def test_matches_naive_reference_train_and_eval() -> None:
+    steps, batch = 5, 6
+    layer = _layer(steps)
+    naive = NaiveBNLSTM(layer, steps)
+    x = torch.randn(steps, batch, 3)
+    state = (torch.zeros(batch, 4), torch.zeros(batch, 4))
+    for _ in range(3):  # several training batches move the running statistics
+        xb = torch.randn(steps, batch, 3)
+        ours, _ = layer(xb, state)
+        ref = naive(xb)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    for t in range(steps):
+        torch.testing.assert_close(layer.bn_h.running_mean[t], naive.bh[t].running_mean)
+        torch.testing.assert_close(layer.bn_x.running_var[t], naive.bx[t].running_var)
+        torch.testing.assert_close(layer.bn_c.running_var[t], naive.bc[t].running_var)
+    layer.eval()
+    naive.eval()
+    torch.testing.assert_close(layer(x, state)[0], naive(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gamma_init_and_zero_initial_state() -> None:
+    model = BNLSTM(BNLSTMConfig(input_size=3, hidden_size=4, num_layers=2, max_length=5))
+    for layer in model.layers:
+        for bn in (layer.bn_x, layer.bn_h, layer.bn_c):
+            assert torch.all(bn.weight == 0.1)
+        assert layer.bn_x.bias is None and layer.bn_h.bias is None
+    model.eval()
+    x = torch.randn(4, 2, 3)
+    torch.testing.assert_close(model(x)[0], model(x)[0])  # no random initial state at inference
+    h, c = model(x)[1]
+    assert h.shape == c.shape == (2, 2, 4)
+
+
+def test_padded_positions_never_enter_statistics() -> None:
+    steps, hidden = 4, 4
+    layer = _layer(steps, hidden=hidden)
+    torch.manual_seed(1)
+    x = torch.randn(steps, 5, 3)
+    lengths = torch.tensor([4, 2, 3, 1, 4])
+    mask = torch.arange(steps)[:, None] < lengths[None, :]
+    garbage = x.clone()
+    garbage[~mask] = 1e3  # whatever sits in the padding must not matter
+    state = (torch.zeros(5, hidden), torch.zeros(5, hidden))
+    out_a, (h_a, _) = layer(x, state, mask)
+    stats_a = layer.bn_h.running_mean.clone(), layer.bn_x.running_var.clone()
+    layer2 = _layer(steps, hidden=hidden)
+    out_b, (h_b, _) = layer2(garbage, state, mask)
+    torch.testing.assert_close(out_a[mask], out_b[mask])
+    torch.testing.assert_close(stats_a[0], layer2.bn_h.running_mean)
+    torch.testing.assert_close(stats_a[1], layer2.bn_x.running_var)
+    # The final state of each sequence is its state at its last real step.
+    torch.testing.assert_close(h_a, out_a[lengths - 1, torch.arange(5)])
+    # Statistics at step 3 come only from the two sequences of length 4 (running mean from 0, momentum 0.1).
+    wx3 = x[3, lengths == 4] @ layer.weight_x.T
+    torch.testing.assert_close(stats_a[0].new_tensor(0.1) * wx3.mean(0), layer.bn_x.running_mean[3])
+
+
+def test_beyond_t_max_reuses_last_statistics() -> None:
+    bn = StepwiseBatchNorm(2, max_length=3, shift=True)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, -2.0]]))
+        bn.running_var.copy_(torch.tensor([[1.0, 1.0], [4.0, 4.0], [9.0, 0.25]]))
+    bn.eval()
+    x = torch.ones(6, 1, 2)
+    y = bn(x)
+    expected_last = (1 - torch.tensor([2.0, -2.0])) / torch.sqrt(torch.tensor([9.0, 0.25]) + 1e-5) * 0.1
+    for t in range(2, 6):
+        torch.testing.assert_close(y[t, 0], expected_last)
+    # the same through step() with absolute positions (generation) and through `start`
+    torch.testing.assert_close(bn.step(x[0], 7)[0], expected_last)
+    torch.testing.assert_close(bn(x[:2], start=10)[0, 0], expected_last)
+    # training beyond T_max is a configuration error, not a silent reuse
+    bn.train()
+    with pytest.raises(ValueError, match="max_length=3"):
+        bn(torch.randn(4, 2, 2))
+
+
+def test_long_sequence_at_inference_equals_stepwise_with_start() -> None:
+    torch.manual_seed(0)
+    model = BNLSTM(BNLSTMConfig(input_size=3, hidden_size=4, num_layers=2, max_length=3))
+    for _ in range(2):
+        model(torch.randn(3, 4, 3))
+    model.eval()
+    x = torch.randn(7, 2, 3)
+    whole, _ = model(x)
+    state, pieces = None, []
+    for t in range(7):
+        out, state = model(x[t : t + 1], state, start=t)
+        pieces.append(out)
+    torch.testing.assert_close(whole, torch.cat(pieces))
+
+
+def test_gradcheck_tiny() -> None:
+    torch.manual_seed(0)
+    layer = BNLSTMLayer(2, 2, max_length=3).double()
+    x = torch.randn(3, 4, 2, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(4, 2, dtype=torch.double)
+    c0 = torch.randn(4, 2, dtype=torch.double)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    names = ["weight_h", "bn_h.weight", "bn_c.bias"]
+    params = tuple(dict(layer.named_parameters())[n].detach().clone().requires_grad_(True) for n in names)
+
+    def run(inp: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        out, (h, c) = torch.func.functional_call(layer, dict(zip(names, values)), (inp, (h0, c0), mask))
+        return torch.cat([out.flatten(), c.flatten()])
+
+    assert torch.autograd.gradcheck(run, (x, *params), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda inp: layer(inp, (h0, c0))[0], (x,), fast_mode=True)
