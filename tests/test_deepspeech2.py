@@ -1,0 +1,268 @@
+"""DeepSpeech2: sequence-wise batch norm, masked conv front end, recurrences, row convolution, presets."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.registry import model_from_dict, model_to_dict
+from zoo.speech.deepspeech2 import (
+    DeepSpeech2,
+    DeepSpeech2Config,
+    MaskedBatchNorm2d,
+    RecurrentLayer,
+    SequenceBatchNorm,
+    frame_mask,
+    reverse_within_lengths,
+)
+
+
+def tiny(**overrides) -> DeepSpeech2:
+    base = dict(in_features=24, num_classes=7, conv_channels=(3, 4), conv_kernels=((5, 7), (3, 5)),
+                conv_strides=((2, 2), (1, 2)), rnn_layers=2, rnn_hidden=10, fc_hidden=9)
+    base.update(overrides)
+    return DeepSpeech2(DeepSpeech2Config(**base))
+
+
+def valid_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (sum(lengths), D): the concatenated valid frames."""
+    return torch.cat([x[b, : int(n)] for b, n in enumerate(lengths)])
+
+
+def test_sequence_batch_norm_matches_batchnorm1d_over_valid_frames():
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 4, 6])
+    x = torch.randn(3, 9, 5) * 3 + 1
+    x[1, 4:] = 100.0  # padding garbage must not enter the statistics
+    x[2, 6:] = -50.0
+    weight = torch.randn(8, 5, requires_grad=True)
+    seq = SequenceBatchNorm(8)
+    nn.init.normal_(seq.weight)
+    nn.init.normal_(seq.bias)
+    ref = nn.BatchNorm1d(8)
+    ref.load_state_dict(seq.state_dict())
+    mask = frame_mask(lengths, 9)
+    for _ in range(2):  # running averages after two steps
+        w_fold, b_fold = seq.fold(weight, x, mask)
+        ours = valid_frames(x @ w_fold.T + b_fold, lengths)
+        theirs = ref(valid_frames(x, lengths) @ weight.T)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seq.running_mean, ref.running_mean)
+    torch.testing.assert_close(seq.running_var, ref.running_var, atol=1e-4, rtol=1e-4)
+    # gradients flow through the batch statistics exactly as in ordinary batch norm
+    g = torch.randn_like(ours)
+    (gw_ours, gg_ours) = torch.autograd.grad((ours * g).sum(), (weight, seq.weight))
+    (gw_ref, gg_ref) = torch.autograd.grad((theirs * g).sum(), (weight, ref.weight))
+    torch.testing.assert_close(gw_ours, gw_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gg_ours, gg_ref, atol=1e-4, rtol=1e-4)
+    seq.eval(), ref.eval()
+    w_fold, b_fold = seq.fold(weight, x, mask)
+    torch.testing.assert_close(x @ w_fold.T + b_fold, ref((x @ weight.T).transpose(1, 2)).transpose(1, 2),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_masked_batchnorm2d_matches_batchnorm2d_over_valid_frames():
+    torch.manual_seed(1)
+    lengths = torch.tensor([7, 3])
+    x = torch.randn(2, 4, 7, 5)
+    x[1, :, 3:] = 77.0
+    ours, ref = MaskedBatchNorm2d(4), nn.BatchNorm2d(4)
+    out = ours(x, frame_mask(lengths, 7))
+    expected = ref(torch.cat([x[0:1], x[1:2, :, :3]], dim=2))
+    torch.testing.assert_close(torch.cat([out[0:1], out[1:2, :, :3]], dim=2), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x, frame_mask(lengths, 7)), ref(x))
+
+
+def naive_layer(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Per-utterance, per-step loop of DS2's equations with BN from nn.BatchNorm1d over valid frames."""
+    dirs, H, kind = layer.directions, layer.hidden_size, layer.rnn_type
+    bn = nn.BatchNorm1d(layer.weight_ih.shape[0])
+    bn.load_state_dict(layer.norm.state_dict())
+    bn.train(layer.training)
+    pre = bn(valid_frames(x, lengths) @ layer.weight_ih.T)  # B(W x) on all valid frames
+    outputs, start = [], 0
+    for n in lengths.tolist():
+        seq = pre[start:start + n].chunk(dirs, dim=1)
+        start += n
+        per_dir = []
+        for d in range(dirs):
+            h, c = torch.zeros(H), torch.zeros(H)
+            U = layer.weight_hh[d]
+            steps = range(n) if d == 0 else range(n - 1, -1, -1)
+            ys = [None] * n
+            for t in steps:
+                wx = seq[d][t]
+                if kind == "gru":
+                    r = torch.sigmoid(wx[:H] + U[:H] @ h)
+                    z = torch.sigmoid(wx[H:2 * H] + U[H:2 * H] @ h)
+                    cand = torch.tanh(wx[2 * H:] + r * (U[2 * H:] @ h))
+                    h = (1 - z) * cand + z * h
+                elif kind == "lstm":
+                    g = wx + U @ h
+                    i, f, gg, o = g.chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                else:
+                    h = torch.relu(wx + U @ h)
+                ys[t] = h
+            per_dir.append(torch.stack(ys))
+        outputs.append(torch.stack(per_dir, dim=1))  # (n, dirs, H)
+    return outputs
+
+
+@pytest.mark.parametrize("kind,bidirectional", [("gru", True), ("lstm", True), ("rnn_relu", False), ("gru", False)])
+def test_recurrent_layer_matches_naive_equations(kind, bidirectional):
+    torch.manual_seed(2)
+    layer = RecurrentLayer(5, 6, kind, bidirectional, batch_norm=True)
+    nn.init.uniform_(layer.norm.weight, 0.5, 1.5)
+    nn.init.normal_(layer.norm.bias, std=0.3)
+    lengths = torch.tensor([7, 3, 5])
+    x = torch.randn(3, 7, 5)
+    x[1, 3:] = 9.0
+    expected = naive_layer(layer, x, lengths)
+    y, _ = layer(x, lengths, frame_mask(lengths, 7))
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(y[b, :n], expected[b], atol=1e-5, rtol=1e-4)
+
+
+def test_reverse_within_lengths():
+    x = torch.arange(12.0).view(2, 6)
+    out = reverse_within_lengths(x, torch.tensor([6, 4]))
+    assert out.tolist() == [[5, 4, 3, 2, 1, 0], [9, 8, 7, 6, 10, 11]]
+
+
+def test_lookahead_row_convolution_formula():
+    torch.manual_seed(3)
+    model = tiny(bidirectional=False, lookahead=3)
+    h = torch.randn(2, 6, model.lookahead.conv.in_channels)
+    W = model.lookahead.conv.weight[:, 0, :]  # (features, tau + 1)
+    padded = torch.cat([h, torch.zeros(2, 3, h.shape[2])], dim=1)
+    expected = torch.stack([(W.T * padded[:, t:t + 4]).sum(1) for t in range(6)], dim=1)
+    torch.testing.assert_close(model.lookahead(h), expected)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(merge="sum", rnn_type="lstm"),
+    dict(bidirectional=False, lookahead=2, rnn_type="rnn_tanh"),
+    dict(sequence_batch_norm=False, conv_channels=(3, 4, 2), conv_kernels=((5, 7), (3, 5), (3, 3)),
+         conv_strides=((3, 2), (1, 2), (1, 1))),
+])
+def test_padding_never_changes_outputs(overrides):
+    torch.manual_seed(4)
+    model = tiny(**overrides)
+    lengths = torch.tensor([41, 17, 30])
+    features = torch.randn(3, 24, 41) * frame_mask(lengths, 41)[:, None, :]
+    model.train()
+    for _ in range(3):  # non-trivial running statistics
+        model(features, lengths)
+    model.eval()
+    logits, out_lengths = model(features, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone, alone_len = model(features[b:b + 1, :, :n], lengths[b:b + 1])
+        assert alone_len.item() == out_lengths[b].item()
+        torch.testing.assert_close(logits[b, :alone_len.item()], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_training_statistics_ignore_padding():
+    """In training mode extra padding (of any value) changes neither outputs nor gradients."""
+    torch.manual_seed(5)
+    model = tiny(bidirectional=True)
+    lengths = torch.tensor([20, 13])
+    features = torch.randn(2, 24, 20) * frame_mask(lengths, 20)[:, None, :]
+    padded = torch.cat([features, torch.full((2, 24, 15), 3.0)], dim=2)
+    out_a, len_a = model(features, lengths)
+    out_b, _ = model(padded, lengths)
+    valid = frame_mask(len_a, out_a.shape[1])
+    torch.testing.assert_close(out_b[:, : out_a.shape[1]][valid], out_a[valid], atol=1e-5, rtol=1e-5)
+    masked_b = out_b[:, : out_a.shape[1]].logsumexp(-1) * valid
+    masked_a = out_a.logsumexp(-1) * valid
+    grads_b = torch.autograd.grad(masked_b.sum(), list(model.parameters()))
+    grads_a = torch.autograd.grad(masked_a.sum(), list(model.parameters()))
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, atol=1e-4, rtol=1e-4)
+
+
+def test_output_lengths_and_time_reduction():
+    model = tiny(conv_strides=((3, 2), (1, 2)))
+    assert model.time_reduction == 3
+    lengths = torch.tensor([1, 2, 3, 4, 30, 31])
+    expected = [math.ceil(n / 3) for n in lengths.tolist()]
+    assert model.output_lengths(lengths).tolist() == expected
+    logits, out = model(torch.randn(6, 24, 31), lengths)
+    assert out.tolist() == expected and logits.shape == (6, 11, 7)
+
+
+def test_too_short_utterance_is_a_clear_error():
+    model = tiny(conv_padding=((0, 3), (0, 2)))  # valid time convolutions: (3 - 1) * 2 + 5 = 9 frames
+    assert model.front_end.min_input_frames() == 9
+    with pytest.raises(ValueError, match=r"batch index \[1\] have \[8\] frames.*at least 9"):
+        model(torch.randn(2, 24, 10), torch.tensor([10, 8]))
+    with pytest.raises(ValueError, match=r"expects features \(B, 24, T\)"):
+        model(torch.randn(2, 20, 10), torch.tensor([10, 6]))
+
+
+def test_bigram_outputs_extend_the_output_layer():
+    model = tiny(bigram_outputs=True)
+    assert model.num_outputs == 7 + 6 * 6
+    logits, _ = model(torch.randn(1, 24, 12), torch.tensor([12]))
+    assert logits.shape[-1] == 43
+
+
+def gru_params(d_in: int, h: int, dirs: int) -> int:
+    return dirs * (3 * h * d_in + 3 * h * h) + 2 * dirs * 3 * h  # W, U, BN gamma/beta
+
+
+def conv_params(c_in: int, c_out: int, kt: int, kf: int) -> int:
+    return c_in * c_out * kt * kf + 2 * c_out
+
+
+def test_parameter_counts_match_hand_formulas():
+    # ds2-large: 161 -> 81 -> 41 bins, 32 * 41 = 1312 RNN inputs; concat -> 1600
+    large = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + gru_params(1312, 800, 2)
+             + 4 * gru_params(1600, 800, 2) + 1600 * 1600 + 1600 + 1600 * 29 + 29)
+    assert zoo.count_parameters("ds2-large") == large
+    # ds2-paper: 161 -> 81 -> 41 -> 21 bins, 96 * 21 = 2016; simple RNN (1 gate), directions summed
+    H = 1840
+    rnn = lambda d_in: 2 * (H * d_in + H * H) + 2 * 2 * H  # noqa: E731
+    paper = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + conv_params(32, 96, 11, 21)
+             + rnn(2016) + 6 * rnn(H) + H * H + H + H * 29 + 29)
+    assert zoo.count_parameters("ds2-paper") == paper
+    assert 95e6 < paper < 105e6
+    # ds2-streaming: forward-only simple RNN x 2560, row conv tau = 19 (20 taps per feature)
+    H = 2560
+    uni = lambda d_in: H * d_in + H * H + 2 * H  # noqa: E731
+    streaming = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + uni(1312) + 4 * uni(H)
+                 + H * 20 + H * H + H + H * 29 + 29)
+    assert zoo.count_parameters("ds2-streaming") == streaming
+    # bigram outputs of ds2-paper: 29 + 28^2 output units
+    assert zoo.count_parameters("ds2-paper", bigram_outputs=True) - paper == (1840 + 1) * 28 * 28
+
+
+def test_presets_build_and_round_trip():
+    names = {spec.name for spec in zoo.list_models("speech")}
+    assert {"ds2-large", "ds2-paper", "ds2-streaming", "ds2-demo", "ds2-tiny"} <= names
+    model = zoo.create("ds2-tiny")
+    assert model.time_reduction == 2
+    clone = model_from_dict(model_to_dict(model))
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    features = torch.randn(2, 161, 30)
+    torch.testing.assert_close(clone(features, torch.tensor([30, 22]))[0], model(features, torch.tensor([30, 22]))[0])
+    assert zoo.create("ds2-streaming").time_reduction == 2
+    assert zoo.create("ds2-paper", rnn_hidden=16, fc_hidden=16).time_reduction == 3
+
+
+def test_invalid_configs_are_rejected():
+    with pytest.raises(ValueError, match="1-7 recurrent layers"):
+        tiny(rnn_layers=8)
+    with pytest.raises(ValueError, match="rnn_type"):
+        tiny(rnn_type="transformer")
+    with pytest.raises(ValueError, match="1-3 convs"):
+        tiny(conv_channels=(2, 2, 2, 2), conv_kernels=((3, 3),) * 4, conv_strides=((1, 1),) * 4)
+    with pytest.raises(ValueError, match="no frequency bins"):
+        tiny(in_features=3, conv_padding=((2, 0), (1, 0)))

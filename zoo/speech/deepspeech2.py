@@ -1,0 +1,424 @@
+"""Deep Speech 2: 2D-convolutional front end, batch-normalised recurrent stack, lookahead convolution.
+
+Amodei et al., *Deep Speech 2*, arXiv 1512.02595. Layers, bottom to top:
+
+* **Front end** (§3.5): 1-3 2D convolutions over (time, frequency) of a linear log-spectrogram,
+  each followed by batch norm and the clipped ReLU ``sigma(x) = min(max(x, 0), 20)`` (§3.1).
+  Kernels/strides are written ``(time, frequency)``; the product of the time strides is the
+  model's ``time_reduction`` (3 for the Table 11 models).
+* **Recurrent stack** (§3.1-3.4): GRU, LSTM or simple RNN layers, bidirectional (directions summed
+  as in §3.1, or concatenated as OpenSeq2Seq does) or forward-only, with **sequence-wise batch
+  normalisation** (§3.2) of the input-to-hidden term only::
+
+      h_t^l = f( B(W^l h_t^{l-1}) + U^l h_{t-1}^l ),   B(z) = gamma * (z - E[z]) / sqrt(Var[z] + eps) + beta
+
+  where E and Var are taken, per output unit, over every *valid* (unpadded) frame of every
+  utterance in the minibatch (training), or are running averages of those (inference).
+* **Lookahead (row) convolution** (§3.7) for forward-only stacks: a per-feature convolution over
+  the current and ``tau`` future frames, ``r_{t,i} = sum_{j=1}^{tau+1} W_{i,j} h_{t+j-1,i}``.
+* A fully connected layer (clipped ReLU) and the output layer (logits over the characters + CTC
+  blank; optionally + all character bigrams, §6.1).
+
+How the batch norm of ``W x`` is computed exactly with a fused RNN kernel
+-------------------------------------------------------------------------
+A fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
+``B`` is affine per output unit once its statistics are known, ``B(W x) = W' x + b'`` with
+``W' = diag(gamma / sigma) W`` and ``b' = beta - gamma * mu / sigma``. The statistics of ``W x``
+follow from the masked mean ``m`` and covariance ``C`` of the layer input ``x`` over valid frames:
+``mu = W m`` and ``sigma^2 = diag(W C W^T) + eps``. So each layer computes ``m`` and ``C`` (one
+``D x D`` matrix product), folds BN into ``W'``/``b'`` and hands them to the fused kernel as its
+input weights and biases (hidden-to-hidden biases are zero: in DS2's GRU, §3.4, the biases sit
+outside the reset gate). The result is *exactly* ``B(W x)`` of the equation above, with gradients
+through the batch statistics as in ordinary batch norm, at the cost of one ``D x D`` covariance
+instead of a second input projection. The running averages track ``mu`` and the unbiased
+``sigma^2`` just like :class:`torch.nn.BatchNorm1d` applied to the valid frames of ``W x``.
+
+Padding never changes an utterance's outputs: the conv front end masks padded frames to zero
+before every convolution (exactly zero padding) and uses masked batch statistics; the backward
+direction of each recurrent layer runs on each utterance reversed within its own length (an index
+gather), and padded frames are zeroed before the lookahead convolution.
+
+Shapes: ``features`` (B, F, T), ``lengths`` (B,) -> ``logits`` (B, T', num_outputs), ``out_lengths`` (B,)
+with ``T' = ceil(T / time_reduction)`` for odd time kernels with the default ``k // 2`` padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zoo.registry import register
+
+RNN_TYPES = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
+MERGES = ("sum", "concat")
+_KERNELS = {"gru": torch.gru, "lstm": torch.lstm, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+
+#: Recurrent state of one layer: ``(num_directions, B, H)`` or, for LSTMs, a pair ``(h, c)``.
+State = Tensor | tuple[Tensor, Tensor]
+
+
+@dataclass
+class DeepSpeech2Config:
+    """DeepSpeech2 hyperparameters. Defaults are OpenSeq2Seq's ``ds2_large`` (2 conv + 5
+    bidirectional GRU x 800 + FC 1600) on 161 spectrogram bins with 28 characters + blank.
+
+    Attributes:
+        conv_channels, conv_kernels, conv_strides: one entry per 2D conv; kernels and strides
+            are ``(time, frequency)``.
+        conv_padding: ``(time, frequency)`` zero padding per conv; ``None`` = ``k // 2`` each.
+        rnn_type: ``"gru"``, ``"lstm"``, ``"rnn_tanh"`` or ``"rnn_relu"`` (DS2's simple RNN uses a
+            clipped ReLU, which no fused kernel offers; ``"rnn_relu"`` is the closest).
+        merge: how the two directions of a bidirectional layer combine: ``"sum"`` (DS2 §3.1) or
+            ``"concat"`` (OpenSeq2Seq).
+        sequence_batch_norm: sequence-wise BN of ``W x`` (§3.2); off = plain RNN with biases.
+        lookahead: future context ``tau`` of the row convolution (§3.7); 0 = none.
+        fc_hidden: width of the fully connected layer before the output; 0 = none.
+        bigram_outputs: add every ordered pair of the ``num_classes - 1`` characters as an extra
+            output unit (§6.1, Table 11); needs a bigram tokenizer to train on.
+    """
+
+    in_features: int = 161
+    num_classes: int = 29
+    conv_channels: tuple[int, ...] = (32, 32)
+    conv_kernels: tuple[tuple[int, int], ...] = ((11, 41), (11, 21))
+    conv_strides: tuple[tuple[int, int], ...] = ((2, 2), (1, 2))
+    conv_padding: tuple[tuple[int, int], ...] | None = None
+    rnn_type: str = "gru"
+    rnn_layers: int = 5
+    rnn_hidden: int = 800
+    bidirectional: bool = True
+    merge: str = "concat"
+    sequence_batch_norm: bool = True
+    lookahead: int = 0
+    fc_hidden: int = 1600
+    bigram_outputs: bool = False
+    relu_clip: float = 20.0
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+
+
+def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool mask, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of ``x`` (B, T, ...) within its first ``lengths[b]`` frames; padded
+    frames stay in place. The map is an involution (applying it twice restores ``x``)."""
+    steps = torch.arange(x.shape[1], device=x.device)[None, :]
+    index = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+class _MaskedStatistics(nn.BatchNorm1d):
+    """Batch-norm running-average bookkeeping shared by the two masked batch norms below."""
+
+    def _update_running(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            unbiased = var * count / (count - 1).clamp(min=1)
+            self.running_mean.lerp_(mean.detach(), factor)
+            self.running_var.lerp_(unbiased.detach(), factor)
+
+    def _use_batch_statistics(self) -> bool:
+        return self.training or not self.track_running_stats
+
+
+class MaskedBatchNorm2d(_MaskedStatistics):
+    """Batch norm of (B, C, T, F) conv outputs with per-channel statistics over valid frames only.
+
+    ``forward(x (B, C, T, F), mask (B, T) bool) -> (B, C, T, F)``; equals ``nn.BatchNorm2d`` over the
+    concatenation of every utterance's valid frames. In eval mode the running averages are used.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        if not self._use_batch_statistics():
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        m = mask[:, None, :, None].to(x.dtype)
+        count = m.sum() * x.shape[3]
+        mean = (x * m).sum((0, 2, 3)) / count
+        centred = (x - mean[None, :, None, None]) * m
+        var = centred.pow(2).sum((0, 2, 3)) / count
+        if self.track_running_stats:
+            self._update_running(mean, var, count)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class SequenceBatchNorm(_MaskedStatistics):
+    """Sequence-wise batch norm of the input-to-hidden term ``W x`` (DS2 §3.2), folded into ``W``.
+
+    :meth:`fold` returns ``(W', b')`` with ``W' x + b' = B(W x)`` on every frame, the statistics of
+    ``W x`` being taken over the valid frames of the batch (see the module docstring).
+    """
+
+    def fold(self, weight: Tensor, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``weight`` (G, D), ``x`` (B, T, D), ``mask`` (B, T) bool -> ``W'`` (G, D), ``b'`` (G,)."""
+        if self._use_batch_statistics():
+            m = mask.to(x.dtype)
+            count = m.sum()
+            mean_x = torch.einsum("btd,bt->d", x, m) / count
+            centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
+            covariance = centred.T @ centred / count
+            mean = weight @ mean_x
+            var = ((weight @ covariance) * weight).sum(1)
+            if self.track_running_stats:
+                self._update_running(mean, var, count)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return weight * scale[:, None], self.bias - mean * scale
+
+
+class ConvFrontEnd(nn.Module):
+    """1-3 masked 2D convolutions over (time, frequency), each + batch norm + clipped ReLU (§3.5).
+
+    ``forward(features (B, F, T), lengths (B,)) -> (x (B, T', C * F'), out_lengths (B,))``.
+    """
+
+    def __init__(self, config: DeepSpeech2Config) -> None:
+        super().__init__()
+        n = len(config.conv_channels)
+        if not 1 <= n <= 3 or len(config.conv_kernels) != n or len(config.conv_strides) != n:
+            raise ValueError(
+                f"DeepSpeech2 needs 1-3 convs with one kernel and stride each; got {n} channels, "
+                f"{len(config.conv_kernels)} kernels, {len(config.conv_strides)} strides"
+            )
+        padding = config.conv_padding or tuple((kt // 2, kf // 2) for kt, kf in config.conv_kernels)
+        if len(padding) != n:
+            raise ValueError(f"conv_padding has {len(padding)} entries for {n} convs")
+        self.kernels = [tuple(k) for k in config.conv_kernels]
+        self.strides = [tuple(s) for s in config.conv_strides]
+        self.padding = [tuple(p) for p in padding]
+        self.clip = config.relu_clip
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        channels, freq = 1, config.in_features
+        for c_out, (kt, kf), (st, sf), (pt, pf) in zip(config.conv_channels, self.kernels, self.strides, self.padding):
+            self.convs.append(nn.Conv2d(channels, c_out, (kt, kf), stride=(st, sf), padding=(0, pf), bias=False))
+            self.norms.append(MaskedBatchNorm2d(c_out, eps=config.bn_eps, momentum=config.bn_momentum))
+            freq = (freq + 2 * pf - kf) // sf + 1
+            if freq < 1:
+                raise ValueError(
+                    f"DeepSpeech2: {config.in_features} input features leave no frequency bins after "
+                    f"conv kernels {self.kernels} with strides {self.strides}"
+                )
+            channels = c_out
+        self.out_features = channels * freq
+        self.time_reduction = math.prod(st for st, _ in self.strides)
+
+    def layer_lengths(self, lengths: Tensor, layer: int) -> Tensor:
+        (kt, _), (st, _), (pt, _) = self.kernels[layer], self.strides[layer], self.padding[layer]
+        return torch.div(lengths + 2 * pt - kt, st, rounding_mode="floor") + 1
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for layer in range(len(self.convs)):
+            lengths = self.layer_lengths(lengths, layer)
+        return lengths
+
+    def min_input_frames(self) -> int:
+        """Fewest input frames that still give one output frame."""
+        frames = 1
+        for layer in reversed(range(len(self.convs))):
+            (kt, _), (st, _), (pt, _) = self.kernels[layer], self.strides[layer], self.padding[layer]
+            frames = max(1, (frames - 1) * st + kt - 2 * pt)
+        return frames
+
+    def layer(self, index: int, x: Tensor, mask: Tensor) -> Tensor:
+        """One conv + BN + clipped ReLU on (B, C, T, F) already time-padded, ``mask`` for the output."""
+        x = self.norms[index](self.convs[index](x), mask)
+        return F.hardtanh(x, 0.0, self.clip)
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, T, F)
+        for index in range(len(self.convs)):
+            x = x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)  # padding == zeros
+            pt = self.padding[index][0]
+            x = F.pad(x, (0, 0, pt, pt))
+            lengths = self.layer_lengths(lengths, index)
+            steps = (x.shape[2] - self.kernels[index][0]) // self.strides[index][0] + 1
+            x = self.layer(index, x, frame_mask(lengths, steps))
+        x = x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        batch, channels, steps, freq = x.shape
+        return x.permute(0, 2, 1, 3).reshape(batch, steps, channels * freq), lengths
+
+
+class RecurrentLayer(nn.Module):
+    """One (bi)directional GRU/LSTM/simple-RNN layer with sequence-wise batch norm (§3.2), run by
+    PyTorch's fused kernels (``torch.gru`` & co., cuDNN on GPU).
+
+    ``forward(x (B, T, D), lengths (B,), mask (B, T), state=None) -> (y (B, T, dirs, H), state)``;
+    ``state`` is the final recurrent state of a forward-only layer (``None`` starts from zeros), used
+    for streaming. The backward direction sees each utterance reversed within its own length.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, rnn_type: str, bidirectional: bool,
+                 batch_norm: bool, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
+        self.rnn_type, self.hidden_size = rnn_type, hidden_size
+        self.directions = 2 if bidirectional else 1
+        gates = RNN_TYPES[rnn_type] * hidden_size
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.GRU's initialisation
+        self.weight_ih = nn.Parameter(torch.empty(self.directions * gates, input_size).uniform_(-bound, bound))
+        self.weight_hh = nn.Parameter(torch.empty(self.directions, gates, hidden_size).uniform_(-bound, bound))
+        if batch_norm:
+            self.norm: SequenceBatchNorm | None = SequenceBatchNorm(self.directions * gates, eps=eps, momentum=momentum)
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        else:
+            self.norm = None
+            self.bias_ih = nn.Parameter(torch.empty(self.directions * gates).uniform_(-bound, bound))
+            self.bias_hh = nn.Parameter(torch.empty(self.directions, gates).uniform_(-bound, bound))
+
+    def input_weights(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W', b'_ih, b_hh)`` for all directions: BN folded into the input weights (§3.2)."""
+        if self.norm is None:
+            return self.weight_ih, self.bias_ih, self.bias_hh
+        weight, bias = self.norm.fold(self.weight_ih, x, mask)
+        return weight, bias, self.weight_hh.new_zeros(self.weight_hh.shape[:2])
+
+    def _run(self, x: Tensor, direction: int, weights: tuple[Tensor, Tensor, Tensor], state: State | None) -> tuple[Tensor, State]:
+        weight_ih, bias_ih, bias_hh = (w.chunk(self.directions)[direction] for w in weights)
+        params = [weight_ih, self.weight_hh[direction], bias_ih, bias_hh.reshape(-1)]
+        if state is None:
+            zeros = x.new_zeros(1, x.shape[0], self.hidden_size)
+            state = (zeros, zeros) if self.rnn_type == "lstm" else zeros
+        if self.rnn_type == "lstm":
+            y, h, c = torch.lstm(x, state, params, True, 1, 0.0, self.training, False, True)
+            return y, (h, c)
+        y, h = _KERNELS[self.rnn_type](x, state, params, True, 1, 0.0, self.training, False, True)
+        return y, h
+
+    def forward(self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
+        weights = self.input_weights(x, mask)
+        forward, final = self._run(x, 0, weights, state)
+        if self.directions == 1:
+            return forward.unsqueeze(2), final
+        backward, _ = self._run(reverse_within_lengths(x, lengths), 1, weights, None)
+        return torch.stack([forward, reverse_within_lengths(backward, lengths)], dim=2), None
+
+
+class Lookahead(nn.Module):
+    """Row convolution (DS2 §3.7): ``r_{t,i} = sum_{j=1}^{tau+1} W_{i,j} h_{t+j-1,i}``, future frames
+    past the end being zero. ``forward(h (B, T, H)) -> (B, T, H)``; padded frames must be zero."""
+
+    def __init__(self, features: int, context: int) -> None:
+        super().__init__()
+        self.context = context
+        self.conv = nn.Conv1d(features, features, context + 1, groups=features, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.conv(F.pad(h.transpose(1, 2), (0, self.context))).transpose(1, 2)
+
+
+class DeepSpeech2(nn.Module):
+    """DeepSpeech2 acoustic model (see the module docstring); a zoo speech encoder.
+
+    ``forward(features (B, F, T), lengths (B,)) -> (logits (B, T', num_outputs), out_lengths (B,))``.
+    """
+
+    Config = DeepSpeech2Config
+
+    def __init__(self, config: DeepSpeech2Config) -> None:
+        super().__init__()
+        if config.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {config.merge!r}")
+        if not 1 <= config.rnn_layers <= 7:
+            raise ValueError(f"DeepSpeech2 has 1-7 recurrent layers, got {config.rnn_layers}")
+        if config.lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {config.lookahead}")
+        self.config = config
+        self.front_end = ConvFrontEnd(config)
+        self.time_reduction = self.front_end.time_reduction
+        width = self.front_end.out_features
+        self.rnns = nn.ModuleList()
+        for _ in range(config.rnn_layers):
+            self.rnns.append(RecurrentLayer(width, config.rnn_hidden, config.rnn_type, config.bidirectional,
+                                            config.sequence_batch_norm, config.bn_eps, config.bn_momentum))
+            width = config.rnn_hidden * (2 if config.bidirectional and config.merge == "concat" else 1)
+        self.lookahead = Lookahead(width, config.lookahead) if config.lookahead > 0 else None
+        self.fc = nn.Linear(width, config.fc_hidden) if config.fc_hidden > 0 else None
+        self.output = nn.Linear(config.fc_hidden or width, self.num_outputs)
+
+    @property
+    def num_outputs(self) -> int:
+        """``num_classes``, plus every ordered pair of the non-blank symbols with ``bigram_outputs``."""
+        return self.config.num_classes + (self.config.num_classes - 1) ** 2 * self.config.bigram_outputs
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return self.front_end.output_lengths(lengths)
+
+    def check_lengths(self, lengths: Tensor) -> None:
+        """Raise a ValueError naming the utterances too short for the conv front end."""
+        too_short = (self.output_lengths(lengths) < 1).nonzero().flatten().tolist()
+        if too_short:
+            raise ValueError(
+                f"DeepSpeech2: utterance(s) at batch index {too_short} have {lengths[too_short].tolist()} "
+                f"frames; the conv front end (time kernels {[k for k, _ in self.front_end.kernels]}, strides "
+                f"{[s for s, _ in self.front_end.strides]}) needs at least {self.front_end.min_input_frames()}"
+            )
+
+    def merge(self, y: Tensor) -> Tensor:
+        """(B, T, dirs, H) -> (B, T, H) summed or (B, T, dirs * H) concatenated."""
+        return y.sum(2) if self.config.merge == "sum" else y.flatten(2)
+
+    def head(self, h: Tensor) -> Tensor:
+        """Lookahead (if any) + FC + output on (B, T, H) with padded frames zeroed -> logits."""
+        if self.lookahead is not None:
+            h = self.lookahead(h)
+        if self.fc is not None:
+            h = F.hardtanh(self.fc(h), 0.0, self.config.relu_clip)
+        return self.output(h)
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if features.dim() != 3 or features.shape[1] != self.config.in_features:
+            raise ValueError(f"DeepSpeech2 expects features (B, {self.config.in_features}, T), got {tuple(features.shape)}")
+        self.check_lengths(lengths)
+        x, lengths = self.front_end(features, lengths)
+        mask = frame_mask(lengths, x.shape[1])
+        for rnn in self.rnns:
+            x = self.merge(rnn(x, lengths, mask)[0])
+        x = x * mask[..., None].to(x.dtype)
+        return self.head(x), lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Named configurations.
+_DS2_PAPER_FRONT_END = dict(  # DS2 Table 4's 3-layer 2D front end (32, 32, 96 channels), temporal stride 3 (§6.1)
+    conv_channels=(32, 32, 96),
+    conv_kernels=((11, 41), (11, 21), (11, 21)),
+    conv_strides=((3, 2), (1, 2), (1, 2)),
+)
+
+register("ds2-large", DeepSpeech2, DeepSpeech2Config(), task="speech",
+         description="DeepSpeech2 as OpenSeq2Seq ds2_large: 2 conv + 5 biGRU x 800 (concat) + FC 1600, 161 bins")
+register("ds2-paper", DeepSpeech2,
+         DeepSpeech2Config(**_DS2_PAPER_FRONT_END, rnn_type="rnn_relu", rnn_layers=7, rnn_hidden=1840,
+                           merge="sum", fc_hidden=1840),
+         task="speech",
+         description="DS2 best English model (Table 11): 3 conv, stride 3, 7 bi-RNN x 1840 (sum), ~100M params")
+register("ds2-streaming", DeepSpeech2,
+         DeepSpeech2Config(rnn_type="rnn_relu", rnn_layers=5, rnn_hidden=2560, bidirectional=False,
+                           lookahead=19, fc_hidden=2560),
+         task="speech",
+         description="DS2 deployment model (§7): 2 conv + 5 forward-only RNN x 2560 + row conv tau=19 + FC 2560")
+register("ds2-demo", DeepSpeech2,
+         DeepSpeech2Config(conv_channels=(16, 16), rnn_layers=3, rnn_hidden=192, merge="sum", fc_hidden=192),
+         task="speech", description="small CPU DeepSpeech2: 2 conv x 16 + 3 biGRU x 192 (sum) + FC 192")
+register("ds2-streaming-demo", DeepSpeech2,
+         DeepSpeech2Config(conv_channels=(16, 16), rnn_layers=3, rnn_hidden=256, bidirectional=False,
+                           lookahead=8, fc_hidden=192),
+         task="speech", description="small CPU streaming DeepSpeech2: 2 conv x 16 + 3 GRU x 256 + row conv tau=8")
+register("ds2-tiny", DeepSpeech2,
+         DeepSpeech2Config(conv_channels=(4,), conv_kernels=((5, 21),), conv_strides=((2, 4),), rnn_layers=1,
+                           rnn_hidden=32, merge="sum", fc_hidden=0),
+         task="speech", description="tiny DeepSpeech2 for tests: 1 conv x 4 + 1 biGRU x 32")
