@@ -23,6 +23,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "zoo.speech.deepspeech2",
     "zoo.text.bn_lstm",
     "zoo.text.factorized_lstm",
+    "zoo.text.lm",
     "zoo.recsys.autoencoder",
 )
 

@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.registry import register
+from zoo.text.lm import LanguageModelConfig, RNNLanguageModel
+
 State = tuple[Tensor, Tensor]
 
 
@@ -254,3 +257,16 @@ class BNLSTM(nn.Module):
             hs.append(h)
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))
+
+
+register(
+    "bnlstm-ptb-char", RNNLanguageModel,
+    LanguageModelConfig(vocab_size=50, embedding_size=128, cell="bnlstm", hidden_size=1000, max_length=100),
+    task="lm", description="BN-LSTM, char-level PTB (1603.09025 §5.2): 1000 units, T_max 100",
+)
+register(
+    "bnlstm-char-small", RNNLanguageModel,
+    LanguageModelConfig(vocab_size=128, embedding_size=64, cell="bnlstm", hidden_size=256, max_length=64),
+    task="lm", description="CPU-scale char BN-LSTM, 256 units, T_max 64",
+)
+
