@@ -22,6 +22,9 @@ from pytorch_lightning import LightningDataModule, LightningModule
 COMMANDS: dict[str, str] = {
     "list": "zoo.commands.list_models:main",
     "demo": "zoo.commands.demo:main",
+    "recommend": "zoo.commands.recommend:main",
+    "publish": "zoo.commands.publish:main",
+    "download": "zoo.commands.download:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -1,0 +1,191 @@
+"""zoo.hub: export with model card, zoo.load from folder / .ckpt / HF cache / registry name, publish, download."""
+
+import importlib.metadata
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from zoo_toys import ToyData, ToyModule, ToyPipeline
+
+import zoo
+from zoo import hub
+from zoo.cli import main as zoo_main
+from zoo.pipeline import PipelineLoadError
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint written by `zoo fit` (LightningCLI: hyper_parameters carry the class path)."""
+    tmp_path = tmp_path_factory.mktemp("fit")
+    ckpt_dir = tmp_path / "ckpt"
+    code = zoo_main([
+        "fit", "--model", "zoo_toys.ToyModule", "--model.hidden", "6", "--data", "zoo_toys.ToyData",
+        "--data.n", "24", "--seed_everything", "3", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+        "--trainer.logger", "false", "--trainer.limit_val_batches", "1",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpt_dir}",
+        "--trainer.callbacks.monitor=val_mse", "--trainer.callbacks.save_last=true",
+    ])
+    assert code == 0
+    return ckpt_dir / "last.ckpt"
+
+
+def pipeline() -> ToyPipeline:
+    torch.manual_seed(0)
+    module = ToyModule(hidden=5)
+    return module.to_pipeline()
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_export_folder_round_trip_and_model_card(tmp_path, monkeypatch):
+    monkeypatch.setitem(hub.PAPERS, "zoo_toys", "Toy et al., *A toy network*, arXiv:0000.00000")
+    pipe = pipeline()
+    info = hub.CardInfo(title="toy", metrics={"val_mse": 0.125}, metrics_date="2026-11-22", datasets=["movielens"],
+                        seed=7, steps=3, recipe="model:\n  class_path: zoo_toys.ToyModule\n")
+    folder = hub.export(pipe, tmp_path / "out", info, load_name="zoo-models/toy")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = zoo.load(str(folder))
+    assert isinstance(loaded, ToyPipeline) and same_weights(pipe, loaded) and loaded.labels == ["y"]
+    x = torch.randn(3, 4)
+    assert torch.equal(pipe.eval()(x), loaded.eval()(x))
+    card = (folder / "README.md").read_text()
+    n_params = sum(p.numel() for p in pipe.parameters())
+    for expected in ["Toy et al., *A toy network*", "non-commercial", "may not be redistributed",
+                     "Measured on 2026-11-22", "| val_mse | 0.125 |", f"Parameters: {n_params:,}", "Seed: 7",
+                     f"torch {importlib.metadata.version('torch')}", "pytorch-lightning", "class_path: zoo_toys.ToyModule",
+                     'zoo.load("zoo-models/toy")', "library_name: zoo"]:
+        assert expected in card, expected
+    assert "zoo git commit: " in card and "unknown" not in card.split("zoo git commit: ")[1].splitlines()[0]
+    with pytest.raises(KeyError, match="unknown dataset 'imagenet'"):
+        hub.model_card(pipe, hub.CardInfo(datasets=["imagenet"]))
+
+
+def test_checkpoint_to_pipeline_and_errors(tmp_path, trained_checkpoint):
+    ckpt = trained_checkpoint
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["hyper_parameters"]["_class_path"] == "zoo_toys.ToyModule"
+    loaded = zoo.load(str(ckpt))
+    assert isinstance(loaded, ToyPipeline) and loaded.network.config.hidden == 6
+    state = {k.removeprefix("net."): v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    for key, value in loaded.network.state_dict().items():
+        assert torch.equal(value, state[key])
+    # export of the checkpoint records its step count and best score in the card
+    folder = hub.export_checkpoint(ckpt, tmp_path / "exported")
+    card = (folder / "README.md").read_text()
+    assert "Steps / epochs: 3 / 0" in card and "| val_mse |" in card
+    assert same_weights(zoo.load(str(folder)), loaded)
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(hub.CheckpointError, match="truncated.ckpt: truncated or corrupt checkpoint"):
+        zoo.load(str(truncated))
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"fn": ToyData}}, pickled)
+    with pytest.raises(hub.CheckpointError, match="weights_only"):
+        zoo.load(str(pickled))
+    # a checkpoint written without the CLI names no class: module_class is required
+    plain = tmp_path / "plain.ckpt"
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(ToyModule(hidden=3), ToyData(n=16))
+    trainer.save_checkpoint(plain)
+    with pytest.raises(hub.CheckpointError, match="pass module_class"):
+        zoo.load(str(plain))
+    assert zoo.load(str(plain), module_class=ToyModule).network.config.hidden == 3
+    with pytest.raises(PipelineLoadError, match="no such file"):
+        zoo.load(str(tmp_path / "missing.ckpt"))
+
+
+def fake_hf_cache(cache: Path, repo_id: str, folder: Path, sha: str, files=("config.json", "model.safetensors")):
+    """Lay out `folder` as a cached Hub snapshot: models--org--name/{refs/main, snapshots/<sha>/...}."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    for name in files:
+        shutil.copy(folder / name, snapshot / name)
+    return snapshot
+
+
+def test_load_org_repo_from_hf_cache_offline(tmp_path, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    pipe = pipeline()
+    folder = hub.export(pipe, tmp_path / "export")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    fake_hf_cache(cache, "someone/toy", folder, sha)
+    assert same_weights(zoo.load("someone/toy"), pipe)
+    assert same_weights(zoo.load("someone/toy", revision=sha), pipe)
+    # a registry name resolves to $ZOO_HUB_ORG/<name>
+    zoo.register("toy-hub-test", type(pipe.network), pipe.network.config, task="test", description="toy")
+    monkeypatch.setenv("ZOO_HUB_ORG", "my-org")
+    with pytest.raises(hub.HubError, match="no published weights for the registry model 'toy-hub-test'.*my-org/toy-hub-test"):
+        zoo.load("toy-hub-test")
+    fake_hf_cache(cache, "my-org/toy-hub-test", folder, sha)
+    assert same_weights(zoo.load("toy-hub-test"), pipe)
+    assert zoo_main(["download", "toy-hub-test"]) == 0
+
+    with pytest.raises(hub.HubError, match="'nobody/nothing' is not in the Hugging Face cache"):
+        zoo.load("nobody/nothing")
+    with pytest.raises(hub.HubError, match="at revision 'v9'"):
+        zoo.load("someone/toy", revision="v9")
+    with pytest.raises(PipelineLoadError, match="neither a local folder"):
+        zoo.load("no-such-model-name")
+    # a snapshot missing its weights, and one with truncated weights
+    fake_hf_cache(cache, "someone/noweights", folder, sha, files=("config.json",))
+    with pytest.raises(PipelineLoadError, match="no model.safetensors"):
+        zoo.load("someone/noweights")
+    snapshot = fake_hf_cache(cache, "someone/truncated", folder, sha)
+    weights = snapshot / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(PipelineLoadError, match="model.safetensors: cannot load weights"):
+        zoo.load("someone/truncated")
+    assert zoo_main(["download", "nobody/nothing"]) == 1
+
+
+def test_publish_uploads_the_exported_files(tmp_path, monkeypatch, trained_checkpoint):
+    ckpt = trained_checkpoint
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads.append(("create", repo_id, private))
+
+        def upload_folder(self, repo_id, folder_path, revision=None, allow_patterns=None, commit_message=None):
+            folder = Path(folder_path)
+            uploads.append(("upload", repo_id, sorted(p.name for p in folder.iterdir()),
+                            json.loads((folder / "config.json").read_text())["zoo_pipeline"],
+                            (folder / "README.md").read_text(), self.token))
+            return "https://huggingface.co/org/toy/commit/abc"
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    export_dir = tmp_path / "exported"
+    code = zoo_main(["publish", str(ckpt), "--repo", "org/toy", "--token", "secret", "--dataset", "movielens",
+                     "--seed", "3", "--export-dir", str(export_dir)])
+    assert code == 0
+    assert uploads[0] == ("create", "org/toy", None)
+    _, repo, files, pipeline_class, card, token = uploads[1]
+    assert repo == "org/toy" and token == "secret"
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert pipeline_class == "zoo_toys.ToyPipeline"
+    assert "non-commercial" in card and "Seed: 3" in card and 'zoo.load("org/toy")' in card
+    # an exported folder is pushed as it is; a bad repo id or source is refused
+    uploads.clear()
+    assert zoo_main(["publish", str(export_dir), "--repo", "org/toy2"]) == 0
+    assert uploads[1][1] == "org/toy2"
+    with pytest.raises(SystemExit):
+        zoo_main(["publish", str(export_dir), "--repo", "not a repo"])
+    assert zoo_main(["publish", str(tmp_path), "--repo", "org/x"]) == 1
