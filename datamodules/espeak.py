@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import io
 import math
+from pathlib import Path
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -59,35 +60,11 @@ class Voicing:
     word_gap: int = 0
 
 
-class Espeak:
-    """One espeak-ng synthesizer for this process.
+class _Library:
+    """libespeak-ng, initialised once per process: the library has one global synthesizer and one
+    callback, so every :class:`Espeak` of the process shares this object (and forked workers inherit it)."""
 
-    ``backend="auto"`` loads ``libespeak-ng`` and falls back to the ``espeak-ng`` program when the
-    library cannot be loaded; ``"library"`` / ``"program"`` force one. ``render(text, voicing)``
-    returns int16 samples (S,) at :attr:`sample_rate`.
-    """
-
-    def __init__(self, backend: str = "auto") -> None:
-        if backend not in ("auto", "library", "program"):
-            raise ValueError(f"backend must be 'auto', 'library' or 'program', got {backend!r}")
-        self._library = None
-        self._chunks: list[bytes] = []
-        if backend in ("auto", "library"):
-            try:
-                self._library = self._load_library()
-            except (OSError, EspeakError):
-                if backend == "library":
-                    raise
-        if self._library is None:
-            if shutil.which(PROGRAM) is None:
-                raise EspeakError(
-                    "espeak-ng is not installed (neither libespeak-ng nor the espeak-ng program was found); "
-                    "install the Debian package: apt-get install espeak-ng"
-                )
-            self.sample_rate = 22050
-        self.backend = "library" if self._library is not None else "program"
-
-    def _load_library(self):
+    def __init__(self) -> None:
         library = None
         for name in (*LIBRARY_NAMES, ctypes.util.find_library("espeak-ng")):
             try:
@@ -100,6 +77,8 @@ class Espeak:
             raise EspeakError("libespeak-ng could not be loaded")
         library.espeak_Initialize.restype = ctypes.c_int
         library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        library.espeak_Info.restype = ctypes.c_char_p
+        library.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
         library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         library.espeak_SetSynthCallback.argtypes = [SynthCallback]
@@ -110,11 +89,14 @@ class Espeak:
         rate = library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_DONT_EXIT)
         if rate <= 0:
             raise EspeakError(f"espeak_Initialize failed ({rate})")
-        self.sample_rate = rate
-        # Keep a reference: ctypes frees the trampoline when the Python object dies.
+        self.library, self.sample_rate = library, rate
+        data = ctypes.c_char_p()
+        self.version = (library.espeak_Info(ctypes.byref(data)) or b"unknown").decode()
+        self.data = data.value.decode() if data.value else None
+        self._chunks: list[bytes] = []
+        # Held for the life of the process: the library calls this trampoline for every synthesis.
         self._callback = SynthCallback(self._collect)
         library.espeak_SetSynthCallback(self._callback)
-        return library
 
     def _collect(self, wav, num_samples: int, events) -> int:
         if num_samples > 0:
@@ -122,10 +104,7 @@ class Espeak:
         return 0
 
     def render(self, text: str, voicing: Voicing) -> np.ndarray:
-        """Speak ``text`` -> int16 samples (S,) at :attr:`sample_rate`."""
-        if self._library is None:
-            return self._render_program(text, voicing)
-        library = self._library
+        library = self.library
         if library.espeak_SetVoiceByName(voicing.voice.encode()) != EE_OK:
             raise EspeakError(f"espeak-ng has no voice {voicing.voice!r} (see `espeak-ng --voices=en`)")
         for parameter, value in ((PARAM_RATE, voicing.rate), (PARAM_PITCH, voicing.pitch), (PARAM_WORDGAP, voicing.word_gap)):
@@ -133,10 +112,67 @@ class Espeak:
         data = text.encode("utf-8") + b"\0"
         self._chunks = []
         status = library.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8 | ENDPAUSE, None, None)
-        if status != EE_OK:
-            raise EspeakError(f"espeak_Synth failed ({status}) on {text!r} with voice {voicing.voice!r}")
         samples = np.frombuffer(b"".join(self._chunks), dtype=np.int16).copy()
         self._chunks = []
+        if status != EE_OK:
+            raise EspeakError(f"espeak_Synth failed ({status}) on {text!r} with voice {voicing.voice!r}")
+        return samples
+
+
+_LIBRARY: _Library | None = None
+
+
+def load_library() -> _Library:
+    """This process's libespeak-ng (loaded and initialised on first use); raises OSError / EspeakError."""
+    global _LIBRARY
+    if _LIBRARY is None:
+        _LIBRARY = _Library()
+    return _LIBRARY
+
+
+class Espeak:
+    """An espeak-ng synthesizer.
+
+    ``backend="auto"`` uses ``libespeak-ng`` in-process and falls back to the ``espeak-ng`` program
+    when the library cannot be loaded; ``"library"`` / ``"program"`` force one.
+    ``render(text, voicing)`` returns int16 samples (S,) at :attr:`sample_rate`.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in ("auto", "library", "program"):
+            raise ValueError(f"backend must be 'auto', 'library' or 'program', got {backend!r}")
+        self._library: _Library | None = None
+        if backend in ("auto", "library"):
+            try:
+                self._library = load_library()
+            except (OSError, EspeakError):
+                if backend == "library":
+                    raise
+        if self._library is None:
+            if shutil.which(PROGRAM) is None:
+                raise EspeakError(
+                    "espeak-ng is not installed (neither libespeak-ng nor the espeak-ng program was found); "
+                    "install the Debian package: apt-get install espeak-ng"
+                )
+            self.sample_rate = 22050
+            self.version, data = _program_info()
+        else:
+            self.sample_rate, self.version, data = self._library.sample_rate, self._library.version, self._library.data
+        self.backend = "library" if self._library is not None else "program"
+        variants = Path(data) / "voices" / "!v" if data else None
+        #: voice variant names (``+name``); None when the data folder is unknown (then not checked).
+        self.variants = {p.name for p in variants.iterdir()} if variants and variants.is_dir() else None
+
+    def check_voice(self, voice: str) -> None:
+        """Raise :class:`EspeakError` for an unknown variant: espeak-ng would silently speak the base voice."""
+        _, _, variant = voice.partition("+")
+        if variant and self.variants is not None and variant not in self.variants:
+            raise EspeakError(f"espeak-ng has no voice variant {variant!r} in {voice!r} (see `espeak-ng --voices=variant`)")
+
+    def render(self, text: str, voicing: Voicing) -> np.ndarray:
+        """Speak ``text`` -> int16 samples (S,) at :attr:`sample_rate`."""
+        self.check_voice(voicing.voice)
+        samples = self._library.render(text, voicing) if self._library else self._render_program(text, voicing)
         if samples.size == 0:
             raise EspeakError(f"espeak-ng produced no audio for {text!r} with voice {voicing.voice!r}")
         return samples
@@ -189,10 +225,9 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return np.clip(out[: round(n * up / down)], -1.0, 1.0).astype(np.float32)
 
 
-def espeak_version() -> str:
-    """The installed espeak-ng version (``espeak-ng --version``'s first words), or "unknown"."""
-    if shutil.which(PROGRAM) is None:
-        return "unknown"
+def _program_info() -> tuple[str, str | None]:
+    """(version, data folder) from ``espeak-ng --version``: "eSpeak NG text-to-speech: 1.51  Data at: /usr/..."."""
     result = subprocess.run([PROGRAM, "--version"], capture_output=True, text=True, check=False)
-    words = result.stdout.split()
-    return next((w for w in words if w[:1].isdigit()), "unknown")
+    version = next((w for w in result.stdout.split() if w[:1].isdigit()), "unknown")
+    _, found, data = result.stdout.partition("Data at:")
+    return version, data.strip() if found else None

@@ -14,12 +14,11 @@ Numbers are always words: :func:`number_to_words` (``42`` -> ``"forty two"``).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
-
-ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz '")
 
 ONES = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -174,8 +173,12 @@ _OVERSTRIKE = re.compile(r".\x08")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 _ATTRIBUTION = re.compile(r"^\s*(--|- |~)")
 _ALLOWED = re.compile(r"^[A-Za-z0-9 ,.;:!?'\"()\-&]+$")
-_NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})*(?![\w.,]\d)|(?<![\w.])\d+(?![\w.]\d)")
+_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?!\w|[.,]\d)")  # 42, 1984, 1,200 (not 3.5, 3rd)
 _ACRONYM = re.compile(r"\b[A-Z]{2,}\b")
+_DIGIT = re.compile(r"\d")
+_PUNCTUATION = re.compile(r"[-,.;:!?\"()]")
+_EDGE_QUOTES = re.compile(r"(?:^|(?<=\s))'+|'+(?=\s|$)")
+_SINGLE_LETTER = re.compile(r"(?:^| )[b-hj-z](?= |$)")
 
 
 def normalize_sentence(text: str) -> str | None:
@@ -188,14 +191,13 @@ def normalize_sentence(text: str) -> str | None:
         return None  # "IBM", "TV": spoken letter by letter, not as the lowercase word
     text = text.replace("&", " and ")
     text = _NUMBER.sub(lambda m: f" {number_to_words(int(m.group().replace(',', '')))} ", text)
-    if re.search(r"\d", text):
+    if _DIGIT.search(text):
         return None  # decimals, ordinals ("3rd"), versions: no single spoken form
-    text = re.sub(r"[-,.;:!?\"()]", " ", text.lower())
-    text = re.sub(r"(^|\s)'+|'+(\s|$)", r"\1 \2", text)  # quotes, not apostrophes inside words
-    words = text.split()
-    if any(not set(w) <= ALPHABET or w.strip("'") != w or (len(w) == 1 and w not in "ai") for w in words):
-        return None  # single letters: initials and abbreviations ("u s") that espeak spells
-    return " ".join(words)
+    text = _EDGE_QUOTES.sub(" ", _PUNCTUATION.sub(" ", text.lower()))  # apostrophes stay inside words only
+    text = " ".join(text.split())
+    if _SINGLE_LETTER.search(text):
+        return None  # initials and abbreviations ("u s"), which espeak spells
+    return text
 
 
 def fortune_texts(directory: Path = FORTUNES_DIR) -> Iterator[str]:
@@ -216,10 +218,15 @@ def fortune_texts(directory: Path = FORTUNES_DIR) -> Iterator[str]:
 
 def english_sentences(directory: Path = FORTUNES_DIR, min_words: int = 3, max_words: int = 20) -> list[str]:
     """The distinct normalised sentences of the fortunes, ``min_words``-``max_words`` words long, in file order."""
+    return list(_english_sentences(Path(directory), min_words, max_words))
+
+
+@functools.lru_cache(maxsize=4)
+def _english_sentences(directory: Path, min_words: int, max_words: int) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for fortune in fortune_texts(directory):
         for sentence in _SENTENCE_END.split(fortune):
             normalized = normalize_sentence(sentence)
-            if normalized and min_words <= len(normalized.split()) <= max_words:
+            if normalized and min_words <= normalized.count(" ") + 1 <= max_words:
                 seen.setdefault(normalized)
-    return list(seen)
+    return tuple(seen)

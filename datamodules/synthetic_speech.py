@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from zoo.datamodules.espeak import Espeak, Voicing, espeak_version, resample
+from zoo.datamodules.espeak import Espeak, Voicing, resample
 from zoo.datamodules.sentences import command_sentences, english_sentences
 
 FORMAT_VERSION = 1
@@ -172,14 +172,18 @@ def corpus_dir(config: SyntheticCorpusConfig) -> Path:
 def _distinct(stream: Iterator[str], count: int, excluded: set[str], what: str) -> list[str]:
     """The first ``count`` distinct sentences of ``stream`` that are not in ``excluded``."""
     chosen: dict[str, None] = {}
-    attempts = 0
+    misses = 0  # draws in a row that brought nothing new
     while len(chosen) < count:
-        if attempts > 50 * count + 1000:
-            raise ValueError(f"the {what} source cannot supply {count} distinct sentences outside the other splits")
+        if misses > 10_000:
+            raise ValueError(
+                f"the {what} source cannot supply {count} distinct sentences outside the other splits "
+                f"(found {len(chosen)}, then 10000 draws in a row gave nothing new)"
+            )
         sentence = next(stream)
-        attempts += 1
-        if sentence not in excluded:
-            chosen.setdefault(sentence)
+        misses += 1
+        if sentence not in excluded and sentence not in chosen:
+            chosen[sentence] = None
+            misses = 0
     return list(chosen)
 
 
@@ -243,13 +247,13 @@ def _init_worker(root: str, sample_rate: int, backend: str) -> None:
 
 
 def _render(utterance: Utterance) -> tuple[str, int, int, str]:
-    """Render one utterance into its WAV file -> (split, index, samples written, backend used)."""
+    """Render one utterance into its WAV file -> (split, index, samples written, "backend version")."""
     espeak: Espeak = _worker["espeak"]
     samples = resample(espeak.render(utterance.text, utterance.voicing), espeak.sample_rate, _worker["sample_rate"])
     path = _worker["root"] / utterance.audio_filepath
     pcm = np.round(samples * 32767.0).astype(np.int16)  # quantise here: libsndfile's float path is slower
     soundfile.write(path, pcm, _worker["sample_rate"], subtype="PCM_16")
-    return utterance.split, utterance.index, samples.shape[0], espeak.backend
+    return utterance.split, utterance.index, samples.shape[0], f"{espeak.backend} {espeak.version}"
 
 
 def _render_all(
@@ -307,7 +311,9 @@ def build_corpus(
         plan = plan_corpus(config)
         for split in SPLITS:
             (temporary / "audio" / split).mkdir(parents=True)
+        planned = time.perf_counter()
         frames, backends = _render_all(plan, temporary, config.sample_rate, num_workers, backend)
+        rendered = time.perf_counter()
         manifests = _manifests(temporary)
         for split, path in manifests.splits().items():
             records = [
@@ -323,15 +329,15 @@ def build_corpus(
                 if u.split == split
             ]
             _write_manifest(path, records)
-        seconds = time.perf_counter() - started
         info = {
             "config": {k: v for k, v in asdict(config).items() if k != "cache_dir"},
             "key": config.key(),
-            "espeak_ng": espeak_version(),
-            "backend": ",".join(sorted(backends)),
+            "espeak_ng": ", ".join(sorted(backends)),  # "library 1.51" (in-process) or "program 1.51"
             "num_workers": num_workers,
-            "build_seconds": round(seconds, 2),
-            "utterances_per_second": round(len(plan) / seconds, 1) if seconds > 0 else None,
+            "build_seconds": round(time.perf_counter() - started, 2),
+            "plan_seconds": round(planned - started, 2),
+            "render_seconds": round(rendered - planned, 2),
+            "utterances_per_second": round(len(plan) / max(rendered - planned, 1e-9), 1),
             "statistics": corpus_statistics(manifests),
         }
         (temporary / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,281 @@
+"""The embedded synthetic speech corpus: splits, transcripts, audio, caching, reproducibility, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from zoo.datamodules import espeak as espeak_module
+from zoo.datamodules import synthetic_speech
+from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
+from zoo.datamodules.sentences import (
+    command_sentences,
+    command_vocabulary,
+    english_sentences,
+    normalize_sentence,
+    number_to_words,
+)
+from zoo.datamodules.synthetic_speech import (
+    CorpusManifests,
+    SyntheticCorpusConfig,
+    build_corpus,
+    corpus_info,
+    corpus_statistics,
+    read_manifest,
+)
+
+TRANSCRIPT = re.compile(r"^[a-z']+( [a-z']+)*$")
+
+
+def tiny(cache_dir: Path, **overrides) -> SyntheticCorpusConfig:
+    return replace(
+        SyntheticCorpusConfig(train_utterances=12, val_utterances=4, test_utterances=4, cache_dir=str(cache_dir)),
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[SyntheticCorpusConfig, CorpusManifests]:
+    config = tiny(tmp_path_factory.mktemp("cache"))
+    return config, build_corpus(config, num_workers=2)  # 20 utterances: rendered by a process pool
+
+
+def rows(manifests: CorpusManifests) -> dict[str, list[dict]]:
+    return {split: read_manifest(path) for split, path in manifests.splits().items()}
+
+
+def test_tiny_corpus_has_the_requested_utterances_and_nemo_fields(corpus):
+    config, manifests = corpus
+    assert manifests.root.parent.parent == Path(config.cache_dir)
+    records = rows(manifests)
+    assert {split: len(r) for split, r in records.items()} == {"train": 12, "val": 4, "test": 4}
+    for split, split_rows in records.items():
+        for row in split_rows:
+            assert {"audio_filepath", "duration", "text", "voice"} <= row.keys()
+            assert row["audio_filepath"].startswith(f"audio/{split}/")
+            assert config.rate[0] <= row["rate"] <= config.rate[1]
+            assert config.pitch[0] <= row["pitch"] <= config.pitch[1]
+
+
+def test_held_out_voices_and_sentences_never_occur_in_training(corpus):
+    config, manifests = corpus
+    records = rows(manifests)
+    variants = {split: {r["voice"].split("+")[1] for r in rs} for split, rs in records.items()}
+    accents = {r["voice"].split("+")[0] for rs in records.values() for r in rs}
+    assert variants["train"] <= set(config.train_variants)
+    assert variants["val"] <= set(config.val_variants)
+    assert variants["test"] <= set(config.test_variants)
+    assert accents <= set(config.accents)
+    sentences = {split: [r["text"] for r in rs] for split, rs in records.items()}
+    for split, texts in sentences.items():
+        assert len(set(texts)) == len(texts), f"repeated sentence in {split}"
+    assert not set(sentences["train"]) & set(sentences["test"])
+    assert not set(sentences["train"]) & set(sentences["val"])
+    assert not set(sentences["val"]) & set(sentences["test"])
+    stats = corpus_statistics(manifests)
+    assert set(stats["sentence_overlap"].values()) == {0}
+    assert set(stats["voice_overlap"].values()) == {0}
+
+
+def test_transcripts_use_only_the_alphabet_and_spell_numbers(corpus):
+    _, manifests = corpus
+    for split_rows in rows(manifests).values():
+        for row in split_rows:
+            assert TRANSCRIPT.match(row["text"]), row["text"]
+    rng = __import__("random").Random(3)
+    stream = command_sentences(rng)
+    sample = [next(stream) for _ in range(2000)]
+    assert all(TRANSCRIPT.match(s) for s in sample)
+    assert any("percent" in s for s in sample) and not any(re.search(r"\d", s) for s in sample)
+    assert 200 <= len(command_vocabulary()) <= 400  # "a few hundred words"
+
+
+def test_manifest_durations_match_the_wav_files(corpus):
+    config, manifests = corpus
+    for split_rows in rows(manifests).values():
+        for row in split_rows:
+            info = soundfile.info(manifests.root / row["audio_filepath"])
+            assert info.samplerate == config.sample_rate and info.channels == 1 and info.subtype == "PCM_16"
+            assert row["duration"] == pytest.approx(info.frames / info.samplerate, abs=1e-6)
+            assert 0.5 < row["duration"] < 15.0
+            audio, _ = soundfile.read(manifests.root / row["audio_filepath"])
+            assert np.abs(audio).max() > 0.05  # speech, not silence
+
+
+def test_corpus_json_records_the_build(corpus):
+    config, manifests = corpus
+    info = corpus_info(manifests)
+    assert info["key"] == config.key() and info["espeak_ng"].startswith("library 1.")
+    assert info["statistics"] == corpus_statistics(manifests)
+    assert info["config"]["train_variants"] == config.train_variants
+
+
+def test_same_seed_same_manifests_other_seed_other_sentences(corpus, tmp_path):
+    config, manifests = corpus
+    again = build_corpus(replace(config, cache_dir=str(tmp_path / "again")), num_workers=1)  # in-process path
+    assert again.root != manifests.root and again.root.name == manifests.root.name
+    fields = ("audio_filepath", "text", "voice", "rate", "pitch")
+    first, second = rows(manifests), rows(again)
+    for split in first:
+        assert [[r[f] for f in fields] for r in first[split]] == [[r[f] for f in fields] for r in second[split]]
+        # the audio is espeak-ng's: same voice and text, durations within a few milliseconds
+        for a, b in zip(first[split], second[split]):
+            assert abs(a["duration"] - b["duration"]) < 0.05
+    other = synthetic_speech.plan_corpus(replace(config, seed=1))
+    assert {u.text for u in other} != {r["text"] for rs in first.values() for r in rs}
+
+
+def test_cache_hit_does_not_rebuild(corpus, monkeypatch):
+    config, manifests = corpus
+    stamp = manifests.train.stat().st_mtime_ns
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rebuilt a cached corpus")
+
+    monkeypatch.setattr(synthetic_speech, "_render_all", no_rendering)
+    assert build_corpus(config) == manifests
+    assert manifests.train.stat().st_mtime_ns == stamp
+    # the cache key ignores where the cache is but not what is in the corpus
+    assert config.key() == replace(config, cache_dir="/elsewhere").key()
+    assert config.key() != replace(config, seed=1).key() != replace(config, text="english").key()
+
+
+def test_failed_build_leaves_no_usable_half_corpus(tmp_path):
+    # a held-out voice espeak-ng does not have: training renders first, then the test split fails
+    config = tiny(tmp_path, test_variants=["no-such-variant"])
+    with pytest.raises(EspeakError, match="no-such-variant"):
+        build_corpus(config, num_workers=1)
+    speech = tmp_path / "speech"
+    assert list(speech.iterdir()) == []  # neither the final folder nor the temporary one
+    good = build_corpus(tiny(tmp_path), num_workers=1)
+    assert [p.name for p in speech.iterdir()] == [good.root.name]
+
+
+def test_invalid_configs_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="both train_variants and test_variants"):
+        build_corpus(tiny(tmp_path, test_variants=["f3"]))
+    with pytest.raises(ValueError, match="text must be"):
+        build_corpus(tiny(tmp_path, text="klingon"))
+    with pytest.raises(ValueError, match="cannot supply 3 distinct"):
+        synthetic_speech._distinct(iter(["a", "b"] * 20_000), 3, set(), "toy")
+    assert synthetic_speech._distinct(iter("abcabd"), 3, {"b"}, "toy") == ["a", "c", "d"]
+    assert not (tmp_path / "speech").exists() or list((tmp_path / "speech").iterdir()) == []
+
+
+def test_english_source_builds_normalised_held_out_sentences(tmp_path):
+    config = tiny(tmp_path, text="english", train_utterances=6, val_utterances=3, test_utterances=3)
+    manifests = build_corpus(config, num_workers=1)
+    records = rows(manifests)
+    texts = {split: [r["text"] for r in rs] for split, rs in records.items()}
+    for split_texts in texts.values():
+        for text in split_texts:
+            assert TRANSCRIPT.match(text) and 3 <= len(text.split()) <= 20, text
+    assert not set(texts["train"]) & (set(texts["val"]) | set(texts["test"]))
+    pool = english_sentences()
+    assert len(pool) > 10_000 and len(set(pool)) == len(pool)
+    assert all(t in pool for ts in texts.values() for t in ts)
+
+
+def test_english_sentences_split_and_normalise_fortune_files(tmp_path):
+    (tmp_path / "quotes").write_text(
+        "The 3 little pigs built houses.  Wolves, however, don't knock!\n"
+        "\t\t-- A. Fable\n"
+        "%\n"
+        "Call IBM now. It costs $5 or 3.5 euros.\n"
+        "%\n"
+        "Is it\n"
+        "over? Yes. I paid 1,200 dollars for \"the best\" seats in 1984.\n"
+        "%\n"
+    )
+    (tmp_path / "quotes.dat").write_bytes(b"\x00binary index, ignored")
+    (tmp_path / "ascii-art").write_text("These words are in a picture file.\n%\n")
+    assert english_sentences(tmp_path, min_words=2, max_words=20) == [
+        "the three little pigs built houses",
+        "wolves however don't knock",
+        "is it over",
+        "i paid one thousand two hundred dollars for the best seats in one thousand nine hundred eighty four",
+    ]
+    assert english_sentences(tmp_path, min_words=4, max_words=6) == ["the three little pigs built houses", "wolves however don't knock"]
+
+
+def test_normalize_sentence_and_number_words():
+    assert normalize_sentence("Rock & Roll, 'baby' -- it's 42!") == "rock and roll baby it's forty two"
+    assert normalize_sentence("Version 2.0 is out.") is None
+    assert normalize_sentence("Meet me at the U.S. border.") is None
+    assert normalize_sentence("Send it to root@localhost") is None
+    cases = {0: "zero", 7: "seven", 13: "thirteen", 20: "twenty", 45: "forty five", 100: "one hundred",
+             101: "one hundred one", 999: "nine hundred ninety nine", 1000: "one thousand",
+             20_017: "twenty thousand seventeen", 3_000_000: "three million"}
+    for n, words in cases.items():
+        assert number_to_words(n) == words
+
+
+def test_resample_is_band_limited_and_exact_length():
+    rate_in, rate_out = 22050, 16000
+    n = 22050 + 1234
+    t = np.arange(n) / rate_in
+    tone = (0.5 * np.sin(2 * math.pi * 440 * t) * 32767).astype(np.int16)
+    out = resample(tone, rate_in, rate_out)
+    assert out.dtype == np.float32 and out.shape == (round(n * rate_out / rate_in),)
+    expected = 0.5 * np.sin(2 * math.pi * 440 * np.arange(out.shape[0]) / rate_out)
+    assert np.abs(out - expected)[800:-800].max() < 2e-3
+    # a 10 kHz tone is above the new Nyquist frequency (8 kHz): it must vanish, not alias
+    high = (0.5 * np.sin(2 * math.pi * 10_000 * t) * 32767).astype(np.int16)
+    assert np.abs(resample(high, rate_in, rate_out))[800:-800].max() < 0.02
+
+
+def test_program_backend_and_library_fallback(monkeypatch):
+    voicing = Voicing("en-us+m3", rate=170, pitch=40)
+    library = Espeak("library").render("turn on the kitchen lights", voicing)
+    program = Espeak("program").render("turn on the kitchen lights", voicing)
+    assert abs(len(library) - len(program)) < 0.02 * len(library)
+    monkeypatch.setattr(espeak_module, "_LIBRARY", None)  # as in a process that has not loaded it yet
+    monkeypatch.setattr(espeak_module, "LIBRARY_NAMES", ("libdoes-not-exist.so.1",))
+    monkeypatch.setattr(espeak_module.ctypes.util, "find_library", lambda name: None)
+    assert Espeak("auto").backend == "program"
+    with pytest.raises(EspeakError):
+        Espeak("library")
+    fallback = Espeak("auto")
+    assert fallback.version == Espeak("program").version and "m3" in fallback.variants
+    with pytest.raises(EspeakError, match="no voice variant 'm33'"):
+        fallback.render("hello", Voicing("en-us+m33"))
+
+
+def test_corpus_statistics_against_hand_counts(tmp_path):
+    lines = {
+        "train": [("a.wav", 1.5, "turn on the lights", "en-us+f1"), ("b.wav", 2.5, "turn off the fan", "en+m1")],
+        "val": [("c.wav", 3.0, "play jazz", "en+m5")],
+        "test": [("d.wav", 1.8, "turn on the radio", "en-us+m3"), ("e.wav", 1.2, "play jazz", "en+m3")],
+    }
+    for split, entries in lines.items():
+        with (tmp_path / f"{split}.json").open("w") as f:
+            for path, duration, text, voice in entries:
+                f.write(json.dumps({"audio_filepath": path, "duration": duration, "text": text, "voice": voice}) + "\n")
+    manifests = CorpusManifests(*(tmp_path / f"{s}.json" for s in ("train", "val", "test")), root=tmp_path)
+    stats = corpus_statistics(manifests)
+    assert stats["utterances"] == 5 and stats["hours"] == pytest.approx(10.0 / 3600, abs=1e-3)
+    assert stats["splits"]["train"] == {"utterances": 2, "hours": round(4.0 / 3600, 3), "mean_seconds": 2.0,
+                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2}
+    assert stats["splits"]["test"]["voices"] == 2 and stats["splits"]["test"]["variants"] == 1
+    assert stats["vocabulary"] == 9  # turn on the lights off fan play jazz radio
+    assert stats["sentence_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 1}
+    assert stats["voice_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+    assert stats["test_oov_rate"] == pytest.approx(3 / 6)  # radio, play, jazz are not training words
+
+
+def test_zoo_demo_builds_and_prints_the_table(tmp_path, capsys):
+    from zoo.commands.demo import main  # `zoo demo` (zoo.cli.COMMANDS), without importing Lightning here
+
+    args = ["--utterances", "6", "--held-out", "2", "--cache-dir", str(tmp_path), "--workers", "1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "corpus built" in first and "train" in first and "test" in first
+    assert main(args) == 0
+    assert "found in the cache" in capsys.readouterr().out

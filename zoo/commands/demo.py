@@ -1,0 +1,94 @@
+"""``zoo demo``: the main job on the embedded data.
+
+Builds (or finds in the cache) the synthetic speech corpus that every speech demo shares and
+prints its statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from zoo.datamodules.synthetic_speech import (
+    CorpusManifests,
+    SyntheticCorpusConfig,
+    build_corpus,
+    corpus_dir,
+    corpus_info,
+)
+
+
+def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
+    """The shared corpus spec (:class:`SyntheticCorpusConfig` defaults) with the command line's overrides."""
+    config = SyntheticCorpusConfig(text=args.text, seed=args.seed, cache_dir=args.cache_dir)
+    if args.utterances is not None:
+        config.train_utterances = args.utterances
+    if args.held_out is not None:
+        config.val_utterances = config.test_utterances = args.held_out
+    return config
+
+
+def build_demo_corpus(config: SyntheticCorpusConfig, num_workers: int | None = None, console: Console | None = None) -> tuple[CorpusManifests, dict]:
+    """Build or reuse the corpus -> (manifests, its ``corpus.json`` with the statistics)."""
+    console = console or Console()
+    cached = (corpus_dir(config) / "corpus.json").is_file()
+    started = time.perf_counter()
+    if cached:
+        manifests = build_corpus(config, num_workers=num_workers)
+    else:
+        total = config.train_utterances + config.val_utterances + config.test_utterances
+        with console.status(f"rendering {total} utterances with espeak-ng into {corpus_dir(config)} ..."):
+            manifests = build_corpus(config, num_workers=num_workers)
+    info = corpus_info(manifests)
+    if cached:
+        console.print(f"corpus found in the cache: {manifests.root} ({time.perf_counter() - started:.2f} s)")
+    else:
+        console.print(
+            f"corpus built in {info['build_seconds']:.1f} s ({info['utterances_per_second']:.0f} utterances/s, "
+            f"{info['num_workers']} workers, espeak-ng: {info['espeak_ng']}): {manifests.root}"
+        )
+    return manifests, info
+
+
+def print_corpus_table(info: dict, console: Console | None = None) -> None:
+    """A rich table of :func:`~zoo.datamodules.synthetic_speech.corpus_statistics` (inside ``info["statistics"]``)."""
+    stats = info["statistics"]
+    text = info.get("config", {}).get("text", "?")
+    table = Table(title=f"synthetic speech corpus ({text}, seed {info.get('config', {}).get('seed', '?')})")
+    for column in ("split", "utterances", "hours", "mean s", "words", "vocabulary", "voices", "variants"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, s in stats["splits"].items():
+        table.add_row(
+            split, str(s["utterances"]), f"{s['hours']:.2f}", f"{s['mean_seconds']:.2f}", str(s["words"]),
+            str(s["vocabulary"]), str(s["voices"]), str(s["variants"]),
+        )
+    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "", style="bold")
+    console = console or Console()
+    console.print(table)
+    overlap = ", ".join(f"{k} {v}" for k, v in stats["sentence_overlap"].items())
+    voices = ", ".join(f"{k} {v}" for k, v in stats["voice_overlap"].items())
+    console.print(f"shared sentences: {overlap}; shared voices: {voices}")
+    console.print(f"test words never heard in training: {100 * stats['test_oov_rate']:.2f}%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo demo", description=__doc__)
+    parser.add_argument("--text", choices=("commands", "english"), default="commands",
+                        help="commands: restricted-vocabulary voice-assistant sentences (default); english: fortunes sentences")
+    parser.add_argument("--utterances", type=int, help="training utterances (default: the shared spec, 4000)")
+    parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, help="rendering processes (default: every CPU)")
+    parser.add_argument("--cache-dir", help="cache root (default: $ZOO_CACHE, $XDG_CACHE_HOME/zoo or ~/.cache/zoo)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    _, info = build_demo_corpus(corpus_config(args), num_workers=args.workers, console=console)
+    print_corpus_table(info, console)
+    return 0
