@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -31,13 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, read_manifests, report_skipped
+from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
 from zoo.speech.audio import AudioError, load_audio
 from zoo.speech.augment import AugmentationConfig, FeatureAugmentation, WaveformAugmentation
 from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
-
-if TYPE_CHECKING:
-    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
 
 SPLITS = ("train", "val", "test", "predict")
 
@@ -247,9 +244,7 @@ class SpeechDataModule(pl.LightningDataModule):
         """True when a split falls back to the synthetic corpus (no manifests given at all)."""
         return all(m is None for m in self.manifests.values())
 
-    def _build_corpus(self):
-        from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, build_corpus
-
+    def _build_corpus(self) -> CorpusManifests:
         return build_corpus(self.corpus if self.corpus is not None else SyntheticCorpusConfig())
 
     def manifest_paths(self, split: str) -> list[str]:

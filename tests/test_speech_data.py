@@ -353,3 +353,18 @@ def test_loader_state_counts_delivered_batches_not_prefetched(tmp_path):
     resumed = make()
     resumed.load_state_dict(json.loads(json.dumps(state)))
     assert seen + [b["ids"] for b in resumed] == full
+
+
+def test_datamodule_builds_the_synthetic_corpus_when_no_manifests(tmp_path):
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
+
+    corpus = SyntheticCorpusConfig(train_utterances=6, val_utterances=3, test_utterances=3, cache_dir=str(tmp_path))
+    dm = SpeechDataModule(corpus=corpus, batch_size=4, num_workers=0, augmentation=AugmentationConfig(enabled=False))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.data["val"]) == 3 and 0 < len(dm.data["train"]) <= 6
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["features"].shape[1] == 64 and all(batch["texts"])
+    for i, text in enumerate(batch["texts"]):
+        n = int(batch["target_lengths"][i])
+        assert dm.tokenizer.decode(batch["targets"][i, :n].tolist()) == text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile
@@ -235,3 +237,112 @@ def test_dither_only_in_training_and_global_normalisation():
     torch.testing.assert_close(glob[0, :, : lens[0] // 160 + 1], expected[0, :, : lens[0] // 160 + 1])
     with pytest.raises(ValueError, match="global_mean"):
         Featurizer(FeaturizerConfig(normalize="global"))
+
+
+# ---------------------------------------------------------------- augmentation
+
+from zoo.speech.augment import (  # noqa: E402
+    AugmentationConfig,
+    FeatureAugmentation,
+    WaveformAugmentation,
+    add_noise_at_snr,
+    coloured_noise,
+    pitch_shift,
+    reverberate,
+    room_impulse_response,
+    spec_cutout,
+    speed_perturb,
+)
+
+
+def _peak_hz(x: torch.Tensor, rate: int = 16000) -> float:
+    spectrum = torch.fft.rfft(x * torch.hann_window(len(x))).abs()
+    return spectrum.argmax().item() * rate / len(x)
+
+
+def _runs(flags: torch.Tensor) -> int:
+    """Number of maximal runs of True."""
+    f = flags.int()
+    return int(f[0]) + int(((f[1:] - f[:-1]) == 1).sum())
+
+
+def test_speed_and_pitch_perturbation():
+    x = torch.from_numpy(_sine(400, 1.0, 16000))
+    fast = speed_perturb(x, 1.1)
+    assert fast.shape[0] == math.ceil(16000 / 1.1)
+    assert abs(_peak_hz(fast) - 440) < 4
+    shifted = pitch_shift(x, 3.0)
+    assert shifted.shape == x.shape
+    assert abs(_peak_hz(shifted) - 400 * 2 ** (3 / 12)) < 8  # ratio rounded to 1/50
+    assert torch.equal(speed_perturb(x, 1.0), x)
+
+
+@pytest.mark.parametrize("snr", [0.0, 12.5, 30.0])
+@pytest.mark.parametrize("pink", [False, True])
+def test_noise_reaches_requested_snr(snr, pink):
+    torch.manual_seed(0)
+    x = torch.from_numpy(_sine(300, 0.5, 16000))
+    y = add_noise_at_snr(x, coloured_noise(len(x), pink), snr)
+    achieved = 10 * torch.log10(x.pow(2).sum() / (y - x).pow(2).sum())
+    assert abs(achieved.item() - snr) < 1e-3
+
+
+def test_pink_noise_has_falling_spectrum():
+    torch.manual_seed(0)
+    power = torch.fft.rfft(coloured_noise(64000, pink=True)).abs().pow(2)
+    low, high = power[100:1000].mean(), power[10000:20000].mean()
+    assert 10 < (low / high).item() < 40  # 1/f: about 17x between these bands
+
+
+def test_room_impulse_response_decays_60db_in_rt60_and_keeps_level():
+    torch.manual_seed(0)
+    rt60, rate = 0.4, 16000
+    h = room_impulse_response(rt60, rate, wet=0.5)
+    assert h.shape == (int(rt60 * rate),) and h[0] == 1.0
+    assert abs(h[1:].pow(2).sum().item() - 0.5) < 1e-4
+    n = len(h)
+    early, late = h[1 : n // 2].pow(2).sum(), h[n // 2 :].pow(2).sum()
+    assert 10**-3.5 < (late / early).item() < 10**-2.5  # 30 dB energy drop per half of RT60
+    x = torch.from_numpy(_sine(300, 0.5, rate))
+    y = reverberate(x, h)
+    assert y.shape == x.shape
+    assert abs(y.pow(2).mean().sqrt().item() - x.pow(2).mean().sqrt().item()) < 1e-4
+    assert not torch.allclose(y, x, atol=1e-2)
+
+
+def test_waveform_augmentation_switches():
+    x = torch.from_numpy(_sine(300, 0.5, 16000))
+    assert torch.equal(WaveformAugmentation(AugmentationConfig(enabled=False))(x), x)
+    none = AugmentationConfig(speed_prob=0, pitch_prob=0, eq_prob=0, reverb_prob=0, noise_prob=0)
+    assert torch.equal(WaveformAugmentation(none)(x), x)
+    every = AugmentationConfig(speed_prob=1, pitch_prob=1, eq_prob=1, reverb_prob=1, noise_prob=1)
+    torch.manual_seed(3)
+    a = WaveformAugmentation(every)(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, WaveformAugmentation(every)(x))  # reproducible from the torch seed
+    assert 0.85 * len(x) < len(a) < 1.15 * len(x) and torch.isfinite(a).all()
+
+
+def test_spec_augment_mask_counts_and_widths():
+    cfg = AugmentationConfig(freq_masks=2, freq_mask_width=15, time_masks=2, time_mask_width=25,
+                             time_mask_ratio=1.0, cutout_prob=0.0)
+    augment = FeatureAugmentation(cfg)
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = augment(torch.ones(64, 200))
+        zero = out == 0
+        rows, cols = zero.all(dim=1), zero.all(dim=0)
+        assert torch.equal(zero, rows[:, None] | cols[None, :])  # only whole bands and spans
+        assert rows.sum() <= 2 * 14 and _runs(rows) <= 2
+        assert cols.sum() <= 2 * 24 and _runs(cols) <= 2
+
+
+def test_spec_cutout_rectangles():
+    torch.manual_seed(0)
+    for _ in range(20):
+        zero = spec_cutout(torch.ones(64, 100), rects=1, max_time=20, max_freq=10) == 0
+        rows, cols = zero.any(dim=1), zero.any(dim=0)
+        assert torch.equal(zero, rows[:, None] & cols[None, :])  # one rectangle
+        assert rows.sum() <= 10 and cols.sum() <= 20 and _runs(rows) <= 1 and _runs(cols) <= 1
+    masked = spec_cutout(torch.ones(64, 100), rects=5, max_time=20, max_freq=10)
+    assert 0 < (masked == 0).sum() <= 5 * 200
