@@ -10,6 +10,15 @@ from zoo.text.factorized_lstm import FactorizedLSTM, FactorizedLSTMConfig, LSTMP
 from zoo.text.lm import LanguageModelConfig, RNNLanguageModel
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def naive_lstmp(x, h, c, gates_fn, projection):
     """[i, j, f, o] = T([x, h]) + b; c = σ(f)c + σ(i)tanh(j); m = σ(o)tanh(c); h = P m."""
     outs = []
