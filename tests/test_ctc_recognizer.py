@@ -1,0 +1,279 @@
+"""CTCSpeechRecognizer (loss, metrics vs jiwer, bad input, checkpoints), beam search and the n-gram estimator."""
+
+import math
+import random
+
+import jiwer
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer, ctc_feasible
+from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
+from zoo.speech.features import FeaturizerConfig
+from zoo.speech.ngram import KneserNeyLM, build_arpa
+from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
+
+WORDS = ["yes", "no", "stop", "go", "left", "right"]
+
+
+def make_items(n: int, seed: int, frames_per_char: int = 4, too_short: int = 0, nan: int = 0):
+    """Fake utterances: every character is a fixed random 64-d pattern held for a few frames."""
+    tok = CharTokenizer()
+    codebook = torch.randn(tok.vocab_size, 64, generator=torch.Generator().manual_seed(123)) * 2
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+        ids = tok.encode(text)
+        feats = codebook[ids].repeat_interleave(frames_per_char, dim=0).T
+        feats = torch.cat([torch.zeros(64, 3), feats, torch.zeros(64, 3)], dim=1)
+        if i < too_short:  # one frame per character: fewer output frames than labels after stride 2
+            feats = codebook[ids].T
+        feats = feats + 0.3 * torch.randn(feats.shape, generator=g)
+        if i >= n - nan:
+            feats[0, 5] = float("nan")
+        items.append({"features": feats, "targets": torch.tensor(ids), "text": text, "id": f"utt{seed}_{i}.wav"})
+    return items
+
+
+def collate(items):
+    T = max(x["features"].shape[1] for x in items)
+    L = max(len(x["targets"]) for x in items)
+    feats = torch.zeros(len(items), 64, T)
+    targets = torch.zeros(len(items), L, dtype=torch.long)
+    for i, x in enumerate(items):
+        feats[i, :, : x["features"].shape[1]] = x["features"]
+        targets[i, : len(x["targets"])] = x["targets"]
+    return {
+        "features": feats,
+        "feature_lengths": torch.tensor([x["features"].shape[1] for x in items]),
+        "targets": targets,
+        "target_lengths": torch.tensor([len(x["targets"]) for x in items]),
+        "texts": [x["text"] for x in items],
+        "ids": [x["id"] for x in items],
+    }
+
+
+class FakeSpeechData(pl.LightningDataModule):
+    """Stands in for SpeechDataModule: the same batch dict and attributes."""
+
+    def __init__(self, train, val, batch_size=8, time_reduction=2):
+        super().__init__()
+        self.train_items, self.val_items = train, val
+        self.batch_size = batch_size
+        self.time_reduction = time_reduction
+        self.featurizer_config = FeaturizerConfig()
+        self.tokenizer_config = TokenizerConfig()
+        self.tokenizer = CharTokenizer(self.tokenizer_config)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_items, batch_size=self.batch_size, shuffle=True, collate_fn=collate)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_items, batch_size=self.batch_size, collate_fn=collate)
+
+    test_dataloader = predict_dataloader = val_dataloader
+
+
+def trainer(**kwargs):
+    kwargs.setdefault("max_epochs", 1)
+    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """jasper-tiny trained for a few seconds on the fake task (shared by several tests)."""
+    torch.manual_seed(0)
+    data = FakeSpeechData(make_items(48, 0), make_items(16, 1), batch_size=16)
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    t = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   max_epochs=5, num_sanity_val_steps=0, default_root_dir=tmp_path_factory.mktemp("ckpt"))
+    t.fit(model, data)
+    return model, data, t
+
+
+def test_ctc_feasible_counts_repeats():
+    targets = torch.tensor([[1, 1, 2, 0], [1, 2, 3, 0], [5, 5, 5, 5]])
+    lengths = torch.tensor([3, 3, 4])
+    # needs: 3 + 1 repeat = 4; 3; 4 + 3 repeats = 7
+    assert ctc_feasible(torch.tensor([4, 3, 6]), targets, lengths).tolist() == [True, True, False]
+    assert ctc_feasible(torch.tensor([3, 2, 7]), targets, lengths).tolist() == [False, False, True]
+
+
+def test_greedy_decode_merges_repeats_and_drops_blanks():
+    ids = torch.tensor([[0, 3, 3, 0, 3, 5, 5, 0, 1, 1]])
+    scores = torch.nn.functional.one_hot(ids, 7).float()
+    assert greedy_decode(scores, torch.tensor([10])) == [[3, 3, 5, 1]]
+    assert greedy_decode(scores, torch.tensor([6])) == [[3, 3, 5]]
+
+
+def test_training_learns_and_metrics_equal_jiwer(trained):
+    model, data, t = trained
+    assert model.hparams.featurizer["n_mels"] == 64 and model.hparams.tokenizer is not None
+    metrics = t.validate(model, data, verbose=False)[0]
+    model.eval()
+    hyps, refs = [], []
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            log_probs, lengths = model(batch["features"], batch["feature_lengths"])
+            hyps += model.greedy_texts(log_probs, lengths)
+            refs += batch["texts"]
+    assert metrics["val/wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-6)
+    assert metrics["val/cer"] == pytest.approx(jiwer.cer(refs, hyps), abs=1e-6)
+    assert metrics["val/cer"] < 0.6, "a few seconds of training should beat chance by far"
+    predictions = t.predict(model, data)
+    assert sum(predictions, []) == hyps
+
+
+def test_beam_search_with_lexicon_and_lm_at_test_time(trained, tmp_path):
+    model, data, t = trained
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(WORDS))
+    lm = build_arpa([x["text"] for x in data.train_items], tmp_path / "lm.arpa", order=2)
+    model.set_beam_search(BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=20))
+    metrics = t.test(model, data, verbose=False)[0]
+    assert {"test/wer", "test/cer", "test/wer_beam", "test/cer_beam"} <= set(metrics)
+    assert metrics["test/wer_beam"] <= metrics["test/wer"] + 1e-9
+    beams = sum(t.predict(model, data), [])
+    assert all(w in WORDS for b in beams for w in b.split())
+    model.set_beam_search(None)
+
+
+def test_lexicon_free_beam_search_agrees_with_greedy_on_peaked_emissions():
+    tok = CharTokenizer()
+    ids = tok.encode("go left")
+    frames = [i for c in ids for i in (c, 0)]
+    log_probs = torch.nn.functional.one_hot(torch.tensor([frames]), tok.vocab_size).float().mul(20).log_softmax(-1)
+    decoder = BeamSearchDecoder(tok.labels, BeamSearchConfig(beam_size=5))
+    assert decoder(log_probs, torch.tensor([len(frames)])) == ["go left"]
+
+
+def test_ctc_loss_is_fp32_under_bf16_autocast(trained):
+    model, data, _ = trained
+    batch = next(iter(data.val_dataloader()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs, _ = model(batch["features"], batch["feature_lengths"])
+    assert log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]))
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_nan_features_raise_naming_the_file_or_are_skipped():
+    data = FakeSpeechData(make_items(8, 2, nan=1), make_items(4, 3))
+    with pytest.raises(ValueError, match=r"utt2_7\.wav"):
+        trainer(max_steps=1).fit(CTCSpeechRecognizer("jasper-tiny", optimizer=adam), data)
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam, skip_bad=True)
+    t = trainer(max_steps=1)
+    t.fit(model, data)
+    assert torch.isfinite(_weights(model)).all()
+    assert t.callback_metrics["train/skipped_utterances"] == 1
+
+
+def test_audio_too_short_for_its_transcript_is_filtered_not_nan():
+    torch.manual_seed(0)
+    data = FakeSpeechData(make_items(8, 4, too_short=3), make_items(4, 5, too_short=2))
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam)
+    t = trainer(max_steps=1, limit_val_batches=1)
+    t.fit(model, data)
+    assert torch.isfinite(_weights(model)).all()
+    assert t.callback_metrics["train/infeasible"] == 3
+    assert t.callback_metrics["val/infeasible"] == 2
+    assert math.isfinite(t.callback_metrics["train/loss"])
+    # nothing alignable: the step is skipped and the weights stay exactly as they were
+    only_bad = FakeSpeechData(make_items(4, 6, too_short=4), make_items(2, 7))
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam)
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(model, only_bad)  # setup() builds the encoder; the one step is skipped
+    before = _weights(model)
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(model, only_bad)
+    assert torch.equal(_weights(model), before)
+
+
+def test_empty_validation_set_does_not_crash():
+    data = FakeSpeechData(make_items(8, 8), [])
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam)
+    trainer(max_steps=2).fit(model, data)
+    assert torch.isfinite(_weights(model)).all()
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(trained, tmp_path):
+    model, data, t = trained
+    path = tmp_path / "tiny.ckpt"
+    t.save_checkpoint(path)
+    reloaded = CTCSpeechRecognizer.load_from_checkpoint(path, weights_only=True)
+    torch.testing.assert_close(_weights(reloaded), _weights(model))
+    other = CTCSpeechRecognizer("jasper-tiny", encoder_overrides={"residual": "plain"}, optimizer=adam)
+    with pytest.raises(ValueError, match="trained with encoder jasper-tiny"):
+        trainer(max_steps=1).validate(other, data, ckpt_path=path, verbose=False)
+
+
+def test_time_reduction_mismatch_is_an_error():
+    data = FakeSpeechData(make_items(4, 9), make_items(2, 9), time_reduction=3)
+    with pytest.raises(ValueError, match="time_reduction=3"):
+        trainer(max_steps=1).fit(CTCSpeechRecognizer("jasper-tiny", optimizer=adam), data)
+
+
+# ---------------------------------------------------------------- Kneser-Ney estimator
+def test_kneser_ney_hand_computed_bigram():
+    """Text "a b" / "a a", bigram, plain D = 0.5. By hand:
+    continuation counts: a <- {<s>, a} = 2, b <- {a} = 1, </s> <- {b, a} = 2; total 5; vocab {a, b, </s>, <unk>}.
+    γ() = 0.5·3/5 = 0.3 -> p(a) = 1.5/5 + 0.3/4 = 0.375, p(b) = 0.5/5 + 0.075 = 0.175, p(<unk>) = 0.075.
+    history a: c(a a) = c(a b) = c(a </s>) = 1, total 3, γ(a) = 0.5·3/3 = 0.5 -> p(b|a) = 0.5/3 + 0.5·0.175.
+    history <s>: c(<s> a) = 2, γ(<s>) = 0.5·1/2 = 0.25 -> p(a|<s>) = 1.5/2 + 0.25·0.375, p(b|<s>) = 0.25·0.175.
+    """
+    lm = KneserNeyLM(["a b", "a a"], order=2, discount="plain", discount_value=0.5)
+    assert lm.prob("a") == pytest.approx(0.375)
+    assert lm.prob("b") == pytest.approx(0.175)
+    assert lm.prob("zzz") == pytest.approx(0.075)
+    assert lm.prob("b", ["a"]) == pytest.approx(0.5 / 3 + 0.5 * 0.175)
+    assert lm.prob("a", ["a"]) == pytest.approx(0.5 / 3 + 0.5 * 0.375)
+    assert lm.prob("a", ["<s>"]) == pytest.approx(0.75 + 0.25 * 0.375)
+    assert lm.prob("b", ["<s>"]) == pytest.approx(0.25 * 0.175)
+
+
+def read_arpa(path):
+    probs, backoffs = {}, {}
+    for line in open(path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) >= 2 and not line.startswith("ngram"):
+            gram = tuple(parts[1].split())
+            probs[gram] = 10 ** float(parts[0])
+            if len(parts) == 3:
+                backoffs[gram] = 10 ** float(parts[2])
+    return probs, backoffs
+
+
+def arpa_prob(probs, backoffs, word, history):
+    gram = (*history, word)
+    if gram in probs:
+        return probs[gram]
+    if not history:
+        return probs[("<unk>",)]
+    return backoffs.get(tuple(history), 1.0) * arpa_prob(probs, backoffs, word, history[1:])
+
+
+@pytest.mark.parametrize("discount", ["modified", "plain"])
+def test_kneser_ney_normalises_and_arpa_back_off_reproduces_it(tmp_path, discount):
+    text = ["the cat sat", "the dog sat", "a cat ran", "the cat ran away", "a dog ran", "the the cat"]
+    lm = KneserNeyLM(text, order=3, discount=discount)
+    path = lm.write_arpa(tmp_path / "lm.arpa")
+    probs, backoffs = read_arpa(path)
+    for history in [(), ("the",), ("<s>",), ("cat",), ("the", "cat"), ("<s>", "the"), ("dog", "ran"), ("x", "y")]:
+        assert sum(lm.prob(w, history) for w in lm.vocab) == pytest.approx(1.0)
+        for w in lm.vocab:
+            h = tuple(x if x in lm.vocab or x == "<s>" else "<unk>" for x in history)
+            if "<unk>" in h:
+                continue
+            assert arpa_prob(probs, backoffs, w, h) == pytest.approx(lm.prob(w, history), rel=1e-5)

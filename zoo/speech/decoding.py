@@ -1,0 +1,131 @@
+"""CTC decoding: greedy (best path) and beam search with a lexicon and an n-gram LM.
+
+Greedy decoding takes the most likely label per frame, merges repeats and drops blanks
+(Graves et al. 2006, §3.2 best-path decoding). Beam search uses torchaudio's flashlight-based
+``ctc_decoder``: with a lexicon (the words of the training text) the hypotheses are restricted to
+those words and scored by an optional word n-gram LM; without a lexicon it spells freely, optionally
+guided by a character n-gram LM (ARPA files from :mod:`zoo.speech.ngram`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+#: Flashlight's word separator: the tokenizer's space is passed to the decoder under this name.
+SIL_TOKEN = "|"
+
+
+def greedy_alignment(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[tuple[int, int, float]]]:
+    """Best path: per utterance the emitted ``(label, frame, probability)`` after merging repeats
+    and dropping blanks.
+
+    Args:
+        log_probs: (B, T, V) log-probabilities (or logits: only the argmax and, for the probability,
+            the softmax of the row matter; pass log-probabilities for meaningful probabilities).
+        lengths: (B,) valid frames.
+    """
+    best, ids = log_probs.max(dim=-1)  # (B, T)
+    frames = torch.arange(ids.shape[1], device=ids.device)
+    previous = torch.cat([torch.full_like(ids[:, :1], blank), ids[:, :-1]], dim=1)
+    keep = (ids != blank) & (ids != previous) & (frames[None, :] < lengths[:, None].to(ids.device))
+    out = []
+    probs = best.exp()
+    for b in range(ids.shape[0]):
+        t = keep[b].nonzero().squeeze(1)
+        out.append(list(zip(ids[b, t].tolist(), t.tolist(), probs[b, t].tolist(), strict=True)))
+    return out
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
+    """(B, T, V) scores, (B,) lengths -> label ids per utterance (repeats merged, blanks dropped)."""
+    return [[label for label, _, _ in path] for path in greedy_alignment(log_probs, lengths, blank)]
+
+
+@dataclass
+class BeamSearchConfig:
+    """Beam-search settings (torchaudio ``ctc_decoder`` arguments).
+
+    ``lexicon``: a word list file (one word per line) restricting the output to those words, or
+    None for lexicon-free decoding. ``lm``: an ARPA file (word n-grams with a lexicon, character
+    n-grams with ``|`` as the space without one) or None.
+    """
+
+    lexicon: str | None = None
+    lm: str | None = None
+    beam_size: int = 50
+    beam_size_token: int | None = None
+    beam_threshold: float = 25.0
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+    unk_score: float = -math.inf
+    sil_score: float = 0.0
+
+
+def write_lexicon(words: Iterable[str], path: str | Path) -> Path:
+    """Flashlight lexicon: ``word w o r d |`` per line (spelling ends with the word separator)."""
+    path = Path(path)
+    unique = sorted({w for w in words if w})
+    path.write_text("".join(f"{w} {' '.join(w)} {SIL_TOKEN}\n" for w in unique))
+    return path
+
+
+class BeamSearchDecoder:
+    """Batched CTC beam search over log-probabilities.
+
+    Args:
+        labels: id -> symbol of the tokenizer (``labels[blank]`` is the blank; ``" "`` the space).
+        config: :class:`BeamSearchConfig`.
+        blank: blank id.
+    """
+
+    def __init__(self, labels: Sequence[str], config: BeamSearchConfig, blank: int = 0) -> None:
+        from torchaudio.models.decoder import ctc_decoder
+
+        if " " not in labels:
+            raise ValueError("beam search needs a space in the tokenizer's alphabet (the word separator)")
+        self.config = config
+        self.labels = list(labels)
+        self.blank = blank
+        tokens = [SIL_TOKEN if s == " " else s for s in labels]
+        tokens[blank] = "<blank>"
+        self._tmp = tempfile.TemporaryDirectory(prefix="zoo-lexicon-")
+        lexicon = None
+        if config.lexicon is not None:
+            words = Path(config.lexicon).read_text().split()
+            if not words:
+                raise ValueError(f"{config.lexicon}: empty word list")
+            bad = sorted({c for w in words for c in w if c not in labels or c == " "})
+            if bad:
+                raise ValueError(f"{config.lexicon}: characters {bad} are not in the tokenizer's alphabet")
+            lexicon = str(write_lexicon(words, Path(self._tmp.name) / "lexicon.txt"))
+        if config.lm is not None and not Path(config.lm).is_file():
+            raise FileNotFoundError(f"language model {config.lm} does not exist")
+        self._decoder = ctc_decoder(
+            lexicon=lexicon, tokens=tokens, lm=config.lm, beam_size=config.beam_size,
+            beam_size_token=config.beam_size_token, beam_threshold=config.beam_threshold,
+            lm_weight=config.lm_weight, word_score=config.word_score, unk_score=config.unk_score,
+            sil_score=config.sil_score, blank_token="<blank>", sil_token=SIL_TOKEN,
+        )
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        """(B, T, V) log-probabilities, (B,) lengths -> best transcript per utterance."""
+        emissions = log_probs.detach().float().cpu().contiguous()
+        hypotheses = self._decoder(emissions, lengths.detach().cpu().to(torch.int32))
+        texts = []
+        for nbest in hypotheses:
+            if not nbest:
+                texts.append("")
+                continue
+            best = nbest[0]
+            if self.config.lexicon is not None:
+                texts.append(" ".join(best.words))
+            else:
+                texts.append(" ".join("".join(self.labels[i] for i in best.tokens.tolist()).split()))
+        return texts
