@@ -17,8 +17,9 @@ Split rule (the test measures unseen speakers saying unseen sentences):
 
 Reproducibility: the config and its seed fix every sentence, voice, rate, pitch and file name (the
 manifests' texts and voices are identical between builds). The audio samples themselves come from
-the installed espeak-ng (``corpus.json`` records its version) and vary by a few milliseconds
-between runs, because espeak-ng keeps synthesizer state between utterances.
+the installed espeak-ng (``corpus.json`` records its version) and are not bit-identical between
+builds: espeak-ng keeps synthesizer state from one utterance to the next, so an utterance's
+length varies by up to a few tens of milliseconds.
 
 The build is atomic: it renders into a temporary folder next to the final one and renames it
 when complete, so an interrupted or failed build is never used (and is removed on failure).

@@ -125,9 +125,9 @@ def test_same_seed_same_manifests_other_seed_other_sentences(corpus, tmp_path):
     first, second = rows(manifests), rows(again)
     for split in first:
         assert [[r[f] for f in fields] for r in first[split]] == [[r[f] for f in fields] for r in second[split]]
-        # the audio is espeak-ng's: same voice and text, durations within a few milliseconds
+        # the audio is espeak-ng's: same voice and text, durations within tens of milliseconds
         for a, b in zip(first[split], second[split]):
-            assert abs(a["duration"] - b["duration"]) < 0.05
+            assert a["duration"] == pytest.approx(b["duration"], rel=0.1)
     other = synthetic_speech.plan_corpus(replace(config, seed=1))
     assert {u.text for u in other} != {r["text"] for rs in first.values() for r in rs}
 
