@@ -368,3 +368,75 @@ def test_datamodule_builds_the_synthetic_corpus_when_no_manifests(tmp_path):
     for i, text in enumerate(batch["texts"]):
         n = int(batch["target_lengths"][i])
         assert dm.tokenizer.decode(batch["targets"][i, :n].tolist()) == text
+
+
+# ---------------------------------------------------------------- LibriSpeech
+
+
+def _librispeech_tree(root: Path, subset: str = "dev-clean") -> dict[str, float]:
+    """A tiny tree in LibriSpeech's exact layout; returns utterance id -> seconds."""
+    durations = {}
+    for speaker, chapter, utts in [("19", "198", [0.4, 0.55]), ("1272", "128104", [0.3])]:
+        folder = root / "LibriSpeech" / subset / speaker / chapter
+        folder.mkdir(parents=True)
+        lines = []
+        for k, seconds in enumerate(utts):
+            uid = f"{speaker}-{chapter}-{k:04d}"
+            _tone(folder / f"{uid}.flac", seconds)
+            durations[uid] = seconds
+            lines.append(f"{uid} MISTER QUILTER IS THE APOSTLE'S  NUMBER {k}")
+        (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    return durations
+
+
+def test_librispeech_preparer_writes_manifests(tmp_path):
+    from zoo.datamodules.librispeech import prepare_librispeech
+
+    durations = _librispeech_tree(tmp_path)
+    manifest = prepare_librispeech(tmp_path, "dev-clean")
+    assert manifest == tmp_path / "librispeech_dev-clean.json"
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [Path(e["audio_filepath"]).stem for e in entries] == ["1272-128104-0000", "19-198-0000", "19-198-0001"]
+    assert all(not Path(e["audio_filepath"]).is_absolute() for e in entries)
+    for e in entries:
+        assert e["duration"] == pytest.approx(durations[Path(e["audio_filepath"]).stem], abs=1e-4)
+    assert entries[0]["text"] == "mister quilter is the apostle's number 0"
+    data = read_manifests(manifest, CharTokenizer())  # relative paths resolve, audio headers check out
+    assert data.utterances[2].text == "mister quilter is the apostle's number one"
+
+
+def test_librispeech_preparer_errors_name_transcript_line(tmp_path):
+    from zoo.datamodules.librispeech import prepare_librispeech
+
+    _librispeech_tree(tmp_path)
+    (tmp_path / "LibriSpeech/dev-clean/19/198/19-198-0001.flac").unlink()
+    trans = tmp_path / "LibriSpeech/dev-clean/19/198/19-198.trans.txt"
+    with pytest.raises(ManifestError, match=f"{trans}:2: audio file not found"):
+        prepare_librispeech(tmp_path, "dev-clean")
+    manifest = prepare_librispeech(tmp_path, "dev-clean", skip_bad=True)
+    assert len(manifest.read_text().splitlines()) == 2
+
+
+def test_librispeech_download_extracts_safely(tmp_path):
+    import io
+    import tarfile
+
+    from zoo.datamodules.librispeech import download_librispeech, prepare_librispeech
+
+    source = tmp_path / "source"
+    _librispeech_tree(source, "test-clean")
+    with tarfile.open(tmp_path / "test-clean.tar.gz", "w:gz") as tar:
+        tar.add(source / "LibriSpeech", arcname="LibriSpeech")
+    target = tmp_path / "data"
+    (folder,) = download_librispeech(target, ["test-clean"], url=f"file://{tmp_path}/{{subset}}.tar.gz")
+    assert folder == target / "LibriSpeech" / "test-clean" and not (target / "test-clean.tar.gz").exists()
+    assert len(prepare_librispeech(target, "test-clean").read_text().splitlines()) == 3
+    # a hostile archive (member escaping the destination) is refused; the opener is injectable
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(ValueError, match="outside"):
+        download_librispeech(tmp_path / "evil", ["dev-other"], opener=lambda url: io.BytesIO(evil.getvalue()))
+    assert not (tmp_path / "escaped.txt").exists()
