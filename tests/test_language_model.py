@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -195,3 +196,47 @@ def test_pipeline_export_score_and_generate(tmp_path) -> None:
     assert out.startswith("ab") and len(out) == 22 and set(out) <= set("abc \n")
     assert loaded.generate("ab", n=20, seed=1) == out
     assert loaded.generate("ab", n=5, temperature=0) == loaded.generate("ab", n=5, temperature=0)
+
+
+# -- the recipes ----------------------------------------------------------------------------------
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+LM_CONFIGS = ["bnlstm_demo.yaml", "lstm_demo.yaml", "flstm_demo.yaml", "biglstm_1b.yaml"]
+
+
+@pytest.mark.parametrize("name", LM_CONFIGS)
+def test_config_prints(name, capsys) -> None:
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "zoo.lightning_modules.language_model.LanguageModel" in printed
+    assert "zoo.datamodules.text.TextDataModule" in printed
+
+
+@pytest.mark.parametrize("name", LM_CONFIGS)
+def test_config_fast_dev_run(name, tmp_path, monkeypatch) -> None:
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = '{"embedding_size": 8, "hidden_size": 16, "projection_size": 8, "max_length": 8}'
+    args = ["fit", "--config", str(CONFIGS / name), "--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu",
+            "--model.init_args.network_overrides", tiny, "--data.init_args.bptt", "8", "--data.init_args.batch_size", "4",
+            "--data.init_args.eval_batch_size", "2"]
+    if name == "biglstm_1b.yaml":  # the One Billion Word layout, in miniature, streamed
+        root = tmp_path / "1b"
+        train = root / "training-monolingual.tokenized.shuffled"
+        train.mkdir(parents=True)
+        (train / "news.en-00001-of-00100").write_text("the cat sat on the mat .\n" * 40)
+        heldout = root / "heldout-monolingual.tokenized.shuffled"
+        heldout.mkdir()
+        (heldout / "news.en.heldout-00000-of-00050").write_text("the dog sat .\n" * 20)
+        (root / "vocab.txt").write_text("the\ncat\nsat\non\nmat\n.\n")
+        args += ["--data.init_args.data_dir", str(root), "--data.init_args.vocab_file", str(root / "vocab.txt"),
+                 "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true",
+                 "--model.init_args.num_sampled", "4"]
+    else:
+        args += ["--data.init_args.corpus", "files", "--data.init_args.data_dir", str(_corpus(tmp_path / "data")),
+                 "--data.init_args.min_count", "1"]
+    assert main(args) == 0
