@@ -1,1 +1,5 @@
 """callbacks of zoo (installed as zoo.callbacks)."""
+
+from zoo.callbacks.layerwise_monitor import LayerwiseMonitor
+from zoo.callbacks.loss_scaling import LossScaling
+from zoo.callbacks.publish_to_hub import PublishToHub

@@ -189,3 +189,45 @@ def test_publish_uploads_the_exported_files(tmp_path, monkeypatch, trained_check
     with pytest.raises(SystemExit):
         zoo_main(["publish", str(export_dir), "--repo", "not a repo"])
     assert zoo_main(["publish", str(tmp_path), "--repo", "org/x"]) == 1
+
+
+def test_publish_to_hub_callback_exports_best_checkpoint(tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from zoo.callbacks.publish_to_hub import PublishToHub
+
+    pushed = []
+    monkeypatch.setattr(hub, "push", lambda folder, repo_id, **kw: pushed.append((sorted(
+        p.name for p in Path(folder).iterdir()), repo_id)) or "https://hub/commit/1")
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    torch.manual_seed(0)
+    module = ToyModule(hidden=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_mse", save_top_k=1,
+                                 mode="max")  # "best" = the first epoch, so best and final weights differ
+    publish = PublishToHub(repo_id="org/toy", export_dir=str(tmp_path / "export"), datasets=["movielens"])
+    final = {}
+
+    class Snapshot(pl.Callback):
+        def on_fit_end(self, trainer, pl_module):
+            final.update({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Snapshot(), checkpoint, publish])
+    trainer.fit(module, ToyData(n=24))
+    best = torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"]
+    exported = zoo.load(str(tmp_path / "export"))
+    for key, value in exported.network.state_dict().items():
+        assert torch.equal(value, best[f"net.{key}"])
+    # the trainer's module keeps its final weights
+    assert any(not torch.equal(best[k], final[k]) for k in best)
+    assert all(torch.equal(v, final[k]) for k, v in module.state_dict().items())
+    assert pushed == [(["README.md", "config.json", "model.safetensors"], "org/toy")]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "best_val_mse" in card and "non-commercial" in card and "Steps / epochs: 9 / 3" in card
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("zoo.callbacks.publish_to_hub.get_token", lambda: None)
+    quiet = PublishToHub(repo_id="org/toy", export_dir=str(tmp_path / "export2"))
+    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, callbacks=[quiet]).fit(ToyModule(), ToyData(n=24))
+    assert len(pushed) == 1 and (tmp_path / "export2" / "model.safetensors").is_file()
