@@ -14,6 +14,9 @@ Split rule (the test measures unseen speakers saying unseen sentences):
 * Sentences are partitioned too: no val or test sentence occurs in training (nor val in test).
   Every utterance of a split has a distinct sentence.
 * Each utterance draws an accent, a speaking rate (words per minute), a pitch and a word gap.
+* A variant written ``"flite:slt"`` (``kal16``, ``awb``, ``rms``, ``slt``) is a CMU Flite voice
+  instead (:mod:`zoo.datamodules.flite`, Debian package ``flite``; not in the default spec), e.g.
+  ``test_variants=["flite:slt", "flite:rms"]`` tests on another synthesizer than training's.
 
 Reproducibility: the config and its seed fix every sentence, voice, rate, pitch and file name (the
 manifests' texts and voices are identical between builds). The audio samples themselves come from
@@ -43,6 +46,7 @@ import numpy as np
 import soundfile
 
 from zoo.datamodules.espeak import Espeak, Voicing, resample
+from zoo.datamodules.flite import FLITE_VOICES, Flite, is_flite_voice
 from zoo.datamodules.sentences import command_sentences, english_sentences
 
 FORMAT_VERSION = 1
@@ -110,6 +114,10 @@ class SyntheticCorpusConfig:
                 raise ValueError(f"SyntheticCorpusConfig.{split}_variants is empty but {split} has {count} utterances")
         if not self.accents:
             raise ValueError("SyntheticCorpusConfig.accents is empty")
+        for split in SPLITS:
+            for variant in getattr(self, f"{split}_variants"):
+                if is_flite_voice(variant) and variant.removeprefix("flite:") not in FLITE_VOICES:
+                    raise ValueError(f"unknown Flite voice {variant!r} in {split}_variants; known: {list(FLITE_VOICES)}")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = set(getattr(self, f"{a}_variants")) & set(getattr(self, f"{b}_variants"))
             if shared:
@@ -224,8 +232,9 @@ def plan_corpus(config: SyntheticCorpusConfig) -> list[Utterance]:
         variants = list(getattr(config, f"{split}_variants"))
         rng.shuffle(variants)
         for index, text in enumerate(sentences[split]):
+            accent, variant = rng.choice(config.accents), variants[index % len(variants)]
             voicing = Voicing(
-                voice=f"{rng.choice(config.accents)}+{variants[index % len(variants)]}",
+                voice=variant if is_flite_voice(variant) else f"{accent}+{variant}",
                 rate=rng.randint(*config.rate),
                 pitch=rng.randint(*config.pitch),
                 word_gap=rng.randint(*config.word_gap),
@@ -244,17 +253,22 @@ def _init_worker(root: str, sample_rate: int, backend: str) -> None:
     """Set up this process's synthesizer (initialised once per process and backend)."""
     if _worker.get("pid") != os.getpid() or _worker.get("backend") != backend:
         _worker.update(espeak=Espeak(backend), pid=os.getpid(), backend=backend)
+    _worker.pop("flite", None)  # created on the first Flite voice of this build
     _worker.update(root=Path(root), sample_rate=sample_rate)
 
 
 def _render(utterance: Utterance) -> tuple[str, int, int, str]:
     """Render one utterance into its WAV file -> (split, index, samples written, "backend version")."""
-    espeak: Espeak = _worker["espeak"]
-    samples = resample(espeak.render(utterance.text, utterance.voicing), espeak.sample_rate, _worker["sample_rate"])
+    if is_flite_voice(utterance.voicing.voice):
+        synthesizer = _worker.get("flite") or _worker.setdefault("flite", Flite())
+    else:
+        synthesizer = _worker["espeak"]
+    rendered = synthesizer.render(utterance.text, utterance.voicing)
+    samples = resample(rendered, synthesizer.sample_rate, _worker["sample_rate"])
     path = _worker["root"] / utterance.audio_filepath
     pcm = np.round(samples * 32767.0).astype(np.int16)  # quantise here: libsndfile's float path is slower
     soundfile.write(path, pcm, _worker["sample_rate"], subtype="PCM_16")
-    return utterance.split, utterance.index, samples.shape[0], f"{espeak.backend} {espeak.version}"
+    return utterance.split, utterance.index, samples.shape[0], f"{synthesizer.backend} {synthesizer.version}"
 
 
 def _render_all(
@@ -333,7 +347,8 @@ def build_corpus(
         info = {
             "config": {k: v for k, v in asdict(config).items() if k != "cache_dir"},
             "key": config.key(),
-            "espeak_ng": ", ".join(sorted(backends)),  # "library 1.51" (in-process) or "program 1.51"
+            # "library 1.51" (libespeak-ng in-process), "program 1.51" (espeak-ng), "flite flite-2.2..."
+            "synthesizers": ", ".join(sorted(backends)),
             "num_workers": num_workers,
             "build_seconds": round(time.perf_counter() - started, 2),
             "plan_seconds": round(planned - started, 2),

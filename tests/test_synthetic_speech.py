@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import soundfile
 from zoo.datamodules import espeak as espeak_module
 from zoo.datamodules import synthetic_speech
 from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
+from zoo.datamodules.flite import Flite
 from zoo.datamodules.sentences import (
     command_sentences,
     command_vocabulary,
@@ -112,7 +115,7 @@ def test_manifest_durations_match_the_wav_files(corpus):
 def test_corpus_json_records_the_build(corpus):
     config, manifests = corpus
     info = corpus_info(manifests)
-    assert info["key"] == config.key() and info["espeak_ng"].startswith("library 1.")
+    assert info["key"] == config.key() and info["synthesizers"].startswith("library 1.")
     assert info["statistics"] == corpus_statistics(manifests)
     assert info["config"]["train_variants"] == config.train_variants
 
@@ -279,3 +282,46 @@ def test_zoo_demo_builds_and_prints_the_table(tmp_path, capsys):
     assert "corpus built" in first and "train" in first and "test" in first
     assert main(args) == 0
     assert "found in the cache" in capsys.readouterr().out
+
+
+FAKE_FLITE = """#!{python}
+# Stands in for CMU Flite: logs its arguments and writes 0.25 s of tone per word times duration_stretch.
+import json, sys
+import numpy as np, soundfile
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("  version: flite-9.9-fake"); sys.exit(0)
+value = lambda flag: args[args.index(flag) + 1]
+stretch = float(value("--setf").split("=")[1])
+seconds = 0.25 * len(value("-t").split()) * stretch
+with open({log!r}, "a") as log:
+    log.write(json.dumps(args) + "\\n")
+soundfile.write(value("-o"), 0.3 * np.sin(np.arange(int(16000 * seconds)) * 0.1), 16000, subtype="PCM_16")
+"""
+
+
+def test_flite_voices_render_through_the_flite_program(tmp_path, monkeypatch):
+    bin_dir, log = tmp_path / "bin", tmp_path / "flite.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "flite"
+    fake.write_text(FAKE_FLITE.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = tiny(tmp_path, train_utterances=4, val_utterances=2, test_utterances=3, test_variants=["flite:slt", "flite:awb"])
+    manifests = build_corpus(config, num_workers=1)
+    test_rows = read_manifest(manifests.test)
+    assert [r["voice"] for r in test_rows] != [] and {r["voice"] for r in test_rows} <= {"flite:slt", "flite:awb"}
+    assert all("+" in r["voice"] for r in read_manifest(manifests.train))  # espeak-ng voices elsewhere
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[c.index("-t") + 1] for c in calls] == [r["text"] for r in test_rows]
+    for call, row in zip(calls, test_rows):
+        assert call[call.index("-voice") + 1] == row["voice"].removeprefix("flite:")
+        stretch = 175 / row["rate"]  # rate in words per minute -> Flite's duration stretch
+        assert float(call[call.index("--setf") + 1].split("=")[1]) == pytest.approx(stretch, abs=1e-4)
+        assert row["duration"] == pytest.approx(0.25 * len(row["text"].split()) * stretch, abs=2e-4)
+    assert "flite flite-9.9-fake" in corpus_info(manifests)["synthesizers"]
+    with pytest.raises(ValueError, match="unknown Flite voice 'flite:hal9000' in test_variants"):
+        build_corpus(tiny(tmp_path, test_variants=["flite:hal9000"]), num_workers=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(EspeakError, match="apt-get install flite"):
+        Flite()

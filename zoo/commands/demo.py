@@ -28,6 +28,8 @@ def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
         config.train_utterances = args.utterances
     if args.held_out is not None:
         config.val_utterances = config.test_utterances = args.held_out
+    if args.test_variants:
+        config.test_variants = [v.strip() for v in args.test_variants.split(",") if v.strip()]
     return config
 
 
@@ -48,7 +50,7 @@ def build_demo_corpus(config: SyntheticCorpusConfig, num_workers: int | None = N
     else:
         console.print(
             f"corpus built in {info['build_seconds']:.1f} s ({info['utterances_per_second']:.0f} utterances/s, "
-            f"{info['num_workers']} workers, espeak-ng: {info['espeak_ng']}): {manifests.root}"
+            f"{info['num_workers']} workers; {info['synthesizers']}): {manifests.root}"
         )
     return manifests, info
 
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="commands: restricted-vocabulary voice-assistant sentences (default); english: fortunes sentences")
     parser.add_argument("--utterances", type=int, help="training utterances (default: the shared spec, 4000)")
     parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
+    parser.add_argument("--test-variants", help="comma-separated held-out test voices, e.g. "
+                        "'flite:slt,flite:rms,flite:awb,flite:kal16' (another synthesizer; needs Debian's flite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="rendering processes (default: every CPU)")
     parser.add_argument("--cache-dir", help="cache root (default: $ZOO_CACHE, $XDG_CACHE_HOME/zoo or ~/.cache/zoo)")
