@@ -26,9 +26,10 @@ from torch.nn import functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zoo.lightning_modules.optimization import configure_optimizers
-from zoo.registry import build_config
+from zoo.registry import build_config, model_to_dict
 from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
 from zoo.speech.features import Featurizer, FeaturizerConfig
+from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 
@@ -134,6 +135,18 @@ class CTCSpeechRecognizer(LightningModule):
                 theirs[0], {k: v for k, v in theirs[1].items() if k not in strip}):
             raise ValueError(f"checkpoint was trained with encoder {theirs[0]} {theirs[1]}, "
                              f"but this module is {mine[0]} {mine[1]}")
+
+    def to_pipeline(self) -> SpeechRecognizer:
+        """The exported unit: featurizer settings + a copy of the encoder + tokenizer settings
+        (+ the beam-search settings, if any). See :mod:`zoo.hub` for the checkpoint protocol."""
+        recognizer = SpeechRecognizer(
+            featurizer=dataclasses.asdict(self.featurizer_config),
+            encoder=model_to_dict(self.encoder),
+            tokenizer=dataclasses.asdict(self.tokenizer_config),
+            beam_search=dataclasses.asdict(self.beam_search_config) if self.beam_search_config else None,
+        )
+        recognizer.encoder.load_state_dict(self.encoder.state_dict())
+        return recognizer.eval()
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)

@@ -277,3 +277,92 @@ def test_kneser_ney_normalises_and_arpa_back_off_reproduces_it(tmp_path, discoun
             if "<unk>" in h:
                 continue
             assert arpa_prob(probs, backoffs, w, h) == pytest.approx(lm.prob(w, history), rel=1e-5)
+
+
+# ---------------------------------------------------------------- exported SpeechRecognizer
+def test_export_reload_fuse_and_transcribe(trained, tmp_path):
+    import dataclasses
+
+    import zoo
+    from zoo.speech.recognizer import SpeechRecognizer
+
+    model, data, t = trained
+    recognizer = model.to_pipeline()
+    assert isinstance(recognizer, SpeechRecognizer)
+    recognizer.save_pretrained(tmp_path / "rec")
+    loaded = zoo.load(tmp_path / "rec")
+    fused = zoo.load(tmp_path / "rec", fuse=True)
+    assert fused.fused and not any(isinstance(m, torch.nn.BatchNorm1d) for m in fused.modules())
+    with pytest.raises(ValueError, match="unfolded"):
+        fused.save_pretrained(tmp_path / "nope")
+    g = torch.Generator().manual_seed(0)
+    waves = [torch.randn(16000, generator=g) * 0.1, torch.randn(7000, generator=g) * 0.1]
+    a = loaded.log_probs(waves)
+    b = recognizer.log_probs(waves)
+    c = fused.log_probs(waves)
+    for x, y, z in zip(a, b, c):
+        torch.testing.assert_close(x, y)
+        torch.testing.assert_close(z, x, atol=1e-5, rtol=1e-5)
+    # the task module's own forward on the same features gives the same log-probabilities
+    feats, frames = loaded.featurizer(waves[0][None], torch.tensor([16000]))
+    with torch.no_grad():
+        direct, _ = model.eval()(feats, frames)
+    torch.testing.assert_close(direct[0], a[0])
+    out = loaded.transcribe([w.numpy() for w in waves], batch_size=2)
+    assert len(out) == 2 and out[0].duration == pytest.approx(1.0)
+    for tr in out:
+        assert tr.text == " ".join(w.word for w in tr.words)
+        for w in tr.words:
+            assert 0 <= w.start < w.end <= tr.duration + loaded.frame_seconds and 0 < w.confidence <= 1
+
+
+def test_word_timestamps_and_confidence_from_the_alignment(trained):
+    model, _, _ = trained
+    rec = model.to_pipeline()
+    tok = rec.tokenizer
+    # frames: g o _ _ | _ l e f t  (blank = 0, space = " ")
+    labels = [0 if c == "_" else tok.labels.index(c) for c in "go__ _left"]
+    lp = torch.full((len(labels), tok.vocab_size), math.log(0.1 / (tok.vocab_size - 1)))
+    lp[torch.arange(len(labels)), torch.tensor(labels)] = math.log(0.9)
+    words = rec.words(lp)
+    fs = rec.frame_seconds
+    assert [w.word for w in words] == ["go", "left"]
+    assert (words[0].start, words[0].end) == pytest.approx((0.0, 2 * fs))
+    assert (words[1].start, words[1].end) == pytest.approx((6 * fs, 10 * fs))
+    assert words[0].confidence == pytest.approx(0.9, abs=1e-3)
+
+
+def test_long_audio_chunks_stitch_to_the_unchunked_output(trained):
+    import dataclasses
+
+    from zoo.registry import model_to_dict
+    from zoo.speech.recognizer import SpeechRecognizer
+
+    model, _, _ = trained
+    common = dict(featurizer={"normalize": "none"}, encoder=model_to_dict(model.encoder),
+                  tokenizer=dataclasses.asdict(model.tokenizer_config))
+    whole = SpeechRecognizer(**common, chunk_seconds=100.0)
+    chunked = SpeechRecognizer(**common, chunk_seconds=2.0, chunk_overlap_seconds=0.8)
+    for rec in (whole, chunked):
+        rec.encoder.load_state_dict(model.encoder.state_dict())
+    wave = torch.randn(5 * 16000 + 123, generator=torch.Generator().manual_seed(1)) * 0.1
+    assert len(chunked._chunks(len(wave))) > 2
+    a, b = whole.log_probs([wave])[0], chunked.log_probs([wave])[0]
+    assert a.shape == b.shape
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_export_from_checkpoint_and_bad_checkpoint(trained, tmp_path):
+    from zoo.hub import CheckpointError, pipeline_from_checkpoint
+
+    model, _, t = trained
+    path = tmp_path / "m.ckpt"
+    t.save_checkpoint(path)
+    rec = pipeline_from_checkpoint(path, CTCSpeechRecognizer)
+    for p, q in zip(rec.encoder.parameters(), model.encoder.parameters()):
+        assert torch.equal(p, q)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {k.replace("encoder.blocks", "encoder.layers"): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        pipeline_from_checkpoint(tmp_path / "bad.ckpt", CTCSpeechRecognizer)

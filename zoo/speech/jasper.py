@@ -176,6 +176,10 @@ class Jasper(nn.Module):
         """Frames after the prologue's stride: ceil(T / stride) (same padding)."""
         return torch.div(lengths + self.time_reduction - 1, self.time_reduction, rounding_mode="floor")
 
+    def fuse_batchnorm(self) -> Jasper:
+        """Fold batch norm into the convolutions for inference (see :func:`fuse_batchnorm`)."""
+        return fuse_batchnorm(self)
+
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features (B, F, T), lengths (B,) -> logits (B, T', num_classes), out_lengths (B,)."""
         if features.dim() != 3 or features.shape[1] != self.config.in_features:
