@@ -210,14 +210,14 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     The signal is zero-padded to ``orig/g * k`` samples (g = gcd of the rates, k with small prime
     factors) so that both transforms have fast lengths and the output length is exact.
     """
-    x = samples.astype(np.float64) / (32768.0 if samples.dtype == np.int16 else 1.0)
+    x = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 1.0)
     if orig_rate == new_rate:
         return x.astype(np.float32)
     g = math.gcd(orig_rate, new_rate)
     up, down = new_rate // g, orig_rate // g
     n = x.shape[0]
     k = _smooth_at_least(-(-n // down))
-    padded = np.zeros(down * k)
+    padded = np.zeros(down * k, dtype=np.float32)  # float32 transforms: ample for 16-bit audio
     padded[:n] = x
     spectrum = np.fft.rfft(padded)
     m = up * k
