@@ -1,0 +1,205 @@
+"""AutoEncoderRecommender (masked loss, dense re-feeding, corpus RMSE), the bias baseline,
+the Recommender pipeline, `zoo recommend` and the configs."""
+
+import copy
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import zoo
+from zoo.cli import main as zoo_main
+from zoo.lightning_modules.autoencoder_recommender import AutoEncoderRecommender
+from zoo.recsys.baselines import fit_biases
+from zoo.recsys.losses import drop_ratings, masked_mse
+from zoo.recsys.recommender import Recommender
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    kwargs = {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+              "enable_model_summary": False, "accelerator": "cpu", **kwargs}
+    return pl.Trainer(**kwargs)
+
+
+def test_masked_mse_matches_naive_loop():
+    torch.manual_seed(0)
+    ratings = torch.randint(0, 6, (4, 9)).float()
+    predictions = torch.randn(4, 9) + 3
+    total, count = 0.0, 0
+    for b in range(4):
+        for i in range(9):
+            if ratings[b, i] != 0:
+                total += (ratings[b, i].item() - predictions[b, i].item()) ** 2
+                count += 1
+    assert masked_mse(predictions, ratings).item() == pytest.approx(total / count, rel=1e-6)
+    assert masked_mse(predictions[:2], torch.zeros(2, 9)).item() == 0  # nothing observed
+
+
+def test_input_noise_only_hides_observed_ratings():
+    x = torch.zeros(200, 50)
+    x[:, ::2] = 4.0
+    noisy = drop_ratings(x, 0.3, torch.Generator().manual_seed(0))
+    assert ((noisy != 0) <= (x != 0)).all() and set(noisy.unique().tolist()) <= {0.0, 4.0}
+    assert abs((noisy[:, ::2] == 0).float().mean().item() - 0.3) < 0.02
+
+
+def tiny_module(refeed_steps=0, refeed_target="dense", n=12):
+    torch.manual_seed(0)
+    return AutoEncoderRecommender(
+        network="autorec-ml100k", network_overrides={"encoder_sizes": (5,), "dropout": 0.0}, num_items=n,
+        refeed_steps=refeed_steps, refeed_target=refeed_target,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+
+
+def sparse_batch(n=12, users=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 6, (users, n), generator=g).float()
+    return x * (torch.rand(users, n, generator=g) < 0.4)
+
+
+@pytest.mark.parametrize("refeed_steps,refeed_target", [(0, "dense"), (1, "dense"), (2, "dense"), (1, "sparse")])
+def test_refeeding_takes_extra_steps_with_the_right_targets(refeed_steps, refeed_target):
+    x = sparse_batch()
+    module = tiny_module(refeed_steps, refeed_target)
+    reference = copy.deepcopy(module.net)
+    t = trainer()
+    t.fit(module, train_dataloaders=DataLoader([{"inputs": x}], batch_size=None))
+    assert t.global_step == 1 + refeed_steps  # every re-feeding pass is a real optimizer step
+    # the same steps by hand: a sparse step, then f(x) (detached) as dense input and target
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    outputs = reference(x)
+    loss = masked_mse(outputs, x)
+    opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+    for _ in range(refeed_steps):
+        dense = outputs.detach()
+        outputs = reference(dense)
+        loss = F.mse_loss(outputs, dense) if refeed_target == "dense" else masked_mse(outputs, x)
+        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+    for got, want in zip(module.net.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want)
+    if refeed_steps:
+        # and it differs from stopping after the sparse step
+        plain = tiny_module(0)
+        trainer().fit(plain, train_dataloaders=DataLoader([{"inputs": x}], batch_size=None))
+        assert not torch.allclose(plain.net.encoder_weights[0], module.net.encoder_weights[0])
+
+
+def test_rmse_is_corpus_level_and_clamped():
+    module = tiny_module()
+    # one user with 1 target, one batch with many: corpus RMSE != mean of per-batch RMSEs
+    inputs = [sparse_batch(users=1, seed=2), sparse_batch(users=5, seed=3)]
+    targets = [torch.zeros(1, 12), sparse_batch(users=5, seed=4)]
+    targets[0][0, 3] = 5.0
+    batches = [{"inputs": i, "targets": t} for i, t in zip(inputs, targets)]
+    result = trainer().validate(module, dataloaders=DataLoader(batches, batch_size=None), verbose=False)[0]
+    with torch.no_grad():
+        errors, per_batch = [], []
+        for b in batches:
+            p = module.net(b["inputs"]).clamp(1, 5)
+            e = (p - b["targets"])[b["targets"] != 0] ** 2
+            errors.append(e)
+            per_batch.append(e.mean().sqrt().item())
+    corpus = torch.cat(errors).mean().sqrt().item()
+    assert result["val/rmse"] == pytest.approx(corpus, rel=1e-5)
+    assert abs(corpus - np.mean(per_batch)) > 1e-3
+
+
+def test_bias_baseline_matches_joint_ridge_solution():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 6, 60), rng.integers(0, 5, 60)
+    ratings = rng.integers(1, 6, 60).astype(float)
+    model = fit_biases(users, items, ratings, 6, 5, reg_user=2.0, reg_item=3.0, passes=200)
+    # minimise Σ (r − μ − b_u − b_i)² + 2 Σ b_u² + 3 Σ b_i² jointly (μ = mean rating fixed)
+    design = np.zeros((60, 11))
+    design[np.arange(60), users] = 1
+    design[np.arange(60), 6 + items] = 1
+    penalty = np.diag([2.0] * 6 + [3.0] * 5)
+    solution = np.linalg.solve(design.T @ design + penalty, design.T @ (ratings - ratings.mean()))
+    np.testing.assert_allclose(np.r_[model.user_bias, model.item_bias], solution, atol=1e-8)
+
+
+def write_ml100k(tmp_path, n_users=30, n_items=25, per_user=10, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, n_users + 1):
+        for k, i in enumerate(rng.choice(n_items, per_user, replace=False)):
+            lines.append(f"{u}\t{i + 101}\t{rng.integers(1, 6)}\t{1000 * u + k}\n")
+    path = tmp_path / "u.data"
+    path.write_text("".join(lines))
+    return path
+
+
+def fit_with_cli(tmp_path, config="autorec_ml100k.yaml", extra=()):
+    data = write_ml100k(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs" / config), "--data.init_args.path", str(data),
+            "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path),
+            *extra]
+    assert zoo_main(args) == 0
+    return data, sorted(tmp_path.rglob("*.ckpt"))
+
+
+def test_recommender_pipeline_round_trip_and_cli(tmp_path, capsys):
+    data, checkpoints = fit_with_cli(tmp_path)
+    assert checkpoints
+    module = AutoEncoderRecommender.load_from_checkpoint(checkpoints[-1], map_location="cpu")
+    pipeline = zoo.load(str(checkpoints[-1]))  # through the checkpoint protocol: state_dict + to_pipeline()
+    assert pipeline.data["path"] == str(data)
+    assert pipeline.net.config.num_items == len(pipeline.item_ids) <= 25
+    pipeline.save_pretrained(tmp_path / "exported")
+    loaded = zoo.load(str(tmp_path / "exported"))
+    assert isinstance(loaded, Recommender) and loaded.item_ids == pipeline.item_ids
+    # recommend for user 3: their rated items are excluded, the rest ranked by the network's output
+    history = loaded.user_history(3)
+    lines = [line.split("\t") for line in data.read_text().splitlines()]
+    assert history == {int(i): float(r) for u, i, r, _ in lines if u == "3"}
+    top = loaded.recommend(3, k=5)
+    x = torch.zeros(len(loaded.item_ids))
+    for item, rating in history.items():
+        if item in loaded.column:
+            x[loaded.column[item]] = rating
+    with torch.no_grad():
+        y = module.net.eval()(x[None])[0].clamp(1, 5)
+    unseen = [(loaded.item_ids[c], y[c].item()) for c in range(len(y)) if loaded.item_ids[c] not in history]
+    expected = sorted(unseen, key=lambda t: -t[1])[:5]
+    assert [v for _, v in top] == pytest.approx([v for _, v in expected], abs=1e-5)  # the best 5 (ties clamp)
+    assert all(i not in history and dict(unseen)[i] == pytest.approx(v, abs=1e-5) for i, v in top)
+    # the command, from the exported folder and from the checkpoint
+    capsys.readouterr()
+    assert zoo_main(["recommend", "--model", str(tmp_path / "exported"), "--user", "3", "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "top 5 unseen items for user 3" in out and str(top[0][0]) in out
+    assert zoo_main(["recommend", "--model", str(checkpoints[-1]), "--user", "3", "--k", "2"]) == 0
+    assert zoo_main(["recommend", "--model", str(tmp_path / "exported"), "--user", "999"]) == 1
+
+
+def test_netflix_config_print_and_fast_dev_run(tmp_path, capsys):
+    root = tmp_path / "netflix" / "training_set"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for movie in range(1, 9):
+        days = ["2005-10-0" + str(d) for d in range(1, 10)] + ["2005-12-1" + str(d) for d in range(0, 6)]
+        text = f"{movie}:\n" + "".join(f"{c},{rng.integers(1, 6)},{days[(c + movie) % len(days)]}\n"
+                                       for c in range(1, 40))
+        (root / f"mv_{movie:07d}.txt").write_text(text)
+    config = str(ROOT / "configs" / "autorec_netflix.yaml")
+    with pytest.raises(SystemExit):
+        zoo_main(["fit", "--config", config, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "lr: 0.005" in printed and "momentum: 0.9" in printed and "batch_size: 128" in printed
+    assert "refeed_steps: 1" in printed and "autorec-netflix-full" in printed
+    assert zoo_main(["fit", "--config", config, "--data.init_args.path", str(tmp_path / "netflix"),
+                     "--data.init_args.split", "N3M", "--trainer.fast_dev_run", "true",
+                     "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)]) == 0
+
+
+def test_ml100k_config_prints():
+    with pytest.raises(SystemExit):
+        zoo_main(["fit", "--config", str(ROOT / "configs" / "autorec_ml100k.yaml"), "--print_config"])
