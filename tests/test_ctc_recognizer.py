@@ -366,3 +366,21 @@ def test_export_from_checkpoint_and_bad_checkpoint(trained, tmp_path):
     torch.save(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match="weights do not fit"):
         pipeline_from_checkpoint(tmp_path / "bad.ckpt", CTCSpeechRecognizer)
+
+
+def test_zoo_transcribe_command(trained, tmp_path, capsys):
+    import soundfile
+
+    from zoo.cli import main
+
+    model, _, _ = trained
+    model.to_pipeline().save_pretrained(tmp_path / "rec")
+    wave = (torch.randn(24000, generator=torch.Generator().manual_seed(3)) * 0.1).numpy()
+    soundfile.write(tmp_path / "a.wav", wave, 16000)
+    soundfile.write(tmp_path / "b.flac", wave[:8000], 8000)  # resampled on load
+    assert main(["transcribe", "--model", str(tmp_path / "rec"), str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+    assert [line.split("\t")[0] for line in lines] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    assert "real-time factor" in out and "2.5 s of audio" in out
+    assert main(["transcribe", "--model", str(tmp_path / "rec"), str(tmp_path / "missing.wav")]) == 1
