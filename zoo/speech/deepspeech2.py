@@ -152,6 +152,21 @@ class MaskedBatchNorm2d(_MaskedStatistics):
         return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+class _Gram(torch.autograd.Function):
+    """``X^T X`` for (N, D) ``X`` with a one-GEMM backward ``dX = X (dG + dG^T)`` (autograd's
+    generic matmul backward would take two GEMMs, one per operand)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.T @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return x @ (grad + grad.T)
+
+
 class SequenceBatchNorm(_MaskedStatistics):
     """Sequence-wise batch norm of the input-to-hidden term ``W x`` (DS2 §3.2), folded into ``W``.
 
@@ -166,7 +181,7 @@ class SequenceBatchNorm(_MaskedStatistics):
             count = m.sum()
             mean_x = torch.einsum("btd,bt->d", x, m) / count
             centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
-            covariance = centred.T @ centred / count
+            covariance = _Gram.apply(centred) / count
             mean = weight @ mean_x
             var = ((weight @ covariance) * weight).sum(1)
             if self.track_running_stats:
