@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -67,6 +70,12 @@ class ToyModule(pl.LightningModule):
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss)
         return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # test hook: freeze at a given step (after touching a marker file) so a test can kill -9 the process there
+        if self.global_step == int(os.environ.get("ZOO_TOY_FREEZE_AT_STEP", -1)):
+            Path(os.environ["ZOO_TOY_FREEZE_MARKER"]).touch()
+            time.sleep(600)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -10,6 +10,7 @@ The zoo's own commands (``zoo list``, ``zoo demo``, ...) are small functions lis
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,7 +26,6 @@ COMMANDS: dict[str, str] = {
     "recommend": "zoo.commands.recommend:main",
     "publish": "zoo.commands.publish:main",
     "download": "zoo.commands.download:main",
-    "transcribe": "zoo.commands.transcribe:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -54,6 +54,16 @@ class ZooCLI(LightningCLI):
             auto_configure_optimizers=True,
             **kwargs,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path`` itself (for its hyperparameters) before the Trainer does:
+        name a truncated or corrupt file clearly instead of torch's zip-reader error."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            from zoo.hub import checkpoint_error
+
+            raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), error) from error
 
 
 def _load_command(spec: str) -> Callable[[list[str]], int]:

@@ -274,6 +274,20 @@ def export(pipeline: Pipeline, folder: str | Path, info: CardInfo | None = None,
 # --------------------------------------------------------------------------- Lightning checkpoints
 
 
+def checkpoint_error(path: str | Path, error: BaseException) -> CheckpointError:
+    """A clear error for a checkpoint that ``torch.load`` could not read."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "weights_only" in str(error) or "Unsupported global" in str(error):
+        return CheckpointError(
+            f"{path}: holds pickled objects that weights_only loading refuses ({text}); checkpoints written by "
+            "`zoo fit` hold plain data only. Re-save the hyperparameters as plain data."
+        )
+    return CheckpointError(
+        f"{path}: truncated or corrupt checkpoint ({type(error).__name__}: {text}); resume from an earlier "
+        "checkpoint in the same folder"
+    )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint loaded safely (``weights_only=True``), with clear errors."""
     path = Path(path)
@@ -282,13 +296,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError / EOFError / UnpicklingError / zip errors
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise CheckpointError(
-                f"{path}: holds pickled objects that weights_only loading refuses ({text}); checkpoints written by "
-                "`zoo fit` hold plain data only. Re-save the hyperparameters as plain data."
-            ) from error
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(error).__name__}: {text})") from error
+        raise checkpoint_error(path, error) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return checkpoint
