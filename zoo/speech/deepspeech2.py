@@ -386,13 +386,17 @@ class DeepSpeech2(nn.Module):
         """(B, T, dirs, H) -> (B, T, H) summed or (B, T, dirs * H) concatenated."""
         return y.sum(2) if self.config.merge == "sum" else y.flatten(2)
 
-    def head(self, h: Tensor) -> Tensor:
-        """Lookahead (if any) + FC + output on (B, T, H) with padded frames zeroed -> logits."""
-        if self.lookahead is not None:
-            h = self.lookahead(h)
+    def classify(self, h: Tensor) -> Tensor:
+        """FC (clipped ReLU) + output layer, frame by frame: (B, T, H) -> logits (B, T, num_outputs)."""
         if self.fc is not None:
             h = F.hardtanh(self.fc(h), 0.0, self.config.relu_clip)
         return self.output(h)
+
+    def head(self, h: Tensor) -> Tensor:
+        """Lookahead (if any) + :meth:`classify` on (B, T, H) with padded frames zeroed -> logits."""
+        if self.lookahead is not None:
+            h = self.lookahead(h)
+        return self.classify(h)
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         if features.dim() != 3 or features.shape[1] != self.config.in_features:
