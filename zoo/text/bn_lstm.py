@@ -95,10 +95,19 @@ class StepwiseBatchNorm(nn.Module):
         else:
             self.check_training_length(start + steps)
             if mask is None:
-                var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-                count = torch.full((steps, 1, 1), x.shape[1], dtype=x.dtype, device=x.device)
-            else:
-                mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
+                # (T, B, F) as B rows of T·F channels: one fused batch_norm computes every step's
+                # statistics and updates the running ones of steps start..start+T-1 in place.
+                batch = x.shape[1]
+                y = F.batch_norm(
+                    x.transpose(0, 1).reshape(batch, -1),
+                    self.running_mean[start : start + steps].view(-1),
+                    self.running_var[start : start + steps].view(-1),
+                    self.weight.repeat(steps),
+                    None if self.bias is None else self.bias.repeat(steps),
+                    True, self.momentum, self.eps,
+                )
+                return y.view(batch, steps, -1).transpose(0, 1)
+            mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
             self._update(index, mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
         return y if self.bias is None else y + self.bias
@@ -182,14 +191,15 @@ class BNLSTMLayer(nn.Module):
         # W_x x_t and BN(·; γ_x, 0) for every step at once; b folded in.
         gx = self.bn_x(F.linear(x, self.weight_x), mask, start) + self.bias
         h, c = state
-        step_mask = None if mask is None else mask.unsqueeze(-1).to(x.dtype)
+        # unbind, not gx[t]: the backward of indexing would allocate a full (T, B, 4H) gradient per step
+        step_masks = [None] * steps if mask is None else mask.unsqueeze(-1).to(x.dtype).unbind(0)
         outputs = []
-        for t in range(steps):
-            m = None if step_mask is None else step_mask[t]
-            gates = gx[t] + self.bn_h.step(F.linear(h, self.weight_h), start + t, m)
-            f, i, o, g = gates.chunk(4, dim=1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(self.bn_c.step(c_new, start + t, m))
+        for t, (gx_t, m) in enumerate(zip(gx.unbind(0), step_masks)):
+            gates = gx_t + self.bn_h.step(F.linear(h, self.weight_h), start + t, m)
+            hidden = self.hidden_size
+            f, i, o = torch.sigmoid(gates[:, : 3 * hidden]).chunk(3, dim=1)  # one kernel for the three gates
+            c_new = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * hidden :]))
+            h_new = o * torch.tanh(self.bn_c.step(c_new, start + t, m))
             if m is not None:  # padded positions keep the previous state
                 keep = m.bool()
                 c_new, h_new = torch.where(keep, c_new, c), torch.where(keep, h_new, h)

@@ -108,10 +108,10 @@ class LSTMPLayer(nn.Module):
         h, c = state
         batch, k = x.shape[1], self.groups
         outputs = []
-        for t in range(x.shape[0]):
-            gates = (gx[t] + self.recurrent_gates(h)).view(batch, k, 4, -1)
+        for gx_t in gx.unbind(0):  # not gx[t]: its backward would allocate a full (T, B, 4n) gradient per step
+            gates = (gx_t + self.recurrent_gates(h)).view(batch, k, 4, -1)
             i, j, f, o = gates.unbind(2)  # each (B, k, n/k)
-            c = torch.sigmoid(f) * c.view(batch, k, -1) + torch.sigmoid(i) * torch.tanh(j)
+            c = torch.addcmul(torch.sigmoid(f) * c.view(batch, k, -1), torch.sigmoid(i), torch.tanh(j))
             c = c.reshape(batch, -1)
             m = torch.sigmoid(o).reshape(batch, -1) * torch.tanh(c)
             h = F.linear(m, self.projection)
@@ -196,13 +196,14 @@ register("glstm-1b", RNNLanguageModel, _one_billion_word("glstm", groups=4), tas
 
 
 def _small(cell: str, **kw: int) -> LanguageModelConfig:
-    """CPU scale: word-level, n = 512, p = 128, 2 layers; r = n/4 or k = 4 as in the paper's ratios."""
+    """CPU scale, word level, BIGLSTM's proportions / 8: n = 1024, p = 128 (p = n/8), 2 layers;
+    F64 (r = n/16, as F512 for n = 8192) or G4."""
     return LanguageModelConfig(
-        vocab_size=10_000, embedding_size=128, cell=cell, hidden_size=512, projection_size=128, num_layers=2, **kw
+        vocab_size=10_000, embedding_size=128, cell=cell, hidden_size=1024, projection_size=128, num_layers=2, **kw
     )
 
 
-register("lstmp-small", RNNLanguageModel, _small("lstmp"), task="lm", description="CPU-scale LSTMP 512/128, 2 layers")
-register("flstm-small", RNNLanguageModel, _small("flstm", factor_size=128), task="lm",
-         description="CPU-scale F-LSTM (r = n/4 = 128)")
+register("lstmp-small", RNNLanguageModel, _small("lstmp"), task="lm", description="CPU-scale LSTMP 1024/128, 2 layers")
+register("flstm-small", RNNLanguageModel, _small("flstm", factor_size=64), task="lm",
+         description="CPU-scale F-LSTM F64 (r = n/16, as F512 at n = 8192)")
 register("glstm-small", RNNLanguageModel, _small("glstm", groups=4), task="lm", description="CPU-scale G-LSTM G4")
