@@ -33,8 +33,11 @@ def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
     return config
 
 
-def build_demo_corpus(config: SyntheticCorpusConfig, num_workers: int | None = None, console: Console | None = None) -> tuple[CorpusManifests, dict]:
-    """Build or reuse the corpus -> (manifests, its ``corpus.json`` with the statistics)."""
+def build_demo_corpus(
+    config: SyntheticCorpusConfig | None = None, num_workers: int | None = None, console: Console | None = None
+) -> tuple[CorpusManifests, dict]:
+    """Build or reuse the corpus (default: the shared spec) -> (manifests, its ``corpus.json`` with the statistics)."""
+    config = config or SyntheticCorpusConfig()
     console = console or Console()
     cached = (corpus_dir(config) / "corpus.json").is_file()
     started = time.perf_counter()
