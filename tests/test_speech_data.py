@@ -440,3 +440,57 @@ def test_librispeech_download_extracts_safely(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         download_librispeech(tmp_path / "evil", ["dev-other"], opener=lambda url: io.BytesIO(evil.getvalue()))
     assert not (tmp_path / "escaped.txt").exists()
+
+
+class _IdRecorder(_LengthRecorder):
+    def training_step(self, batch, batch_idx):
+        self.maxima.setdefault(self.current_epoch, []).extend(batch["ids"])
+        return (self.weight * batch["features"].mean()).sum()
+
+
+class _SaveMidEpoch(pl.Callback):
+    def __init__(self, path: Path, after_batches: int):
+        self.path, self.after_batches = path, after_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx + 1 == self.after_batches:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader`")
+def test_lightning_resume_mid_epoch_neither_repeats_nor_skips(tmp_path):
+    train = _corpus(tmp_path, [(0.2 + 0.03 * i, "go") for i in range(12)], "train.json")
+
+    def run(module, ckpt_path=None, callbacks=()):
+        dm = SpeechDataModule(
+            train_manifests=[str(train)], batch_size=2, num_workers=0, augmentation=AugmentationConfig(enabled=False)
+        )
+        trainer = pl.Trainer(
+            max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", use_distributed_sampler=False, callbacks=list(callbacks),
+        )
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    whole = _IdRecorder()
+    run(whole, callbacks=[_SaveMidEpoch(tmp_path / "mid.ckpt", after_batches=3)])
+    resumed = _IdRecorder()
+    run(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    assert len(whole.maxima[0]) == 12 and sorted(whole.maxima[0]) == sorted(set(whole.maxima[0]))
+    assert resumed.maxima[0] == whole.maxima[0][6:]  # the rest of epoch 0: nothing repeated, nothing skipped
+    assert resumed.maxima[1] == whole.maxima[1]  # then the next epoch's own order
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sampler_reads_rank_and_world_size_from_torch_distributed(monkeypatch, world):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world)
+    for rank in range(world):
+        monkeypatch.setattr(dist, "get_rank", lambda: rank)
+        sampler = BucketingBatchSampler(_lengths(), batch_size=4, sorted_epochs=1)
+        expected = BucketingBatchSampler(_lengths(), batch_size=4, sorted_epochs=1, num_replicas=world, rank=rank)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            expected.set_epoch(epoch)
+            assert list(sampler) == list(expected) and len(sampler) == len(expected)
