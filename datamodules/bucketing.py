@@ -105,6 +105,11 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     @property
+    def start_batch(self) -> int:
+        """The batch the next iteration starts at (non-zero only right after ``load_state_dict``)."""
+        return self._resume_batch
+
+    @property
     def sampler(self) -> BucketingBatchSampler:
         """The sampler itself: Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``."""
         return self

@@ -153,7 +153,7 @@ class SpeechDataLoader(DataLoader):
         self.infeasible = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.batches_delivered = self.batch_sampler._resume_batch
+        self.batches_delivered = self.batch_sampler.start_batch
         for batch in super().__iter__():
             self.batches_delivered += 1
             self.skipped += batch.pop("skipped")

@@ -297,6 +297,19 @@ def test_datamodule_augmented_training_batches_and_errors(tmp_path):
         SpeechDataModule(train_manifests=[str(train)], val_manifests=[str(empty)], num_workers=0).setup("fit")
 
 
+def test_predict_manifests_need_no_text(tmp_path):
+    _corpus(tmp_path, [(0.3, "x"), (0.5, "y")], "with_text.json")
+    entries = [{"audio_filepath": f"audio/with_text.json-{i}.wav", "duration": d} for i, d in enumerate([0.3, 0.5])]
+    manifest = write_manifest(tmp_path / "predict.json", entries)
+    dm = SpeechDataModule(predict_manifests=[str(manifest)], num_workers=0, batch_size=4)
+    dm.setup("predict")
+    (batch,) = list(dm.predict_dataloader())
+    assert batch["texts"] == ["", ""] and batch["targets"].shape == (2, 0)
+    assert batch["feature_lengths"].tolist() == [1 + 4800 // 160, 1 + 8000 // 160]
+    with pytest.raises(ManifestError, match="missing field\\(s\\) text"):
+        SpeechDataModule(test_manifests=[str(manifest)], num_workers=0).setup("test")
+
+
 class _LengthRecorder(pl.LightningModule):
     """Records the longest utterance of every training batch per epoch."""
 

@@ -43,6 +43,7 @@ def test_normalize_numbers_punctuation_case():
     assert tok.normalize("The 21st of June: 1,500 cats; 3.5 kg - well-known") == (
         "the twenty first of june one thousand five hundred cats three point five kg well known"
     )
+    assert tok.normalize("R&D: 50% + 1 @home") == "r and d fifty percent plus one at home"
     assert tok.normalize("Café’s 2nd “menu”\t12th") == "cafe's second menu twelfth"
 
 

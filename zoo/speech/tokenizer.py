@@ -3,7 +3,8 @@
 Text normalisation before mapping: Unicode compatibility decomposition with accents removed
 ("café" -> "cafe"), lowercase, typographic apostrophes -> "'", numbers spelled out as English
 words ("42" -> "forty two", "3.5" -> "three point five", "21st" -> "twenty first") or dropped,
-dashes and slashes -> spaces, other punctuation and symbols removed, whitespace collapsed.
+"%", "&", "+", "@" read as words, dashes and slashes -> spaces, other punctuation and symbols
+removed, whitespace collapsed.
 A remaining character outside the alphabet is an :class:`UnknownCharacterError` or is dropped,
 per ``TokenizerConfig.unknown``.
 """
@@ -32,6 +33,7 @@ _NUMBER_TOKEN = re.compile(
     r"(?P<int>\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.(?P<frac>\d+))?(?:(?P<ord>st|nd|rd|th)\b)?",
     re.IGNORECASE,
 )
+_SYMBOL_WORDS = {"%": "percent", "&": "and", "+": "plus", "@": "at"}
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015/\\_"
 _APOSTROPHES = "\u2018\u2019\u02bc\u0060\u00b4"
 
@@ -164,6 +166,8 @@ class CharTokenizer:
         for c in text:
             if c in self._alphabet:
                 out.append(c)
+            elif c in _SYMBOL_WORDS and self._space:
+                out.append(f" {_SYMBOL_WORDS[c]} ")
             elif c.isspace() or c in _DASHES:
                 out.append(" ")
             elif c.isdigit():  # numbers == "error" (spell/drop removed every ASCII digit)
