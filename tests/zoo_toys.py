@@ -111,3 +111,64 @@ class ToyData(pl.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(toy_tensors(32, self.seed + 1), batch_size=16)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """(x, y, index) so a test can see which samples each rank drew."""
+
+    def __init__(self, data: TensorDataset):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return (*self.data[i], i)
+
+
+class IndexedToyData(pl.LightningDataModule):
+    """Plain DataLoaders: under DDP Lightning gives each rank a DistributedSampler."""
+
+    def __init__(self, n: int = 16, n_val: int = 20, batch_size: int = 4):
+        super().__init__()
+        self.n, self.n_val, self.batch_size = n, n_val, batch_size
+
+    def train_dataloader(self):
+        return DataLoader(Indexed(toy_tensors(self.n, 0)), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(Indexed(toy_tensors(self.n_val, 1)), batch_size=self.batch_size)
+
+
+class DDPProbe(ToyModule):
+    """Records, per rank, the sample indices it trained/validated on, its local squared error sum and
+    the logged (all-reduced) val_mse, and writes them to $ZOO_TOY_REPORT_DIR/rank<r>.json at the end."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen_train: list[int] = []
+        self.seen_val: list[int] = []
+        self.local_sq, self.local_n = 0.0, 0
+
+    def training_step(self, batch, batch_idx):
+        x, y, index = batch
+        self.seen_train += index.tolist()
+        return super().training_step((x, y), batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, index = batch
+        self.seen_val += index.tolist()
+        pred = self.net(x)
+        self.local_sq += float(((pred - y) ** 2).sum())
+        self.local_n += y.numel()
+        self.val_mse(pred, y)
+        self.log("val_mse", self.val_mse)
+
+    def on_fit_end(self):
+        import json
+
+        report = {"rank": self.global_rank, "world_size": self.trainer.world_size, "seen_train": self.seen_train,
+                  "seen_val": self.seen_val, "local_sq": self.local_sq, "local_n": self.local_n,
+                  "val_mse": float(self.trainer.callback_metrics["val_mse"])}
+        path = Path(os.environ["ZOO_TOY_REPORT_DIR"]) / f"rank{self.global_rank}.json"
+        path.write_text(json.dumps(report))
