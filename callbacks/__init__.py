@@ -4,3 +4,4 @@ from zoo.callbacks.layerwise_monitor import LayerwiseMonitor
 from zoo.callbacks.loss_scaling import LossScaling
 from zoo.callbacks.publish_to_hub import PublishToHub
 from zoo.callbacks.resume import AtomicCheckpointIO, ResumableRNG
+from zoo.callbacks.plots import PlotMetrics
