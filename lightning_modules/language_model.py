@@ -16,8 +16,9 @@
   ``{stage}_bpc = loss / ln 2`` (bits per character at the char level).
 * Gradient clipping: the trainer's ``gradient_clip_val`` (1.0 in the recipes, as the paper).
 * Optimizer and schedule from YAML through :mod:`zoo.lightning_modules.optimization`.
-* The vocabulary is saved in the checkpoint; a checkpoint used with data whose vocabulary differs
-  raises :class:`VocabularyMismatchError`.
+* The vocabulary is saved in the checkpoint's hyperparameters (so ``zoo.hub`` rebuilds the module
+  from a ``.ckpt`` alone); a checkpoint used with data whose vocabulary differs raises
+  :class:`VocabularyMismatchError`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class LanguageModel(pl.LightningModule):
         num_sampled: candidates of the sampled softmax (8192 for One Billion Word).
         eval_block_elements: logits computed at once during evaluation (rows × vocabulary block).
         optimizer, lr_scheduler: factories (LightningCLI: ``class_path: torch.optim.Adagrad`` ...).
+        vocabulary, level: leave unset for training (taken from the datamodule at ``setup``); they are
+            written into the checkpoint's hyperparameters, so a checkpoint rebuilds the network alone.
     """
 
     def __init__(
@@ -70,20 +73,25 @@ class LanguageModel(pl.LightningModule):
         eval_block_elements: int = 1 << 24,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        vocabulary: list[str] | None = None,
+        level: str = "char",
     ) -> None:
         super().__init__()
         if softmax not in SOFTMAXES:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {softmax!r}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # the vocabulary goes into checkpoints (on_save_checkpoint), not into the logged hyperparameters
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "vocabulary", "level"])
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.net = None
         self.vocabulary: list[str] | None = None
-        self.level = "char"
+        self.level = level
         self.sampler: LogUniformSampler | None = None
         self._state: dict[str, Any] = dict.fromkeys(STAGES)
         self.nll_sum = torch.nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
         self.token_count = torch.nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
+        if vocabulary is not None:
+            self.attach_vocabulary(vocabulary, "vocabulary argument")
 
     # -- vocabulary and network -------------------------------------------------------------
     def attach_vocabulary(self, tokens: list[str], source: str) -> None:
@@ -114,12 +122,16 @@ class LanguageModel(pl.LightningModule):
             raise ValueError("LanguageModel needs a datamodule with a `vocabulary` (or a checkpoint) to build its network")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["zoo_vocabulary"] = self.vocabulary
-        checkpoint["zoo_level"] = self.level
+        hparams = checkpoint.setdefault("hyper_parameters", {})
+        hparams["vocabulary"] = self.vocabulary
+        hparams["level"] = self.level
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.attach_vocabulary(checkpoint["zoo_vocabulary"], "checkpoint")
-        self.level = checkpoint.get("zoo_level", self.level)
+        hparams = checkpoint.get("hyper_parameters", {})
+        if hparams.get("vocabulary") is None:
+            raise VocabularyMismatchError("the checkpoint has no vocabulary; it was not written by LanguageModel")
+        self.attach_vocabulary(hparams["vocabulary"], "checkpoint")
+        self.level = hparams.get("level", self.level)
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)

@@ -167,6 +167,11 @@ def test_fit_logs_perplexity_from_mean_nll_and_checkpoint_round_trip(tmp_path) -
     restored = LanguageModel.load_from_checkpoint(path)
     assert restored.vocabulary == lm.vocabulary
     torch.testing.assert_close(restored.net.softmax_bias, lm.net.softmax_bias)
+    # the Hub exporter's path: hyperparameters + state_dict only
+    from zoo.hub import pipeline_from_checkpoint
+
+    pipeline = pipeline_from_checkpoint(path, LanguageModel)
+    assert pipeline.vocabulary == lm.vocabulary and pipeline.level == "char"
     other = TextDataModule(corpus="files", data_dir=str(_corpus(tmp_path / "other", "xyz qrs\n" * 50)), batch_size=3, bptt=8)
     with pytest.raises(VocabularyMismatchError, match="vocabulary mismatch"):
         _trainer(tmp_path).validate(restored, other)

@@ -196,14 +196,14 @@ register("glstm-1b", RNNLanguageModel, _one_billion_word("glstm", groups=4), tas
 
 
 def _small(cell: str, **kw: int) -> LanguageModelConfig:
-    """CPU scale, word level, BIGLSTM's proportions / 8: n = 1024, p = 128 (p = n/8), 2 layers;
-    F64 (r = n/16, as F512 for n = 8192) or G4."""
+    """CPU scale, word level, BIGLSTM's proportions / 16: n = 512, p = 64 (p = n/8), 2 layers;
+    F32 (r = n/16, as F512 for n = 8192) or G4."""
     return LanguageModelConfig(
-        vocab_size=10_000, embedding_size=128, cell=cell, hidden_size=1024, projection_size=128, num_layers=2, **kw
+        vocab_size=10_000, embedding_size=64, cell=cell, hidden_size=512, projection_size=64, num_layers=2, **kw
     )
 
 
-register("lstmp-small", RNNLanguageModel, _small("lstmp"), task="lm", description="CPU-scale LSTMP 1024/128, 2 layers")
-register("flstm-small", RNNLanguageModel, _small("flstm", factor_size=64), task="lm",
-         description="CPU-scale F-LSTM F64 (r = n/16, as F512 at n = 8192)")
+register("lstmp-small", RNNLanguageModel, _small("lstmp"), task="lm", description="CPU-scale LSTMP 512/64, 2 layers")
+register("flstm-small", RNNLanguageModel, _small("flstm", factor_size=32), task="lm",
+         description="CPU-scale F-LSTM F32 (r = n/16, as F512 at n = 8192)")
 register("glstm-small", RNNLanguageModel, _small("glstm", groups=4), task="lm", description="CPU-scale G-LSTM G4")
