@@ -347,3 +347,15 @@ def test_spec_cutout_rectangles():
         assert rows.sum() <= 10 and cols.sum() <= 20 and _runs(rows) <= 1 and _runs(cols) <= 1
     masked = spec_cutout(torch.ones(64, 100), rects=5, max_time=20, max_freq=10)
     assert 0 < (masked == 0).sum() <= 5 * 200
+
+
+def test_featurizer_is_stateless_and_float32_under_autocast():
+    featurizer = Featurizer(FeaturizerConfig()).eval()
+    assert featurizer.state_dict() == {}  # window and filterbank come from the config
+    x, lens = _batch(_test_signals())
+    reference, _ = featurizer(x, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features, _ = featurizer(x.bfloat16().float(), lens)
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, featurizer(x.bfloat16().float(), lens)[0])
+    assert reference.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Speech featurizers: a torch.stft power spectrum, torchaudio's MelScale filterbank, log, normalisation.
+"""Speech featurizers: a torch.stft power spectrum, torchaudio's mel filterbank, log, normalisation.
 
 ``kind="logmel"`` follows NeMo's Jasper preprocessor (Jasper, arXiv 1904.03288 §3: 64 log-mel
 filterbanks, 20 ms window, 10 ms stride):
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchaudio.transforms as T
+import torchaudio.functional as AF
 from torch import Tensor, nn
 
 LOG_GUARD = 2.0**-24
@@ -59,7 +59,8 @@ class FeaturizerConfig:
 class Featurizer(nn.Module):
     """Waveforms -> normalised log-mel or log-spectrogram features.
 
-    Dither is active only in ``train()`` mode.
+    Dither is active only in ``train()`` mode. The module holds no persistent state (its window
+    and filterbank are derived from the config), so its ``state_dict`` is empty.
     """
 
     def __init__(self, config: FeaturizerConfig | None = None):
@@ -82,18 +83,19 @@ class Featurizer(nn.Module):
             "window", torch.hann_window(self.win_length, periodic=False, dtype=torch.float32), persistent=False
         )
         if config.kind == "logmel":
-            self.mel_scale = T.MelScale(
-                n_mels=config.n_mels,
-                sample_rate=config.sample_rate,
+            filterbank = AF.melscale_fbanks(
+                n_freqs=self.n_fft // 2 + 1,
                 f_min=0.0,
                 f_max=config.sample_rate / 2,
-                n_stft=self.n_fft // 2 + 1,
+                n_mels=config.n_mels,
+                sample_rate=config.sample_rate,
                 norm="slaney",
                 mel_scale="slaney",
-            )
+            )  # (n_fft // 2 + 1, n_mels)
+            self.register_buffer("filterbank", filterbank.T.contiguous(), persistent=False)
             self.num_features = config.n_mels
         else:
-            self.mel_scale = None
+            self.filterbank = None
             self.num_features = self.n_fft // 2 + 1
         if config.normalize == "global":
             if config.global_mean is None or config.global_std is None:
@@ -140,19 +142,20 @@ class Featurizer(nn.Module):
             features: (B, F, T) float32, ``T = 1 + S // hop_length``; frames past each length are 0.
             frame_lengths: (B,) int64, ``1 + lengths // hop_length``.
         """
+        with torch.autocast(waveforms.device.type, enabled=False):  # features are always float32
+            return self._features(waveforms.float(), lengths.to(device=waveforms.device, dtype=torch.long))
+
+    def _features(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
-        x = waveforms.float()
-        lengths = lengths.to(device=x.device, dtype=torch.long)
         valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
         x = x * valid
         if self.training and cfg.dither > 0:
             x = x + cfg.dither * torch.randn_like(x) * valid
         if cfg.preemphasis:
             x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1) * valid
-        with torch.autocast(x.device.type, enabled=False):
-            power = self.power_spectrogram(x)
-            if self.mel_scale is not None:
-                power = self.mel_scale(power)
+        power = self.power_spectrogram(x)
+        if self.filterbank is not None:
+            power = torch.matmul(self.filterbank, power)  # (n_mels, F) @ (B, F, T)
         features = torch.log(power + LOG_GUARD)
         frame_lengths = self.num_frames(lengths)
         frame_mask = (torch.arange(features.shape[-1], device=x.device) < frame_lengths[:, None])[:, None, :]
