@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv, install the pinned Python dependencies and the Debian packages the
-# project needs (espeak-ng renders the embedded speech corpus, fortunes ships the text corpus).
+# project needs (espeak-ng renders the embedded speech corpus, flite a second synthesizer for
+# testing on unseen voices, fortunes ships the text corpus).
 
 VENV      ?= .venv
 PYTHON    ?= python3
@@ -8,7 +9,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Exact versions measured together (requirements/lock.txt pins every transitive package too).
 LOCK      := requirements/lock.txt
-DEB_PKGS  := espeak-ng fortunes
+DEB_PKGS  := espeak-ng fortunes flite
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps lock bench clean
