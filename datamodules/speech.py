@@ -239,38 +239,38 @@ class SpeechDataModule(pl.LightningDataModule):
         self._loaders: list[SpeechDataLoader] = []
 
     # ------------------------------------------------------------ manifests
-    @property
-    def uses_corpus(self) -> bool:
-        """True when a split falls back to the synthetic corpus (no manifests given at all)."""
-        return all(m is None for m in self.manifests.values())
+    def uses_corpus(self, split: str) -> bool:
+        """Whether ``split`` comes from the synthetic corpus: it has no manifests (prediction: nor
+        test manifests) and either ``corpus`` is set or no manifests are given at all."""
+        own = self.manifests[split] or (self.manifests["test"] if split == "predict" else None)
+        return not own and (self.corpus is not None or not any(self.manifests.values()))
 
     def _build_corpus(self) -> CorpusManifests:
         return build_corpus(self.corpus if self.corpus is not None else SyntheticCorpusConfig())
 
     def manifest_paths(self, split: str) -> list[str]:
         """The manifests of ``split`` (``predict`` falls back to ``test``); builds the corpus if needed."""
-        if self.uses_corpus:
+        if self.uses_corpus(split):
             built = self._build_corpus()
             return [str(getattr(built, "test" if split == "predict" else split))]
-        paths = self.manifests[split]
-        if paths is None and split == "predict":
-            paths = self.manifests["test"]
+        paths = self.manifests[split] or (self.manifests["test"] if split == "predict" else None)
         if not paths:
-            raise ValueError(f"SpeechDataModule: no {split}_manifests given")
+            raise ValueError(f"SpeechDataModule: no {split}_manifests given (and no corpus)")
         return [paths] if isinstance(paths, str) else list(paths)
 
     def prepare_data(self) -> None:
-        """Build the synthetic corpus once (rank 0) when it is used."""
-        if self.uses_corpus:
+        """Build the synthetic corpus once (rank 0) when a split uses it."""
+        if any(self.uses_corpus(split) for split in SPLITS):
             self._build_corpus()
 
     def setup(self, stage: str | None = None) -> None:
         """Read (and check) the manifests the stage needs; ``None``: every split that has some."""
         stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        if stage is None:
-            splits = [s for s in SPLITS if self.uses_corpus or self.manifests[s] or s == "predict" and self.manifests["test"]]
-        else:
-            splits = [s for s in stages[stage] if s != "val" or stage != "fit" or self.uses_corpus or self.manifests["val"]]
+        available = [
+            s for s in SPLITS if self.uses_corpus(s) or self.manifests[s] or (s == "predict" and self.manifests["test"])
+        ]
+        # fit without validation data is allowed (validation is then requested only if the model has a validation_step)
+        splits = available if stage is None else [s for s in stages[stage] if s in available or s != "val"]
         for split in splits:
             if split not in self.data:
                 self.data[split] = self._read(split)
@@ -354,6 +354,7 @@ class SpeechDataModule(pl.LightningDataModule):
             sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
         self._loaders.append(loader)
         return loader

@@ -381,6 +381,12 @@ def test_datamodule_builds_the_synthetic_corpus_when_no_manifests(tmp_path):
     for i, text in enumerate(batch["texts"]):
         n = int(batch["target_lengths"][i])
         assert dm.tokenizer.decode(batch["targets"][i, :n].tolist()) == text
+    # a split with its own manifests uses them; the others still come from the corpus
+    own = _corpus(tmp_path / "own", [(0.3, "hello"), (0.4, "world")], "test.json")
+    mixed = SpeechDataModule(corpus=corpus, test_manifests=[str(own)], num_workers=0)
+    mixed.setup("test")
+    mixed.setup("fit")
+    assert [u.text for u in mixed.data["test"].utterances] == ["hello", "world"] and len(mixed.data["val"]) == 3
 
 
 # ---------------------------------------------------------------- LibriSpeech
