@@ -85,3 +85,31 @@ def test_invalid_arguments() -> None:
         LARS([nn.Parameter(torch.ones(1))], mode="bogus")
     with pytest.raises(ValueError, match="trust_coefficient"):
         LARS([nn.Parameter(torch.ones(1))], trust_coefficient=0.0)
+
+
+def test_usable_from_yaml_for_a_zoo_model(tmp_path, monkeypatch) -> None:
+    """LightningCLI builds LARS from the command line / YAML and a training step runs with it."""
+    from pathlib import Path
+
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_text("abc abd abe\n" * 40)
+    config = Path(__file__).resolve().parent.parent / "configs" / "lstm_demo.yaml"
+    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "2",
+            "--model.init_args.network_overrides", '{"embedding_size": 8, "hidden_size": 8}',
+            "--data.init_args.corpus", "files", "--data.init_args.data_dir", str(tmp_path),
+            "--data.init_args.bptt", "8", "--data.init_args.batch_size", "2",
+            "--model.init_args.optimizer", "zoo.optim.LARS",
+            "--model.init_args.optimizer.init_args.lr", "0.5",
+            "--model.init_args.optimizer.init_args.mode", "clip"]
+    assert main(args) == 0
+    # the same arguments give the task module a LARS over the bias/norm-excluding parameter groups
+    from zoo.cli import ZooCLI
+
+    cli = ZooCLI(args=args[1:], run=False)
+    cli.model.attach_vocabulary(cli.datamodule.vocabulary, "data")
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, LARS) and optimizer.defaults["mode"] == "clip" and optimizer.defaults["lr"] == 0.5
+    assert [g["exclude_from_layer_adaptation"] for g in optimizer.param_groups] == [False, True]
