@@ -22,7 +22,7 @@ def tied_count(sizes):
     ("autorec-netflix-full", (17768, 512, 512, 1024)),
     ("autorec-netflix-6m", (17768, 256, 256, 512)),
     ("autorec-netflix-3m", (17768, 128, 256, 256)),
-    ("autorec-ml100k", (1682, 256)),
+    ("autorec-ml100k", (1682, 128, 128)),
 ])
 def test_preset_parameter_counts(name, sizes):
     assert zoo.count_parameters(name) == dense_count(sizes)
@@ -110,3 +110,5 @@ def test_xavier_init():
     assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
     assert abs(w.std().item() - bound / 3 ** 0.5) < 0.01 * bound
     assert all((b == 0).all() for b in net.decoder_biases)
+    shifted = DeepAutoEncoder(AutoEncoderConfig(num_items=10, encoder_sizes=(4, 3), output_bias_init=3.5))
+    assert (shifted.decoder_biases[0] == 3.5).all() and (shifted.decoder_biases[1] == 0).all()

@@ -13,8 +13,9 @@ from torch import Tensor
 
 def masked_squared_error(predictions: Tensor, ratings: Tensor) -> tuple[Tensor, Tensor]:
     """``(Σ m (r − y)², Σ m)`` for (batch, items) predictions ``y`` and ratings ``r`` (0 = missing)."""
-    mask = (ratings != 0).to(predictions.dtype)
-    return (mask * (ratings - predictions) ** 2).sum(), mask.sum()
+    observed = ratings != 0
+    error = torch.where(observed, ratings - predictions, 0.0)
+    return (error * error).sum(), observed.sum().to(predictions.dtype)
 
 
 def masked_mse(predictions: Tensor, ratings: Tensor) -> Tensor:
