@@ -1,12 +1,13 @@
 """A training DataLoader that resumes in the middle of an epoch.
 
 Lightning 2.6 resumes mid-epoch only with a *stateful* loader: it stores ``loader.state_dict()`` in
-the checkpoint and calls ``loader.load_state_dict()`` before iterating again. Two details make a
-naive counter wrong, and :class:`ResumableDataLoader` handles both:
+the checkpoint and calls ``loader.load_state_dict()`` before iterating again. Two details matter,
+and :class:`ResumableDataLoader` handles both:
 
-- Lightning prefetches one batch, so when a checkpoint is written the loader has *yielded* one
-  batch more than the trainer has *consumed*. The position saved is therefore the trainer's own
-  count of processed batches in the epoch (``fit_loop.epoch_loop.batch_progress.current.processed``).
+- The position saved is the trainer's own count of processed batches in the epoch
+  (``fit_loop.epoch_loop.batch_progress.current.processed``) rather than what the loader has
+  handed out, which runs ahead whenever batches are prefetched (Lightning prefetches one batch
+  for loaders without a length); without a trainer it falls back to the batches it yielded.
 - The order of an epoch must not depend on the global RNG (which the model also draws from): the
   permutation is ``randperm`` of a private generator seeded with ``seed + epoch``, and the loader's
   worker base seed comes from its own generator too.

@@ -19,13 +19,17 @@ TESTS = Path(__file__).resolve().parent
 ZOO = Path(sys.executable).parent / "zoo"
 
 
-def write_config(folder: Path, max_steps: int = 20) -> Path:
+TOY_MODEL = {"class_path": "zoo_toys.ToyModule", "init_args": {
+    "dropout": 0.3,  # the model draws from the global RNG at every step
+    "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}}}}
+TOY_DATA = {"class_path": "zoo_toys.ToyData", "init_args": {"n": 96, "batch_size": 8}}  # 12 batches / epoch
+
+
+def write_config(folder: Path, model: dict = TOY_MODEL, data: dict = TOY_DATA, max_steps: int = 20) -> Path:
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "zoo_toys.ToyModule", "init_args": {
-            "dropout": 0.3,  # the model draws from the global RNG at every step
-            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}}}},
-        "data": {"class_path": "zoo_toys.ToyData", "init_args": {"n": 96, "batch_size": 8}},  # 12 batches / epoch
+        "model": model,
+        "data": data,
         "trainer": {
             "max_steps": max_steps, "accelerator": "cpu", "devices": 1, "logger": False, "limit_val_batches": 0,
             "default_root_dir": str(folder),
@@ -33,6 +37,7 @@ def write_config(folder: Path, max_steps: int = 20) -> Path:
                 {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                  "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 5, "save_last": True}},
                 {"class_path": "zoo.callbacks.ResumableRNG"},
+                {"class_path": "zoo_toys.FreezeAtStep"},
             ],
         },
     }
@@ -52,39 +57,81 @@ def zoo_fit(config: Path, *extra: str, env: dict | None = None, wait: bool = Tru
     return process
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-@pytest.mark.slow
-def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    reference = write_config(tmp_path / "reference")
-    zoo_fit(reference)
+def kill_resume_and_compare(tmp_path: Path, freeze_at: int, saved_step: int, saved_epoch: int, **config) -> None:
+    """Uninterrupted run vs. a run killed (-9) at step `freeze_at` and resumed from last.ckpt: same final weights."""
+    zoo_fit(write_config(tmp_path / "reference", **config))
     expected = torch.load(tmp_path / "reference" / "ckpt" / "last.ckpt", weights_only=True)
-    assert expected["global_step"] == 20
+    assert expected["global_step"] == config.get("max_steps", 20)
 
-    interrupted = write_config(tmp_path / "interrupted")
+    interrupted = write_config(tmp_path / "interrupted", **config)
     marker = tmp_path / "frozen"
-    # freeze at step 17 (epoch 1, batch 5): last.ckpt holds step 15 (epoch 1, batch 3), mid-epoch
-    process = zoo_fit(interrupted, env={"ZOO_TOY_FREEZE_AT_STEP": "17", "ZOO_TOY_FREEZE_MARKER": str(marker)},
+    process = zoo_fit(interrupted, env={"ZOO_TOY_FREEZE_AT_STEP": str(freeze_at), "ZOO_TOY_FREEZE_MARKER": str(marker)},
                       wait=False)
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the run never reached step 17"
+        assert time.monotonic() < deadline, f"the run never reached step {freeze_at}"
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
     last = tmp_path / "interrupted" / "ckpt" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] == 15 and saved["epoch"] == 1
+    assert (saved["global_step"], saved["epoch"]) == (saved_step, saved_epoch)
     assert not list(last.parent.glob(".*.tmp-*"))
 
     zoo_fit(interrupted, "--ckpt_path", "last")
-    resumed = weights(last)
-    assert torch.load(last, weights_only=True)["global_step"] == 20
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == expected["global_step"]
     for key, value in expected["state_dict"].items():
-        assert torch.equal(resumed[key], value), key
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
+def test_saved_data_position_and_restore(tmp_path):
+    """The step-5 checkpoint records 5 consumed batches of epoch 0; restoring skips exactly those."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from zoo_toys import ToyData, ToyModule
+
+    from zoo.datamodules.resumable import ResumableDataLoader
+
+    data = ToyData(n=96, batch_size=8)
+    trainer = pl.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)])
+    trainer.fit(ToyModule(), data)
+    state = torch.load(next(tmp_path.glob("*.ckpt")), weights_only=True)["loops"]["fit_loop"]["state_dict"]
+    assert state["combined_loader"] == [{"epoch": 0, "batches": 5}]
+    # restoring skips exactly those 5 batches of the same epoch permutation
+    full = [b[0] for b in ResumableDataLoader(data.train_dataloader().dataset, batch_size=8, seed=0)]
+    resumed = ResumableDataLoader(data.train_dataloader().dataset, batch_size=8, seed=0)
+    resumed.load_state_dict({"epoch": 0, "batches": 5})
+    rest = [b[0] for b in resumed]
+    assert len(rest) == 7 and all(torch.equal(a, b) for a, b in zip(rest, full[5:]))
+    resumed.load_state_dict({"epoch": 0, "batches": 12})  # saved at the end of epoch 0 -> all of epoch 1
+    assert resumed.sampler.epoch == 1 and len(list(resumed)) == 12
+
+
+def write_ratings(path: Path, users: int = 40, items: int = 30, per_user: int = 12) -> Path:
+    """A small MovieLens-100k style u.data (user, item, rating, timestamp; tab-separated)."""
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for user in range(1, users + 1):
+        for k, item in enumerate(torch.randperm(items, generator=g)[:per_user].tolist()):
+            rating = 1 + (user * 7 + item * 3) % 5
+            lines.append(f"{user}\t{item + 1}\t{rating}\t{880000000 + 1000 * user + k}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_recommender_resumes_mid_epoch(tmp_path):
+    ratings = write_ratings(tmp_path / "u.data")
+    model = {"class_path": "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender", "init_args": {
+        "network": "autorec-ml100k", "network_overrides": {"encoder_sizes": [16, 8], "dropout": 0.5},
+        "input_noise": 0.2, "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}}
+    data = {"class_path": "zoo_toys.ResumableRatings", "init_args": {
+        "path": str(ratings), "format": "ml-100k", "batch_size": 4}}  # 40 users -> 10 batches / epoch
+    # freeze at step 8 (epoch 0, batch 8): last.ckpt holds step 5 (epoch 0, batch 5), mid-epoch; 15 steps cross an epoch
+    kill_resume_and_compare(tmp_path, freeze_at=8, saved_step=5, saved_epoch=0, model=model, data=data, max_steps=15)
 
 
 def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from zoo.datamodules.ratings import RatingsDataModule, UserBatches
 from zoo.datamodules.resumable import ResumableDataLoader
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.pipeline import Pipeline
@@ -41,6 +42,16 @@ class ToyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class FreezeAtStep(pl.Callback):
+    """Test hook: at optimizer step $ZOO_TOY_FREEZE_AT_STEP, touch $ZOO_TOY_FREEZE_MARKER and hang,
+    so a test can kill -9 the process at a known point in the middle of an epoch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == int(os.environ.get("ZOO_TOY_FREEZE_AT_STEP", -1)):
+            Path(os.environ["ZOO_TOY_FREEZE_MARKER"]).touch()
+            time.sleep(600)
 
 
 class ToyPipeline(Pipeline):
@@ -70,12 +81,6 @@ class ToyModule(pl.LightningModule):
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss)
         return loss
-
-    def on_train_batch_start(self, batch, batch_idx):
-        # test hook: freeze at a given step (after touching a marker file) so a test can kill -9 the process there
-        if self.global_step == int(os.environ.get("ZOO_TOY_FREEZE_AT_STEP", -1)):
-            Path(os.environ["ZOO_TOY_FREEZE_MARKER"]).touch()
-            time.sleep(600)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -172,3 +177,12 @@ class DDPProbe(ToyModule):
                   "val_mse": float(self.trainer.callback_metrics["val_mse"])}
         path = Path(os.environ["ZOO_TOY_REPORT_DIR"]) / f"rank{self.global_rank}.json"
         path.write_text(json.dumps(report))
+
+
+class ResumableRatings(RatingsDataModule):
+    """The recommender's data module with a mid-epoch resumable training loader."""
+
+    def train_dataloader(self):
+        train = UserBatches(self.load().train)
+        return ResumableDataLoader(train, batch_size=self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
+                                   trainer=self.trainer, collate_fn=train.collate)
