@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.datamodules.rating_files import RatingTable, embedded_ml100k, keep_latest, read_ratings
+from zoo.datamodules.rating_files import RatingTable, embedded_ml100k, guess_format, keep_latest, read_ratings
 
 #: Netflix time splits of the paper: (train first day, train last day, test first day, test last day).
 NETFLIX_SPLITS: dict[str, tuple[str, str, str, str]] = {
@@ -239,6 +239,16 @@ class RatingsDataModule(pl.LightningDataModule):
     @property
     def item_ids(self) -> np.ndarray:
         return self.load().item_ids
+
+    @property
+    def dataset_card(self) -> str | None:
+        """Key of ``zoo.hub.DATASETS`` for model cards: the embedded data and MovieLens layouts are
+        ``movielens``, the Netflix layout ``netflix``; other ``.inter`` files are not named."""
+        h = self.hparams
+        if h.path is None:
+            return "movielens"
+        format = guess_format(h.path) if h.format == "auto" else h.format
+        return {"netflix": "netflix", "ml-100k": "movielens", "ml-1m": "movielens", "csv": "movielens"}.get(format)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the data source (stored in exported recommenders)."""

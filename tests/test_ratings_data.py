@@ -186,6 +186,7 @@ def test_datamodule_batches_train_vector_in_heldout_target_no_drop(tmp_path):
         torch.testing.assert_close(b["targets"], naive_dense(s.valid, b["users"].tolist()))
     assert sum(int((b["targets"] > 0).sum()) for b in dm.test_dataloader()) == s.test.nnz
     assert dm.num_items == len(s.item_ids)
+    assert dm.dataset_card == "movielens" and RatingsDataModule(None).dataset_card == "movielens"
 
 
 def fake_wheel(path: Path, inter_text: str) -> Path:
