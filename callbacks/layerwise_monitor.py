@@ -9,6 +9,7 @@ trainable parameter tensor ``name``::
 
     layerwise/<name>/weight_norm      ||w||_2
     layerwise/<name>/grad_norm        ||grad||_2 (after fp16 unscaling, before clipping)
+    layerwise/<name>/trust_ratio      LARS eq. 6 local rate, for optimizers with a ``trust_coefficient``
     layerwise/<name>/<state key>      every one-element entry of the optimizer's state for that tensor
                                       (other than element-wise buffers shaped like the parameter)
                                       (e.g. NovoGrad's second moment, LARS's trust ratio),
@@ -52,16 +53,36 @@ class LayerwiseMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    def _trust_ratios(self, optimizer: Optimizer, names: dict[int, str], weight_norms: dict[int, torch.Tensor],
+                      grad_norms: dict[int, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
+        """LARS local learning rate (arXiv 1708.03888, eq. 6), eta * ||w|| / (||grad|| + beta * ||w|| + eps),
+        for groups of an optimizer with a ``trust_coefficient`` (not for excluded groups)."""
+        keys, values = [], []
+        for group in optimizer.param_groups:
+            if "trust_coefficient" not in group or group.get("exclude_from_layer_adaptation"):
+                continue
+            decay, eps = group.get("weight_decay", 0.0), group.get("eps", 0.0)
+            for p in group["params"]:
+                if id(p) in grad_norms:
+                    w = weight_norms[id(p)]
+                    keys.append(f"{self.prefix}/{names[id(p)]}/trust_ratio")
+                    values.append(group["trust_coefficient"] * w / (grad_norms[id(p)] + decay * w + eps))
+        return keys, values
+
     def collect(self, module: torch.nn.Module, optimizer: Optimizer) -> dict[str, float]:
         """``{metric name: value}`` for the parameters of ``module`` that ``optimizer`` updates."""
         names = {id(p): name for name, p in module.named_parameters()}
         params = [p for group in optimizer.param_groups for p in group["params"] if id(p) in names]
         keys = [f"{self.prefix}/{names[id(p)]}/weight_norm" for p in params]
-        values = list(torch._foreach_norm([p.detach() for p in params])) if params else []
+        weight_norms = list(torch._foreach_norm([p.detach() for p in params])) if params else []
         with_grad = [p for p in params if p.grad is not None]
         keys += [f"{self.prefix}/{names[id(p)]}/grad_norm" for p in with_grad]
-        if with_grad:
-            values += list(torch._foreach_norm([p.grad.detach() for p in with_grad]))
+        grad_norms = list(torch._foreach_norm([p.grad.detach() for p in with_grad])) if with_grad else []
+        values = weight_norms + grad_norms
+        keys_ratio, ratios = self._trust_ratios(optimizer, names, dict(zip(map(id, params), weight_norms)),
+                                                dict(zip(map(id, with_grad), grad_norms)))
+        keys += keys_ratio
+        values += ratios
         for p in params:
             for key, state in optimizer.state.get(p, {}).items():
                 if key == "step":

@@ -102,3 +102,33 @@ def test_off_means_nothing_is_computed(tmp_path, monkeypatch):
                enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[monitor]).fit(Toy(), data())
     with pytest.raises(ValueError, match="every_n_steps"):
         LayerwiseMonitor(every_n_steps=-1)
+
+
+def test_novograd_second_moment_and_lars_trust_ratio():
+    from zoo.optim import LARS, NovoGrad
+    from zoo.lightning_modules.optimization import parameter_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(8, 3)
+    monitor = LayerwiseMonitor(every_n_steps=1)
+
+    novograd = NovoGrad(model.parameters(), lr=0.01)
+    model(x).pow(2).mean().backward()
+    first = {n: float(p.grad.pow(2).sum()) for n, p in model.named_parameters()}
+    novograd.step()
+    metrics = monitor.collect(model, novograd)
+    for name, g2 in first.items():  # NovoGrad eq. 1 at step 1: v_1 = ||g_1||^2 per layer
+        assert metrics[f"layerwise/{name}/exp_avg_sq"] == pytest.approx(g2, rel=1e-5)
+
+    model.zero_grad()
+    lars = LARS(parameter_groups(model, weight_decay=1e-3), lr=0.1, trust_coefficient=0.02)
+    model(x).pow(2).mean().backward()
+    metrics = monitor.collect(model, lars)
+    for name, p in model.named_parameters():
+        key = f"layerwise/{name}/trust_ratio"
+        if p.ndim == 1:  # biases: excluded from layer adaptation
+            assert key not in metrics
+            continue
+        w, g = math.sqrt(float(p.detach().pow(2).sum())), math.sqrt(float(p.grad.pow(2).sum()))
+        assert metrics[key] == pytest.approx(0.02 * w / (g + 1e-3 * w + 1e-8), rel=1e-5)
