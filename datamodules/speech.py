@@ -378,14 +378,18 @@ class SpeechDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_speech, num_workers=self.num_workers)
 
     def teardown(self, stage: str | None = None) -> None:
-        """Report the utterances skipped while loading (bad audio, CTC-infeasible after augmentation)."""
+        """Report the utterances skipped while loading (bad audio; training audio shorter than its
+        manifest duration promised, or shortened by augmentation, so that CTC would be infeasible)."""
         skipped = [msg for loader in self._loaders for msg in loader.skipped]
         infeasible = sum(loader.infeasible for loader in self._loaders)
         if skipped:
             report_skipped(skipped, what="utterance(s) whose audio could not be decoded")
             rank_zero_warn(f"skipped {len(skipped)} utterance(s) whose audio could not be decoded (skip_bad)")
         if infeasible:
-            rank_zero_info(f"dropped {infeasible} augmented training utterance(s) too short for CTC")
+            rank_zero_warn(
+                f"dropped {infeasible} training utterance(s) whose (augmented) audio was too short for the "
+                "transcript under CTC; check the manifest durations if this is frequent"
+            )
         for loader in self._loaders:
             loader.skipped.clear()
             loader.infeasible = 0

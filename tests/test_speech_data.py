@@ -299,6 +299,20 @@ def test_datamodule_augmented_training_batches_and_errors(tmp_path):
         SpeechDataModule(train_manifests=[str(train)], val_manifests=[str(empty)], num_workers=0).setup("fit")
 
 
+def test_training_drops_audio_too_short_for_ctc_at_load_time(tmp_path):
+    manifest = _corpus(tmp_path, [(0.5, "call mom"), (0.5, "play some music")], "train.json")
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    _tone(tmp_path / lines[1]["audio_filepath"], 0.05)  # the manifest still says 0.5 s
+    dm = SpeechDataModule(
+        train_manifests=[str(manifest)], num_workers=0, time_reduction=2, augmentation=AugmentationConfig(enabled=False)
+    )
+    loader = dm.train_dataloader()
+    assert [b["texts"] for b in loader] == [["call mom"]]
+    assert loader.infeasible == 1
+    with pytest.warns(UserWarning, match="dropped 1 training utterance"):
+        dm.teardown("fit")
+
+
 def test_predict_manifests_need_no_text(tmp_path):
     _corpus(tmp_path, [(0.3, "x"), (0.5, "y")], "with_text.json")
     entries = [{"audio_filepath": f"audio/with_text.json-{i}.wav", "duration": d} for i, d in enumerate([0.3, 0.5])]
