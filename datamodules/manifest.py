@@ -82,7 +82,9 @@ def parse_line(raw: str, manifest: Path, line: int, tokenizer: CharTokenizer, re
         raise ManifestError(manifest, line, f"duration must be a number of seconds, got {duration!r}")
     if duration < 0:
         raise ManifestError(manifest, line, f"negative duration {duration}")
-    raw_text = entry.get("text", "")
+    raw_text = entry.get("text")
+    if raw_text is None and not require_text:
+        raw_text = ""
     if not isinstance(raw_text, str):
         raise ManifestError(manifest, line, f"text must be a string, got {raw_text!r}")
     try:
@@ -151,7 +153,7 @@ def read_manifests(
     for manifest in map(Path, paths):
         if not manifest.is_file():
             raise FileNotFoundError(f"manifest not found: {manifest}")
-        with manifest.open(encoding="utf-8") as lines:
+        with manifest.open(encoding="utf-8-sig") as lines:  # tolerates a byte-order mark
             for number, raw in enumerate(lines, start=1):
                 if not raw.strip():
                     continue
