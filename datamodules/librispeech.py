@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tarfile
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -178,10 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default=OPENSLR_URL, help="tarball URL template with {subset}")
     parser.add_argument("--skip-bad", action="store_true", help="skip defective lines instead of stopping")
     args = parser.parse_args(argv)
-    if args.download:
-        download_librispeech(args.root, args.subsets, url=args.url)
-    for subset in args.subsets:
-        print(prepare_librispeech(args.root, subset, skip_bad=args.skip_bad))
+    try:
+        if args.download:
+            download_librispeech(args.root, args.subsets, url=args.url)
+        for subset in args.subsets:
+            print(prepare_librispeech(args.root, subset, skip_bad=args.skip_bad))
+    except (OSError, ValueError) as err:  # missing folders, network errors, bad lines (ManifestError)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

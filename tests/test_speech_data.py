@@ -450,6 +450,10 @@ def test_librispeech_preparer_errors_name_transcript_line(tmp_path):
         prepare_librispeech(tmp_path, "dev-clean")
     manifest = prepare_librispeech(tmp_path, "dev-clean", skip_bad=True)
     assert len(manifest.read_text().splitlines()) == 2
+    from zoo.datamodules.librispeech import main
+
+    assert main(["--root", str(tmp_path), "--subsets", "dev-clean"]) == 1  # the error, not a traceback
+    assert main(["--root", str(tmp_path), "--subsets", "dev-clean", "--skip-bad"]) == 0
 
 
 def test_librispeech_download_extracts_safely(tmp_path):
