@@ -325,3 +325,14 @@ def test_flite_voices_render_through_the_flite_program(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     with pytest.raises(EspeakError, match="apt-get install flite"):
         Flite()
+
+
+def test_plan_uses_each_split_variant_in_turn(tmp_path):
+    config = tiny(tmp_path, train_utterances=200, val_utterances=20, test_utterances=30)
+    plan = synthetic_speech.plan_corpus(config)
+    for split, variants in (("train", config.train_variants), ("val", config.val_variants), ("test", config.test_variants)):
+        used = [u.voicing.voice.split("+")[1] for u in plan if u.split == split]
+        counts = {v: used.count(v) for v in variants}
+        assert set(used) <= set(variants)
+        assert max(counts.values()) - min(counts.values()) <= 1, counts  # balanced speakers
+    assert len({u.voicing.voice.split("+")[0] for u in plan}) == len(config.accents)
