@@ -169,6 +169,13 @@ class SpeechDataLoader(DataLoader):
         self.batches_delivered = self.batch_sampler.batches_yielded
 
 
+def _config(value: Any, cls: type) -> Any:
+    """A config dataclass from ``None`` (defaults), a dict of fields, or an instance."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value
+
+
 class SpeechDataModule(pl.LightningDataModule):
     """Speech manifests (or the embedded synthetic corpus) -> padded CTC batches.
 
@@ -177,8 +184,8 @@ class SpeechDataModule(pl.LightningDataModule):
             manifests per split (several are concatenated).
         corpus: the synthetic espeak-ng corpus to build and use when no manifests are given
             (``None``: its default configuration).
-        featurizer, tokenizer, augmentation: see ``zoo.speech``; augmentation is applied in
-            training only.
+        featurizer, tokenizer, augmentation: see ``zoo.speech`` (instances or dicts of their
+            fields); augmentation is applied in training only.
         time_reduction: the encoder's output-frame stride (for the CTC length rule).
         batch_size: utterances per batch; ``max_batch_frames``: bucket by padded frames instead.
         num_workers: DataLoader worker processes (features are computed there).
@@ -216,10 +223,10 @@ class SpeechDataModule(pl.LightningDataModule):
             "test": test_manifests,
             "predict": predict_manifests,
         }
-        self.corpus = corpus
-        self.featurizer_config = featurizer if featurizer is not None else FeaturizerConfig()
-        self.tokenizer_config = tokenizer if tokenizer is not None else TokenizerConfig()
-        self.augmentation = augmentation if augmentation is not None else AugmentationConfig()
+        self.corpus = SyntheticCorpusConfig(**corpus) if isinstance(corpus, dict) else corpus
+        self.featurizer_config = _config(featurizer, FeaturizerConfig)
+        self.tokenizer_config = _config(tokenizer, TokenizerConfig)
+        self.augmentation = _config(augmentation, AugmentationConfig)
         self.tokenizer = CharTokenizer(self.tokenizer_config)
         self.featurizer = Featurizer(self.featurizer_config)  # frame arithmetic in the main process
         if time_reduction < 1:

@@ -286,7 +286,7 @@ def test_datamodule_augmented_training_batches_and_errors(tmp_path):
     torch.manual_seed(0)
     dm = SpeechDataModule(
         train_manifests=[str(train)], val_manifests=[str(train)], batch_size=5, num_workers=0,
-        featurizer=FeaturizerConfig(kind="spectrogram"),
+        featurizer={"kind": "spectrogram"},
         augmentation=AugmentationConfig(speed_prob=1, noise_prob=1, reverb_prob=1, eq_prob=1, pitch_prob=1),
     )
     (batch,) = list(dm.train_dataloader())
