@@ -9,7 +9,8 @@ Two sources:
   files (``/usr/share/games/fortunes``): fortunes are split on ``%`` lines, then into sentences,
   normalised with :func:`normalize_sentence` (numbers spelled out) and kept when 3-20 words long.
 
-Numbers are always words: :func:`number_to_words` (``42`` -> ``"forty two"``).
+Numbers are always words, spelled as the tokenizer spells them
+(:func:`zoo.speech.tokenizer.number_to_words`: ``42`` -> ``"forty two"``).
 """
 
 from __future__ import annotations
@@ -20,30 +21,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen"
-).split()
-TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
-
-
-def number_to_words(n: int) -> str:
-    """A non-negative integer in English words, without "and": ``1205`` -> ``"one thousand two hundred five"``."""
-    if n < 0:
-        raise ValueError(f"number_to_words takes a non-negative integer, got {n}")
-    if n < 20:
-        return ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return TENS[tens] + (f" {ONES[ones]}" if ones else "")
-    for scale, name in SCALES:
-        if n >= scale:
-            high, rest = divmod(n, scale)
-            words = f"{number_to_words(high)} {name}"
-            return words + (f" {number_to_words(rest)}" if rest else "")
-    raise AssertionError("unreachable")
-
+from zoo.speech.tokenizer import number_to_words
 
 # ----------------------------------------------------------------------------------------------
 # Restricted-vocabulary voice-assistant grammar
@@ -154,7 +132,7 @@ def command_sentences(rng: random.Random) -> Iterator[str]:
 
 
 def command_vocabulary() -> set[str]:
-    """Every word the command grammar can produce (the slot lists, numbers 0-99, the template words)."""
+    """The words of 20,000 sentences drawn from the grammar: in practice every word it can produce."""
     words: set[str] = set()
     rng = random.Random(0)
     for sentence in (s for s, _ in zip(command_sentences(rng), range(20000))):

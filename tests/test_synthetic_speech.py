@@ -23,7 +23,6 @@ from zoo.datamodules.sentences import (
     command_vocabulary,
     english_sentences,
     normalize_sentence,
-    number_to_words,
 )
 from zoo.datamodules.synthetic_speech import (
     CorpusManifests,
@@ -33,6 +32,7 @@ from zoo.datamodules.synthetic_speech import (
     corpus_statistics,
     read_manifest,
 )
+from zoo.speech.tokenizer import number_to_words
 
 TRANSCRIPT = re.compile(r"^[a-z']+( [a-z']+)*$")
 
