@@ -14,7 +14,8 @@ LABELS = ["_"] + list("abcdefghijklmnopqrstuvwxyz '")
 
 def streaming_model(**overrides):
     torch.manual_seed(0)
-    config = dict(conv_channels=(3, 4), rnn_hidden=24, fc_hidden=16)
+    config = dict(conv_channels=(3, 4), conv_kernels=((11, 41), (11, 21)), conv_strides=((2, 2), (1, 2)),
+                  rnn_hidden=24, fc_hidden=16)
     config.update(overrides)
     model = zoo.create("ds2-streaming-demo", **config)
     model.train()

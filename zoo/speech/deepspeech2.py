@@ -140,16 +140,16 @@ class MaskedBatchNorm2d(_MaskedStatistics):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
         if not self._use_batch_statistics():
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        m = mask[:, None, :, None].to(x.dtype)
-        count = m.sum() * x.shape[3]
-        mean = (x * m).sum((0, 2, 3)) / count
-        centred = (x - mean[None, :, None, None]) * m
-        var = centred.pow(2).sum((0, 2, 3)) / count
-        if self.track_running_stats:
-            self._update_running(mean, var, count)
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        shift = self.bias - mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
+            xf, m = x.float(), mask[:, None, :, None].float()
+            count = m.sum() * x.shape[3]
+            mean = (xf * m).sum((0, 2, 3)) / count
+            var = ((xf - mean[None, :, None, None]) * m).pow(2).sum((0, 2, 3)) / count
+            if self.track_running_stats:
+                self._update_running(mean, var, count)
+            scale = self.weight * torch.rsqrt(var + self.eps)
+            shift = self.bias - mean * scale
+        return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
 
 
 class _Gram(torch.autograd.Function):
@@ -176,20 +176,21 @@ class SequenceBatchNorm(_MaskedStatistics):
 
     def fold(self, weight: Tensor, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``weight`` (G, D), ``x`` (B, T, D), ``mask`` (B, T) bool -> ``W'`` (G, D), ``b'`` (G,)."""
-        if self._use_batch_statistics():
-            m = mask.to(x.dtype)
-            count = m.sum()
-            mean_x = torch.einsum("btd,bt->d", x, m) / count
-            centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
-            covariance = _Gram.apply(centred) / count
-            mean = weight @ mean_x
-            var = ((weight @ covariance) * weight).sum(1)
-            if self.track_running_stats:
-                self._update_running(mean, var, count)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        return weight * scale[:, None], self.bias - mean * scale
+        with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
+            if self._use_batch_statistics():
+                x, m, weight = x.float(), mask.float(), weight.float()
+                count = m.sum()
+                mean_x = torch.einsum("btd,bt->d", x, m) / count
+                centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
+                covariance = _Gram.apply(centred) / count
+                mean = weight @ mean_x
+                var = ((weight @ covariance) * weight).sum(1).clamp(min=0)
+                if self.track_running_stats:
+                    self._update_running(mean, var, count)
+            else:
+                mean, var = self.running_mean, self.running_var
+            scale = self.weight * torch.rsqrt(var + self.eps)
+            return weight * scale[:, None], self.bias - mean * scale
 
 
 class ConvFrontEnd(nn.Module):
@@ -430,13 +431,14 @@ register("ds2-streaming", DeepSpeech2,
                            lookahead=19, fc_hidden=2560),
          task="speech",
          description="DS2 deployment model (§7): 2 conv + 5 forward-only RNN x 2560 + row conv tau=19 + FC 2560")
+_DEMO_FRONT_END = dict(conv_channels=(16,), conv_kernels=((11, 21),), conv_strides=((3, 4),))  # 161 -> 41 bins
 register("ds2-demo", DeepSpeech2,
-         DeepSpeech2Config(conv_channels=(16, 16), rnn_layers=3, rnn_hidden=192, merge="sum", fc_hidden=192),
-         task="speech", description="small CPU DeepSpeech2: 2 conv x 16 + 3 biGRU x 192 (sum) + FC 192")
+         DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=192, merge="sum", fc_hidden=192),
+         task="speech", description="small CPU DeepSpeech2: 1 conv x 16 (stride 3) + 3 biGRU x 192 (sum) + FC 192")
 register("ds2-streaming-demo", DeepSpeech2,
-         DeepSpeech2Config(conv_channels=(16, 16), rnn_layers=3, rnn_hidden=256, bidirectional=False,
-                           lookahead=8, fc_hidden=192),
-         task="speech", description="small CPU streaming DeepSpeech2: 2 conv x 16 + 3 GRU x 256 + row conv tau=8")
+         DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=256, bidirectional=False, lookahead=8,
+                           fc_hidden=192),
+         task="speech", description="small CPU streaming DeepSpeech2: 1 conv x 16 (stride 3) + 3 GRU x 256 + row conv tau=8")
 register("ds2-tiny", DeepSpeech2,
          DeepSpeech2Config(conv_channels=(4,), conv_kernels=((5, 21),), conv_strides=((2, 4),), rnn_layers=1,
                            rnn_hidden=32, merge="sum", fc_hidden=0),
