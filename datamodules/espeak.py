@@ -1,11 +1,12 @@
 """espeak-ng as a waveform source: in-process through ``libespeak-ng`` (ctypes), else the ``espeak-ng`` program.
 
 :class:`Espeak` renders one utterance at a time into int16 samples at the synthesizer's own rate
-(22050 Hz for espeak-ng's formant voices). The library path is about 4x faster than the subprocess
-(no process start, no WAV parsing): the library is initialised once per process with
+(22050 Hz for espeak-ng's formant voices). The library path is 4x or more faster than the
+subprocess (no process start, no WAV parsing): the library is initialised once per process with
 ``AUDIO_OUTPUT_SYNCHRONOUS`` and a callback that collects the samples of each ``espeak_Synth`` call.
-Library and program share the same voices and produce the same samples for the same voice, rate and
-pitch (both run the same synthesizer code).
+Library and program run the same synthesizer code with the same voices; samples are not
+bit-identical from run to run either way, because espeak-ng carries some synthesizer state from one
+utterance to the next (lengths move by up to tens of milliseconds).
 
 :func:`resample` converts to the corpus rate (16 kHz) by band-limited Fourier interpolation: a whole
 utterance starts and ends in the synthesizer's silence, so the transform's periodic extension adds
@@ -18,10 +19,10 @@ import ctypes
 import ctypes.util
 import io
 import math
-from pathlib import Path
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile
