@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -273,15 +274,24 @@ def test_corpus_statistics_against_hand_counts(tmp_path):
     assert stats["test_oov_rate"] == pytest.approx(3 / 6)  # radio, play, jazz are not training words
 
 
-def test_zoo_demo_builds_and_prints_the_table(tmp_path, capsys):
-    from zoo.commands.demo import main  # `zoo demo` (zoo.cli.COMMANDS), without importing Lightning here
+def test_zoo_demo_corpus_stage_builds_and_prints_the_table(tmp_path):
+    # the corpus stage of `zoo demo` (zoo.commands.demo), without the training that follows it
+    from rich.console import Console
 
-    args = ["--utterances", "6", "--held-out", "2", "--cache-dir", str(tmp_path), "--workers", "1", "--corpus-only"]
-    assert main(args) == 0
-    first = capsys.readouterr().out
-    assert "corpus built" in first and "train" in first and "test" in first
-    assert main(args) == 0
-    assert "found in the cache" in capsys.readouterr().out
+    from zoo.commands.demo import build_demo_corpus, build_parser, corpus_config, print_corpus_table
+
+    argv = ["--utterances", "6", "--held-out", "2", "--cache-dir", str(tmp_path), "--workers", "1", "--text", "english"]
+    args = build_parser().parse_args(argv)
+    config = corpus_config(args)
+    assert (config.text, config.train_utterances, config.val_utterances, config.test_utterances) == ("english", 6, 2, 2)
+    assert config.train_variants == SyntheticCorpusConfig().train_variants  # the shared spec otherwise
+    for expected in ("corpus built", "found in the cache"):
+        console = Console(file=io.StringIO(), width=120)
+        manifests, info = build_demo_corpus(config, num_workers=args.workers, console=console)
+        print_corpus_table(info, console)
+        out = console.file.getvalue()
+        assert expected in out and str(manifests.root) in out.replace("\n", "")
+        assert re.search(r"test\s.*\b2\b", out) and "shared sentences: train-val 0" in out
 
 
 FAKE_FLITE = """#!{python}
