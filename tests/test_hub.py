@@ -231,3 +231,29 @@ def test_publish_to_hub_callback_exports_best_checkpoint(tmp_path, monkeypatch):
     pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, callbacks=[quiet]).fit(ToyModule(), ToyData(n=24))
     assert len(pushed) == 1 and (tmp_path / "export2" / "model.safetensors").is_file()
+
+
+def test_recommender_checkpoint_exports_and_loads(tmp_path):
+    """The real task module's to_pipeline(): a `zoo fit` checkpoint of AutoEncoderRecommender -> Recommender."""
+    from test_resume import write_ratings
+
+    from zoo.recsys.recommender import Recommender
+
+    ratings = write_ratings(tmp_path / "u.data")
+    assert zoo_main([
+        "fit", "--model", "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
+        "--model.network", "autorec-ml100k", "--model.network_overrides", '{"encoder_sizes": [16, 8]}',
+        "--data", "zoo.datamodules.ratings.RatingsDataModule", "--data.path", str(ratings), "--data.format", "ml-100k",
+        "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.logger", "false",
+        "--trainer.limit_val_batches", "1", f"--trainer.default_root_dir={tmp_path}",
+    ]) == 0
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    recommender = zoo.load(str(ckpt))
+    assert isinstance(recommender, Recommender)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    network = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    assert network and all(torch.equal(v, network[k]) for k, v in recommender.net.state_dict().items())
+    folder = hub.export_checkpoint(ckpt, tmp_path / "export", hub.CardInfo(datasets=["movielens"]))
+    card = (folder / "README.md").read_text()
+    assert "arXiv:1708.01715" in card and "non-commercial" in card and "Steps / epochs: 3 / 0" in card
+    assert same_weights(zoo.load(str(folder)), recommender)

@@ -444,7 +444,12 @@ def load(name_or_repo_or_path: str | Path, revision: str | None = None, **kwargs
 
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, info: CardInfo | None = None,
                       module_class: type | str | None = None, load_name: str | None = None) -> Path:
-    """``.ckpt`` -> pipeline folder with a model card filled from the checkpoint's records."""
-    info = info or card_info_from_checkpoint(checkpoint)
+    """``.ckpt`` -> pipeline folder with a model card; fields ``info`` leaves empty come from the checkpoint's records."""
+    recorded = card_info_from_checkpoint(checkpoint)
+    if info is not None:
+        missing = {f.name: getattr(recorded, f.name) for f in dataclasses.fields(CardInfo)
+                   if getattr(info, f.name) in (None, [], {}) and getattr(recorded, f.name) not in (None, [], {})}
+        recorded = dataclasses.replace(info, **missing)
+    info = recorded
     return export(pipeline_from_checkpoint(checkpoint, module_class), folder, info, load_name)
 
