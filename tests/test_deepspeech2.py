@@ -266,3 +266,21 @@ def test_invalid_configs_are_rejected():
         tiny(conv_channels=(2, 2, 2, 2), conv_kernels=((3, 3),) * 4, conv_strides=((1, 1),) * 4)
     with pytest.raises(ValueError, match="no frequency bins"):
         tiny(in_features=3, conv_padding=((2, 0), (1, 0)))
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(bidirectional=False, lookahead=2, rnn_type="lstm")])
+def test_fuse_batchnorm_keeps_eval_outputs(overrides):
+    torch.manual_seed(6)
+    model = tiny(**overrides)
+    lengths = torch.tensor([33, 20])
+    features = torch.randn(2, 24, 33) * frame_mask(lengths, 33)[:, None, :]
+    for _ in range(2):
+        model(features, lengths)
+    model.eval()
+    with torch.no_grad():
+        expected, _ = model(features, lengths)
+        got, _ = model.fuse_batchnorm()(features, lengths)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, (SequenceBatchNorm, MaskedBatchNorm2d)) for m in model.modules())
+    with pytest.raises(RuntimeError, match="folded"):
+        model.train()

@@ -107,3 +107,39 @@ def test_streaming_rejects_what_cannot_stream():
     stream.finish()
     with pytest.raises(RuntimeError, match="already finished"):
         stream.accept(torch.randn(161, 10))
+
+
+def transcript_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if "\t" in line]
+
+
+def test_zoo_transcribe_stream_equals_offline(tmp_path, capsys):
+    import soundfile
+
+    from zoo.cli import main
+    from zoo.registry import model_to_dict
+    from zoo.speech.recognizer import SpeechRecognizer
+    from zoo.speech.tokenizer import CharTokenizer
+
+    vocab = CharTokenizer().vocab_size
+    model = streaming_model(num_classes=vocab)
+    with torch.no_grad():
+        model.output.weight.mul_(30)
+    featurizer = dict(kind="spectrogram", normalize="global", global_mean=[0.0] * 161, global_std=[4.0] * 161)
+    recognizer = SpeechRecognizer(featurizer=featurizer, encoder=model_to_dict(model))
+    recognizer.encoder.load_state_dict(model.state_dict())
+    recognizer.save_pretrained(tmp_path / "model")
+    t = torch.arange(1600) / 16000
+    torch.manual_seed(3)
+    audio = torch.cat([a * torch.sin(2 * torch.pi * f * t) for f, a in zip(torch.rand(25) * 4000 + 100, torch.rand(25))])
+    soundfile.write(tmp_path / "a.wav", audio.numpy(), 16000)
+    assert main(["transcribe", "--model", str(tmp_path / "model"), str(tmp_path / "a.wav")]) == 0
+    offline = transcript_lines(capsys.readouterr().out)
+    assert main(["transcribe", "--model", str(tmp_path / "model"), "--stream", str(tmp_path / "a.wav")]) == 0
+    captured = capsys.readouterr()
+    assert transcript_lines(captured.out) == offline and len(offline[0].split("\t")[1]) > 3
+    assert "real-time factor" in captured.err
+    bidirectional = SpeechRecognizer(featurizer=featurizer, encoder=model_to_dict(zoo.create("ds2-tiny", num_classes=vocab)))
+    bidirectional.save_pretrained(tmp_path / "bi")
+    assert main(["transcribe", "--model", str(tmp_path / "bi"), "--stream", str(tmp_path / "a.wav")]) == 2
+    assert "forward-only" in capsys.readouterr().err

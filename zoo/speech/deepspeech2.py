@@ -193,6 +193,13 @@ class SequenceBatchNorm(_MaskedStatistics):
             return weight * scale[:, None], self.bias - mean * scale
 
 
+class _FoldedNorm(nn.Module):
+    """Stands in for a batch norm already folded into the preceding convolution."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return x
+
+
 class ConvFrontEnd(nn.Module):
     """1-3 masked 2D convolutions over (time, frequency), each + batch norm + clipped ReLU (§3.5).
 
@@ -247,6 +254,20 @@ class ConvFrontEnd(nn.Module):
             frames = max(1, (frames - 1) * st + kt - 2 * pt)
         return frames
 
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold each batch norm's running statistics into its convolution (weights scaled, bias added)."""
+        for index, norm in enumerate(self.norms):
+            if isinstance(norm, _FoldedNorm):
+                continue
+            conv = self.convs[index]
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                              padding=conv.padding, bias=True).to(conv.weight)
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_(norm.bias - norm.running_mean * scale)
+            self.convs[index], self.norms[index] = fused, _FoldedNorm()
+
     def layer(self, index: int, x: Tensor, mask: Tensor) -> Tensor:
         """One conv + BN + clipped ReLU on (B, C, T, F) already time-padded, ``mask`` for the output."""
         x = self.norms[index](self.convs[index](x), mask)
@@ -294,6 +315,17 @@ class RecurrentLayer(nn.Module):
             self.norm = None
             self.bias_ih = nn.Parameter(torch.empty(self.directions * gates).uniform_(-bound, bound))
             self.bias_hh = nn.Parameter(torch.empty(self.directions, gates).uniform_(-bound, bound))
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold the running statistics of the sequence-wise BN into ``W_ih`` and an input bias."""
+        if self.norm is None:
+            return
+        weight, bias = self.norm.fold(self.weight_ih, self.weight_ih.new_zeros(1, 0, 0), self.weight_ih.new_zeros(1, 0))
+        self.weight_ih.copy_(weight)
+        self.bias_ih = nn.Parameter(bias)
+        self.bias_hh = nn.Parameter(self.weight_hh.new_zeros(self.weight_hh.shape[:2]))
+        self.norm = None
 
     def input_weights(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(W', b'_ih, b_hh)`` for all directions: BN folded into the input weights (§3.2)."""
@@ -353,6 +385,7 @@ class DeepSpeech2(nn.Module):
         if config.lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {config.lookahead}")
         self.config = config
+        self.fused = False
         self.front_end = ConvFrontEnd(config)
         self.time_reduction = self.front_end.time_reduction
         width = self.front_end.out_features
@@ -382,6 +415,21 @@ class DeepSpeech2(nn.Module):
                 f"frames; the conv front end (time kernels {[k for k, _ in self.front_end.kernels]}, strides "
                 f"{[s for s, _ in self.front_end.strides]}) needs at least {self.front_end.min_input_frames()}"
             )
+
+    def fuse_batchnorm(self) -> DeepSpeech2:
+        """Fold every batch norm's running statistics into the preceding weights, for inference:
+        the outputs stay the same in eval mode; batch statistics (training) are no longer available."""
+        self.eval()
+        self.front_end.fuse_batchnorm()
+        for rnn in self.rnns:
+            rnn.fuse_batchnorm()
+        self.fused = True
+        return self
+
+    def train(self, mode: bool = True) -> DeepSpeech2:
+        if mode and self.fused:
+            raise RuntimeError("this DeepSpeech2's batch norm is folded (fuse_batchnorm); it can only run in eval mode")
+        return super().train(mode)
 
     def merge(self, y: Tensor) -> Tensor:
         """(B, T, dirs, H) -> (B, T, H) summed or (B, T, dirs * H) concatenated."""

@@ -188,10 +188,18 @@ class StreamingTranscriber:
 
     def __init__(self, model: DeepSpeech2, labels: list[str], featurizer: Featurizer | None = None,
                  blank: int = 0) -> None:
+        if not isinstance(model, DeepSpeech2):
+            raise ValueError(f"streaming needs a forward-only DeepSpeech2 encoder, got {type(model).__name__}")
         self.network = StreamingDeepSpeech2(model)
         self.featurizer = StreamingFeaturizer(featurizer) if featurizer is not None else None
         self.labels, self.blank = labels, blank
         self.reset()
+
+    @classmethod
+    def from_recognizer(cls, recognizer) -> StreamingTranscriber:
+        """From a :class:`~zoo.speech.recognizer.SpeechRecognizer` whose encoder is a forward-only DeepSpeech2."""
+        tokenizer = recognizer.tokenizer
+        return cls(recognizer.encoder, tokenizer.labels, featurizer=recognizer.featurizer, blank=tokenizer.blank)
 
     def reset(self) -> None:
         self.network.reset()
