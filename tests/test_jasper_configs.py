@@ -64,3 +64,25 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
         "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1",
         "--trainer.default_root_dir", str(tmp_path),
     ])
+
+
+@pytest.mark.slow
+def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path):
+    """`zoo demo`'s speech stages: train (seconds), test greedy + beam, export, reload, transcribe."""
+    from rich.console import Console
+
+    from zoo.commands.speech_demo import run
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
+
+    corpus = SyntheticCorpusConfig(train_utterances=8, val_utterances=3, test_utterances=3, cache_dir=str(tmp_path))
+    out = tmp_path / "demo"
+    overrides = ["--trainer.val_check_interval", "1.0", "--trainer.max_epochs", "1",
+                 "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
+    assert run("commands", corpus, out, 0.5, Console(width=120), overrides) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"test/wer", "test/cer", "test/wer_beam", "test/cer_beam"} <= set(results["metrics"])
+    assert results["steps"] >= 1 and results["rtf"] > 0
+    assert (out / "jasper-demo" / "model.safetensors").is_file() and (out / "words.arpa").is_file()
+    assert (out / "wer_vs_minutes.csv").is_file()
+    recognizer = zoo.load(out / "jasper-demo")
+    assert recognizer.encoder.config == zoo.registry.get_spec("jasper-demo").config

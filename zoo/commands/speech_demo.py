@@ -1,0 +1,189 @@
+"""The speech stages of ``zoo demo``: train a Jasper recipe on the synthetic corpus, evaluate it on
+held-out voices (greedy and beam search), export the ``SpeechRecognizer``, reload it with
+``zoo.load`` and transcribe a few test files.
+
+Artifacts under ``--output`` (default ``runs/demo``): ``words.txt`` and ``words.arpa`` (lexicon
+and Kneser–Ney 3-gram LM from the training transcripts), ``wer_vs_minutes.csv`` / ``.png`` (the
+validation curve against wall-clock training time), ``jasper-demo/`` (the exported recognizer)
+and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from rich.console import Console
+from rich.table import Table
+
+RECIPES = {"commands": "jasper_demo.yaml", "english": "jasper_english.yaml"}
+
+
+def recipe_path(text: str) -> Path:
+    return Path(__file__).resolve().parents[2] / "configs" / RECIPES[text]
+
+
+class WallClockCurve(pl.Callback):
+    """Record (minutes since fit start, step, val WER, val CER) at every validation."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.started = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or "val/wer" not in metrics:
+            return
+        self.rows.append({"minutes": (time.perf_counter() - self.started) / 60, "step": trainer.global_step,
+                          "val_wer": float(metrics["val/wer"]), "val_cer": float(metrics["val/cer"])})
+
+
+def write_curve(rows: list[dict[str, float]], folder: Path) -> Path | None:
+    if not rows:
+        return None
+    path = folder / "wer_vs_minutes.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return path
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["minutes"] for r in rows], [100 * r["val_wer"] for r in rows], "o-", label="WER")
+    ax.plot([r["minutes"] for r in rows], [100 * r["val_cer"] for r in rows], "s--", label="CER")
+    ax.set_xlabel("training minutes (wall clock)")
+    ax.set_ylabel("validation error (%)")
+    ax.set_title("Jasper demo: held-out voices, greedy decoding")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "wer_vs_minutes.png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def train(recipe: Path, corpus, output: Path, max_minutes: float | None, console: Console,
+          overrides: list[str] | None = None) -> tuple[Any, Any, WallClockCurve]:
+    """``zoo fit --config recipe [overrides]`` in-process with the wall-clock curve callback
+    -> (trainer, datamodule, curve)."""
+    from zoo.cli import ZooCLI
+
+    args = ["--config", str(recipe), "--trainer.default_root_dir", str(output / "train"),
+            "--trainer.logger.init_args.save_dir", str(output / "train")]
+    if max_minutes is not None:
+        seconds = int(max_minutes * 60)
+        args += ["--trainer.max_time", f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"]
+    cli = ZooCLI(args=args + list(overrides or []), run=False)
+    cli.datamodule.corpus = corpus
+    curve = WallClockCurve()
+    cli.trainer.callbacks.append(curve)
+    console.rule(f"training {recipe.name}")
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli.trainer, cli.datamodule, curve
+
+
+def best_checkpoint(trainer: pl.Trainer, output: Path) -> Path:
+    callback = trainer.checkpoint_callback
+    for candidate in (getattr(callback, "best_model_path", ""), getattr(callback, "last_model_path", "")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    path = output / "final.ckpt"  # the budget ended before any checkpoint: keep the final weights
+    trainer.save_checkpoint(path)
+    return path
+
+
+def language_model_files(datamodule, output: Path) -> tuple[Path, Path]:
+    """Lexicon (training words) and a Kneser–Ney 3-gram word LM from the training transcripts."""
+    from zoo.speech.ngram import build_arpa
+
+    texts = [u.text for u in datamodule.data["train"].utterances]
+    words = output / "words.txt"
+    words.write_text("\n".join(sorted({w for t in texts for w in t.split()})) + "\n")
+    return words, build_arpa(texts, output / "words.arpa", order=3)
+
+
+def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path) -> dict[str, float]:
+    """Greedy and beam-search (lexicon + 3-gram LM) WER/CER on the held-out test voices."""
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+    from zoo.speech.decoding import BeamSearchConfig
+
+    module = CTCSpeechRecognizer.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    module.set_beam_search(BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=50, lm_weight=0.5))
+    tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = tester.test(module, datamodule=datamodule, verbose=False)[0]
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def results_table(metrics: dict[str, float], minutes: float, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("decoding", "WER %", "CER %"):
+        table.add_column(column, justify="left" if column == "decoding" else "right")
+    table.add_row("greedy", f"{100 * metrics['test/wer']:.2f}", f"{100 * metrics['test/cer']:.2f}")
+    if "test/wer_beam" in metrics:
+        table.add_row("beam (lexicon + 3-gram LM)", f"{100 * metrics['test/wer_beam']:.2f}",
+                      f"{100 * metrics['test/cer_beam']:.2f}")
+    table.caption = f"held-out voices and sentences; {minutes:.1f} min of training"
+    return table
+
+
+def export_and_transcribe(checkpoint: Path, datamodule, output: Path, console: Console, n: int = 4) -> dict[str, Any]:
+    """Export the SpeechRecognizer, reload it with zoo.load(fuse=True) and transcribe a few test files."""
+    import zoo
+    from zoo.hub import pipeline_from_checkpoint
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+
+    folder = output / "jasper-demo"
+    pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer).save_pretrained(folder)
+    recognizer = zoo.load(folder, fuse=True)
+    utterances = datamodule.data["test"].utterances[:n] if "test" in datamodule.data else []
+    started = time.perf_counter()
+    results = recognizer.transcribe([u.audio_filepath for u in utterances])
+    elapsed = time.perf_counter() - started
+    audio = sum(r.duration for r in results)
+    table = Table(title=f"zoo.load({folder}, fuse=True).transcribe(...)")
+    table.add_column("reference")
+    table.add_column("transcript")
+    for u, r in zip(utterances, results, strict=True):
+        table.add_row(u.text, r.text)
+    console.print(table)
+    rtf = elapsed / max(audio, 1e-9)
+    console.print(f"real-time factor {rtf:.4f} ({audio:.1f} s of audio in {elapsed:.2f} s, batch norm folded)")
+    return {"export": str(folder), "rtf": rtf}
+
+
+def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
+        overrides: list[str] | None = None) -> int:
+    """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
+    ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``)."""
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    trainer, datamodule, curve = train(recipe_path(text), corpus, output, max_minutes, console, overrides)
+    minutes = (time.perf_counter() - started) / 60
+    checkpoint = best_checkpoint(trainer, output)
+    console.print(f"checkpoint: {checkpoint}")
+    words, arpa = language_model_files(datamodule, output)
+    metrics = evaluate(checkpoint, datamodule, words, arpa)
+    console.print(results_table(metrics, minutes, f"Jasper demo ({text}): test WER/CER"))
+    curve_path = write_curve(curve.rows, output)
+    if curve_path:
+        console.print(f"validation curve: {curve_path}")
+    exported = export_and_transcribe(checkpoint, datamodule, output, console)
+    results = {"recipe": str(recipe_path(text)), "train_minutes": minutes, "checkpoint": str(checkpoint),
+               "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows, **exported}
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
