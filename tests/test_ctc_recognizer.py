@@ -384,3 +384,16 @@ def test_zoo_transcribe_command(trained, tmp_path, capsys):
     assert [line.split("\t")[0] for line in lines] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
     assert "real-time factor" in out and "2.5 s of audio" in out
     assert main(["transcribe", "--model", str(tmp_path / "rec"), str(tmp_path / "missing.wav")]) == 1
+
+
+def test_all_silence_audio_gives_finite_loss_and_a_transcript(trained):
+    model, data, _ = trained
+    rec = model.to_pipeline()
+    silence = rec.transcribe(torch.zeros(16000))[0]
+    assert silence.duration == pytest.approx(1.0) and isinstance(silence.text, str)
+    items = make_items(4, 11)
+    for item in items:  # the featurizer's output for digital silence (per-feature normalised: zeros)
+        item["features"] = rec.featurizer(torch.zeros(1, 16000), torch.tensor([16000]))[0][0]
+    assert all(torch.isfinite(x["features"]).all() for x in items)
+    metrics = trainer().validate(model, DataLoader(items, batch_size=4, collate_fn=collate), verbose=False)[0]
+    assert math.isfinite(metrics["val/loss"])
