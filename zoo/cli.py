@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "recommend": "zoo.commands.recommend:main",
     "publish": "zoo.commands.publish:main",
     "download": "zoo.commands.download:main",
+    "transcribe": "zoo.commands.transcribe:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
