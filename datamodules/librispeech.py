@@ -8,7 +8,7 @@ the manifest); :func:`download_librispeech` fetches and safely extracts the Open
 
 Command line::
 
-    python -m zoo.datamodules.librispeech --root data/ --subsets dev-clean test-clean train-clean-100 [--download]
+    zoo prepare-librispeech --root data/ --subsets dev-clean test-clean train-clean-100 [--download]
 
 writes ``data/librispeech_<subset>.json`` for each subset, ready for
 ``--data.train_manifests [data/librispeech_train-clean-100.json]``.
@@ -170,7 +170,7 @@ def download_librispeech(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m zoo.datamodules.librispeech",
+        prog="zoo prepare-librispeech",
         description="Write NeMo manifests for LibriSpeech subsets (optionally downloading them first).",
     )
     parser.add_argument("--root", required=True, help="folder holding (or to receive) LibriSpeech/<subset>")

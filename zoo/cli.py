@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "publish": "zoo.commands.publish:main",
     "download": "zoo.commands.download:main",
     "transcribe": "zoo.commands.transcribe:main",
+    "prepare-librispeech": "zoo.datamodules.librispeech:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
