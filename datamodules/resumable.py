@@ -10,7 +10,8 @@ and :class:`ResumableDataLoader` handles both:
   for loaders without a length); without a trainer it falls back to the batches it yielded.
 - The order of an epoch must not depend on the global RNG (which the model also draws from): the
   permutation is ``randperm`` of a private generator seeded with ``seed + epoch``, and the loader's
-  worker base seed comes from its own generator too.
+  worker base seed comes from its own generator, seeded by ``(seed, epoch)`` (so a resumed epoch's
+  workers draw the same augmentation noise, and creating the iterator draws nothing from the global RNG).
 
 So a run killed after k batches of epoch e continues with batch k of the same permutation of
 epoch e. Pair it with :class:`zoo.callbacks.resume.ResumableRNG` (model-side randomness such as
@@ -78,9 +79,10 @@ class ResumableDataLoader(DataLoader):
         self.trainer = trainer
         self._yielded = 0
         super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(len(dataset), shuffle, seed),
-                         generator=torch.Generator().manual_seed(seed), **kwargs)
+                         generator=torch.Generator(), **kwargs)
 
     def __iter__(self):
+        self.generator.manual_seed(1_000_003 * self.seed + self.sampler.epoch)  # worker seeds: same on resume
         self._yielded = self.sampler.start // self.batch_size
         for batch in super().__iter__():
             self._yielded += 1

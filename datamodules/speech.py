@@ -147,12 +147,17 @@ class SpeechDataLoader(DataLoader):
     batch_sampler: BucketingBatchSampler
 
     def __init__(self, dataset: SpeechDataset, batch_sampler: BucketingBatchSampler, **kwargs: Any):
+        # A private generator for the workers' base seed (see __iter__), not the global RNG.
+        kwargs.setdefault("generator", torch.Generator())
         super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate_speech, **kwargs)
         self.batches_delivered = 0
         self.skipped: list[str] = []
         self.infeasible = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Seeded by (seed, epoch): a resumed epoch gets the same worker seeds, and creating the iterator
+        # lazily (after ResumableRNG restored the global RNG on resume) draws nothing from the global RNG.
+        self.generator.manual_seed(1_000_003 * self.batch_sampler.seed + self.batch_sampler.epoch)
         self.batches_delivered = self.batch_sampler.start_batch
         for batch in super().__iter__():
             self.batches_delivered += 1

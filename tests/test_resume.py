@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from zoo.callbacks.resume import AtomicCheckpointIO
 from zoo.cli import main as zoo_main
@@ -88,8 +90,6 @@ def kill_resume_and_compare(tmp_path: Path, freeze_at: int, saved_step: int, sav
 
 def test_saved_data_position_and_restore(tmp_path):
     """The step-5 checkpoint records 5 consumed batches of epoch 0; restoring skips exactly those."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from zoo_toys import ToyData, ToyModule
 
     from zoo.datamodules.resumable import ResumableDataLoader
@@ -159,3 +159,69 @@ def test_truncated_checkpoint_on_ckpt_path_is_a_clear_error(tmp_path):
     bad.write_bytes(bad.read_bytes()[:1500])
     with pytest.raises(CheckpointError, match="broken.ckpt: truncated or corrupt checkpoint"):
         zoo_main(["fit", "--config", str(config), "--ckpt_path", str(bad)])
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupt(f"stopped at step {self.step}")
+
+
+def write_speech_manifest(folder: Path, n: int = 24) -> Path:
+    """n short noise recordings with command-word transcripts, as a NeMo manifest."""
+    import json
+
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["yes", "no", "stop", "go", "left", "right"]
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(n):
+        samples = 6000 + 400 * (i % 7)
+        path = folder / f"u{i}.wav"
+        soundfile.write(path, (0.1 * torch.randn(samples, generator=g)).numpy(), 16000)
+        text = f"{words[i % 6]} {words[(i * 5) % 6]}"
+        lines.append(json.dumps({"audio_filepath": str(path), "duration": samples / 16000, "text": text}))
+    manifest = folder / "train.json"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.mark.slow
+def test_speech_model_resumes_mid_epoch_with_the_bucketing_loader(tmp_path):
+    """jasper-tiny + SpeechDataModule (bucketing sampler, dither noise): interrupted at step 10, resumed from
+    the step-8 checkpoint (epoch 1, batch 2) -> the weights of the uninterrupted 12 steps."""
+    from zoo.callbacks import ResumableRNG
+    from zoo.datamodules.speech import SpeechDataModule
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+
+    manifest = write_speech_manifest(tmp_path / "audio")
+
+    def run(folder, *callbacks, ckpt_path=None):
+        pl.seed_everything(0)
+        data = SpeechDataModule(train_manifests=[str(manifest)], time_reduction=2, batch_size=4, num_workers=0,
+                                featurizer={"dither": 1e-3})
+        model = CTCSpeechRecognizer("jasper-tiny", optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+        checkpoint = ModelCheckpoint(dirpath=folder, every_n_train_steps=4, save_last=True)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0,
+                             callbacks=[checkpoint, ResumableRNG(), *callbacks])
+        trainer.fit(model, data, ckpt_path=ckpt_path)
+        return model
+
+    reference = run(tmp_path / "reference")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "interrupted", InterruptAt(10))
+    saved = torch.load(tmp_path / "interrupted" / "last.ckpt", weights_only=True)
+    assert (saved["global_step"], saved["epoch"]) == (8, 1)
+    resumed = run(tmp_path / "interrupted", ckpt_path=tmp_path / "interrupted" / "last.ckpt")
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
