@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "download": "zoo.commands.download:main",
     "transcribe": "zoo.commands.transcribe:main",
     "prepare-librispeech": "zoo.datamodules.librispeech:main",
+    "import-nemo": "zoo.commands.import_nemo:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -435,7 +435,12 @@ def resolve(name: str, revision: str | None = None) -> tuple[str, Path]:
 
 
 def load(name_or_repo_or_path: str | Path, revision: str | None = None, **kwargs: Any) -> Pipeline:
-    """Load a trained pipeline from a folder, a ``.ckpt``, ``org/name`` on the Hub or a registry name."""
+    """Load a trained pipeline from a folder, a ``.ckpt``, ``org/name`` on the Hub or a registry name
+    (or convert a NeMo ``.nemo`` file, see :mod:`zoo.speech.nemo_import`)."""
+    if str(name_or_repo_or_path).endswith(".nemo"):
+        from zoo.speech.nemo_import import import_nemo  # speech-only dependency, imported on use
+
+        return import_nemo(name_or_repo_or_path)
     kind, path = resolve(str(name_or_repo_or_path), revision)
     if kind == "checkpoint":
         return pipeline_from_checkpoint(path, kwargs.pop("module_class", None))
