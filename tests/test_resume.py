@@ -38,8 +38,7 @@ def write_config(folder: Path, model: dict = TOY_MODEL, data: dict = TOY_DATA, m
             "callbacks": [
                 {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                  "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 5, "save_last": True}},
-                {"class_path": "zoo.callbacks.ResumableRNG"},
-                {"class_path": "zoo_toys.FreezeAtStep"},
+                {"class_path": "zoo_toys.FreezeAtStep"},  # (ResumableRNG is a `zoo fit` default)
             ],
         },
     }

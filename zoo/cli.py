@@ -19,6 +19,8 @@ from pytorch_lightning.callbacks import RichModelSummary, RichProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning import LightningDataModule, LightningModule
 
+from zoo.callbacks.resume import ResumableRNG
+
 #: ``zoo NAME ...`` -> ``"module:function"``; the function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
     "list": "zoo.commands.list_models:main",
@@ -41,11 +43,15 @@ def quiet_known_warnings() -> None:
 
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's defaults: any LightningModule / LightningDataModule from YAML,
-    rich progress bar and model summary, the resolved config saved next to the logs."""
+    rich progress bar and model summary, resumable checkpoints (:class:`~zoo.callbacks.ResumableRNG`;
+    do not list it again in a recipe), the resolved config saved next to the logs."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("trainer_defaults", {})
-        kwargs["trainer_defaults"].setdefault("callbacks", [RichProgressBar(), RichModelSummary(max_depth=2)])
+        # ResumableRNG: RNG states in checkpoints + atomic writes, so `--ckpt_path last` resumes exactly.
+        kwargs["trainer_defaults"].setdefault(
+            "callbacks", [RichProgressBar(), RichModelSummary(max_depth=2), ResumableRNG()]
+        )
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             LightningModule,
