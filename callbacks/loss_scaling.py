@@ -163,7 +163,9 @@ class LossScaling(Callback):
                 f"got {precision!r} with {type(plugin).__name__}, which keeps no fp32 master copy or has its own scaler"
             )
         else:
-            rank_zero_warn(f"LossScaling: precision {precision!r} needs no loss scaling (only fp16 does); the callback does nothing")
+            rank_zero_warn(
+                f"LossScaling: precision {precision!r} needs no loss scaling (only fp16 does); the callback does nothing"
+            )
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -177,7 +179,8 @@ class LossScaling(Callback):
                           rank_zero_only=True)
         if scale < self.collapse_threshold and not self._collapsed:
             rank_zero_warn(
-                f"loss scale collapsed to {scale:g} (< {self.collapse_threshold:g}) at step {trainer.global_step} after "
+                f"loss scale collapsed to {scale:g} (< {self.collapse_threshold:g}) at step {trainer.global_step} "
+                f"after "
                 f"{self.scaler.skipped_steps} skipped steps: the gradients overflow at almost every step. Check for a "
                 "diverging loss (learning rate), fp16 overflow in the forward pass, or train in bf16-mixed."
             )

@@ -78,7 +78,8 @@ class PlotMetrics(Callback):
         for ax, name in zip(axes.flat, names):
             steps, values = zip(*self.history[name])
             style = "o-" if name in self._validation_keys else "-"
-            ax.plot(steps, values, style, markersize=3, label="validation" if name in self._validation_keys else "train")
+            label = "validation" if name in self._validation_keys else "train"
+            ax.plot(steps, values, style, markersize=3, label=label)
             if "loss" in name and min(values) > 0:
                 ax.set_yscale("log")
             ax.set_title(name)
@@ -88,7 +89,8 @@ class PlotMetrics(Callback):
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
         fig.tight_layout()
-        folder = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "plots"
+        default = Path(trainer.log_dir or trainer.default_root_dir) / "plots"
+        folder = Path(self.output_dir) if self.output_dir else default
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "curves.png"
         fig.savefig(self.path, dpi=100)

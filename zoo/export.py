@@ -64,7 +64,9 @@ def export_spec(obj: nn.Module, example_inputs: tuple[Tensor, ...] | None = None
             check_inputs=[_speech_inputs(in_features, 3, 97)],
         )
     if example_inputs is None:
-        raise ExportError(f"{type(obj).__name__}: pass example_inputs (it is not a speech encoder and has no export_spec())")
+        raise ExportError(
+            f"{type(obj).__name__}: pass example_inputs (it is not a speech encoder and has no export_spec())"
+        )
     names = [f"input_{i}" for i in range(len(example_inputs))]
     return ExportSpec(module=obj, example_inputs=tuple(example_inputs), input_names=names, output_names=["output"])
 

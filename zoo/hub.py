@@ -372,7 +372,9 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
                                       allow_patterns=list(PIPELINE_FILES)))
     except RepositoryNotFoundError as error:
-        raise HubError(f"Hub repository {repo_id!r} does not exist (or is private: log in with `hf auth login`)") from error
+        raise HubError(
+            f"Hub repository {repo_id!r} does not exist (or is private: log in with `hf auth login`)"
+        ) from error
     except RevisionNotFoundError as error:
         raise HubError(f"Hub repository {repo_id!r} has no revision {revision!r}") from error
     except LocalEntryNotFoundError as error:
@@ -449,7 +451,8 @@ def load(name_or_repo_or_path: str | Path, revision: str | None = None, **kwargs
 
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, info: CardInfo | None = None,
                       module_class: type | str | None = None, load_name: str | None = None) -> Path:
-    """``.ckpt`` -> pipeline folder with a model card; fields ``info`` leaves empty come from the checkpoint's records."""
+    """``.ckpt`` -> pipeline folder with a model card; the fields ``info`` leaves empty come from the
+    checkpoint's records (steps, epoch, best score)."""
     recorded = card_info_from_checkpoint(checkpoint)
     if info is not None:
         missing = {f.name: getattr(recorded, f.name) for f in dataclasses.fields(CardInfo)
