@@ -4,6 +4,7 @@ directly from the source state dict with torch.nn.functional."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import tarfile
 
@@ -219,3 +220,140 @@ def test_nemo_errors(tmp_path):
     write_nemo(tmp_path / "broken.nemo", config, broken)
     with pytest.raises(NemoImportError, match="encoder.encoder.2.res.1.0.conv.weight"):
         import_nemo(tmp_path / "broken.nemo")
+
+
+# --------------------------------------------------------------------------- deepspeech.pytorch
+DS_LABELS = ["_", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", " "]
+SPECT = {"sample_rate": 1600, "window_size": 0.02, "window_stride": 0.01, "window": "hamming"}  # 17 bins
+
+
+def deepspeech_checkpoint(rnn: str, bidirectional: bool, hidden: int = 12, layers: int = 2, context: int = 4,
+                          seed: int = 0) -> dict:
+    """A Lightning-style deepspeech.pytorch checkpoint with random weights in its key layout."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for i, (c_in, c_out, k) in enumerate([(1, 32, (41, 11)), (32, 32, (21, 11))]):
+        state[f"conv.seq_module.{3 * i}.weight"] = torch.randn(c_out, c_in, *k, generator=gen) / (c_in * k[0] * k[1]) ** 0.5
+        state[f"conv.seq_module.{3 * i}.bias"] = 0.2 * torch.randn(c_out, generator=gen)
+        random_bn(state, f"conv.seq_module.{3 * i + 1}", c_out, gen)
+    gates = {"lstm": 4, "gru": 3}[rnn] * hidden
+    width = 32 * 5  # 17 bins -> 9 -> 5
+    for layer in range(layers):
+        c_in = width if layer == 0 else hidden
+        if layer > 0:
+            random_bn(state, f"rnns.{layer}.batch_norm.module", c_in, gen)
+        for suffix in ["_l0", "_l0_reverse"] if bidirectional else ["_l0"]:
+            p = f"rnns.{layer}.rnn"
+            state[f"{p}.weight_ih{suffix}"] = torch.randn(gates, c_in, generator=gen) / c_in**0.5
+            state[f"{p}.weight_hh{suffix}"] = torch.randn(gates, hidden, generator=gen) / hidden**0.5
+            state[f"{p}.bias_ih{suffix}"] = 0.2 * torch.randn(gates, generator=gen)
+            state[f"{p}.bias_hh{suffix}"] = 0.2 * torch.randn(gates, generator=gen)
+    if not bidirectional:
+        state["lookahead.0.conv.weight"] = torch.randn(hidden, 1, context, generator=gen) / context**0.5
+    random_bn(state, "fc.0.module.0", hidden, gen)
+    state["fc.0.module.1.weight"] = torch.randn(len(DS_LABELS), hidden, generator=gen) / hidden**0.5
+    model_cfg = {"rnn_type": rnn, "hidden_size": hidden, "hidden_layers": layers}
+    if not bidirectional:
+        model_cfg["lookahead_context"] = context
+    return {"epoch": 3, "global_step": 100, "pytorch-lightning_version": "1.1.0", "state_dict": state,
+            "hyper_parameters": {"labels": DS_LABELS, "model_cfg": model_cfg, "spect_cfg": SPECT, "precision": 32}}
+
+
+def deepspeech_reference(ckpt: dict, rnn: str, bidirectional: bool, spect: torch.Tensor, lengths: torch.Tensor):
+    """deepspeech.pytorch's DeepSpeech.forward (eval mode, logits before the softmax) from the raw state dict."""
+    state = ckpt["state_dict"]
+
+    def bn(x, p):
+        return F.batch_norm(x, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
+                            state[f"{p}.bias"], False, 0.0, 1e-5)
+
+    out_lengths = lengths
+    for (kf, kt), (sf, st), (pf, pt) in [((41, 11), (2, 2), (20, 5)), ((21, 11), (2, 1), (10, 5))]:
+        out_lengths = (out_lengths + 2 * pt - (kt - 1) - 1) // st + 1
+    x = spect  # (N, 1, D, T)
+    for i, (stride, pad) in enumerate([((2, 2), (20, 5)), ((2, 1), (10, 5))]):
+        x = F.conv2d(x, state[f"conv.seq_module.{3 * i}.weight"], state[f"conv.seq_module.{3 * i}.bias"], stride, pad)
+        for module in (lambda t: t, lambda t: bn(t, f"conv.seq_module.{3 * i + 1}"), lambda t: F.hardtanh(t, 0, 20)):
+            x = module(x)
+            x = x * (torch.arange(x.shape[3])[None, :] < out_lengths[:, None])[:, None, None, :]  # MaskConv
+    n, c, d, t = x.shape
+    x = x.reshape(n, c * d, t).permute(2, 0, 1)  # (T, N, H)
+    hidden = state["rnns.0.rnn.weight_hh_l0"].shape[1]
+    layer = 0
+    while f"rnns.{layer}.rnn.weight_ih_l0" in state:
+        if layer > 0:
+            x = bn(x.reshape(-1, x.shape[-1]), f"rnns.{layer}.batch_norm.module").reshape(x.shape)
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[rnn]
+        module = cls(x.shape[-1], hidden, bidirectional=bidirectional)
+        module.load_state_dict({k.removeprefix(f"rnns.{layer}.rnn."): v for k, v in state.items()
+                                if k.startswith(f"rnns.{layer}.rnn.")})
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, out_lengths, enforce_sorted=False)
+        x, _ = torch.nn.utils.rnn.pad_packed_sequence(module(packed)[0], total_length=t)
+        if bidirectional:
+            x = x.view(t, n, 2, hidden).sum(2)
+        layer += 1
+    if not bidirectional:
+        w = state["lookahead.0.conv.weight"]
+        h = F.conv1d(F.pad(x.permute(1, 2, 0), (0, w.shape[-1] - 1)), w, groups=hidden)
+        x = F.hardtanh(h, 0, 20).permute(2, 0, 1)
+    x = bn(x.reshape(-1, hidden), "fc.0.module.0") @ state["fc.0.module.1.weight"].T
+    return x.reshape(t, n, -1).transpose(0, 1), out_lengths
+
+
+@pytest.mark.parametrize("rnn,bidirectional", [("lstm", True), ("gru", False)], ids=["bilstm", "gru-lookahead"])
+def test_deepspeech_import_matches_reference_forward(tmp_path, rnn, bidirectional):
+    from zoo.speech.deepspeech_pytorch_import import import_deepspeech
+
+    ckpt = deepspeech_checkpoint(rnn, bidirectional)
+    path = tmp_path / "deepspeech.ckpt"
+    torch.save(ckpt, path)
+    recognizer = import_deepspeech(path)
+    config = recognizer.encoder.config
+    assert (config.rnn_type, config.bidirectional, config.sequence_batch_norm) == (rnn, bidirectional, False)
+    assert config.lookahead == (0 if bidirectional else 3)
+    assert recognizer.tokenizer.labels[1:] == [c.lower() for c in DS_LABELS[1:]]
+    assert recognizer.featurizer.num_features == config.in_features == 17
+
+    torch.manual_seed(2)
+    lengths = torch.tensor([40, 31, 18])
+    spect = torch.randn(3, 1, 17, 40) * (torch.arange(40)[None, :] < lengths[:, None])[:, None, None, :]
+    with torch.no_grad():
+        logits, out_lengths = recognizer.encoder(spect[:, 0], lengths)
+        ref, ref_lengths = deepspeech_reference(ckpt, rnn, bidirectional, spect, lengths)
+    assert out_lengths.tolist() == ref_lengths.tolist() == [20, 16, 9]
+    for b, n in enumerate(out_lengths.tolist()):  # blank "_" is already label 0
+        torch.testing.assert_close(logits[b, :n], ref[b, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_deepspeech_command_and_errors(tmp_path):
+    from zoo.speech.deepspeech_pytorch_import import DeepSpeechImportError, import_deepspeech
+
+    ckpt = deepspeech_checkpoint("lstm", True, layers=1)
+    path = tmp_path / "ds.ckpt"
+    torch.save(ckpt, path)
+    out = tmp_path / "converted"
+    assert zoo_main(["import-deepspeech", str(path), str(out)]) == 0
+    reloaded, direct = zoo.load(out), import_deepspeech(path)
+    x, lengths = torch.randn(1, 17, 25), torch.tensor([25])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encoder(x, lengths)[0], direct.encoder(x, lengths)[0])
+    assert zoo_main(["import-deepspeech", str(tmp_path / "missing.ckpt"), str(tmp_path / "o2")]) == 1
+
+    bad_labels = deepspeech_checkpoint("lstm", True, layers=1)
+    bad_labels["hyper_parameters"]["labels"] = [*DS_LABELS[:-1], "Ä", " "]
+    torch.save(bad_labels, tmp_path / "labels.ckpt")
+    with pytest.raises(DeepSpeechImportError, match="labels.ckpt.*'Ä'"):
+        import_deepspeech(tmp_path / "labels.ckpt")
+
+    other = deepspeech_checkpoint("lstm", True, layers=1)
+    other["state_dict"]["conv.seq_module.0.weight"] = torch.randn(32, 1, 3, 3)
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(DeepSpeechImportError, match="unknown architecture"):
+        import_deepspeech(tmp_path / "other.ckpt")
+
+    pickled = deepspeech_checkpoint("lstm", True, layers=1)
+    # stands in for pickled OmegaConf objects: weights_only loading refuses arbitrary classes
+    pickled["hyper_parameters"]["optim_cfg"] = argparse.Namespace(learning_rate=3e-4)
+    torch.save(pickled, tmp_path / "pickled.ckpt")
+    with pytest.raises(DeepSpeechImportError, match="trust_pickle"):
+        import_deepspeech(tmp_path / "pickled.ckpt")

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "transcribe": "zoo.commands.transcribe:main",
     "prepare-librispeech": "zoo.datamodules.librispeech:main",
     "import-nemo": "zoo.commands.import_nemo:main",
+    "import-deepspeech": "zoo.commands.import_deepspeech:main",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -39,7 +39,7 @@ from torch import Tensor
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.jasper import Jasper, JasperConfig
 from zoo.speech.recognizer import SpeechRecognizer
-from zoo.speech.tokenizer import TokenizerConfig
+from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
@@ -147,15 +147,24 @@ def featurizer_config(pre: dict[str, Any]) -> FeaturizerConfig:
     )
 
 
+def representable(char: object) -> bool:
+    """Whether the zoo's character tokenizer can emit ``char``: a space, or one character that its text
+    normalisation keeps (lowercase, accents stripped, punctuation other than the apostrophe removed)."""
+    if not isinstance(char, str) or len(char) != 1:
+        return False
+    return char == " " or CharTokenizer(TokenizerConfig(alphabet=char, unknown="drop", numbers="drop")).normalize(char) == char
+
+
 def tokenizer_config(vocabulary: list[str]) -> TokenizerConfig:
     """NeMo's vocabulary (blank excluded) -> zoo alphabet in the same order (ids 1..V)."""
-    bad = [v for v in vocabulary if not isinstance(v, str) or len(v) != 1 or v != v.lower()
-           or not (v.isalpha() or v in " '")]
+    bad = [v for v in vocabulary if not representable(v)]
     if bad:
         raise NemoImportError(
-            f"{CONFIG_NAME}: decoder.vocabulary holds {bad!r}; the zoo's character tokenizer supports single "
-            "lowercase letters, space and apostrophe"
+            f"{CONFIG_NAME}: decoder.vocabulary holds {bad!r}, which the zoo's character tokenizer never produces "
+            "after normalisation (supported: single lowercase characters that survive it, space, apostrophe)"
         )
+    if len(set(vocabulary)) != len(vocabulary):
+        raise NemoImportError(f"{CONFIG_NAME}: decoder.vocabulary repeats a character")
     return TokenizerConfig(alphabet="".join(vocabulary), numbers="spell" if " " in vocabulary else "drop")
 
 
