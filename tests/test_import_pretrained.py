@@ -191,6 +191,27 @@ def test_zoo_load_nemo_and_import_command(tmp_path):
     assert zoo_main(["import-nemo", str(tmp_path / "missing.nemo"), str(tmp_path / "o2")]) == 1
 
 
+def test_nemo_full_size_configs_map_onto_the_zoo_presets():
+    """NeMo's published jasper_10x5dr / quartznet_15x5 encoder configs give exactly the zoo presets."""
+    from zoo.speech.nemo_import import jasper_config
+
+    def block(filters, kernel, repeat=5, dropout=0.0, **kw):
+        return dict(filters=filters, repeat=repeat, kernel=[kernel], stride=[kw.pop("stride", 1)],
+                    dilation=[kw.pop("dilation", 1)], dropout=dropout, **kw)
+
+    quartznet = [block(256, 33, 1, stride=2, residual=False, separable=True)]
+    for filters, kernel in [(256, 33), (256, 39), (512, 51), (512, 63), (512, 75)]:
+        quartznet += [block(filters, kernel, residual=True, separable=True) for _ in range(3)]
+    quartznet += [block(512, 87, 1, dilation=2, residual=False, separable=True), block(1024, 1, 1, residual=False)]
+    jasper = [block(256, 11, 1, 0.2, stride=2, residual=False)]
+    for filters, kernel, dropout in [(256, 11, 0.2), (384, 13, 0.2), (512, 17, 0.2), (640, 21, 0.3), (768, 25, 0.3)]:
+        jasper += [block(filters, kernel, 5, dropout, residual=True, residual_dense=True) for _ in range(2)]
+    jasper += [block(896, 29, 1, 0.4, dilation=2, residual=False), block(1024, 1, 1, 0.4, residual=False)]
+    for name, blocks in (("quartznet-15x5", quartznet), ("jasper-10x5dr", jasper)):
+        encoder = {"feat_in": 64, "activation": "relu", "conv_mask": True, "jasper": blocks}
+        assert jasper_config(encoder, 29)[0] == zoo.registry.get_spec(name).config, name
+
+
 def test_nemo_errors(tmp_path):
     config = nemo_config(nemo_blocks(False, True))
     state = nemo_state_dict(config)
