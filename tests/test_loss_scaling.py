@@ -148,3 +148,32 @@ def test_scaler_state_round_trip():
     fresh = ZooGradScaler("cpu", init_scale=1.0, dynamic=False)
     fresh.load_state_dict(scaler.state_dict())
     assert fresh.get_scale() == 64.0 and fresh.skipped_steps == 3
+
+
+def test_real_speech_model_in_fp16_backs_off_from_a_too_large_scale():
+    """jasper-tiny + CTCSpeechRecognizer in real fp16: a 2^20 start overflows the fp16 gradients, the
+    overflowing steps are skipped and the scale halves until the updates go through (paper section 3.2)."""
+    from test_ctc_recognizer import FakeSpeechData, make_items
+
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+
+    torch.manual_seed(0)
+    data = FakeSpeechData(make_items(16, 0), make_items(8, 1), batch_size=8)
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    steps = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.before = torch.cat([p.detach().flatten() for p in pl_module.parameters()]).clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+            steps.append((callback.scaler.last_step_skipped, not torch.equal(self.before, after),
+                          {p.dtype for p in pl_module.parameters()}))
+
+    callback = LossScaling(init_scale=2.0**20, growth_interval=1000)
+    fp16_trainer([callback, Watch()], max_steps=8, num_sanity_val_steps=0, limit_val_batches=0).fit(model, data)
+    skipped = callback.scaler.skipped_steps
+    assert 1 <= skipped < 8 and callback.scaler.get_scale() == 2.0**20 * 0.5**skipped
+    assert all(changed != was_skipped for was_skipped, changed, _ in steps)  # skipped <=> weights unchanged
+    assert not steps[-1][0] and all(dtypes == {torch.float32} for _, _, dtypes in steps)
