@@ -77,10 +77,13 @@ class PublishToHub(Callback):
                             seed=int(seed) if seed is not None else None, steps=trainer.global_step,
                             epochs=trainer.current_epoch)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # fail before training, not after it
+        if not callable(getattr(pl_module, "to_pipeline", None)):
+            raise TypeError(f"PublishToHub: {type(pl_module).__qualname__} has no to_pipeline() method to export with")
+
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not callable(getattr(pl_module, "to_pipeline", None)):
-            raise TypeError(f"PublishToHub: {type(pl_module).__qualname__} has no to_pipeline() method")
         callback = trainer.checkpoint_callback
         best = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
         folder = self._folder(trainer)

@@ -257,3 +257,14 @@ def test_recommender_checkpoint_exports_and_loads(tmp_path):
     card = (folder / "README.md").read_text()
     assert "arXiv:1708.01715" in card and "non-commercial" in card and "Steps / epochs: 3 / 0" in card
     assert same_weights(zoo.load(str(folder)), recommender)
+
+
+def test_publish_to_hub_needs_to_pipeline_before_training():
+    from zoo.callbacks.publish_to_hub import PublishToHub
+
+    class NoExport(ToyModule):
+        to_pipeline = None
+
+    with pytest.raises(TypeError, match="no to_pipeline"):
+        pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   callbacks=[PublishToHub()]).fit(NoExport(), ToyData(n=8))
