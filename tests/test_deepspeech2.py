@@ -31,7 +31,8 @@ def valid_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[b, : int(n)] for b, n in enumerate(lengths)])
 
 
-def test_sequence_batch_norm_matches_batchnorm1d_over_valid_frames():
+@pytest.mark.parametrize("method", ["covariance", "projection", "auto"])
+def test_sequence_batch_norm_matches_batchnorm1d_over_valid_frames(method):
     torch.manual_seed(0)
     lengths = torch.tensor([9, 4, 6])
     x = torch.randn(3, 9, 5) * 3 + 1
@@ -45,7 +46,7 @@ def test_sequence_batch_norm_matches_batchnorm1d_over_valid_frames():
     ref.load_state_dict(seq.state_dict())
     mask = frame_mask(lengths, 9)
     for _ in range(2):  # running averages after two steps
-        w_fold, b_fold = seq.fold(weight, x, mask)
+        w_fold, b_fold = seq.fold(weight, x, mask, method)
         ours = valid_frames(x @ w_fold.T + b_fold, lengths)
         theirs = ref(valid_frames(x, lengths) @ weight.T)
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

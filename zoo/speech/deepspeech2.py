@@ -174,17 +174,29 @@ class SequenceBatchNorm(_MaskedStatistics):
     ``W x`` being taken over the valid frames of the batch (see the module docstring).
     """
 
-    def fold(self, weight: Tensor, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """``weight`` (G, D), ``x`` (B, T, D), ``mask`` (B, T) bool -> ``W'`` (G, D), ``b'`` (G,)."""
+    def fold(self, weight: Tensor, x: Tensor, mask: Tensor, method: str = "auto") -> tuple[Tensor, Tensor]:
+        """``weight`` (G, D), ``x`` (B, T, D), ``mask`` (B, T) bool -> ``W'`` (G, D), ``b'`` (G,).
+
+        ``method`` computes ``Var[W x]`` as ``diag(W C W^T)`` from the covariance ``C``
+        (``"covariance"``, ``(N + G) D^2`` multiply-adds for ``N = B T`` frames) or from the centred
+        projection ``(x - m) W^T`` (``"projection"``, ``N D G``); ``"auto"`` takes the cheaper.
+        """
         with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
             if self._use_batch_statistics():
                 x, m, weight = x.float(), mask.float(), weight.float()
                 count = m.sum()
                 mean_x = torch.einsum("btd,bt->d", x, m) / count
                 centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
-                covariance = _Gram.apply(centred) / count
+                (frames, features), gates = centred.shape, weight.shape[0]
+                if method == "auto":
+                    cheaper = frames * gates <= (frames + gates) * features
+                    method = "projection" if cheaper else "covariance"
+                if method == "projection":
+                    var = (centred @ weight.T).pow(2).sum(0) / count
+                else:
+                    covariance = _Gram.apply(centred) / count
+                    var = ((weight @ covariance) * weight).sum(1).clamp(min=0)
                 mean = weight @ mean_x
-                var = ((weight @ covariance) * weight).sum(1).clamp(min=0)
                 if self.track_running_stats:
                     self._update_running(mean, var, count)
             else:
