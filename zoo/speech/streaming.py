@@ -25,7 +25,6 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from zoo.speech.deepspeech2 import DeepSpeech2, State
 from zoo.speech.features import Featurizer
