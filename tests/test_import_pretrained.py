@@ -5,6 +5,7 @@ directly from the source state dict with torch.nn.functional."""
 from __future__ import annotations
 
 import argparse
+import enum
 import io
 import tarfile
 
@@ -372,9 +373,54 @@ def test_deepspeech_command_and_errors(tmp_path):
     with pytest.raises(DeepSpeechImportError, match="unknown architecture"):
         import_deepspeech(tmp_path / "other.ckpt")
 
-    pickled = deepspeech_checkpoint("lstm", True, layers=1)
-    # stands in for pickled OmegaConf objects: weights_only loading refuses arbitrary classes
-    pickled["hyper_parameters"]["optim_cfg"] = argparse.Namespace(learning_rate=3e-4)
-    torch.save(pickled, tmp_path / "pickled.ckpt")
-    with pytest.raises(DeepSpeechImportError, match="trust_pickle"):
-        import_deepspeech(tmp_path / "pickled.ckpt")
+    torch.save(b"not a checkpoint", tmp_path / "bytes.ckpt")
+    with pytest.raises(DeepSpeechImportError, match="bytes.ckpt.*no state_dict"):
+        import_deepspeech(tmp_path / "bytes.ckpt")
+
+
+class FakeNode:
+    """Pickles like an OmegaConf value node (state ``{"_val": ...}``)."""
+
+    def __init__(self, value):
+        self._val, self._metadata = value, argparse.Namespace(optional=True)
+
+
+class FakeDictConfig:
+    """Pickles like an OmegaConf DictConfig (state with ``_content`` of nodes and ``_metadata``)."""
+
+    def __init__(self, content: dict):
+        self._content = {k: v if isinstance(v, FakeDictConfig) else FakeNode(v) for k, v in content.items()}
+        self._metadata, self._parent = argparse.Namespace(object_type=FakeDictConfig), None
+
+
+class RNNType(enum.Enum):  # as deepspeech.pytorch's enum: members hold the torch.nn classes
+    lstm = torch.nn.LSTM
+    gru = torch.nn.GRU
+
+
+def test_deepspeech_checkpoint_with_pickled_config_objects(tmp_path):
+    """Real checkpoints pickle OmegaConf objects (+ deepspeech_pytorch enums) in hyper_parameters:
+    they load under weights_only=True with inert placeholders, without those packages."""
+    from zoo.speech.deepspeech_pytorch_import import DeepSpeechImportError, import_deepspeech
+
+    ckpt = deepspeech_checkpoint("gru", False, layers=2)
+    plain = import_deepspeech_from(ckpt, tmp_path / "plain.ckpt", import_deepspeech)
+    hp = ckpt["hyper_parameters"]
+    ckpt["hyper_parameters"] = dict(  # Lightning saves dict(hparams) holding DictConfigs
+        labels=hp["labels"], spect_cfg=FakeDictConfig(hp["spect_cfg"]), precision=32,
+        model_cfg=FakeDictConfig({**hp["model_cfg"], "rnn_type": RNNType.gru}),
+        optim_cfg=FakeDictConfig({"learning_rate": 3e-4, "betas": [0.9, 0.999]}),
+    )
+    recognizer = import_deepspeech_from(ckpt, tmp_path / "objects.ckpt", import_deepspeech)
+    assert recognizer.encoder.config == plain.encoder.config and recognizer.featurizer.config.sample_rate == 1600
+    with pytest.raises(Exception):  # the file really holds classes weights_only refuses
+        torch.load(tmp_path / "objects.ckpt", weights_only=True)
+
+    ckpt["hyper_parameters"]["model_cfg"] = FakeDictConfig({**hp["model_cfg"], "hidden_size": 99})
+    with pytest.raises(DeepSpeechImportError, match="model_cfg.hidden_size = 99"):  # values read from the placeholders
+        import_deepspeech_from(ckpt, tmp_path / "wrong.ckpt", import_deepspeech)
+
+
+def import_deepspeech_from(ckpt, path, importer):
+    torch.save(ckpt, path)
+    return importer(path)

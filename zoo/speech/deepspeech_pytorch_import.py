@@ -40,8 +40,8 @@ from torch import Tensor
 
 from zoo.speech.deepspeech2 import DeepSpeech2, DeepSpeech2Config
 from zoo.speech.features import FeaturizerConfig
-from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.nemo_import import representable
+from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import TokenizerConfig
 
 #: deepspeech.pytorch's hard-coded front end: (out channels, kernel (freq, time), stride (freq, time), padding).
@@ -54,28 +54,66 @@ class DeepSpeechImportError(ValueError):
     """A deepspeech.pytorch checkpoint that is malformed or cannot be represented exactly by the zoo."""
 
 
+class _Placeholder:
+    """Inert stand-in for a class pickled in a checkpoint (OmegaConf containers and nodes, config
+    dataclasses, enums): records its constructor arguments and pickled state, never runs its code.
+    (Dict *subclasses* cannot be rebuilt under ``weights_only``; such files need ``trust_pickle``.)"""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
+        instance = super().__new__(cls)
+        instance.args, instance.state = args, None
+        return instance
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
 def _plain(node: Any) -> Any:
-    """OmegaConf containers / mappings -> plain dicts and lists."""
-    if hasattr(node, "items"):
+    """Placeholders (OmegaConf ``_content``/``_val``, object state, enum value) and mappings -> plain
+    dicts, lists and values."""
+    if isinstance(node, _Placeholder):
+        state = node.state if isinstance(node.state, dict) else {}
+        if "_content" in state:
+            return _plain(state["_content"])
+        if "_val" in state:
+            return _plain(state["_val"])
+        if state:
+            return _plain(state)
+        return _plain(node.args[0]) if node.args else None
+    if isinstance(node, dict):
         return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)) or type(node).__name__ == "ListConfig":
+    if isinstance(node, (list, tuple)):
         return [_plain(v) for v in node]
     return node
 
 
+def _load(path: Path, trust_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; classes it refuses (OmegaConf objects in
+    ``hyper_parameters``, deepspeech.pytorch's config dataclasses and enums) load as inert
+    :class:`_Placeholder` objects, so neither omegaconf nor deepspeech_pytorch is needed and no
+    pickled code runs. ``trust_pickle`` loads with ``weights_only=False`` instead."""
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    stubs = [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {}), name) for name in names]
+    with torch.serialization.safe_globals(stubs):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """Load the checkpoint dict; ``weights_only=True`` unless ``trust_pickle`` (files saved with OmegaConf
-    objects in ``hyper_parameters`` need it and ``omegaconf`` installed; only for files you trust)."""
+    """The checkpoint as plain data (see :func:`_load`) with its ``state_dict`` of tensors."""
     path = Path(path)
     if not path.is_file():
         raise DeepSpeechImportError(f"{path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        checkpoint = _load(path, trust_pickle)
     except pickle.UnpicklingError as error:
         raise DeepSpeechImportError(
-            f"{path}: torch.load(weights_only=True) refused it ({str(error).splitlines()[0]}); checkpoints whose "
-            "hyper_parameters are OmegaConf objects need trust_pickle=True (zoo import-deepspeech --trust-pickle) "
-            "and omegaconf installed: only do that for a file you trust"
+            f"{path}: torch.load(weights_only=True) refused it even with placeholders for its classes "
+            f"({str(error).splitlines()[0]}); --trust-pickle loads it with weights_only=False, for files you trust"
         ) from error
     except (ModuleNotFoundError, AttributeError) as error:
         raise DeepSpeechImportError(f"{path}: unpickling needs a missing module or class ({error})") from error
