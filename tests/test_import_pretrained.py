@@ -355,10 +355,14 @@ def test_deepspeech_command_and_errors(tmp_path):
     torch.save(ckpt, path)
     out = tmp_path / "converted"
     assert zoo_main(["import-deepspeech", str(path), str(out)]) == 0
-    reloaded, direct = zoo.load(out), import_deepspeech(path)
+    reloaded, direct = zoo.load(out), zoo.load(path)  # the folder, and the .ckpt converted on the fly
     x, lengths = torch.randn(1, 17, 25), torch.tensor([25])
     with torch.no_grad():
         torch.testing.assert_close(reloaded.encoder(x, lengths)[0], direct.encoder(x, lengths)[0])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.ones(2)}}, foreign)
+    with pytest.raises(zoo.hub.CheckpointError, match="does not name its LightningModule"):
+        zoo.load(foreign)  # neither zoo's nor deepspeech.pytorch's: the zoo error stands
     assert zoo_main(["import-deepspeech", str(tmp_path / "missing.ckpt"), str(tmp_path / "o2")]) == 1
 
     bad_labels = deepspeech_checkpoint("lstm", True, layers=1)

@@ -438,14 +438,22 @@ def resolve(name: str, revision: str | None = None) -> tuple[str, Path]:
 
 def load(name_or_repo_or_path: str | Path, revision: str | None = None, **kwargs: Any) -> Pipeline:
     """Load a trained pipeline from a folder, a ``.ckpt``, ``org/name`` on the Hub or a registry name
-    (or convert a NeMo ``.nemo`` file, see :mod:`zoo.speech.nemo_import`)."""
+    (or convert a NeMo ``.nemo`` file or a deepspeech.pytorch ``.ckpt``, see :mod:`zoo.speech.nemo_import`
+    and :mod:`zoo.speech.deepspeech_pytorch_import`)."""
     if str(name_or_repo_or_path).endswith(".nemo"):
         from zoo.speech.nemo_import import import_nemo  # speech-only dependency, imported on use
 
         return import_nemo(name_or_repo_or_path)
     kind, path = resolve(str(name_or_repo_or_path), revision)
     if kind == "checkpoint":
-        return pipeline_from_checkpoint(path, kwargs.pop("module_class", None))
+        try:
+            return pipeline_from_checkpoint(path, kwargs.pop("module_class", None))
+        except CheckpointError:  # not a zoo checkpoint: a deepspeech.pytorch one converts on the fly
+            from zoo.speech.deepspeech_pytorch_import import import_deepspeech, is_deepspeech_checkpoint
+
+            if is_deepspeech_checkpoint(path):
+                return import_deepspeech(path)
+            raise
     return load_folder(path, **kwargs)
 
 

@@ -124,6 +124,19 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
     return _plain({k: v for k, v in checkpoint.items() if k != "state_dict"}) | {"state_dict": checkpoint["state_dict"]}
 
 
+def _source_state(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+
+
+def is_deepspeech_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` loads (as :func:`read_checkpoint` does) into deepspeech.pytorch's layout."""
+    try:
+        state = _source_state(read_checkpoint(path))
+    except DeepSpeechImportError:
+        return False
+    return "conv.seq_module.0.weight" in state and "rnns.0.rnn.weight_ih_l0" in state
+
+
 def tokenizer_config(labels: list[str], path: Path) -> tuple[TokenizerConfig, list[int]]:
     """Their labels -> zoo alphabet (lowercased, blank removed) and the output-row order (blank first)."""
     if _BLANK not in labels:
@@ -172,7 +185,7 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False) -> SpeechRec
     path = Path(path)
     checkpoint = read_checkpoint(path, trust_pickle)
     hp = checkpoint.get("hyper_parameters") or {}
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    state = _source_state(checkpoint)
     get = _State(state, path)
     labels = hp.get("labels") or checkpoint.get("labels")
     if not labels:
