@@ -260,8 +260,10 @@ class _StateMapper:
         else:
             out[f"{zoo}.conv.weight"] = self.get(f"{nemo}.{first}.conv.weight")
             bn = first + 1
-        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        for name in ("weight", "bias", "running_mean", "running_var"):
             out[f"{zoo}.norm.{name}"] = self.get(f"{nemo}.{bn}.{name}")
+        tracked = f"{nemo}.{bn}.num_batches_tracked"  # absent from some older checkpoints
+        out[f"{zoo}.norm.num_batches_tracked"] = self.get(tracked) if tracked in self.source else torch.tensor(0)
 
 
 def convert_state_dict(state: dict[str, Tensor], config: JasperConfig, blocks: list[dict[str, Any]],
