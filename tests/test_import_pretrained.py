@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import enum
 import io
+import math
 import tarfile
 
 import pytest
@@ -192,6 +193,46 @@ def test_zoo_load_nemo_and_import_command(tmp_path):
     text = reloaded.transcribe(torch.zeros(8000))[0].text
     assert set(text) <= set(VOCAB)
     assert zoo_main(["import-nemo", str(tmp_path / "missing.nemo"), str(tmp_path / "o2")]) == 1
+
+
+def nemo_logmel_reference(wave: torch.Tensor, sr: int = 16000, n_fft: int = 512, win: int = 320, hop: int = 160,
+                          n_mels: int = 64, preemph: float = 0.97) -> torch.Tensor:
+    """NeMo's AudioToMelSpectrogramPreprocessor in eval mode for one utterance, with librosa's Slaney mel
+    filterbank (``librosa.filters.mel(norm="slaney")``) written out from its formulas."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def hz_to_mel(f):
+        return f / f_sp if f < min_log_hz else min_log_mel + math.log(f / min_log_hz) / logstep
+
+    def mel_to_hz(m):
+        return m * f_sp if m < min_log_mel else min_log_hz * math.exp(logstep * (m - min_log_mel))
+
+    top = hz_to_mel(sr / 2)
+    mel_f = torch.tensor([mel_to_hz(top * i / (n_mels + 1)) for i in range(n_mels + 2)], dtype=torch.float64)
+    fft_f = torch.linspace(0, sr / 2, n_fft // 2 + 1, dtype=torch.float64)
+    ramps = mel_f[:, None] - fft_f[None, :]
+    fdiff = mel_f.diff()
+    fb = torch.stack([torch.clamp(torch.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]), min=0)
+                      for i in range(n_mels)])
+    fb = fb * (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    x = torch.cat([wave[:1], wave[1:] - preemph * wave[:-1]]).double()
+    spec = torch.stft(x, n_fft, hop_length=hop, win_length=win, window=torch.hann_window(win, periodic=False, dtype=torch.float64),
+                      center=True, pad_mode="constant", return_complex=True)
+    feats = torch.log(fb @ spec.abs().pow(2) + 2.0**-24)
+    mean, std = feats.mean(1, keepdim=True), feats.std(1, keepdim=True)  # unbiased, as NeMo
+    return ((feats - mean) / (std + 1e-5)).float()
+
+
+def test_nemo_preprocessor_maps_onto_the_zoo_featurizer(tmp_path):
+    config = nemo_config(nemo_blocks(False, True), feat_in=64)
+    write_nemo(tmp_path / "m.nemo", config, nemo_state_dict(config))
+    recognizer = import_nemo(tmp_path / "m.nemo")
+    wave = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(3))
+    feats, frames = recognizer.featurizer(wave[None], torch.tensor([16000]))
+    reference = nemo_logmel_reference(wave)
+    assert frames.tolist() == [reference.shape[1]] == [101]
+    torch.testing.assert_close(feats[0], reference, rtol=1e-4, atol=1e-4)
 
 
 def test_nemo_full_size_configs_map_onto_the_zoo_presets():
