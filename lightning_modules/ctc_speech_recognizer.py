@@ -77,15 +77,16 @@ class CTCSpeechRecognizer(LightningModule):
         skip_bad: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # beam_search is a decoding-time choice, not a hyperparameter: kept out of checkpoints so that
+        # `zoo test --ckpt_path ... --model.init_args.beam_search.lexicon ...` is not overridden by them
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "beam_search"])
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.featurizer_config: FeaturizerConfig | None = _as_config(featurizer, FeaturizerConfig)
         self.tokenizer_config: TokenizerConfig | None = _as_config(tokenizer, TokenizerConfig)
         self.beam_search_config: BeamSearchConfig | None = _as_config(beam_search, BeamSearchConfig)
         # plain dicts in the checkpoint: loadable with weights_only=True
-        for key, value in (("featurizer", self.featurizer_config), ("tokenizer", self.tokenizer_config),
-                           ("beam_search", self.beam_search_config)):
+        for key, value in (("featurizer", self.featurizer_config), ("tokenizer", self.tokenizer_config)):
             self.hparams[key] = dataclasses.asdict(value) if value is not None else None
         self.skip_bad = skip_bad
         self.encoder: torch.nn.Module | None = None
@@ -155,7 +156,6 @@ class CTCSpeechRecognizer(LightningModule):
     def set_beam_search(self, config: BeamSearchConfig | dict | None) -> None:
         """Switch beam-search decoding for test/predict (None: greedy only)."""
         self.beam_search_config = _as_config(config, BeamSearchConfig)
-        self.hparams["beam_search"] = dataclasses.asdict(self.beam_search_config) if config is not None else None
         self._beam = None
 
     def beam_decoder(self) -> BeamSearchDecoder | None:
