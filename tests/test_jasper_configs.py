@@ -58,6 +58,8 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
     main([
         "fit", "--config", str(CONFIGS / config), *override,
         "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
+        # every split given: nothing falls back to building the (large) embedded corpus
+        "--data.init_args.test_manifests", f"[{manifest}]",
         "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
         "--data.init_args.time_reduction", str(reduction),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
