@@ -30,7 +30,8 @@ follow from the masked mean ``m`` and covariance ``C`` of the layer input ``x`` 
 input weights and biases (hidden-to-hidden biases are zero: in DS2's GRU, §3.4, the biases sit
 outside the reset gate). The result is *exactly* ``B(W x)`` of the equation above, with gradients
 through the batch statistics as in ordinary batch norm, at the cost of one ``D x D`` covariance
-instead of a second input projection. The running averages track ``mu`` and the unbiased
+instead of a second input projection (or of the centred projection when that is cheaper: few frames,
+wide layers; see :meth:`SequenceBatchNorm.fold`). The running averages track ``mu`` and the unbiased
 ``sigma^2`` just like :class:`torch.nn.BatchNorm1d` applied to the valid frames of ``W x``.
 
 Padding never changes an utterance's outputs: the conv front end masks padded frames to zero
