@@ -9,13 +9,7 @@ from torch import nn
 from zoo.text.bn_lstm import BNLSTM, BNLSTMConfig, BNLSTMLayer, StepwiseBatchNorm
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class NaiveBNLSTM(nn.Module):

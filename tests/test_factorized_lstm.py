@@ -10,13 +10,7 @@ from zoo.text.factorized_lstm import FactorizedLSTM, FactorizedLSTMConfig, LSTMP
 from zoo.text.lm import LanguageModelConfig, RNNLanguageModel
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def naive_lstmp(x, h, c, gates_fn, projection):

@@ -17,13 +17,7 @@ from zoo.text.pipeline import LanguageModelPipeline
 from zoo.text.softmax import LogUniformSampler, chunked_nll, sampled_softmax_nll
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _softmax_problem(n=7, d=5, v=13):
