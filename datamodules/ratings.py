@@ -11,7 +11,10 @@
 * Duplicate (user, item) ratings: the latest is kept (:func:`~zoo.datamodules.rating_files.keep_latest`).
 * :class:`RatingsDataModule`: training batches are ``{"inputs"}`` (the user's training vector, which is
   also the target); evaluation batches are ``{"inputs": training vector, "targets": held-out ratings}``,
-  over every user with a held-out rating; no batch is dropped.
+  over every user with a held-out rating; no batch is dropped. Training batches come from a
+  :class:`~zoo.datamodules.resumable.ResumableDataLoader` (epoch permutations seeded by ``seed``), so
+  ``--ckpt_path last`` resumes in the middle of an epoch exactly; under DDP a plain shuffled
+  ``DataLoader`` lets Lightning shard users with its ``DistributedSampler`` (resumes per epoch).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.rating_files import RatingTable, embedded_ml100k, guess_format, keep_latest, read_ratings
+from zoo.datamodules.resumable import ResumableDataLoader
 
 #: Netflix time splits of the paper: (train first day, train last day, test first day, test last day).
 NETFLIX_SPLITS: dict[str, tuple[str, str, str, str]] = {
@@ -200,7 +204,8 @@ class RatingsDataModule(pl.LightningDataModule):
         format: ``auto`` or one of ``ml-100k``, ``ml-1m``, ``csv``, ``inter``, ``netflix``.
         split: ``user``, ``global``, or a Netflix window ``N3M``, ``N6M``, ``N1Y``, ``NF``.
         train_fraction: for ``user`` / ``global`` splits.
-        seed: seed of the validation / test coin flip.
+        seed: seed of the validation / test coin flip and of the training batch order (epoch ``e``
+            is permutation ``seed + e``).
         rating_scale: declared (min, max) rating; other values are malformed.
         skip_bad: skip and count malformed lines instead of raising.
     """
@@ -261,7 +266,13 @@ class RatingsDataModule(pl.LightningDataModule):
                           collate_fn=dataset.collate, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(UserBatches(self.load().train), self.hparams.batch_size, shuffle=True)
+        train = UserBatches(self.load().train)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            return self._loader(train, self.hparams.batch_size, shuffle=True)
+        return ResumableDataLoader(train, batch_size=self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
+                                   trainer=trainer, collate_fn=train.collate, drop_last=False,
+                                   num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         s = self.load()

@@ -127,7 +127,7 @@ def test_recommender_resumes_mid_epoch(tmp_path):
     model = {"class_path": "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender", "init_args": {
         "network": "autorec-ml100k", "network_overrides": {"encoder_sizes": [16, 8], "dropout": 0.5},
         "input_noise": 0.2, "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}}
-    data = {"class_path": "zoo_toys.ResumableRatings", "init_args": {
+    data = {"class_path": "zoo.datamodules.ratings.RatingsDataModule", "init_args": {
         "path": str(ratings), "format": "ml-100k", "batch_size": 4}}  # 40 users -> 10 batches / epoch
     # freeze at step 8 (epoch 0, batch 8): last.ckpt holds step 5 (epoch 0, batch 5), mid-epoch; 15 steps cross an epoch
     kill_resume_and_compare(tmp_path, freeze_at=8, saved_step=5, saved_epoch=0, model=model, data=data, max_steps=15)

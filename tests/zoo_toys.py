@@ -15,7 +15,6 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoo.datamodules.ratings import RatingsDataModule, UserBatches
 from zoo.datamodules.resumable import ResumableDataLoader
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.pipeline import Pipeline
@@ -177,12 +176,3 @@ class DDPProbe(ToyModule):
                   "val_mse": float(self.trainer.callback_metrics["val_mse"])}
         path = Path(os.environ["ZOO_TOY_REPORT_DIR"]) / f"rank{self.global_rank}.json"
         path.write_text(json.dumps(report))
-
-
-class ResumableRatings(RatingsDataModule):
-    """The recommender's data module with a mid-epoch resumable training loader."""
-
-    def train_dataloader(self):
-        train = UserBatches(self.load().train)
-        return ResumableDataLoader(train, batch_size=self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
-                                   trainer=self.trainer, collate_fn=train.collate)
