@@ -5,3 +5,4 @@ from zoo.callbacks.loss_scaling import LossScaling
 from zoo.callbacks.publish_to_hub import PublishToHub
 from zoo.callbacks.resume import AtomicCheckpointIO, ResumableRNG
 from zoo.callbacks.plots import PlotMetrics
+from zoo.callbacks.ctc_alignment import PlotCTCAlignment
