@@ -128,8 +128,8 @@ def test_beyond_t_max_reuses_last_statistics() -> None:
     expected_last = (1 - torch.tensor([2.0, -2.0])) / torch.sqrt(torch.tensor([9.0, 0.25]) + 1e-5) * 0.1
     for t in range(2, 6):
         torch.testing.assert_close(y[t, 0], expected_last)
-    # the same through step() with absolute positions (generation) and through `start`
-    torch.testing.assert_close(bn.step(x[0], 7)[0], expected_last)
+    # the same one step at a time with absolute positions (generation) through `start`
+    torch.testing.assert_close(bn(x[:1], start=7)[0, 0], expected_last)
     torch.testing.assert_close(bn(x[:2], start=10)[0, 0], expected_last)
     # training beyond T_max is a configuration error, not a silent reuse
     bn.train()
@@ -168,3 +168,85 @@ def test_gradcheck_tiny() -> None:
 
     assert torch.autograd.gradcheck(run, (x, *params), fast_mode=True)
     assert torch.autograd.gradcheck(lambda inp: layer(inp, (h0, c0))[0], (x,), fast_mode=True)
+
+
+def _reference_layer(layer: BNLSTMLayer, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, mask: torch.Tensor):
+    """Eqs. 5-8 step by step with plain autograd: per-step moments over the real rows (training) or the
+    running statistics (evaluation); padded rows keep their state. Independent of the layer's code."""
+
+    def bn(v: torch.Tensor, t: int, norm: StepwiseBatchNorm, m: torch.Tensor) -> torch.Tensor:
+        if layer.training:
+            rows = v[m]
+            mean, var = rows.mean(0), rows.var(0, unbiased=False)
+        else:
+            mean, var = norm.running_mean[t], norm.running_var[t]
+        y = (v - mean) / torch.sqrt(var + norm.eps) * norm.weight
+        return y if norm.bias is None else y + norm.bias
+
+    outs = []
+    for t in range(x.shape[0]):
+        m = mask[t]
+        pre = bn(h @ layer.weight_h.T, t, layer.bn_h, m) + bn(x[t] @ layer.weight_x.T, t, layer.bn_x, m) + layer.bias
+        f, i, o, g = pre.chunk(4, 1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(bn(c_new, t, layer.bn_c, m))
+        keep = m[:, None]
+        h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+        outs.append(h)
+    return torch.stack(outs), c
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_hand_written_backward_matches_autograd_of_reference(training: bool, masked: bool) -> None:
+    """Every gradient of the hand-written BPTT (input, initial state, all parameters) equals autograd's
+    through the step-by-step reference, with a loss on every output and on the final cell."""
+    steps, batch, inp, hidden = 6, 5, 3, 4
+    layer = _layer(steps, inp, hidden).double()
+    torch.manual_seed(2)
+    with torch.no_grad():  # non-trivial running statistics for evaluation
+        for norm in (layer.bn_x, layer.bn_h, layer.bn_c):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    layer.train(training)
+    x = torch.randn(steps, batch, inp, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(batch, hidden, dtype=torch.double, requires_grad=True)
+    c0 = torch.randn(batch, hidden, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([6, 3, 5, 1, 6]) if masked else torch.full((batch,), steps)
+    mask = torch.arange(steps)[:, None] < lengths[None, :]
+    w_out = torch.randn(steps, batch, hidden, dtype=torch.double)
+    w_c = torch.randn(batch, hidden, dtype=torch.double)
+    inputs = [x, h0, c0, *layer.parameters()]
+
+    def grads(outputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        loss = (outputs[0] * w_out).sum() + (outputs[1] * w_c).sum()
+        return torch.autograd.grad(loss, inputs)
+
+    ref_out, ref_c = _reference_layer(layer, x, h0, c0, mask)
+    reference = grads((ref_out, ref_c))
+    ours_out, (_, ours_c) = layer(x, (h0, c0), mask if masked else None)
+    torch.testing.assert_close(ours_out, ref_out)
+    torch.testing.assert_close(ours_c, ref_c)
+    names = ["x", "h0", "c0", *(name for name, _ in layer.named_parameters())]
+    for name, ours, ref in zip(names, grads((ours_out, ours_c)), reference):
+        torch.testing.assert_close(ours, ref, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_all_inputs_float64(training: bool) -> None:
+    """Finite differences against the hand-written backward, every input and parameter, with padding."""
+    torch.manual_seed(3)
+    layer = BNLSTMLayer(2, 3, max_length=4).double()
+    layer.train(training)
+    x = torch.randn(4, 5, 2, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(5, 3, dtype=torch.double, requires_grad=True)
+    c0 = torch.randn(5, 3, dtype=torch.double, requires_grad=True)
+    mask = torch.arange(4)[:, None] < torch.tensor([4, 2, 3, 4, 1])[None, :]
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in layer.parameters())
+
+    def run(inp: torch.Tensor, h: torch.Tensor, c: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        out, (_, c_last) = torch.func.functional_call(layer, dict(zip(names, values)), (inp, (h, c), mask))
+        return torch.cat([out.flatten(), c_last.flatten()])
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params))

@@ -22,7 +22,8 @@ with absolute positions instead (inference over a stream, generation one step at
 ``start + t`` uses statistics ``min(start + t, T_max − 1)``.
 
 Speed: ``W_x x_t`` and its normalisation are computed for all steps at once; only the recurrent
-part (one matmul, two batch norms, the cell) runs in the per-step loop.
+part (one matmul, two batch norms, the cell) runs in the per-step loop, inside one autograd
+function with a hand-written backward through time (:mod:`zoo.text.bn_recurrence`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.registry import register
+from zoo.text.bn_recurrence import bn_lstm_recurrence
 from zoo.text.lm import LanguageModelConfig, RNNLanguageModel
 
 State = tuple[Tensor, Tensor]
@@ -66,10 +68,6 @@ class StepwiseBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if shift else None
         self.register_buffer("running_mean", torch.zeros(max_length, num_features))
         self.register_buffer("running_var", torch.ones(max_length, num_features))
-
-    def index(self, t: int) -> int:
-        """Statistics slot of (absolute) step ``t``: ``min(t, T_max − 1)``."""
-        return min(t, self.max_length - 1)
 
     def check_training_length(self, end: int) -> None:
         if self.training and end > self.max_length:
@@ -110,19 +108,6 @@ class StepwiseBatchNorm(nn.Module):
             mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
             self._update(index, mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
-        return y if self.bias is None else y + self.bias
-
-    def step(self, x: Tensor, t: int, mask: Tensor | None = None) -> Tensor:
-        """Normalise one step ``x: (B, F)`` (absolute step ``t``); ``mask: (B, 1)`` float or None."""
-        i = self.index(t)
-        if mask is None or not self.training:
-            return F.batch_norm(
-                x, self.running_mean[i], self.running_var[i], self.weight, self.bias,
-                self.training, self.momentum, self.eps,
-            )
-        mean, var, count = masked_moments(x.unsqueeze(0), mask.unsqueeze(0))
-        self._update(torch.tensor([i], device=x.device), mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
-        y = (x - mean[0]) * torch.rsqrt(var[0] + self.eps) * self.weight
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()
@@ -190,22 +175,9 @@ class BNLSTMLayer(nn.Module):
         self.bn_h.check_training_length(start + steps)
         # W_x x_t and BN(·; γ_x, 0) for every step at once; b folded in.
         gx = self.bn_x(F.linear(x, self.weight_x), mask, start) + self.bias
-        h, c = state
-        # unbind, not gx[t]: the backward of indexing would allocate a full (T, B, 4H) gradient per step
-        step_masks = [None] * steps if mask is None else mask.unsqueeze(-1).to(x.dtype).unbind(0)
-        outputs = []
-        for t, (gx_t, m) in enumerate(zip(gx.unbind(0), step_masks)):
-            gates = gx_t + self.bn_h.step(F.linear(h, self.weight_h), start + t, m)
-            hidden = self.hidden_size
-            f, i, o = torch.sigmoid(gates[:, : 3 * hidden]).chunk(3, dim=1)  # one kernel for the three gates
-            c_new = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * hidden :]))
-            h_new = o * torch.tanh(self.bn_c.step(c_new, start + t, m))
-            if m is not None:  # padded positions keep the previous state
-                keep = m.bool()
-                c_new, h_new = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
-            h, c = h_new, c_new
-            outputs.append(h)
-        return torch.stack(outputs), (h, c)
+        # the recurrent part: one autograd function with a hand-written backward through time
+        out, c = bn_lstm_recurrence(gx, state[0], state[1], self.weight_h, self.bn_h, self.bn_c, mask, start)
+        return out, (out[-1], c)
 
 
 @dataclass
