@@ -54,10 +54,12 @@ class CTCSpeechRecognizer(LightningModule):
     Args:
         encoder: registry name (``"jasper-demo"``, ``"quartznet-15x5"``, ...) or dotted class path.
         encoder_overrides: config fields to override; ``in_features`` and ``num_classes`` are set
-            from the featurizer and tokenizer.
+            from the featurizer and tokenizer (and ``bigram_outputs``, which only encoders with that
+            field have, e.g. DeepSpeech2, when the tokenizer has ``bigrams: true``).
         featurizer: feature settings; None adopts the DataModule's in ``setup()`` (then written to
             the hyperparameters, so checkpoints are self-contained).
         tokenizer: tokenizer settings; None adopts the DataModule's likewise.
+            With ``bigrams: true`` the labels are DS2's non-overlapping character bigrams (§3.6).
         optimizer: optimizer factory (LightningCLI: ``class_path: zoo.optim.NovoGrad`` ...).
         lr_scheduler: schedule factory stepped every optimizer step, or None.
         beam_search: if set, test logs beam-search WER/CER too (``test/wer_beam``) and
@@ -103,11 +105,23 @@ class CTCSpeechRecognizer(LightningModule):
         self.tokenizer = CharTokenizer(self.tokenizer_config)
         num_features = Featurizer(self.featurizer_config).num_features
         overrides = dict(self.hparams.encoder_overrides or {})
-        for key, value in (("in_features", num_features), ("num_classes", self.tokenizer.vocab_size)):
+        from_data: dict[str, Any] = {"in_features": num_features, "num_classes": self.tokenizer.unigram_size}
+        _, defaults = build_config(self.hparams.encoder)
+        if self.tokenizer_config.bigrams:
+            if not hasattr(defaults, "bigram_outputs"):
+                raise ValueError(f"tokenizer.bigrams needs an encoder with bigram outputs (e.g. DeepSpeech2); "
+                                 f"{self.hparams.encoder} has none")
+            from_data["bigram_outputs"] = True
+        elif hasattr(defaults, "bigram_outputs"):
+            from_data["bigram_outputs"] = False
+        for key, value in from_data.items():
             if overrides.setdefault(key, value) != value:
                 raise ValueError(f"encoder_overrides.{key}={overrides[key]} contradicts the data ({value})")
         cls, config = build_config(self.hparams.encoder, overrides)
         self.encoder = cls(config)
+        outputs = getattr(self.encoder, "num_outputs", config.num_classes)
+        if outputs != self.tokenizer.vocab_size:
+            raise ValueError(f"encoder {self.hparams.encoder} has {outputs} outputs, the tokenizer {self.tokenizer.vocab_size} labels")
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -131,7 +145,7 @@ class CTCSpeechRecognizer(LightningModule):
             raise ValueError("checkpoint has no 'encoder' hyperparameter: not a CTCSpeechRecognizer checkpoint")
         mine = (self.hparams.encoder, self.hparams.encoder_overrides or {})
         theirs = (hp["encoder"], hp.get("encoder_overrides") or {})
-        strip = ("in_features", "num_classes")
+        strip = ("in_features", "num_classes", "bigram_outputs")
         if (mine[0], {k: v for k, v in mine[1].items() if k not in strip}) != (
                 theirs[0], {k: v for k, v in theirs[1].items() if k not in strip}):
             raise ValueError(f"checkpoint was trained with encoder {theirs[0]} {theirs[1]}, "
@@ -160,7 +174,8 @@ class CTCSpeechRecognizer(LightningModule):
 
     def beam_decoder(self) -> BeamSearchDecoder | None:
         if self.beam_search_config is not None and self._beam is None:
-            self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search_config, self.tokenizer.blank)
+            self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search_config, self.tokenizer.blank,
+                                           spell=self.tokenizer.segment)
         return self._beam
 
     def greedy_texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +68,15 @@ class BeamSearchConfig:
     sil_score: float = 0.0
 
 
-def write_lexicon(words: Iterable[str], path: str | Path) -> Path:
-    """Flashlight lexicon: ``word w o r d |`` per line (spelling ends with the word separator)."""
+def write_lexicon(words: Iterable[str], path: str | Path, spell: Callable[[str], Sequence[str]] = list) -> Path:
+    """Flashlight lexicon: ``word w o r d |`` per line (spelling ends with the word separator).
+
+    ``spell`` gives a word's tokens: its characters by default, DS2 bigrams ``wo rd`` with
+    :meth:`zoo.speech.tokenizer.CharTokenizer.segment` of a bigram tokenizer.
+    """
     path = Path(path)
     unique = sorted({w for w in words if w})
-    path.write_text("".join(f"{w} {' '.join(w)} {SIL_TOKEN}\n" for w in unique))
+    path.write_text("".join(f"{w} {' '.join(spell(w))} {SIL_TOKEN}\n" for w in unique))
     return path
 
 
@@ -83,9 +87,12 @@ class BeamSearchDecoder:
         labels: id -> symbol of the tokenizer (``labels[blank]`` is the blank; ``" "`` the space).
         config: :class:`BeamSearchConfig`.
         blank: blank id.
+        spell: a lexicon word -> its tokens (default: its characters); the tokenizer's
+            ``segment`` for bigram labels.
     """
 
-    def __init__(self, labels: Sequence[str], config: BeamSearchConfig, blank: int = 0) -> None:
+    def __init__(self, labels: Sequence[str], config: BeamSearchConfig, blank: int = 0,
+                 spell: Callable[[str], Sequence[str]] = list) -> None:
         from torchaudio.models.decoder import ctc_decoder
 
         if " " not in labels:
@@ -104,7 +111,7 @@ class BeamSearchDecoder:
             bad = sorted({c for w in words for c in w if c not in labels or c == " "})
             if bad:
                 raise ValueError(f"{config.lexicon}: characters {bad} are not in the tokenizer's alphabet")
-            lexicon = str(write_lexicon(words, Path(self._tmp.name) / "lexicon.txt"))
+            lexicon = str(write_lexicon(words, Path(self._tmp.name) / "lexicon.txt", spell))
         if config.lm is not None and not Path(config.lm).is_file():
             raise FileNotFoundError(f"language model {config.lm} does not exist")
         self._decoder = ctc_decoder(

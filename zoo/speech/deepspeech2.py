@@ -79,7 +79,8 @@ class DeepSpeech2Config:
         lookahead: future context ``tau`` of the row convolution (§3.7); 0 = none.
         fc_hidden: width of the fully connected layer before the output; 0 = none.
         bigram_outputs: add every ordered pair of the ``num_classes - 1`` characters as an extra
-            output unit (§6.1, Table 11); needs a bigram tokenizer to train on.
+            output unit (§6.1, Table 11), in the label order of the bigram tokenizer
+            (``TokenizerConfig(bigrams=True)``, which ``CTCSpeechRecognizer`` pairs it with).
     """
 
     in_features: int = 161

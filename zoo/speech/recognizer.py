@@ -49,7 +49,7 @@ class Transcript:
 
 
 class SpeechRecognizer(Pipeline):
-    """Featurizer + CTC encoder + character tokenizer (+ optional beam search).
+    """Featurizer + CTC encoder + character (or DS2 bigram) tokenizer (+ optional beam search).
 
     Args:
         featurizer: :class:`~zoo.speech.features.FeaturizerConfig` fields.
@@ -72,9 +72,9 @@ class SpeechRecognizer(Pipeline):
         self.featurizer = Featurizer(FeaturizerConfig(**(featurizer or {}))).eval()
         self.encoder = model_from_dict(encoder)
         self.tokenizer = CharTokenizer(TokenizerConfig(**(tokenizer or {})))
-        if getattr(self.encoder.config, "num_classes", None) != self.tokenizer.vocab_size:
-            raise ValueError(f"encoder has {self.encoder.config.num_classes} classes, "
-                             f"the tokenizer {self.tokenizer.vocab_size}")
+        outputs = getattr(self.encoder, "num_outputs", getattr(self.encoder.config, "num_classes", None))
+        if outputs != self.tokenizer.vocab_size:
+            raise ValueError(f"encoder has {outputs} outputs, the tokenizer {self.tokenizer.vocab_size} labels")
         self.beam_search = BeamSearchConfig(**beam_search) if beam_search else None
         self._beam: BeamSearchDecoder | None = None
         self.chunk_seconds, self.chunk_overlap_seconds = chunk_seconds, chunk_overlap_seconds
@@ -195,7 +195,8 @@ class SpeechRecognizer(Pipeline):
         beams = None
         if self.beam_search is not None:
             if self._beam is None:
-                self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search, self.tokenizer.blank)
+                self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search, self.tokenizer.blank,
+                                               spell=self.tokenizer.segment)
             for lp in all_log_probs:
                 beams = (beams or []) + self._beam(lp[None], torch.tensor([len(lp)]))
         for i, (wave, lp) in enumerate(zip(waves, all_log_probs, strict=True)):

@@ -1,4 +1,5 @@
-"""Character tokenizer for CTC speech recognition (id 0 = CTC blank, letters from 1).
+"""Character tokenizer for CTC speech recognition (id 0 = CTC blank, letters from 1), optionally
+with DeepSpeech2's non-overlapping bigram outputs (``TokenizerConfig.bigrams``).
 
 Text normalisation before mapping: Unicode compatibility decomposition with accents removed
 ("café" -> "cafe"), lowercase, typographic apostrophes -> "'", numbers spelled out as English
@@ -7,6 +8,12 @@ words ("42" -> "forty two", "3.5" -> "three point five", "21st" -> "twenty first
 removed, whitespace collapsed.
 A remaining character outside the alphabet is an :class:`UnknownCharacterError` or is dropped,
 per ``TokenizerConfig.unknown``.
+
+Bigram outputs (Deep Speech 2, arXiv 1512.02595, §3.6 "Striding", used by the §6.1 / Table 11
+models): each word is cut into non-overlapping character pairs from its start, a word of odd
+length ends with a single character, and the space is its own unit: "the cat sat" ->
+``[th, e, " ", ca, t, " ", sa, t]``. Halving the label length lets the encoder use a larger
+temporal stride (the paper's 3) while CTC can still align.
 """
 
 from __future__ import annotations
@@ -114,11 +121,17 @@ class TokenizerConfig:
         unknown: ``"error"`` raises :class:`UnknownCharacterError` naming the character;
             ``"drop"`` removes it.
         numbers: ``"spell"`` digits as English words, ``"drop"`` them, or ``"error"``.
+        bigrams: also emit every ordered pair of alphabet characters as one label (ids after the
+            characters, pair ``(alphabet[i], alphabet[j])`` at ``1 + n + i * n + j`` for an
+            alphabet of ``n``), and encode words as non-overlapping pairs (DS2 §3.6). Pairs that
+            contain the space are in the vocabulary (the DS2 encoder's ``bigram_outputs`` has all
+            ``n²``) but never produced by :meth:`CharTokenizer.encode`.
     """
 
     alphabet: str = "abcdefghijklmnopqrstuvwxyz '"
     unknown: str = "error"
     numbers: str = "spell"
+    bigrams: bool = False
 
     def __post_init__(self) -> None:
         if self.unknown not in ("error", "drop"):
@@ -132,15 +145,21 @@ class TokenizerConfig:
 
 
 class CharTokenizer:
-    """Text <-> character ids for CTC.
+    """Text <-> character (or character-bigram) ids for CTC.
 
-    ``labels[0]`` is the blank (``"<blank>"``); ``labels[i]`` is ``alphabet[i - 1]``.
+    ``labels[0]`` is the blank (``"<blank>"``); ``labels[i]`` is ``alphabet[i - 1]`` for
+    ``1 <= i < unigram_size``; with ``bigrams`` the ``n²`` ordered pairs follow (see
+    :class:`TokenizerConfig`), so ``vocab_size = 1 + n + n²``.
     """
 
     def __init__(self, config: TokenizerConfig | None = None):
         self.config = config if config is not None else TokenizerConfig()
         self.blank = 0
-        self.labels: list[str] = [BLANK_LABEL, *self.config.alphabet]
+        alphabet = self.config.alphabet
+        pairs = [a + b for a in alphabet for b in alphabet] if self.config.bigrams else []
+        self.labels: list[str] = [BLANK_LABEL, *alphabet, *pairs]
+        #: blank + single characters: the encoder's ``num_classes`` (bigram outputs come on top).
+        self.unigram_size = 1 + len(alphabet)
         self.vocab_size = len(self.labels)
         self._ids = {c: i for i, c in enumerate(self.labels) if i > 0}
         self._alphabet = frozenset(self.config.alphabet)
@@ -182,12 +201,25 @@ class CharTokenizer:
             text = " ".join(text.split())
         return text
 
+    def segment(self, text: str) -> list[str]:
+        """Normalised text -> its output units: the characters, or with ``bigrams`` each word
+        (a run of non-space characters) as non-overlapping pairs from its start, an odd word's
+        last character alone, every space a unit of its own (DS2 §3.6)."""
+        if not self.config.bigrams:
+            return list(text)
+        units: list[str] = []
+        for piece in text.split(" "):
+            units += [piece[i : i + 2] for i in range(0, len(piece), 2)]
+            units.append(" ")
+        return units[:-1]
+
     def encode(self, text: str) -> list[int]:
-        """Normalise ``text`` and map it to ids in ``1..vocab_size-1``."""
-        return [self._ids[c] for c in self.normalize(text)]
+        """Normalise ``text`` and map its units (:meth:`segment`) to ids in ``1..vocab_size-1``."""
+        return [self._ids[unit] for unit in self.segment(self.normalize(text))]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Map ids back to text; blanks (and zero padding) are skipped, repeats are kept."""
+        """Map ids back to text (bigram ids give two characters); blanks (and zero padding) are
+        skipped, repeats are kept."""
         return "".join(self.labels[int(i)] for i in ids if int(i) != self.blank)
 
     def __repr__(self) -> str:
