@@ -30,6 +30,8 @@ holds columns ``[j·bptt, (j+1)·bptt)`` of every row as ``inputs`` and the next
 ``targets``, so row ``r`` of batch ``j + 1`` continues row ``r`` of batch ``j`` and the task module
 can carry the hidden state. Under DDP each process takes every ``world_size``-th row of
 ``batch_size × world_size`` rows. The streamed corpus keeps one sentence stream per row.
+The training loader (:class:`ResumableWindows`) saves its position in checkpoints, so
+``zoo fit --ckpt_path last`` continues in the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -229,12 +232,14 @@ class BPTTBatches(IterableDataset):
         self.inputs = ids[: rows * length].view(rows, length)[rank::world_size]
         self.targets = ids[1 : rows * length + 1].view(rows, length)[rank::world_size]
         self.bptt = bptt
+        self.start = 0  # windows to skip at the next __iter__ (set on resume, then reset)
 
     def __len__(self) -> int:
         return -(-self.inputs.shape[1] // self.bptt)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        for start in range(0, self.inputs.shape[1], self.bptt):
+        skip, self.start = self.start, 0
+        for start in range(skip * self.bptt, self.inputs.shape[1], self.bptt):
             end = start + self.bptt
             yield {"inputs": self.inputs[:, start:end].long(), "targets": self.targets[:, start:end].long()}
 
@@ -245,6 +250,7 @@ class StreamingBPTTBatches(IterableDataset):
     def __init__(self, paths: list[Path], vocabulary: Vocabulary, level: str, batch_size: int, bptt: int) -> None:
         self.paths, self.vocabulary, self.level = paths, vocabulary, level
         self.batch_size, self.bptt = batch_size, bptt
+        self.start = 0  # windows to skip (read and dropped) at the next __iter__ (set on resume, then reset)
 
     def _lines(self) -> Iterator[np.ndarray]:
         rank, world = _distributed()
@@ -259,6 +265,7 @@ class StreamingBPTTBatches(IterableDataset):
         lines = self._lines()
         buffers: list[list[int]] = [[] for _ in range(self.batch_size)]
         need = self.bptt + 1
+        skip, self.start = self.start, 0
         while True:
             for buffer in buffers:
                 while len(buffer) < need:
@@ -266,10 +273,61 @@ class StreamingBPTTBatches(IterableDataset):
                     if line is None:
                         return
                     buffer.extend(line.tolist())
-            window = torch.tensor([b[:need] for b in buffers], dtype=torch.long)
+            if skip:
+                skip -= 1
+            else:
+                window = torch.tensor([b[:need] for b in buffers], dtype=torch.long)
+                yield {"inputs": window[:, :-1], "targets": window[:, 1:]}
             for buffer in buffers:
                 del buffer[: self.bptt]
-            yield {"inputs": window[:, :-1], "targets": window[:, 1:]}
+
+
+class ResumableWindows(DataLoader):
+    """The training windows in their fixed order, with Lightning's ``state_dict`` / ``load_state_dict``.
+
+    Lightning 2.6 resumes mid-epoch only with a stateful loader (as
+    :class:`zoo.datamodules.resumable.ResumableDataLoader`, for map-style data): the saved position
+    is the trainer's count of processed batches in the epoch (the loader itself runs one batch
+    ahead: Lightning prefetches), and on resume the dataset skips that many windows (free for the
+    in-memory corpora; the streamed one reads and drops them). Every epoch has the same windows,
+    so only the position matters. A checkpoint written at the end of an epoch restarts at window 0.
+    The carried hidden state of truncated BPTT is the task module's to save
+    (:class:`zoo.lightning_modules.language_model.LanguageModel` does).
+
+    Args:
+        dataset: :class:`BPTTBatches` or :class:`StreamingBPTTBatches`.
+        trainer: the Lightning trainer (``self.trainer`` in a DataModule); without one the saved
+            position is the number of windows yielded.
+    """
+
+    def __init__(self, dataset: BPTTBatches | StreamingBPTTBatches, trainer: Any = None) -> None:
+        # a private generator: creating the iterator must not draw from the global RNG (it would shift the
+        # model's random draws after a resume, which creates it at a different point of the RNG stream)
+        super().__init__(dataset, batch_size=None, generator=torch.Generator())
+        self.trainer = trainer
+        self._yielded = 0
+        self._exhausted = False
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        self._yielded, self._exhausted = self.dataset.start, False
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def _consumed(self) -> int:
+        if self.trainer is not None:
+            return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return self._yielded
+
+    def state_dict(self) -> dict[str, int]:
+        consumed = self._consumed()
+        return {"batches": consumed, "epoch_done": int(self._exhausted and consumed >= self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        batches = int(state["batches"])
+        done = bool(state.get("epoch_done")) or (isinstance(self.dataset, BPTTBatches) and batches >= len(self.dataset))
+        self.dataset.start = 0 if done else batches
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -369,6 +427,8 @@ class TextDataModule(pl.LightningDataModule):
         else:
             rank, world = _distributed()
             dataset = BPTTBatches(self.ids[split], batch_size, self.bptt, rank, world)
+        if split == "train":  # resumable mid-epoch (`zoo fit --ckpt_path last`)
+            return ResumableWindows(dataset, trainer=self.trainer)
         return DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

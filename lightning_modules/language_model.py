@@ -7,6 +7,10 @@
   the initial state of the next. It is reset to zeros at the first batch of every epoch and of every
   evaluation run, and kept separately for training, validation and test. BN-LSTM statistics are
   indexed by the position within the window (``T_max`` must cover ``bptt``).
+* Resuming mid-epoch (``zoo fit --ckpt_path last``): checkpoints hold the carried training state
+  (every process's, under DDP) next to the data position saved by the training loader
+  (:class:`zoo.datamodules.text.ResumableWindows`), so a resumed run continues exactly as an
+  uninterrupted one.
 * Loss: full softmax, or in training the **sampled softmax** (log-uniform candidates with the logQ
   correction, accidental hits removed; :mod:`zoo.text.softmax`) with ``num_sampled`` candidates.
   Evaluation always uses the exact full softmax, computed in vocabulary blocks (:func:`chunked_nll`),
@@ -30,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import SumMetric
 
@@ -39,6 +44,8 @@ from zoo.text.softmax import LogUniformSampler, chunked_nll, sampled_softmax_nll
 
 SOFTMAXES = ("full", "sampled")
 STAGES = ("fit", "val", "test")
+#: checkpoint entry holding the training state carried to the next batch (resume mid-epoch)
+CARRIED_STATE_KEY = "lm_carried_state"
 
 
 class VocabularyMismatchError(ValueError):
@@ -125,6 +132,11 @@ class LanguageModel(pl.LightningModule):
         hparams = checkpoint.setdefault("hyper_parameters", {})
         hparams["vocabulary"] = self.vocabulary
         hparams["level"] = self.level
+        state = self._state["fit"]
+        if state is not None and self._trainer is not None:
+            # every process's carried state (the checkpoint is written by rank 0 only): (world, L, B, H)
+            gathered = [self.all_gather(s) if self.trainer.world_size > 1 else s.unsqueeze(0) for s in state]
+            checkpoint[CARRIED_STATE_KEY] = [s.cpu() for s in gathered]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.get("hyper_parameters", {})
@@ -132,6 +144,16 @@ class LanguageModel(pl.LightningModule):
             raise VocabularyMismatchError("the checkpoint has no vocabulary; it was not written by LanguageModel")
         self.attach_vocabulary(hparams["vocabulary"], "checkpoint")
         self.level = hparams.get("level", self.level)
+        self._state["fit"] = None
+        saved = checkpoint.get(CARRIED_STATE_KEY)
+        if saved is not None and self._trainer is not None:
+            if saved[0].shape[0] != self.trainer.world_size:
+                rank_zero_warn(
+                    f"the checkpoint's carried hidden state is from {saved[0].shape[0]} processes, this run has "
+                    f"{self.trainer.world_size}: resuming mid-epoch from a zero state"
+                )
+            else:
+                self._state["fit"] = tuple(s[self.global_rank] for s in saved)
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
@@ -141,7 +163,7 @@ class LanguageModel(pl.LightningModule):
         state = self._state[stage]
         if batch_idx == 0 or state is None or state[0].shape[1] != batch_size:
             return None  # zeros: the start of an epoch / evaluation run
-        return state
+        return tuple(s.to(self.device) for s in state)  # (a no-op except after a resume)
 
     def _nll(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor:
         inputs, targets = batch["inputs"], batch["targets"]
