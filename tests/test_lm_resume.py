@@ -100,3 +100,21 @@ def test_bnlstm_language_model_resumes_mid_epoch_after_kill(tmp_path: Path) -> N
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in expected["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
+
+
+def test_streamed_windows_restore_position(tmp_path: Path) -> None:
+    """The streamed corpus (One Billion Word) resumes by reading and dropping the consumed windows."""
+    from zoo.datamodules.text import StreamingBPTTBatches, Vocabulary
+
+    path = tmp_path / "news.en-00001-of-00100"
+    path.write_text("".join(f"line {i} of the stream\n" for i in range(40)))
+    vocabulary = Vocabulary(["<unk>", "<s>", "</s>", "line", "of", "the", "stream", *map(str, range(40))])
+    dataset = StreamingBPTTBatches([path], vocabulary, "word", batch_size=2, bptt=5)
+    full = [b["inputs"] for b in ResumableWindows(dataset)]
+    loader = ResumableWindows(dataset)
+    loader.load_state_dict({"batches": 7, "epoch_done": 0})
+    rest = [b["inputs"] for b in loader]
+    assert len(full) > 10 and len(rest) == len(full) - 7
+    assert all(torch.equal(a, b) for a, b in zip(rest, full[7:]))
+    loader.load_state_dict(loader.state_dict())  # saved after the last window: the next epoch starts at 0
+    assert len(list(loader)) == len(full)
