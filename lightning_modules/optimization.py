@@ -32,12 +32,14 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def parameter_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, weight_decay: float | None = None,
+                     decay_biases: bool = False) -> list[dict[str, Any]]:
     """Split parameters into decayed weights and undecayed biases / normalisation parameters.
 
     The second group is marked ``exclude_from_layer_adaptation=True`` and ``weight_decay=0``;
     layer-wise optimizers (LARS) honour the flag. ``weight_decay=None`` keeps the optimizer's default
-    for the first group.
+    for the first group. ``decay_biases=True`` keeps the flag but leaves the second group the
+    optimizer's (or ``weight_decay``'s) decay, i.e. every parameter is decayed as ``torch.optim`` does.
     """
     decay, no_decay = [], []
     seen: set[int] = set()
@@ -55,7 +57,12 @@ def parameter_groups(model: nn.Module, weight_decay: float | None = None) -> lis
         first["weight_decay"] = weight_decay
     groups = [first]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "exclude_from_layer_adaptation": True})
+        second: dict[str, Any] = {"params": no_decay, "exclude_from_layer_adaptation": True}
+        if not decay_biases:
+            second["weight_decay"] = 0.0
+        elif weight_decay is not None:
+            second["weight_decay"] = weight_decay
+        groups.append(second)
     return groups
 
 
@@ -63,10 +70,11 @@ def configure_optimizers(
     model: nn.Module,
     optimizer: OptimizerCallable,
     lr_scheduler: LRSchedulerCallable | None = None,
+    decay_biases: bool = False,
 ) -> Any:
     """What ``LightningModule.configure_optimizers`` returns: the optimizer over
-    :func:`parameter_groups` and, if given, a per-step schedule."""
-    opt = optimizer(parameter_groups(model))
+    :func:`parameter_groups` (``decay_biases`` passed on) and, if given, a per-step schedule."""
+    opt = optimizer(parameter_groups(model, decay_biases=decay_biases))
     if lr_scheduler is None:
         return opt
     scheduler: LRScheduler = lr_scheduler(opt)

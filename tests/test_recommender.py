@@ -92,6 +92,29 @@ def test_refeeding_takes_extra_steps_with_the_right_targets(refeed_steps, refeed
         assert not torch.allclose(plain.net.encoder_weights[0], module.net.encoder_weights[0])
 
 
+@pytest.mark.parametrize("decay_biases", [False, True])
+def test_weight_decay_reaches_biases_only_with_decay_biases(decay_biases):
+    """Two Adam steps with L2 weight decay, by hand: every parameter decayed (``decay_biases``, as
+    ``torch.optim.Adam(net.parameters())`` does) or only the weight matrices."""
+    x = sparse_batch()
+    module = tiny_module()
+    module.hparams.decay_biases = decay_biases
+    module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=0.5)
+    reference = copy.deepcopy(module.net)
+    trainer(max_epochs=2).fit(module, train_dataloaders=DataLoader([{"inputs": x}], batch_size=None))
+    weights = [p for p in reference.parameters() if p.ndim == 2]
+    biases = [p for p in reference.parameters() if p.ndim == 1]
+    opt = torch.optim.Adam([{"params": weights}, {"params": biases, "weight_decay": 0.5 if decay_biases else 0.0}],
+                           lr=0.01, weight_decay=0.5)
+    for _ in range(2):
+        loss = masked_mse(reference(x), x)
+        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+    for got, want in zip(module.net.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want)
+    groups = module.optimizers().optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.5 if decay_biases else 0.0]
+
+
 def test_rmse_is_corpus_level_and_clamped():
     module = tiny_module()
     # one user with 1 target, one batch with many: corpus RMSE != mean of per-batch RMSEs
