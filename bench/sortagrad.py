@@ -2,6 +2,7 @@
 
     python bench/sortagrad.py [--seeds 0 1 2] [--steps 200] [--batch-size 16] [--train-utterances 1600]
                               [--log-every 25] [--json results.json]
+    python bench/sortagrad.py --report a.json [b.json ...]  # the table of earlier (possibly partial) runs
 
 Each seed trains ``ds2-demo`` (the ``configs/ds2_demo.yaml`` model, optimizer and augmentation:
 Adam 2e-3, linear warm-up then cosine decay over the run, gradient norm clipped to 400) for a
@@ -104,6 +105,8 @@ def run_arm(seed: int, sortagrad: bool, args: argparse.Namespace, train: Path, v
 
 
 def mean_std(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
@@ -137,8 +140,20 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--json", type=Path, help="also write the per-run results here")
+    parser.add_argument("--json", type=Path, help="also write the per-run results here (after every run)")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the table of results saved by --json "
+                        "(several files: runs of other seeds with the same settings)")
     args = parser.parse_args()
+    if args.report:
+        saved = [json.loads(path.read_text()) for path in args.report]
+        settings = {json.dumps({k: v for k, v in s["args"].items() if k not in ("seeds", "json", "report")}) for s in saved}
+        if len(settings) > 1:
+            raise ValueError(f"--report: the files were run with different settings: {sorted(settings)}")
+        results = [r for s in saved for r in s["results"]]
+        args.steps, args.batch_size, args.log_every = (int(saved[0]["args"][k]) for k in ("steps", "batch_size", "log_every"))
+        args.seeds = sorted({r["seed"] for r in results})
+        Console().print(table(results, args))
+        return
     torch.set_num_threads(args.threads)
     corpus = build_corpus(SyntheticCorpusConfig())  # the cached demo corpus
     console = Console()
