@@ -1,5 +1,5 @@
-"""Jasper benchmarks: training throughput (seconds of audio per wall second), eager vs torch.compile,
-for the demo model and one step of jasper-10x5dr at batch 2; inference real-time factor of the demo
+"""Jasper benchmarks: training throughput (seconds of audio per wall second), eager fp32 vs
+torch.compile vs bf16 autocast (what ``precision: bf16-mixed`` does on a CPU), for the demo model and one step of jasper-10x5dr at batch 2; inference real-time factor of the demo
 model with batch norm folded into the convolutions vs unfolded (same outputs to 1e-5).
 
     python bench/jasper.py [--steps 5] [--skip-big] [--no-compile] [--no-big-compile]
@@ -25,7 +25,8 @@ from zoo.speech.features import Featurizer, FeaturizerConfig
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
-def train_throughput(model: torch.nn.Module, batch: int, seconds: float, steps: int, compiled: bool) -> tuple[float, float]:
+def train_throughput(model: torch.nn.Module, batch: int, seconds: float, steps: int, compiled: bool,
+                     bf16: bool = False) -> tuple[float, float]:
     """(audio seconds per wall second over `steps` timed steps, seconds of the first (warm-up/compile) step)."""
     torch.manual_seed(0)
     frames = int(seconds * FRAMES_PER_SECOND)
@@ -38,7 +39,8 @@ def train_throughput(model: torch.nn.Module, batch: int, seconds: float, steps: 
     model.train()
 
     def step() -> None:
-        logits, out_lengths = forward(features, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, out_lengths = forward(features, lengths)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)
         loss = torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths, zero_infinity=True)
         optimizer.zero_grad(set_to_none=True)
@@ -81,7 +83,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="demo-model training batch")
     parser.add_argument("--seconds", type=float, default=3.0, help="utterance length (s) of the longest in a batch")
     parser.add_argument("--skip-big", action="store_true", help="skip jasper-10x5dr")
-    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--no-compile", action="store_true", help="no torch.compile rows")
+    parser.add_argument("--no-bf16", action="store_true", help="no bf16 autocast rows")
     parser.add_argument("--no-big-compile", action="store_true", help="jasper-10x5dr eager only (compiling it takes long on CPU)")
     args = parser.parse_args()
     console = Console()
@@ -102,6 +105,10 @@ def main() -> None:
             compiled, first = train_throughput(zoo.create(name), batch, seconds, steps, compiled=True)
             table.add_row(name, str(batch), "torch.compile", f"{compiled:.1f}", f"{first:.1f}", f"{compiled / eager:.2f}")
             console.print(f"{name} batch {batch} torch.compile: {compiled:.1f} audio s/s (first step incl. compile {first:.1f} s)")
+        if not args.no_bf16:
+            bf16, first = train_throughput(zoo.create(name), batch, seconds, steps, compiled=False, bf16=True)
+            table.add_row(name, str(batch), "bf16 autocast", f"{bf16:.1f}", f"{first:.1f}", f"{bf16 / eager:.2f}")
+            console.print(f"{name} batch {batch} bf16 autocast: {bf16:.1f} audio s/s")
         del eager_model
     console.print(table)
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer, ctc_feasible
-from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
+from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode, tune_beam_search
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.ngram import KneserNeyLM, build_arpa
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
@@ -154,6 +154,45 @@ def test_lexicon_free_beam_search_agrees_with_greedy_on_peaked_emissions():
     log_probs = torch.nn.functional.one_hot(torch.tensor([frames]), tok.vocab_size).float().mul(20).log_softmax(-1)
     decoder = BeamSearchDecoder(tok.labels, BeamSearchConfig(beam_size=5))
     assert decoder(log_probs, torch.tensor([len(frames)])) == ["go left"]
+
+
+def _spelled_emissions(tok: CharTokenizer, text: str, soft: dict[int, tuple[str, float]]) -> torch.Tensor:
+    """(1, 2L, V) log-probs: each character of ``text`` then a blank frame; at character position
+    ``i`` in ``soft`` the frame instead puts ``p`` on ``text[i]`` and ``1 - p`` on another character."""
+    frames = []
+    for i, c in enumerate(text):
+        row = torch.full((tok.vocab_size,), 1e-4)
+        if i in soft:
+            other, p = soft[i]
+            row[tok.labels.index(c)], row[tok.labels.index(other)] = p, 1 - p
+        else:
+            row[tok.labels.index(c)] = 1.0
+        blank = torch.full((tok.vocab_size,), 1e-4)
+        blank[tok.blank] = 1.0
+        frames += [row, blank]
+    return torch.stack(frames)[None].div(torch.stack(frames).sum(-1, keepdim=True)).log()
+
+
+def test_tune_beam_search_picks_the_lm_weight_that_fixes_an_acoustic_confusion(tmp_path):
+    tok = CharTokenizer()
+    words = tmp_path / "words.txt"
+    words.write_text("go\nleft\nlift\n")
+    lm = build_arpa(["go left"] * 20 + ["go lift"], tmp_path / "lm.arpa", order=2)
+    # the acoustics favour "lift" (i 0.6 vs e 0.4); the LM strongly prefers "left"
+    emissions = [(_spelled_emissions(tok, "go lift", {4: ("e", 0.6)}), torch.tensor([14]))]
+    references = ["go left"]
+    base = BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=10)
+    best, trials = tune_beam_search(emissions, references, tok.labels, base, lm_weights=(0.0, 4.0), word_scores=(0.0,),
+                                    blank=tok.blank)
+    assert [(t.lm_weight, t.word_score) for t in trials] == [(0.0, 0.0), (4.0, 0.0)]
+    for trial in trials:  # each trial's WER is jiwer's on that configuration's decoding
+        decoder = BeamSearchDecoder(tok.labels, BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=10,
+                                                                 lm_weight=trial.lm_weight), tok.blank)
+        assert trial.wer == pytest.approx(jiwer.wer(references, decoder(*emissions[0])))
+    assert [t.wer for t in trials] == [0.5, 0.0]
+    assert (best.lm_weight, best.word_score, best.lexicon, best.beam_size) == (4.0, 0.0, str(words), 10)
+    with pytest.raises(ValueError, match="differ in number"):
+        tune_beam_search(emissions, references * 2, tok.labels, base)
 
 
 def test_ctc_loss_is_fp32_under_bf16_autocast(trained):

@@ -533,3 +533,59 @@ def test_sampler_reads_rank_and_world_size_from_torch_distributed(monkeypatch, w
             sampler.set_epoch(epoch)
             expected.set_epoch(epoch)
             assert list(sampler) == list(expected) and len(sampler) == len(expected)
+
+
+# ---------------------------------------------------------------- cached features
+
+
+def _no_waveform_aug(**kwargs) -> AugmentationConfig:
+    return AugmentationConfig(speed_prob=0, pitch_prob=0, eq_prob=0, reverb_prob=0, noise_prob=0, **kwargs)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_cached_features_equal_computed_ones(tmp_path, workers):
+    manifest = _corpus(tmp_path, SPECS[:4], "train.json")
+    plain = SpeechDataModule(val_manifests=[str(manifest)], num_workers=0, batch_size=4)
+    cached = SpeechDataModule(val_manifests=[str(manifest)], num_workers=workers, batch_size=4, cache_features=True)
+    (expected,) = list(plain.val_dataloader())
+    for _ in range(2):  # the second epoch reuses the cache
+        (batch,) = list(cached.val_dataloader())
+        assert batch["ids"] == expected["ids"]
+        assert torch.equal(batch["feature_lengths"], expected["feature_lengths"])
+        assert torch.allclose(batch["features"], expected["features"], atol=1e-6)
+    assert list(cached._feature_cache) == ["val"]
+
+
+def test_cached_training_features_get_fresh_feature_augmentation_each_epoch(tmp_path):
+    manifest = _corpus(tmp_path, SPECS[:4], "train.json")
+    aug = _no_waveform_aug(stretch_prob=1.0, stretch_min=0.8, stretch_max=1.25, warp_prob=1.0, spec_augment_prob=0,
+                           cutout_prob=0)
+    dm = SpeechDataModule(train_manifests=[str(manifest)], num_workers=0, batch_size=4, cache_features=True,
+                          augmentation=aug, seed=3)
+    loader = dm.train_dataloader()
+    torch.manual_seed(0)
+    first = {i: n for b in loader for i, n in zip(b["ids"], b["feature_lengths"].tolist())}
+    second = {i: n for b in loader for i, n in zip(b["ids"], b["feature_lengths"].tolist())}
+    frames = {i: f.shape[-1] for i, f in zip((u.audio_filepath for u in dm.data["train"].utterances),
+                                              dm._feature_cache["train"])}
+    assert first != second  # the stretch factor is drawn per item and epoch, not cached
+    for lengths in (first, second):
+        assert all(round(frames[i] / 1.25) <= n <= round(frames[i] / 0.8) for i, n in lengths.items())
+
+
+def test_cache_features_refuses_waveform_augmentation_and_keeps_skip_bad(tmp_path):
+    manifest = _corpus(tmp_path, SPECS[:3], "train.json")
+    dm = SpeechDataModule(train_manifests=[str(manifest)], num_workers=0, cache_features=True,
+                          augmentation=AugmentationConfig(speed_prob=1.0))
+    with pytest.raises(ValueError, match="cache_features needs the waveform augmentations off"):
+        dm.train_dataloader()
+    bad = _corpus(tmp_path / "bad", [(0.3, "good one"), (0.3, "good two"), (0.3, "good three")])
+    (tmp_path / "bad" / "audio" / "manifest.json-1.wav").write_bytes(b"RIFF" + b"\x00" * 64)
+    dm = SpeechDataModule(val_manifests=[str(bad)], num_workers=0, audio_check="exists", cache_features=True)
+    with pytest.raises(ManifestError, match=f"{bad}:2: .*cannot decode"):
+        dm.val_dataloader()
+    dm = SpeechDataModule(val_manifests=[str(bad)], num_workers=0, audio_check="exists", cache_features=True,
+                          skip_bad=True, batch_size=4)
+    loader = dm.val_dataloader()
+    assert [b["texts"] for b in loader] == [["good one", "good three"]]
+    assert len(loader.skipped) == 1 and f"{bad}:2:" in loader.skipped[0]

@@ -248,11 +248,13 @@ from zoo.speech.augment import (  # noqa: E402
     WaveformAugmentation,
     add_noise_at_snr,
     coloured_noise,
+    frequency_warp,
     pitch_shift,
     reverberate,
     room_impulse_response,
     spec_cutout,
     speed_perturb,
+    time_stretch,
 )
 
 
@@ -359,3 +361,26 @@ def test_featurizer_is_stateless_and_float32_under_autocast():
     assert features.dtype == torch.float32
     torch.testing.assert_close(features, featurizer(x.bfloat16().float(), lens)[0])
     assert reference.dtype == torch.float32
+
+
+def test_time_stretch_is_linear_interpolation_in_time():
+    features = torch.randn(5, 101, dtype=torch.float64)
+    for factor in (0.8, 1.0, 1.1, 1.37):
+        out = time_stretch(features, factor)
+        frames = round(101 / factor)
+        assert out.shape == (5, frames)
+        grid = np.linspace(0, 100, frames)  # the first and last frames stay put
+        expected = np.stack([np.interp(grid, np.arange(101), row) for row in features.numpy()])
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
+
+
+def test_frequency_warp_moves_content_by_alpha():
+    features = torch.randn(64, 7, dtype=torch.float64)
+    assert torch.equal(frequency_warp(features, 1.0), features)
+    for alpha in (0.9, 1.13):
+        source = np.minimum(np.arange(64) / alpha, 63)  # out[k] = in[k / alpha], edge bin repeated
+        expected = np.stack([np.interp(source, np.arange(64), col) for col in features.numpy().T], axis=1)
+        np.testing.assert_allclose(frequency_warp(features, alpha).numpy(), expected, atol=1e-12)
+    peak = torch.zeros(64, 1)
+    peak[20] = 1.0
+    assert int(frequency_warp(peak, 1.1).argmax()) == 22  # a formant at bin 20 moves up to 20 * 1.1

@@ -11,6 +11,7 @@ and ``results.json``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytorch_lightning as pl
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from zoo.speech.decoding import BeamSearchConfig
 
 RECIPES = {"commands": "jasper_demo.yaml", "english": "jasper_english.yaml"}
 
@@ -115,17 +118,38 @@ def language_model_files(datamodule, output: Path) -> tuple[Path, Path]:
     return words, build_arpa(texts, output / "words.arpa", order=3)
 
 
-def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path) -> dict[str, float]:
-    """Greedy and beam-search (lexicon + 3-gram LM) WER/CER on the held-out test voices."""
+def validation_emissions(module, datamodule) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]:
+    """The model's log-probabilities on the validation set, computed once: ([(log_probs, lengths)], texts)."""
+    module.eval()
+    emissions, references = [], []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            emissions.append(module(batch["features"], batch["feature_lengths"]))
+            references += batch["texts"]
+    return emissions, references
+
+
+def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path,
+             console: Console | None = None) -> tuple[dict[str, float], BeamSearchConfig]:
+    """Greedy and beam-search (lexicon + 3-gram LM) WER/CER on the held-out test voices; the beam
+    search's LM weight and word score are chosen on the validation voices first."""
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
-    from zoo.speech.decoding import BeamSearchConfig
+    from zoo.speech.decoding import tune_beam_search
 
     module = CTCSpeechRecognizer.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    module.set_beam_search(BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=50, lm_weight=0.5))
+    emissions, references = validation_emissions(module, datamodule)
+    base = BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=50)
+    tokenizer = module.tokenizer
+    config, trials = tune_beam_search(emissions, references, tokenizer.labels, base, blank=tokenizer.blank,
+                                      spell=tokenizer.segment)
+    if console is not None:
+        console.print(f"beam search tuned on the validation voices: lm_weight {config.lm_weight}, word_score "
+                      f"{config.word_score} (val WER {100 * min(t.wer for t in trials):.2f} %, {len(trials)} settings)")
+    module.set_beam_search(config)
     tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     metrics = tester.test(module, datamodule=datamodule, verbose=False)[0]
-    return {k: float(v) for k, v in metrics.items()}
+    return {k: float(v) for k, v in metrics.items()}, config
 
 
 def results_table(metrics: dict[str, float], minutes: float, title: str) -> Table:
@@ -134,7 +158,7 @@ def results_table(metrics: dict[str, float], minutes: float, title: str) -> Tabl
         table.add_column(column, justify="left" if column == "decoding" else "right")
     table.add_row("greedy", f"{100 * metrics['test/wer']:.2f}", f"{100 * metrics['test/cer']:.2f}")
     if "test/wer_beam" in metrics:
-        table.add_row("beam (lexicon + 3-gram LM)", f"{100 * metrics['test/wer_beam']:.2f}",
+        table.add_row("beam (lexicon + 3-gram LM, weights tuned on val)", f"{100 * metrics['test/wer_beam']:.2f}",
                       f"{100 * metrics['test/cer_beam']:.2f}")
     table.caption = f"held-out voices and sentences; {minutes:.1f} min of training"
     return table
@@ -177,13 +201,14 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     checkpoint = best_checkpoint(trainer, output)
     console.print(f"checkpoint: {checkpoint}")
     words, arpa = language_model_files(datamodule, output)
-    metrics = evaluate(checkpoint, datamodule, words, arpa)
+    metrics, beam = evaluate(checkpoint, datamodule, words, arpa, console)
     console.print(results_table(metrics, minutes, f"Jasper demo ({text}): test WER/CER"))
     curve_path = write_curve(curve.rows, output)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
     exported = export_and_transcribe(checkpoint, datamodule, output, console)
     results = {"recipe": str(recipe_path(text)), "train_minutes": minutes, "checkpoint": str(checkpoint),
-               "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows, **exported}
+               "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
+               "beam_search": dataclasses.asdict(beam), **exported}
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return 0

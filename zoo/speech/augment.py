@@ -17,7 +17,14 @@ on the waveform (in this order, as a signal passes voice -> room -> microphone):
   * additive white or pink noise at a uniform random SNR in dB
     (``torchaudio.functional.add_noise``: SNR = 10 log10(P_signal / P_noise)).
 
-on the features (B = 1 utterance, normalised, so 0 is the mean):
+on the features (B = 1 utterance, normalised, so 0 is the mean), cheap enough to apply to features
+cached once per utterance (``SpeechDataModule(cache_features=True)``):
+  * time stretch: linear interpolation along time by a factor in [stretch_min, stretch_max]
+    (tempo changes at constant pitch, like sox ``tempo``; ``T' = round(T / factor)``);
+  * frequency warp (VTLP-like, Jaitly & Hinton 2013): the feature axis resampled by a factor
+    ``alpha`` in [1 - warp_max, 1 + warp_max] around the lowest bin, ``F'[k] = F[k / alpha]``
+    (linear interpolation, edge bin repeated), which moves formants and harmonics as a
+    different vocal-tract length would;
   * SpecAugment (Park et al. 2019): ``freq_masks`` frequency bands of width < ``freq_mask_width``
     and ``time_masks`` time spans of width < ``time_mask_width`` (and at most
     ``time_mask_ratio`` of the utterance), via torchaudio ``FrequencyMasking``/``TimeMasking``;
@@ -42,6 +49,8 @@ class AugmentationConfig:
 
     ``enabled=False`` switches every augmentation off. Defaults suit the synthetic espeak-ng
     corpus: moderate speed/pitch/EQ changes, some rooms and noise, standard SpecAugment.
+    EQ is left out when features are normalised per feature (the default): a fixed gain per
+    frequency band is a constant per log-mel bin, which that normalisation removes.
     """
 
     enabled: bool = True
@@ -64,6 +73,11 @@ class AugmentationConfig:
     snr_max_db: float = 40.0
     pink_noise_prob: float = 0.5
     # features
+    stretch_prob: float = 0.0
+    stretch_min: float = 0.9
+    stretch_max: float = 1.1
+    warp_prob: float = 0.0
+    warp_max: float = 0.1
     spec_augment_prob: float = 1.0
     freq_masks: int = 2
     freq_mask_width: int = 15
@@ -193,12 +207,38 @@ def spec_cutout(features: Tensor, rects: int, max_time: int, max_freq: int) -> T
     return features.masked_fill(mask, 0.0)
 
 
+def time_stretch(features: Tensor, factor: float) -> Tensor:
+    """Play ``factor`` times faster by linear interpolation along time. (F, T) -> (F, max(1, round(T / factor)))."""
+    num_frames = features.shape[-1]
+    target = max(1, round(num_frames / factor))
+    if target == num_frames or num_frames < 2:
+        return features
+    return torch.nn.functional.interpolate(features[None], size=target, mode="linear", align_corners=True)[0]
+
+
+def frequency_warp(features: Tensor, alpha: float) -> Tensor:
+    """``out[k] = features[k / alpha]`` along the feature axis (linear interpolation, clamped to the
+    last bin): alpha > 1 moves spectral content up, as a shorter vocal tract does. (F, T) -> (F, T)."""
+    num_features = features.shape[-2]
+    source = (torch.arange(num_features, dtype=features.dtype) / alpha).clamp(max=num_features - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=num_features - 1)
+    weight = (source - low.to(features.dtype))[:, None]
+    return features[low] * (1 - weight) + features[high] * weight
+
+
 class WaveformAugmentation:
     """Random waveform perturbations for one utterance: ``(S,) -> (S',)`` (speed changes S)."""
 
     def __init__(self, config: AugmentationConfig, sample_rate: int = 16000):
         self.config = config
         self.sample_rate = sample_rate
+
+    @staticmethod
+    def active(config: AugmentationConfig) -> bool:
+        """Whether ``config`` perturbs waveforms at all (else features can be computed once and cached)."""
+        probs = (config.speed_prob, config.pitch_prob, config.eq_prob, config.reverb_prob, config.noise_prob)
+        return config.enabled and any(p > 0 for p in probs)
 
     def __call__(self, waveform: Tensor) -> Tensor:
         cfg = self.config
@@ -220,7 +260,8 @@ class WaveformAugmentation:
 
 
 class FeatureAugmentation:
-    """SpecAugment + SpecCutout for one utterance's features: ``(F, T) -> (F, T)``."""
+    """Time stretch, frequency warp, SpecAugment and SpecCutout for one utterance's features:
+    ``(F, T) -> (F, T')`` (only the time stretch changes T)."""
 
     def __init__(self, config: AugmentationConfig):
         self.config = config
@@ -231,6 +272,10 @@ class FeatureAugmentation:
         cfg = self.config
         if not cfg.enabled:
             return features
+        if _chance(cfg.stretch_prob):
+            features = time_stretch(features, _uniform(cfg.stretch_min, cfg.stretch_max))
+        if _chance(cfg.warp_prob):
+            features = frequency_warp(features, _uniform(1 - cfg.warp_max, 1 + cfg.warp_max))
         if _chance(cfg.spec_augment_prob):
             for _ in range(cfg.freq_masks):
                 features = self.freq_masking(features)

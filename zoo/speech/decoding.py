@@ -4,7 +4,8 @@ Greedy decoding takes the most likely label per frame, merges repeats and drops 
 (Graves et al. 2006, §3.2 best-path decoding). Beam search uses torchaudio's flashlight-based
 ``ctc_decoder``: with a lexicon (the words of the training text) the hypotheses are restricted to
 those words and scored by an optional word n-gram LM; without a lexicon it spells freely, optionally
-guided by a character n-gram LM (ARPA files from :mod:`zoo.speech.ngram`).
+guided by a character n-gram LM (ARPA files from :mod:`zoo.speech.ngram`). The LM weight and
+the word insertion score are tuned on held-out data with :func:`tune_beam_search`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -136,3 +137,45 @@ class BeamSearchDecoder:
             else:
                 texts.append(" ".join("".join(self.labels[i] for i in best.tokens.tolist()).split()))
         return texts
+
+
+@dataclass
+class BeamSearchTrial:
+    """One grid point of :func:`tune_beam_search` and its word error rate."""
+
+    lm_weight: float
+    word_score: float
+    wer: float
+
+
+def tune_beam_search(
+    emissions: Sequence[tuple[Tensor, Tensor]],
+    references: Sequence[str],
+    labels: Sequence[str],
+    config: BeamSearchConfig,
+    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
+    word_scores: Sequence[float] = (-1.0, 0.0, 1.0, 2.0),
+    blank: int = 0,
+    spell: Callable[[str], Sequence[str]] = list,
+) -> tuple[BeamSearchConfig, list[BeamSearchTrial]]:
+    """Grid search of ``lm_weight`` x ``word_score`` minimising corpus WER on held-out data.
+
+    Args:
+        emissions: ``(log_probs (B, T, V), lengths (B,))`` batches, computed once by the caller.
+        references: the transcripts of all utterances, in batch order.
+        config: every other setting (lexicon, LM, beam size).
+    Returns:
+        ``config`` with the best pair (ties: the first in grid order) and every trial.
+    """
+    from torchmetrics.functional.text import word_error_rate
+
+    if sum(int(lengths.numel()) for _, lengths in emissions) != len(references):
+        raise ValueError("tune_beam_search: the emissions and the references differ in number of utterances")
+    trials = []
+    for lm_weight in lm_weights:
+        for word_score in word_scores:
+            decoder = BeamSearchDecoder(labels, replace(config, lm_weight=lm_weight, word_score=word_score), blank, spell)
+            hypotheses = [text for log_probs, lengths in emissions for text in decoder(log_probs, lengths)]
+            trials.append(BeamSearchTrial(lm_weight, word_score, float(word_error_rate(hypotheses, list(references)))))
+    best = min(trials, key=lambda t: t.wer)
+    return replace(config, lm_weight=best.lm_weight, word_score=best.word_score), trials
