@@ -13,17 +13,19 @@ statistics of slot ``start + t`` move by ``momentum`` toward them, unbiased vari
 ``nn.BatchNorm1d``) and the running statistics of slot ``min(start + t, T_max − 1)`` in evaluation.
 Padded rows (``mask == False``) keep the previous state.
 
-Why a hand-written backward: the per-step work is one ``(B, H) × (H, 4H)`` product and ~25 small
-element-wise ops. Recorded by autograd, each op costs a graph node, saved tensors and a backward
-call; here the forward runs without a graph, stores eleven per-step tensors in preallocated
-buffers, and the backward walks the steps in reverse with plain tensor ops (back-propagation
-through time written out), deferring every weight gradient to one large product or reduction
-over all steps (``∂L/∂W_h = Σ_t ∂L/∂a_tᵀ h_{t−1}`` as a single ``(4H, T·B) × (T·B, H)`` product).
+Why a hand-written backward: the per-step work is one ``(B, H) × (H, 4H)`` product and a dozen
+small element-wise ops. Recorded by autograd, each op costs a graph node, saved tensors and a
+backward call; here the forward runs without a graph, writes the per-step values the backward needs
+into preallocated buffers, and the backward walks the steps in reverse with plain tensor ops
+(back-propagation through time written out), deferring every weight gradient to one large product
+or reduction over all steps (``∂L/∂W_h = Σ_t ∂L/∂a_tᵀ h_{t−1}`` as a single ``(4H, T·B) × (T·B, H)``
+product). Each batch norm is one fused ``native_batch_norm`` call forward (statistics, normalisation,
+γ, β and the running-statistics update) and one ``native_batch_norm_backward`` call backward,
+except in training with padding, where the statistics over the real rows are computed here::
 
-Backward of ``y = γ (a − μ) / σ`` over the ``n`` rows with weight ``m_b ∈ {0, 1}``, ``x̂ = (a − μ) / σ``
-(training; in evaluation μ and σ are constants and only the first term remains)::
+    ∂L/∂a_b = γ/σ [ g_b − (m_b / n) Σ_j m_j g_j − (m_b / n) x̂_b Σ_j m_j g_j x̂_j ],   g = ∂L/∂y,
 
-    ∂L/∂a_b = (1/σ) [ g_b − (m_b / n) Σ_j m_j g_j − (m_b / n) x̂_b Σ_j m_j g_j x̂_j ],   g = γ ∂L/∂y
+with ``x̂ = (a − μ) / σ`` and ``m_b ∈ {0, 1}`` marking the ``n`` real rows.
 """
 
 from __future__ import annotations
@@ -34,49 +36,49 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+native_batch_norm_backward = torch.ops.aten.native_batch_norm_backward
+tanh_backward = torch.ops.aten.tanh_backward
+sigmoid_backward = torch.ops.aten.sigmoid_backward
 
-def _center(
-    a: Tensor, m: Tensor | None, n: Tensor | float, eps: float, sums: Tensor, squares: Tensor, out: Tensor
-) -> Tensor:
-    """Centre ``a: (B, F)`` on its batch mean over the ``n`` rows with ``m: (B, 1)`` = 1 (all rows if None).
 
-    Writes ``a − μ`` to ``out``, ``Σ m a`` to ``sums`` and ``Σ m (a − μ)²`` to ``squares`` (both ``(F,)``);
-    returns ``1/σ`` (a step without rows: σ = 1). Sums over dim 0, not ``torch.var_mean``, which is
-    ~100× slower on CPU for this layout.
+def _norm_forward(
+    a: Tensor, m: Tensor | None, n: Tensor | None, gamma: Tensor, beta: Tensor | None,
+    run_mean: Tensor, run_var: Tensor, training: bool, momentum: float, eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``BN(a; γ, β)`` of one step ``a: (B, F)``, ``m: (B, 1)`` real rows (``n`` of them) or None.
+
+    Returns ``y`` and, in training, the batch mean and ``1/σ`` (the running statistics, views of
+    the step's slot, move toward the batch ones in place); in evaluation those two are empty.
     """
-    if m is None:
-        torch.sum(a, 0, out=sums)
-        centered = torch.add(a, sums, alpha=-1.0 / n, out=out)
-        torch.linalg.vecdot(centered, centered, dim=0, out=squares)
-        return squares.div(n).add_(eps).rsqrt_()
+    if m is None or not training:
+        return torch.native_batch_norm(a, gamma, beta, run_mean, run_var, training, momentum, eps)
     safe = n.clamp(min=1)
-    torch.sum(a * m, 0, out=sums)
-    centered = torch.sub(a, sums / safe, out=out)
-    torch.linalg.vecdot(centered * m, centered, dim=0, out=squares)
-    return torch.where(n > 0, squares / safe, 1.0).add_(eps).rsqrt_()
+    mean = (a * m).sum(0).div_(safe)
+    centered = a - mean
+    squares = (centered * m).square_().sum(0)
+    invstd = torch.where(n > 0, squares / safe, 1.0).add_(eps).rsqrt_()
+    weight = momentum * (n > 0).to(a.dtype)  # a step without real rows leaves the running statistics
+    run_mean.mul_(1 - weight).add_(weight * mean)
+    run_var.mul_(1 - weight).add_(weight * squares / (n - 1).clamp(min=1))  # unbiased, as nn.BatchNorm1d
+    y = centered.mul_(invstd * gamma)
+    return (y if beta is None else y.add_(beta)), mean, invstd
 
 
-def _normalize_backward(
-    grad: Tensor, centered: Tensor, inv: Tensor, gamma: Tensor, m: Tensor | None, n: Tensor | float,
-    training: bool, out: Tensor | None = None,
-) -> Tensor:
-    """``∂L/∂a`` of ``y = γ (a − μ) / σ`` from ``grad = ∂L/∂y`` (module docstring), written to ``out``.
-
-    ``centered = a − μ``, ``inv = 1/σ``; with ``x̂ = centered · inv`` the two batch sums of the
-    docstring become ``Σ m g`` and ``inv · Σ m g (a − μ)``.
-    """
-    scale = gamma * inv
-    if not training:
-        return torch.mul(grad, scale, out=out)
-    if m is None:
-        k = torch.linalg.vecdot(grad, centered, dim=0).mul_(inv * inv / n)
-        shifted = torch.add(grad, grad.sum(0), alpha=-1.0 / n)
-        return torch.mul(shifted.addcmul_(centered, k, value=-1.0), scale, out=out)
+def _norm_backward(
+    grad: Tensor, a: Tensor, m: Tensor | None, n: Tensor | None, gamma: Tensor, mean: Tensor, invstd: Tensor,
+    run_mean: Tensor, run_var: Tensor, training: bool, eps: float, bias: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``∂L/∂a``, ``∂L/∂γ`` and (``bias``) ``∂L/∂β`` of :func:`_norm_forward` from ``grad = ∂L/∂y``."""
+    if m is None or not training:
+        return native_batch_norm_backward(grad, a, gamma, run_mean, run_var, mean, invstd, training, eps, [True, True, bias])
     safe = n.clamp(min=1)
+    xhat = (a - mean).mul_(invstd)
     masked = grad * m
-    k = torch.linalg.vecdot(masked, centered, dim=0).mul_(inv * inv / safe)
-    shift = torch.addcmul(masked.sum(0) / safe, centered, k)
-    return torch.mul(torch.addcmul(grad, m, shift, value=-1.0), scale, out=out)
+    grad_gamma = (masked * xhat).sum(0)
+    grad_beta = masked.sum(0)
+    shift = torch.addcmul(grad_beta / safe, xhat, grad_gamma / safe)
+    grad_a = torch.addcmul(grad, m, shift, value=-1.0).mul_(gamma * invstd)
+    return grad_a, grad_gamma, (grad_beta if bias else None)
 
 
 class BNLSTMRecurrence(torch.autograd.Function):
@@ -101,118 +103,101 @@ class BNLSTMRecurrence(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         steps, batch, four_h = gx.shape
         hidden = four_h // 4
-        mean_h_run, var_h_run, mean_c_run, var_c_run = stats
+        slots = [min(start + t, stats[0].shape[0] - 1) for t in range(steps)]
+        rows = [s.unbind(0) for s in stats]  # running statistics of each slot (views, updated in place)
+        run_h = [(rows[0][s], rows[1][s]) for s in slots]
+        run_c = [(rows[2][s], rows[3][s]) for s in slots]
         new = gx.new_empty
-        # per-step values kept for the backward, written in place
-        out, cells = new(steps, batch, hidden), new(steps, batch, hidden)
-        centered_h, centered_c = new(steps, batch, four_h), new(steps, batch, hidden)
+        # per-step values kept for the backward, written in place (unbind: views without per-step indexing)
+        out, pre_h, c_pre = new(steps, batch, hidden), new(steps, batch, four_h), new(steps, batch, hidden)
+        cells = c_pre if mask is None else new(steps, batch, hidden)  # the state (padded rows keep theirs)
         sig_all, g_all, tc_all = new(steps, batch, 3 * hidden), new(steps, batch, hidden), new(steps, batch, hidden)
-        inv_h, inv_c = new(steps, four_h), new(steps, hidden)
-        sums_h, squares_h, sums_c, squares_c = new(steps, four_h), new(steps, four_h), new(steps, hidden), new(steps, hidden)
+        out_t, pre_t, c_pre_t, cells_t = out.unbind(0), pre_h.unbind(0), c_pre.unbind(0), cells.unbind(0)
+        sig_t, g_t, tc_t, gx_t = sig_all.unbind(0), g_all.unbind(0), tc_all.unbind(0), gx.unbind(0)
         masks = None if mask is None else mask.to(gx.dtype).unsqueeze(-1)  # (T, B, 1)
         counts = None if masks is None else masks.sum(1)  # (T, 1)
-        slots = [min(start + t, mean_h_run.shape[0] - 1) for t in range(steps)]
-        if not training:
-            inv_h.copy_((var_h_run[slots] + eps).rsqrt_())
-            inv_c.copy_((var_c_run[slots] + eps).rsqrt_())
+        moments_h, moments_c = [], []
         weight_t = weight_h.t().contiguous()
         h, c = h0, c0
         for t in range(steps):
             m = None if masks is None else masks[t]
-            n = float(batch) if counts is None else counts[t]
-            a = torch.mm(h, weight_t)
-            if training:
-                inv_h[t] = _center(a, m, n, eps, sums_h[t], squares_h[t], centered_h[t])
-            else:
-                torch.sub(a, mean_h_run[slots[t]], out=centered_h[t])
-            pre = torch.addcmul(gx[t], centered_h[t], gamma_h * inv_h[t])
-            sig = torch.sigmoid(pre[:, : 3 * hidden], out=sig_all[t])
-            g = torch.tanh(pre[:, 3 * hidden :], out=g_all[t])
-            f, i, o = sig[:, :hidden], sig[:, hidden : 2 * hidden], sig[:, 2 * hidden :]
-            c_new = torch.addcmul(f * c, i, g, out=cells[t] if m is None else None)
-            if training:
-                inv_c[t] = _center(c_new, m, n, eps, sums_c[t], squares_c[t], centered_c[t])
-            else:
-                torch.sub(c_new, mean_c_run[slots[t]], out=centered_c[t])
-            tc = torch.addcmul(beta_c, centered_c[t], gamma_c * inv_c[t], out=tc_all[t]).tanh_()
+            n = None if counts is None else counts[t]
+            a = torch.mm(h, weight_t, out=pre_t[t])
+            y, mean, invstd = _norm_forward(a, m, n, gamma_h, None, *run_h[t], training, momentum, eps)
+            moments_h.append((mean, invstd))
+            gates = y.add_(gx_t[t])
+            sig = torch.sigmoid(gates[:, : 3 * hidden], out=sig_t[t])
+            g = torch.tanh(gates[:, 3 * hidden :], out=g_t[t])
+            f, i, o = sig.split(hidden, 1)
+            c_new = torch.addcmul(f * c, i, g, out=c_pre_t[t])
+            y, mean, invstd = _norm_forward(c_new, m, n, gamma_c, beta_c, *run_c[t], training, momentum, eps)
+            moments_c.append((mean, invstd))
+            tc = torch.tanh(y, out=tc_t[t])
             if m is None:
-                torch.mul(o, tc, out=out[t])
+                h, c = torch.mul(o, tc, out=out_t[t]), c_new
             else:  # padded rows keep the previous state
                 keep = m.bool()
-                torch.where(keep, o * tc, h, out=out[t])
-                torch.where(keep, c_new, c, out=cells[t])
-            h, c = out[t], cells[t]
-        if training:
-            count = torch.full((steps, 1), float(batch), dtype=gx.dtype, device=gx.device) if counts is None else counts
-            index = torch.arange(start, start + steps, device=gx.device)
-            _update_running(mean_h_run, var_h_run, index, sums_h, squares_h, count, momentum)
-            _update_running(mean_c_run, var_c_run, index, sums_c, squares_c, count, momentum)
-        ctx.training = training
-        ctx.save_for_backward(h0, c0, weight_h, gamma_h, gamma_c, out, cells, centered_h, centered_c,
-                              sig_all, g_all, tc_all, inv_h, inv_c, masks, counts)
+                h, c = torch.where(keep, o * tc, h, out=out_t[t]), torch.where(keep, c_new, c, out=cells_t[t])
+        ctx.training, ctx.eps, ctx.run_h, ctx.run_c = training, eps, run_h, run_c
+        ctx.moments_h, ctx.moments_c = moments_h, moments_c
+        ctx.save_for_backward(h0, c0, weight_h, gamma_h, gamma_c, out, cells, pre_h, c_pre, sig_all, g_all,
+                              tc_all, masks, counts)
         return out, cells[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
-        (h0, c0, weight_h, gamma_h, gamma_c, out, cells, centered_h, centered_c,
-         sig_all, g_all, tc_all, inv_h, inv_c, masks, counts) = ctx.saved_tensors
-        training = ctx.training
+        (h0, c0, weight_h, gamma_h, gamma_c, out, cells, pre_h, c_pre, sig_all, g_all,
+         tc_all, masks, counts) = ctx.saved_tensors
+        training, eps = ctx.training, ctx.eps
         steps, batch, hidden = out.shape
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         grad_gx = out.new_empty(steps, batch, 4 * hidden)  # ∂L/∂(f̃, ĩ, õ, g̃)
-        grad_a = out.new_empty(steps, batch, 4 * hidden)  # ∂L/∂(W_h h_{t−1})
-        grad_yc = out.new_empty(steps, batch, hidden)  # ∂L/∂BN(c_t)
-        dh = grad_out[-1].clone()
+        grad_a: list[Tensor] = [grad_gx] * steps  # ∂L/∂(W_h h_{t−1}) of every step
+        grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], []
+        grad_gx_t, pre_t, c_pre_t = grad_gx.unbind(0), pre_h.unbind(0), c_pre.unbind(0)
+        sig_t, g_t, tc_t, grad_out_t = sig_all.unbind(0), g_all.unbind(0), tc_all.unbind(0), grad_out.unbind(0)
+        dh = grad_out_t[-1].clone()
         dc = torch.zeros_like(c0) if grad_c_last is None else grad_c_last.clone()
         for t in range(steps - 1, -1, -1):
             m = None if masks is None else masks[t]
-            n = float(batch) if counts is None else counts[t]
+            n = None if counts is None else counts[t]
             if m is not None:  # padded rows: the gradient passes straight to the previous state
                 dh_pass, dc_pass = dh * (1 - m), dc * (1 - m)
                 dh, dc = dh * m, dc * m
-            sig, g, tc = sig_all[t], g_all[t], tc_all[t]
-            f, i, o = sig[:, :hidden], sig[:, hidden : 2 * hidden], sig[:, 2 * hidden :]
-            dgate = grad_gx[t]
-            # h_t = o ⊙ tanh(y_c)
-            torch.mul(dh, tc, out=dgate[:, 2 * hidden : 3 * hidden])
-            dyc = torch.ops.aten.tanh_backward.grad_input(dh * o, tc, grad_input=grad_yc[t])
-            dc += _normalize_backward(dyc, centered_c[t], inv_c[t], gamma_c, m, n, training)
+            sig, g, tc = sig_t[t], g_t[t], tc_t[t]
+            f, i, o = sig.split(hidden, 1)
+            dgate = grad_gx_t[t]
+            d_f, d_i, d_o, d_g = dgate.split(hidden, 1)
+            # h_t = o ⊙ tanh(y_c), y_c = BN(c_t; γ_c, β_c)
+            torch.mul(dh, tc, out=d_o)
+            grad_y = tanh_backward(dh * o, tc)
+            grad_c, d_gamma, d_beta = _norm_backward(grad_y, c_pre_t[t], m, n, gamma_c, *ctx.moments_c[t],
+                                                     *ctx.run_c[t], training, eps, True)
+            dc = grad_c.add_(dc)
+            grad_gamma_c.append(d_gamma)
+            grad_beta_c.append(d_beta)
             # c_t = f ⊙ c_{t−1} + i ⊙ g, through σ and tanh
-            torch.mul(dc, c0 if t == 0 else cells[t - 1], out=dgate[:, :hidden])
-            torch.mul(dc, g, out=dgate[:, hidden : 2 * hidden])
+            torch.mul(dc, c0 if t == 0 else cells[t - 1], out=d_f)
+            torch.mul(dc, g, out=d_i)
             sig_grad = dgate[:, : 3 * hidden]
-            torch.ops.aten.sigmoid_backward.grad_input(sig_grad, sig, grad_input=sig_grad)
-            torch.ops.aten.tanh_backward.grad_input(dc * i, g, grad_input=dgate[:, 3 * hidden :])
+            sigmoid_backward.grad_input(sig_grad, sig, grad_input=sig_grad)
+            tanh_backward.grad_input(dc * i, g, grad_input=d_g)
             dc = dc * f
-            da = _normalize_backward(dgate, centered_h[t], inv_h[t], gamma_h, m, n, training, out=grad_a[t])
-            dh = torch.mm(da, weight_h) if t == 0 else torch.addmm(grad_out[t - 1], da, weight_h)
+            # gates = gx_t + BN(a_t; γ_h, 0), a_t = W_h h_{t−1}
+            grad_a[t], d_gamma, _ = _norm_backward(dgate, pre_t[t], m, n, gamma_h, *ctx.moments_h[t],
+                                                   *ctx.run_h[t], training, eps, False)
+            grad_gamma_h.append(d_gamma)
+            dh = torch.mm(grad_a[t], weight_h) if t == 0 else torch.addmm(grad_out_t[t - 1], grad_a[t], weight_h)
             if m is not None:
                 dh += dh_pass
                 dc += dc_pass
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
         flat = steps * batch
-        grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), h_prev.view(flat, hidden))
-        # ∂L/∂γ = Σ_t Σ_b ∂L/∂y · x̂ with x̂ = (a − μ) / σ
-        grad_gamma_h = (torch.linalg.vecdot(grad_gx, centered_h, dim=1) * inv_h).sum(0)
-        grad_gamma_c = (torch.linalg.vecdot(grad_yc, centered_c, dim=1) * inv_c).sum(0)
-        grad_beta_c = grad_yc.sum((0, 1))
-        return (grad_gx, dh, dc, grad_weight, grad_gamma_h, grad_gamma_c, grad_beta_c,
-                None, None, None, None, None, None)
-
-
-@torch.no_grad()
-def _update_running(
-    mean_run: Tensor, var_run: Tensor, index: Tensor, sums: Tensor, squares: Tensor, count: Tensor, momentum: float
-) -> None:
-    """Running averages of the minibatch mean ``Σ a / n`` and unbiased variance ``Σ (a − μ)² / (n − 1)``
-    of every step (``(T, F)`` sums, ``count: (T, 1)``); steps without rows are skipped."""
-    m = momentum * (count > 0).to(sums.dtype)
-    mean = sums / count.clamp(min=1)
-    unbiased = squares / (count - 1).clamp(min=1)
-    mean_run[index] = (1 - m) * mean_run[index] + m * mean
-    var_run[index] = (1 - m) * var_run[index] + m * unbiased
+        grad_weight = torch.mm(torch.stack(grad_a).view(flat, 4 * hidden).t(), h_prev.view(flat, hidden))
+        return (grad_gx, dh, dc, grad_weight, torch.stack(grad_gamma_h).sum(0), torch.stack(grad_gamma_c).sum(0),
+                torch.stack(grad_beta_c).sum(0), None, None, None, None, None, None)
 
 
 def bn_lstm_recurrence(
