@@ -138,6 +138,12 @@ class CTCSpeechRecognizer(LightningModule):
         if reduction is not None and reduction != self.encoder.time_reduction:
             raise ValueError(f"DataModule time_reduction={reduction} but encoder {self.hparams.encoder} "
                              f"reduces time by {self.encoder.time_reduction}; set data.time_reduction accordingly")
+        theirs = getattr(dm, "tokenizer_config", None)
+        labels = ("alphabet", "bigrams")  # what fixes the target ids
+        if theirs is not None and any(getattr(theirs, k) != getattr(self.tokenizer_config, k) for k in labels):
+            raise ValueError(f"the DataModule's tokenizer (alphabet={theirs.alphabet!r}, bigrams={theirs.bigrams}) "
+                             f"differs from the model's (alphabet={self.tokenizer_config.alphabet!r}, "
+                             f"bigrams={self.tokenizer_config.bigrams}): the targets would not match the outputs")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = checkpoint.get("hyper_parameters", {})

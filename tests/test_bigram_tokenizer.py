@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import soundfile
 import torch
 import yaml
@@ -179,3 +180,14 @@ def test_ds2_paper_recipe_uses_bigrams_at_stride_3(capsys):
     with torch.device("meta"):
         encoder = zoo.create("ds2-paper", bigram_outputs=True)
     assert encoder.time_reduction == data["time_reduction"] == 3 and encoder.num_outputs == BIGRAMS.vocab_size
+
+
+def test_model_and_datamodule_tokenizers_must_agree(tmp_path):
+    manifest = write_manifest(tmp_path, [(1.0, "go left")])
+    data = SpeechDataModule(train_manifests=[str(manifest)], featurizer={"kind": "spectrogram"}, time_reduction=2,
+                            num_workers=0)
+    model = CTCSpeechRecognizer("ds2-tiny", featurizer={"kind": "spectrogram"}, tokenizer={"bigrams": True})
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    with pytest.raises(ValueError, match="differs from the model's"):
+        trainer.fit(model, datamodule=data)
