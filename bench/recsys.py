@@ -4,11 +4,14 @@
    17,768 items, 100M distinct (user, item) ratings; user activity log-normal, item popularity
    Zipf-like, Netflix's rating histogram), chunk by chunk, and reports the RAM it takes (goal <= 4 GB).
 2. Times training of the full-size model (``autorec-netflix-full``: n,512,512,1024,dp .8,512,512,n)
-   with batches densified per step from the CSR matrix, SGD momentum 0.9 (fused), batch 128: users/s and
-   achieved GFLOP/s, next to the GFLOP/s of a plain large matmul measured in the same run
+   with batches densified per step from the CSR matrix, SGD momentum 0.9 (fused): users/s and
+   achieved GFLOP/s for each ``--batch-sizes`` (the paper's is 128), with the share of a step spent
+   densifying, in the loss (forward + backward) and in the optimizer step, next to two references
+   measured in the same run: a plain square 2048^3 matmul, and the very matmuls of one training step
+   (same shapes: forward, weight and input gradients of every layer) timed on their own
    (goal >= 50 %: once a batch is dense the work is dense matmuls).
 
-    python bench/recsys.py [--scale 0.25] [--steps 10] [--threads N]
+    python bench/recsys.py [--scale 0.25] [--steps 10] [--batch-sizes 128 512 1024] [--threads N]
 
 Timings on a shared machine are noisy; both numbers come from the same run so their ratio is the
 meaningful figure.
@@ -86,38 +89,78 @@ def matmul_gflops(size: int = 2048, repeats: int = 7) -> tuple[float, float]:
     return 2 * size**3 / np.median(wall) / 1e9, 2 * size**3 / np.median(cpu) / 1e9
 
 
+def step_matmuls(sizes: tuple[int, ...], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Operand pairs of the matmuls of one training step, as :func:`train_flops_per_user` counts them:
+    per layer (encoder then mirrored decoder) the forward ``x W^T``, the weight gradient ``g^T x`` and,
+    except for the first layer, the input gradient ``g W``; weights stored (out, in) as in the model."""
+    layers = [(i, o) for i, o in zip(sizes, sizes[1:])]
+    layers += [(o, i) for i, o in layers[::-1]]
+    pairs = []
+    for k, (i, o) in enumerate(layers):
+        x, w, g = torch.randn(batch_size, i), torch.randn(o, i), torch.randn(batch_size, o)
+        pairs += [(x, w.t()), (g.t(), x)] + ([(g, w)] if k else [])
+    return pairs
+
+
+def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: int = 5) -> tuple[float, float]:
+    """(wall-clock, per-CPU-second) GFLOP/s of the step's matmuls alone (median of ``repeats``)."""
+    pairs = step_matmuls(sizes, batch_size)
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
+    wall, cpu = [], []
+    for repeat in range(repeats + 1):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for a, b in pairs:
+            torch.mm(a, b)
+        if repeat:  # the first pass warms up
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return flops / np.median(wall) / 1e9, flops / np.median(cpu) / 1e9
+
+
 def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0) -> dict[str, float]:
     torch.manual_seed(seed)
     net = zoo.create("autorec-netflix-full", num_items=matrix.num_items)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9, fused=True)  # same math, one kernel
     rng = np.random.default_rng(seed)
     buffer = torch.zeros(batch_size, matrix.num_items)
-    densify_s, wall, cpu = 0.0, [], []
+    parts = {"densify": 0.0, "loss": 0.0, "optimizer": 0.0}
+    wall, cpu = [], []
     for step in range(steps + 2):  # two warm-up steps
         start, start_cpu = time.perf_counter(), time.process_time()
         batch = rng.integers(0, matrix.num_users, batch_size)
         x = matrix.dense(batch, out=buffer)
-        dense_done = time.perf_counter()
-        loss = masked_mse(net(x), x)
+        t_dense = time.perf_counter()
+        outputs = net(x)
+        t_forward = time.perf_counter()
+        loss = masked_mse(outputs, x)
+        t_loss = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # the loss's own backward, timed apart from the network's (retain_graph: the network's part is next)
+        (d_outputs,) = torch.autograd.grad(loss, outputs, retain_graph=True)
+        t_loss_backward = time.perf_counter()
+        outputs.backward(d_outputs)
+        t_backward = time.perf_counter()
         optimizer.step()
         end, end_cpu = time.perf_counter(), time.process_time()
         if step >= 2:
-            densify_s += dense_done - start
+            parts["densify"] += t_dense - start
+            parts["loss"] += (t_loss - t_forward) + (t_loss_backward - t_loss)
+            parts["optimizer"] += end - t_backward
             wall.append(end - start)
             cpu.append(end_cpu - start_cpu)
     flops = train_flops_per_user((matrix.num_items, *net.config.encoder_sizes)) * batch_size
     step_s, step_cpu = float(np.median(wall)), float(np.median(cpu))  # medians: robust to load spikes
-    return {"users_per_s": batch_size / step_s, "gflops": flops / step_s / 1e9, "densify_share": densify_s / sum(wall),
-            "step_s": step_s, "cpu_gflops": flops / step_cpu / 1e9, "cpu_users_per_s": batch_size / step_cpu}
+    shares = {f"{name}_share": seconds / sum(wall) for name, seconds in parts.items()}
+    return {"users_per_s": batch_size / step_s, "gflops": flops / step_s / 1e9, "step_s": step_s,
+            "cpu_gflops": flops / step_cpu / 1e9, "cpu_users_per_s": batch_size / step_cpu, **shares}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of Netflix's users (and ratings)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512, 1024],
+                        help="the paper trains with 128")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -133,16 +176,21 @@ def main() -> None:
     print(f"  CSR arrays: {matrix.nbytes / 1e9:.2f} GB (goal <= 4 GB; dense float32 would be {dense_gb:.1f} GB); "
           f"peak RSS growth while generating: {max_rss_gb() - rss_before:.2f} GB")
     peak, peak_cpu = matmul_gflops()
-    result = train_throughput(matrix, args.steps, args.batch_size)
     print(f"threads: {torch.get_num_threads()}; plain 2048^3 matmul: {peak:.1f} GFLOP/s wall, "
           f"{peak_cpu:.1f} GFLOP per CPU-second")
-    print(f"train autorec-netflix-full, batch {args.batch_size}: {result['users_per_s']:.0f} users/s, "
-          f"{result['step_s'] * 1000:.0f} ms/step median ({result['densify_share']:.1%} densifying), "
-          f"{result['gflops']:.1f} GFLOP/s = {result['gflops'] / peak:.0%} of the matmul (goal >= 50 %)")
-    print(f"  per CPU-second (robust to other load on a shared machine): {result['cpu_users_per_s']:.0f} users, "
-          f"{result['cpu_gflops']:.1f} GFLOP = {result['cpu_gflops'] / peak_cpu:.0%} of the matmul's")
-    epoch_h = matrix.num_users / result["users_per_s"] / 3600
-    print(f"  one epoch over these {matrix.num_users:,} users: {epoch_h:.2f} h at this rate")
+    sizes = (matrix.num_items, *zoo.create("autorec-netflix-full", num_items=8).config.encoder_sizes)
+    print("| batch | users/s | ms/step | densify / loss / optimizer share | train GFLOP/s (wall; per CPU-s) "
+          "| same-shape matmuls GFLOP/s (wall; per CPU-s) | train / square matmul | train / same-shape |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch_size in args.batch_sizes:
+        r = train_throughput(matrix, args.steps, batch_size)
+        same, same_cpu = same_shape_matmul_gflops(sizes, batch_size)
+        print(f"| {batch_size} | {r['users_per_s']:.0f} | {r['step_s'] * 1000:.0f} | {r['densify_share']:.1%} / "
+              f"{r['loss_share']:.1%} / {r['optimizer_share']:.1%} | {r['gflops']:.1f}; {r['cpu_gflops']:.1f} | "
+              f"{same:.1f}; {same_cpu:.1f} | {r['gflops'] / peak:.0%}; {r['cpu_gflops'] / peak_cpu:.0%} | "
+              f"{r['gflops'] / same:.0%}; {r['cpu_gflops'] / same_cpu:.0%} |", flush=True)
+        epoch_h = matrix.num_users / r["users_per_s"] / 3600
+        print(f"  (batch {batch_size}: one epoch over these {matrix.num_users:,} users takes {epoch_h:.2f} h at this rate)")
 
 
 if __name__ == "__main__":

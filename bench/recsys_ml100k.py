@@ -26,18 +26,21 @@ def coo(matrix: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.repeat(np.arange(matrix.num_users), matrix.row_counts()), matrix.indices, matrix.values
 
 
-def baselines(data: RatingsDataModule) -> dict[str, float]:
+def baselines(data: RatingsDataModule) -> dict[str, tuple[float, float]]:
+    """Name -> (validation RMSE, test RMSE)."""
     s = data.load()
     train, valid, test = coo(s.train), coo(s.valid), coo(s.test)
-    results = {"global mean": rmse(np.full(len(test[2]), train[2].mean()), test[2])}
+    mean = train[2].mean()
+    results = {"global mean": (rmse(np.full(len(valid[2]), mean), valid[2]), rmse(np.full(len(test[2]), mean), test[2]))}
     fits = {reg: fit_biases(*train, s.train.num_users, s.num_items, reg, reg) for reg in (1.0, 3.0, 10.0, 25.0)}
-    best = min(fits, key=lambda reg: rmse(fits[reg].predict(valid[0], valid[1], (1, 5)), valid[2]))
-    results[f"user + item biases (λ = {best:g})"] = rmse(fits[best].predict(test[0], test[1], (1, 5)), test[2])
+    val = {reg: rmse(fit.predict(valid[0], valid[1], (1, 5)), valid[2]) for reg, fit in fits.items()}
+    best = min(val, key=val.get)
+    results[f"user + item biases (λ = {best:g})"] = (val[best], rmse(fits[best].predict(test[0], test[1], (1, 5)), test[2]))
     return results
 
 
-def autoencoder(refeed_steps: int, epochs: int | None, root: Path) -> tuple[float, float]:
-    """(test RMSE at the best validation epoch, training seconds) of the recipe."""
+def autoencoder(refeed_steps: int, epochs: int | None, root: Path) -> tuple[float, float, str, float]:
+    """(best validation RMSE, test RMSE at that epoch, its checkpoint name, training seconds) of the recipe."""
     args = ["--config", str(CONFIG), "--model.init_args.refeed_steps", str(refeed_steps),
             "--trainer.default_root_dir", str(root / f"refeed{refeed_steps}"),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -48,7 +51,8 @@ def autoencoder(refeed_steps: int, epochs: int | None, root: Path) -> tuple[floa
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    return result["test/rmse"], seconds
+    best = cli.trainer.checkpoint_callback
+    return float(best.best_model_score), result["test/rmse"], Path(best.best_model_path).stem, seconds
 
 
 def main() -> None:
@@ -62,11 +66,11 @@ def main() -> None:
     print(f"MovieLens-100k, per-user time split: {s.stats}")
     rows = baselines(data)
     for refeed in (0, 1):
-        value, seconds = autoencoder(refeed, args.epochs, Path(args.root))
-        rows[f"autoencoder, refeed_steps={refeed} ({seconds:.0f} s training)"] = value
-    print("\n| predictor | test RMSE |\n|---|---|")
-    for name, value in rows.items():
-        print(f"| {name} | {value:.4f} |")
+        val, test, best, seconds = autoencoder(refeed, args.epochs, Path(args.root))
+        rows[f"autoencoder, refeed_steps={refeed} ({best}, {seconds:.0f} s training)"] = (val, test)
+    print("\n| predictor | validation RMSE | test RMSE |\n|---|---|---|")
+    for name, (val, test) in rows.items():
+        print(f"| {name} | {val:.4f} | {test:.4f} |")
 
 
 if __name__ == "__main__":

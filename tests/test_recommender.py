@@ -41,6 +41,15 @@ def test_masked_mse_matches_naive_loop():
                 count += 1
     assert masked_mse(predictions, ratings).item() == pytest.approx(total / count, rel=1e-6)
     assert masked_mse(predictions[:2], torch.zeros(2, 9)).item() == 0  # nothing observed
+    # the hand-written backward against autograd through the plain formula (float64 gradcheck too)
+    p, r = predictions.clone().requires_grad_(), ratings.clone().requires_grad_()
+    masked_mse(p, r).backward()
+    p2, r2 = predictions.clone().requires_grad_(), ratings.clone().requires_grad_()
+    observed = ratings != 0
+    (torch.where(observed, r2 - p2, 0.0) ** 2).sum().div(observed.sum()).backward()
+    torch.testing.assert_close(p.grad, p2.grad)
+    torch.testing.assert_close(r.grad, r2.grad)
+    torch.autograd.gradcheck(masked_mse, (predictions.double().requires_grad_(), ratings.double()))
 
 
 def test_input_noise_only_hides_observed_ratings():

@@ -11,17 +11,33 @@ import torch
 from torch import Tensor
 
 
-def masked_squared_error(predictions: Tensor, ratings: Tensor) -> tuple[Tensor, Tensor]:
-    """``(Σ m (r − y)², Σ m)`` for (batch, items) predictions ``y`` and ratings ``r`` (0 = missing)."""
-    observed = ratings != 0
-    error = torch.where(observed, ratings - predictions, 0.0)
-    return (error * error).sum(), observed.sum().to(predictions.dtype)
+class _MaskedMSE(torch.autograd.Function):
+    """Eq. 2 with a hand-written backward: the masked residual ``d = m ⊙ (y − r)`` is computed once
+    and kept, ``MMSE = d·d / Σm`` and ``∂MMSE/∂y = 2 d / Σm`` (``∂/∂r = −∂/∂y``). Autograd through
+    ``where``/``sub``/``mul``/``sum`` instead makes about five more passes over the (batch, items)
+    tensors, which at Netflix width (17,768 items) cost more than the optimizer step."""
+
+    @staticmethod
+    def forward(ctx, predictions: Tensor, ratings: Tensor) -> Tensor:
+        observed = ratings != 0
+        residual = (predictions - ratings).mul_(observed)
+        count = observed.sum().clamp_min(1).to(predictions.dtype)
+        flat = residual.reshape(-1)
+        ctx.save_for_backward(residual, count)
+        return torch.dot(flat, flat) / count
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        residual, count = ctx.saved_tensors
+        d_predictions = residual * (2 * grad / count)
+        return (d_predictions if ctx.needs_input_grad[0] else None,
+                -d_predictions if ctx.needs_input_grad[1] else None)
 
 
 def masked_mse(predictions: Tensor, ratings: Tensor) -> Tensor:
-    """Eq. 2: mean squared error over the observed entries only (0 when nothing is observed)."""
-    total, count = masked_squared_error(predictions, ratings)
-    return total / count.clamp_min(1.0)
+    """Eq. 2: mean squared error over the observed entries (``ratings != 0``) of (batch, items)
+    tensors; 0 when nothing is observed."""
+    return _MaskedMSE.apply(predictions, ratings)
 
 
 def drop_ratings(ratings: Tensor, probability: float, generator: torch.Generator | None = None) -> Tensor:
