@@ -153,8 +153,8 @@ def tune_beam_search(
     references: Sequence[str],
     labels: Sequence[str],
     config: BeamSearchConfig,
-    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
-    word_scores: Sequence[float] = (-1.0, 0.0, 1.0, 2.0),
+    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+    word_scores: Sequence[float] = (0.0, 2.0, 4.0, 6.0),
     blank: int = 0,
     spell: Callable[[str], Sequence[str]] = list,
 ) -> tuple[BeamSearchConfig, list[BeamSearchTrial]]:
