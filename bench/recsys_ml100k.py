@@ -4,7 +4,7 @@ Rows: global mean, user + item biases (regularisation chosen on validation), and
 autoencoder trained by the recipe ``configs/autorec_ml100k.yaml`` without and with dense
 re-feeding (each evaluated at its best-validation epoch). Same split, same seed for all.
 
-    python bench/recsys_ml100k.py [--epochs N]
+    python bench/recsys_ml100k.py [--epochs N] [--threads 1]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from zoo.cli import ZooCLI, quiet_known_warnings
 from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule
@@ -59,7 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's max_epochs")
     parser.add_argument("--root", default="runs/recsys_ml100k")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 is fastest for this small net on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quiet_known_warnings()
     data = RatingsDataModule(None, split="user", seed=0)
     s = data.load()
