@@ -8,8 +8,11 @@
      (``W_x x_t`` inside the loop, ``torch.cat([x, h])``-free but one ``nn.BatchNorm1d`` module per
      time step and term, gates split by indexing) — the textbook implementation
      (goal at the demo size: the zoo's ≥ 3× faster),
-   at the demo size (256 units, batch 32, 100 steps) and the paper's PTB size (1000 units,
-   batch 64, 100 steps; 1603.09025 §5.2).
+   at the demo size (256 units, batch 32, 100 steps), the paper's PTB size (1000 units,
+   batch 64, 100 steps; 1603.09025 §5.2) and a small size (128 units, batch 32, 100 steps) where
+   per-op overhead rather than arithmetic dominates. Also the time of the matrix products alone
+   (``W_x x`` for all steps, ``W_h h`` per step, their backward): a floor that every
+   implementation of the equations shares, naive or not.
 2. F-LSTM (r) and G-LSTM (k = 4) against LSTMP (``zoo.text.factorized_lstm``, the same loop code)
    at BIGLSTM's proportions scaled down by 4 (n = 2048, p = 256, F128 = n/16 like F512 for n = 8192;
    1703.10722 §4), 2 layers, batch 32, 20 steps; also the parameter counts.
@@ -73,6 +76,28 @@ def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor]
     return best
 
 
+def time_matmuls(hidden: int, batch: int, steps: int, iters: int) -> float:
+    """Best time of the BN-LSTM's matrix products alone: ``W_x x`` (all steps at once), ``W_h h_{t−1}``
+    per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients (``x`` is a leaf)."""
+    x = torch.randn(steps * batch, hidden)
+    w_x, w_h = torch.randn(4 * hidden, hidden), torch.randn(4 * hidden, hidden)
+    h, grad = torch.randn(batch, hidden), torch.randn(batch, 4 * hidden)
+    grads = torch.randn(steps * batch, 4 * hidden)
+    best = float("inf")
+    for i in range(iters + 1):
+        start = time.perf_counter()
+        torch.mm(x, w_x.t())
+        for _ in range(steps):
+            torch.mm(h, w_h.t())
+            torch.mm(grad, w_h)
+        torch.mm(grads.t(), x)
+        torch.mm(grads.t(), x)
+        elapsed = time.perf_counter() - start
+        if i > 0:
+            best = min(best, elapsed)
+    return best
+
+
 def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: int) -> list[tuple[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden)
@@ -84,6 +109,7 @@ def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: i
         "BN-LSTM (zoo)": time_training(ours, x, lambda m, v: m(v)[0], iters),
         "nn.LSTM (fused)": time_training(fused, x, lambda m, v: m(v)[0], iters),
         "BN-LSTM (naive loop)": time_training(naive, x, lambda m, v: m(v), naive_iters),
+        "matrix products alone": time_matmuls(hidden, batch, steps, iters),
     }
     return [(name, tokens / t) for name, t in times.items()]
 
@@ -114,6 +140,7 @@ def main() -> None:
     sizes = [("demo", 256, 32, 100, args.iters)]
     if not args.skip_paper:
         sizes.append(("paper (PTB)", 1000, 64, 100, args.paper_iters))
+    sizes.append(("small", 128, 32, 100, args.iters))
     for label, hidden, batch, steps, iters in sizes:
         rows = bn_lstm_rows(hidden, batch, steps, iters, iters)
         fused = dict(rows)["nn.LSTM (fused)"]
@@ -124,6 +151,8 @@ def main() -> None:
             print(f"  {name:24s} {rate:10.0f} tokens/s")
         print(f"  BN-LSTM time / nn.LSTM time:    {fused / ours:5.2f}x  (goal at demo size <= 2.5x)")
         print(f"  naive loop time / BN-LSTM time: {ours / naive:5.2f}x  (goal at demo size >= 3x)")
+        floor = dict(rows)["matrix products alone"]
+        print(f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)")
     print("\nF-LSTM / G-LSTM vs LSTMP: n = 2048, p = 256, 2 layers, batch 32, 20 steps (forward + backward)")
     rows = factorized_rows(args.iters)
     base = rows[0][2]
