@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -67,6 +68,7 @@ def finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, out[-3000:]
 
 
+@pytest.mark.slow
 def test_bnlstm_language_model_resumes_mid_epoch_after_kill(tmp_path: Path) -> None:
     """4 × 8-character windows, 11 per epoch; killed at step 6, last.ckpt holds step 4 (epoch 0, window 4,
     a non-zero carried state); resumed to 16 steps (across the epoch boundary) -> identical weights."""
