@@ -29,12 +29,10 @@ function with a hand-written backward through time (:mod:`zoo.text.bn_recurrence
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from zoo.registry import register
 from zoo.text.bn_recurrence import bn_lstm_recurrence
@@ -95,10 +93,18 @@ class StepwiseBatchNorm(nn.Module):
         else:
             self.check_training_length(start + steps)
             if mask is None:
-                return StepwiseNormFunction.apply(
-                    x, self.weight, self.bias, self.running_mean[start : start + steps],
-                    self.running_var[start : start + steps], self.momentum, self.eps,
+                # (T, B, F) as B rows of T·F channels: one fused batch_norm computes every step's
+                # statistics and updates the running ones of steps start..start+T-1 in place.
+                batch = x.shape[1]
+                y = F.batch_norm(
+                    x.transpose(0, 1).reshape(batch, -1),
+                    self.running_mean[start : start + steps].view(-1),
+                    self.running_var[start : start + steps].view(-1),
+                    self.weight.repeat(steps),
+                    None if self.bias is None else self.bias.repeat(steps),
+                    True, self.momentum, self.eps,
                 )
+                return y.view(batch, steps, -1).transpose(0, 1)
             mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
             self._update(index, mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
@@ -112,48 +118,6 @@ class StepwiseBatchNorm(nn.Module):
         m = self.momentum * present.to(mean.dtype)
         self.running_mean[index] = (1 - m) * self.running_mean[index] + m * mean.detach()
         self.running_var[index] = (1 - m) * self.running_var[index] + m * unbiased.detach()
-
-
-class StepwiseNormFunction(torch.autograd.Function):
-    """Eq. 5 in training for all steps at once: ``x: (T, B, F)`` normalised over B separately per step.
-
-    Hand-written backward (``∂L/∂x = γ/σ [g − mean_b g − x̂ · mean_b(g x̂)]``, ``g = ∂L/∂y``): the fused
-    ``batch_norm`` over a ``(B, T·F)`` view, or autograd of the vectorised formula, take 2-3× longer
-    on CPU. The running statistics (views of the steps' slots) move toward the batch ones in place
-    (unbiased variance, as ``nn.BatchNorm1d``).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, running_mean: Tensor, running_var: Tensor,
-        momentum: float, eps: float,
-    ) -> Tensor:
-        batch = x.shape[1]
-        if batch < 2:
-            raise ValueError(f"batch normalisation in training needs more than one sequence, got batch size {batch}")
-        sums = x.sum(1, keepdim=True)
-        centered = torch.add(x, sums, alpha=-1.0 / batch)
-        squares = torch.linalg.vecdot(centered, centered, dim=1)  # (T, F)
-        invstd = (squares / batch).add_(eps).rsqrt_().unsqueeze(1)
-        running_mean.mul_(1 - momentum).add_(sums.squeeze(1), alpha=momentum / batch)
-        running_var.mul_(1 - momentum).add_(squares, alpha=momentum / (batch - 1))
-        y = centered * (invstd * weight)
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(centered, invstd, weight)
-        return y if bias is None else y.add_(bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        centered, invstd, weight = ctx.saved_tensors
-        batch = centered.shape[1]
-        sums = grad.sum(1, keepdim=True)
-        products = torch.linalg.vecdot(grad, centered, dim=1).unsqueeze(1)  # Σ_b g (x − μ)
-        grad_weight = (products * invstd).sum((0, 1))
-        grad_bias = sums.sum((0, 1)) if ctx.has_bias else None
-        k = products.mul_(invstd * invstd / batch)
-        grad_x = torch.add(grad, sums, alpha=-1.0 / batch).addcmul_(centered, k, value=-1.0).mul_(invstd * weight)
-        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def masked_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
