@@ -58,7 +58,7 @@ def zoo_fit_ddp(tmp_path: Path, config: dict) -> None:
 
 
 def write_manifest(path: Path, n: int, seed: int) -> list[str]:
-    """n noise recordings (0.3-0.6 s) with two-word transcripts, as a NeMo manifest; returns the audio paths."""
+    """n noise recordings (0.31-0.5 s) with two-word transcripts, as a NeMo manifest; returns the audio paths."""
     import soundfile
 
     words = ["yes", "no", "stop", "go", "left", "right", "up", "down"]
