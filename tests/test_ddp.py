@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,16 @@ def zoo_fit_ddp(tmp_path: Path, config: dict) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"seed_everything": 0, **config}))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "ZOO_DDP_REPORT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(ZOO), "fit", "--config", str(path)], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    # its own session: on a timeout the whole group goes (rank 1 would otherwise keep the pipe open)
+    process = subprocess.Popen([str(ZOO), "fit", "--config", str(path)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"zoo fit with 2 processes timed out after 300 s:\n{out[-3000:]}")
+    assert process.returncode == 0, out[-3000:]
 
 
 def write_manifest(path: Path, n: int, seed: int) -> list[str]:
