@@ -1,6 +1,6 @@
 """Language-model recurrent layers: training throughput (tokens/s of forward + backward).
 
-    python bench/lm.py [--iters 3] [--paper-iters 1] [--skip-paper] [--threads 1]
+    python bench/lm.py [--iters 3] [--paper-iters 1] [--skip-paper] [--threads 1] [--device cuda]
 
 1. BN-LSTM (``zoo.text.bn_lstm.BNLSTM``) against
    * the fused ``nn.LSTM`` (oneDNN / cuDNN kernel; goal at the demo size: BN-LSTM ≤ 2.5× its time), and
@@ -62,29 +62,37 @@ class NaiveBNLSTM(nn.Module):
         return torch.stack(outputs)
 
 
+def synchronize(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor], iters: int) -> float:
     """Best wall time of forward + backward of ``sum(output)`` over ``iters`` iterations (after a warm-up)."""
-    model.train()
+    model.to(x.device).train()
     best = float("inf")
     for i in range(iters + 1):
         model.zero_grad(set_to_none=True)
+        synchronize(x)
         start = time.perf_counter()
         run(model, x).sum().backward()
+        synchronize(x)
         elapsed = time.perf_counter() - start
         if i > 0:
             best = min(best, elapsed)
     return best
 
 
-def time_matmuls(hidden: int, batch: int, steps: int, iters: int) -> float:
+def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.device) -> float:
     """Best time of the BN-LSTM's matrix products alone: ``W_x x`` (all steps at once), ``W_h h_{t−1}``
     per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients (``x`` is a leaf)."""
-    x = torch.randn(steps * batch, hidden)
-    w_x, w_h = torch.randn(4 * hidden, hidden), torch.randn(4 * hidden, hidden)
-    h, grad = torch.randn(batch, hidden), torch.randn(batch, 4 * hidden)
-    grads = torch.randn(steps * batch, 4 * hidden)
+    x = torch.randn(steps * batch, hidden, device=device)
+    w_x, w_h = torch.randn(4 * hidden, hidden, device=device), torch.randn(4 * hidden, hidden, device=device)
+    h, grad = torch.randn(batch, hidden, device=device), torch.randn(batch, 4 * hidden, device=device)
+    grads = torch.randn(steps * batch, 4 * hidden, device=device)
     best = float("inf")
     for i in range(iters + 1):
+        synchronize(x)
         start = time.perf_counter()
         torch.mm(x, w_x.t())
         for _ in range(steps):
@@ -92,15 +100,17 @@ def time_matmuls(hidden: int, batch: int, steps: int, iters: int) -> float:
             torch.mm(grad, w_h)
         torch.mm(grads.t(), x)
         torch.mm(grads.t(), x)
+        synchronize(x)
         elapsed = time.perf_counter() - start
         if i > 0:
             best = min(best, elapsed)
     return best
 
 
-def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: int) -> list[tuple[str, float]]:
+def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: int,
+                 device: torch.device) -> list[tuple[str, float]]:
     torch.manual_seed(0)
-    x = torch.randn(steps, batch, hidden)
+    x = torch.randn(steps, batch, hidden, device=device)
     ours = BNLSTM(BNLSTMConfig(input_size=hidden, hidden_size=hidden, max_length=steps))
     fused = nn.LSTM(hidden, hidden)
     naive = NaiveBNLSTM(hidden, hidden, steps)
@@ -109,15 +119,15 @@ def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: i
         "BN-LSTM (zoo)": time_training(ours, x, lambda m, v: m(v)[0], iters),
         "nn.LSTM (fused)": time_training(fused, x, lambda m, v: m(v)[0], iters),
         "BN-LSTM (naive loop)": time_training(naive, x, lambda m, v: m(v), naive_iters),
-        "matrix products alone": time_matmuls(hidden, batch, steps, iters),
+        "matrix products alone": time_matmuls(hidden, batch, steps, iters, device),
     }
     return [(name, tokens / t) for name, t in times.items()]
 
 
-def factorized_rows(iters: int) -> list[tuple[str, int, float]]:
+def factorized_rows(iters: int, device: torch.device) -> list[tuple[str, int, float]]:
     torch.manual_seed(0)
     n, p, batch, steps = 2048, 256, 32, 20
-    x = torch.randn(steps, batch, p)
+    x = torch.randn(steps, batch, p, device=device)
     rows = []
     for name, extra in (("LSTMP", {}), ("F-LSTM F128 (r = n/16)", {"factor_size": 128}),
                         ("F-LSTM F512 (r = n/4)", {"factor_size": 512}), ("G-LSTM G4", {"groups": 4})):
@@ -133,16 +143,19 @@ def main() -> None:
     parser.add_argument("--paper-iters", type=int, default=1)
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steadier on a shared CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; best of {args.iters} iterations")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; best of {args.iters} iterations")
     sizes = [("demo", 256, 32, 100, args.iters)]
     if not args.skip_paper:
         sizes.append(("paper (PTB)", 1000, 64, 100, args.paper_iters))
     sizes.append(("small", 128, 32, 100, args.iters))
     for label, hidden, batch, steps, iters in sizes:
-        rows = bn_lstm_rows(hidden, batch, steps, iters, iters)
+        rows = bn_lstm_rows(hidden, batch, steps, iters, iters, device)
         fused = dict(rows)["nn.LSTM (fused)"]
         naive = dict(rows)["BN-LSTM (naive loop)"]
         ours = dict(rows)["BN-LSTM (zoo)"]
@@ -154,7 +167,7 @@ def main() -> None:
         floor = dict(rows)["matrix products alone"]
         print(f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)")
     print("\nF-LSTM / G-LSTM vs LSTMP: n = 2048, p = 256, 2 layers, batch 32, 20 steps (forward + backward)")
-    rows = factorized_rows(args.iters)
+    rows = factorized_rows(args.iters, device)
     base = rows[0][2]
     for name, params, rate in rows:
         print(f"  {name:24s} {params / 1e6:6.2f}M params {rate:9.0f} tokens/s  {rate / base:4.2f}x LSTMP")

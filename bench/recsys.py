@@ -12,6 +12,7 @@
    (goal >= 50 %: once a batch is dense the work is dense matmuls).
 
     python bench/recsys.py [--scale 0.25] [--steps 10] [--batch-sizes 128 512 1024] [--threads N]
+    python bench/recsys.py --device cuda     # batches densified on the CPU, copied to the GPU (pinned)
 
 Timings on a shared machine are noisy; both numbers come from the same run so their ratio is the
 meaningful figure.
@@ -76,20 +77,28 @@ def train_flops_per_user(sizes: tuple[int, ...]) -> int:
     return 2 * (sum(layer_macs) + sum(layer_macs) + sum(layer_macs[1:]))
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 7) -> tuple[float, float]:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 7, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(wall-clock, per-CPU-second) GFLOP/s of a plain ``size``^3 float32 matmul (median of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)
     wall, cpu = [], []
     for _ in range(repeats):
+        synchronize(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         torch.mm(a, b)
+        synchronize(device)
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return 2 * size**3 / np.median(wall) / 1e9, 2 * size**3 / np.median(cpu) / 1e9
 
 
-def step_matmuls(sizes: tuple[int, ...], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def step_matmuls(sizes: tuple[int, ...], batch_size: int,
+                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Operand pairs of the matmuls of one training step, as :func:`train_flops_per_user` counts them:
     per layer (encoder then mirrored decoder) the forward ``x W^T``, the weight gradient ``g^T x`` and,
     except for the first layer, the input gradient ``g W``; weights stored (out, in) as in the model."""
@@ -97,51 +106,61 @@ def step_matmuls(sizes: tuple[int, ...], batch_size: int) -> list[tuple[torch.Te
     layers += [(o, i) for i, o in layers[::-1]]
     pairs = []
     for k, (i, o) in enumerate(layers):
-        x, w, g = torch.randn(batch_size, i), torch.randn(o, i), torch.randn(batch_size, o)
+        x, w, g = (torch.randn(batch_size, i, device=device), torch.randn(o, i, device=device),
+                   torch.randn(batch_size, o, device=device))
         pairs += [(x, w.t()), (g.t(), x)] + ([(g, w)] if k else [])
     return pairs
 
 
-def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: int = 5) -> tuple[float, float]:
+def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: int = 5,
+                             device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(wall-clock, per-CPU-second) GFLOP/s of the step's matmuls alone (median of ``repeats``)."""
-    pairs = step_matmuls(sizes, batch_size)
+    pairs = step_matmuls(sizes, batch_size, device)
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
     wall, cpu = [], []
     for repeat in range(repeats + 1):
+        synchronize(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         for a, b in pairs:
             torch.mm(a, b)
+        synchronize(device)
         if repeat:  # the first pass warms up
             wall.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
     return flops / np.median(wall) / 1e9, flops / np.median(cpu) / 1e9
 
 
-def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0) -> dict[str, float]:
+def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0,
+                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
     torch.manual_seed(seed)
-    net = zoo.create("autorec-netflix-full", num_items=matrix.num_items)
+    net = zoo.create("autorec-netflix-full", num_items=matrix.num_items).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9, fused=True)  # same math, one kernel
     rng = np.random.default_rng(seed)
-    buffer = torch.zeros(batch_size, matrix.num_items)
+    buffer = torch.zeros(batch_size, matrix.num_items, pin_memory=device.type == "cuda")
     parts = {"densify": 0.0, "loss": 0.0, "optimizer": 0.0}
     wall, cpu = [], []
+
+    def now() -> float:  # wall clock after the device has finished what was queued
+        synchronize(device)
+        return time.perf_counter()
+
     for step in range(steps + 2):  # two warm-up steps
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu = now(), time.process_time()
         batch = rng.integers(0, matrix.num_users, batch_size)
-        x = matrix.dense(batch, out=buffer)
-        t_dense = time.perf_counter()
+        x = matrix.dense(batch, out=buffer).to(device, non_blocking=True)
+        t_dense = now()
         outputs = net(x)
-        t_forward = time.perf_counter()
+        t_forward = now()
         loss = masked_mse(outputs, x)
-        t_loss = time.perf_counter()
+        t_loss = now()
         optimizer.zero_grad(set_to_none=True)
         # the loss's own backward, timed apart from the network's (retain_graph: the network's part is next)
         (d_outputs,) = torch.autograd.grad(loss, outputs, retain_graph=True)
-        t_loss_backward = time.perf_counter()
+        t_loss_backward = now()
         outputs.backward(d_outputs)
-        t_backward = time.perf_counter()
+        t_backward = now()
         optimizer.step()
-        end, end_cpu = time.perf_counter(), time.process_time()
+        end, end_cpu = now(), time.process_time()
         if step >= 2:
             parts["densify"] += t_dense - start
             parts["loss"] += (t_loss - t_forward) + (t_loss_backward - t_loss)
@@ -162,7 +181,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512, 1024],
                         help="the paper trains with 128")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 on both; TF32 off)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     users, ratings = int(NETFLIX_USERS * args.scale), int(NETFLIX_RATINGS * args.scale)
@@ -175,16 +196,18 @@ def main() -> None:
           f"(scale {args.scale}), generated in {gen_s:.1f} s ({gen_cpu:.1f} CPU s)")
     print(f"  CSR arrays: {matrix.nbytes / 1e9:.2f} GB (goal <= 4 GB; dense float32 would be {dense_gb:.1f} GB); "
           f"peak RSS growth while generating: {max_rss_gb() - rss_before:.2f} GB")
-    peak, peak_cpu = matmul_gflops()
-    print(f"threads: {torch.get_num_threads()}; plain 2048^3 matmul: {peak:.1f} GFLOP/s wall, "
-          f"{peak_cpu:.1f} GFLOP per CPU-second")
+    square = 8192 if device.type == "cuda" else 2048
+    peak, peak_cpu = matmul_gflops(square, device=device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"threads: {torch.get_num_threads()}"
+    print(f"{where}; plain {square}^3 float32 matmul: {peak:.1f} GFLOP/s wall, "
+          f"{peak_cpu:.1f} GFLOP per CPU-second (host CPU time on a GPU: ignore the per-CPU-s columns there)")
     sizes = (matrix.num_items, *zoo.create("autorec-netflix-full", num_items=8).config.encoder_sizes)
     print("| batch | users/s | ms/step | densify / loss / optimizer share | train GFLOP/s (wall; per CPU-s) "
           "| same-shape matmuls GFLOP/s (wall; per CPU-s) | train / square matmul | train / same-shape |")
     print("|---|---|---|---|---|---|---|---|")
     for batch_size in args.batch_sizes:
-        r = train_throughput(matrix, args.steps, batch_size)
-        same, same_cpu = same_shape_matmul_gflops(sizes, batch_size)
+        r = train_throughput(matrix, args.steps, batch_size, device=device)
+        same, same_cpu = same_shape_matmul_gflops(sizes, batch_size, device=device)
         print(f"| {batch_size} | {r['users_per_s']:.0f} | {r['step_s'] * 1000:.0f} | {r['densify_share']:.1%} / "
               f"{r['loss_share']:.1%} / {r['optimizer_share']:.1%} | {r['gflops']:.1f}; {r['cpu_gflops']:.1f} | "
               f"{same:.1f}; {same_cpu:.1f} | {r['gflops'] / peak:.0%}; {r['cpu_gflops'] / peak_cpu:.0%} | "

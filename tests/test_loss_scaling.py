@@ -1,4 +1,5 @@
-"""LossScaling: real fp16 autocast on CPU, fp32 master weights, skipped overflow steps, static scale."""
+"""LossScaling: real fp16 autocast (CPU everywhere, CUDA where a GPU is present), fp32 master weights,
+skipped overflow steps, static scale."""
 
 import pytest
 import pytorch_lightning as pl
@@ -50,6 +51,11 @@ class Regression(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+# every fp16 test runs on the CPU and, on a machine with a GPU, again on CUDA (real fp16 tensor cores)
+ACCELERATORS = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+on_each_accelerator = pytest.mark.parametrize("accelerator", ACCELERATORS)
+
+
 def loader(n=64, batch_size=8):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=g)
@@ -57,21 +63,22 @@ def loader(n=64, batch_size=8):
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
-def fp16_trainer(callbacks, max_steps=8, **kwargs):
+def fp16_trainer(callbacks, max_steps=8, accelerator="cpu", **kwargs):
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
+        accelerator=accelerator, devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, log_every_n_steps=1,
         # plain precision="16-mixed" silently becomes bf16 on CPU: pass the fp16 plugin explicitly
-        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))], **kwargs,
+        plugins=[MixedPrecision("16-mixed", accelerator, torch.amp.GradScaler(accelerator))], **kwargs,
     )
 
 
-def test_dynamic_scale_skips_overflow_step_and_backs_off():
+@on_each_accelerator
+def test_dynamic_scale_skips_overflow_step_and_backs_off(accelerator):
     torch.manual_seed(0)
     model = Regression(inject_inf_at=3)
     callback = LossScaling(mode="dynamic", init_scale=1024.0, growth_factor=2.0, backoff_factor=0.25,
                            growth_interval=2)
-    trainer = fp16_trainer([callback])
+    trainer = fp16_trainer([callback], accelerator=accelerator)
     trainer.fit(model, loader())
     scaler = trainer.precision_plugin.scaler
     assert scaler is callback.scaler and isinstance(scaler, ZooGradScaler)
@@ -91,27 +98,28 @@ def test_dynamic_scale_skips_overflow_step_and_backs_off():
     assert trainer.global_step == 8
 
 
-def test_static_scale_stays_constant_and_gradients_are_unscaled():
+@on_each_accelerator
+def test_static_scale_stays_constant_and_gradients_are_unscaled(accelerator):
     torch.manual_seed(0)
     fp16 = Regression(inject_inf_at=2)
     reference = Regression()
     reference.load_state_dict(fp16.state_dict())
     callback = LossScaling(mode="static", init_scale=128.0)
-    trainer = fp16_trainer([callback], max_steps=2)
+    trainer = fp16_trainer([callback], max_steps=2, accelerator=accelerator)
     trainer.fit(fp16, loader())
     assert callback.scaler.get_scale() == 128.0 and not callback.scaler.dynamic
     # step 0: the unscaled fp16 gradient equals the fp32 gradient up to fp16 rounding (not 128x it)
     fp32 = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     fp32.fit(reference, loader())
-    g16, g32 = fp16.unscaled_grads[0], reference.unscaled_grads[0]
+    g16, g32 = fp16.unscaled_grads[0].cpu(), reference.unscaled_grads[0]
     assert torch.allclose(g16, g32, rtol=2e-2, atol=2e-3), (g16 - g32).abs().max()
 
     # an overflow is skipped but leaves the static scale alone
     torch.manual_seed(0)
     model = Regression(inject_inf_at=2)
     callback = LossScaling(mode="static", init_scale=128.0)
-    trainer = fp16_trainer([callback], max_steps=5)
+    trainer = fp16_trainer([callback], max_steps=5, accelerator=accelerator)
     trainer.fit(model, loader())
     assert callback.scaler.skipped_steps == 1 and callback.scaler.get_scale() == 128.0
     assert torch.equal(model.weights_before[2], model.weights_after[2])
@@ -150,7 +158,8 @@ def test_scaler_state_round_trip():
     assert fresh.get_scale() == 64.0 and fresh.skipped_steps == 3
 
 
-def test_real_speech_model_in_fp16_backs_off_from_a_too_large_scale():
+@on_each_accelerator
+def test_real_speech_model_in_fp16_backs_off_from_a_too_large_scale(accelerator):
     """jasper-tiny + CTCSpeechRecognizer in real fp16: a 2^20 start overflows the fp16 gradients, the
     overflowing steps are skipped and the scale halves until the updates go through (paper section 3.2)."""
     from test_ctc_recognizer import FakeSpeechData, make_items
@@ -172,7 +181,8 @@ def test_real_speech_model_in_fp16_backs_off_from_a_too_large_scale():
                           {p.dtype for p in pl_module.parameters()}))
 
     callback = LossScaling(init_scale=2.0**20, growth_interval=1000)
-    fp16_trainer([callback, Watch()], max_steps=8, num_sanity_val_steps=0, limit_val_batches=0).fit(model, data)
+    fp16_trainer([callback, Watch()], max_steps=8, accelerator=accelerator, num_sanity_val_steps=0,
+                 limit_val_batches=0).fit(model, data)
     skipped = callback.scaler.skipped_steps
     assert 1 <= skipped < 8 and callback.scaler.get_scale() == 2.0**20 * 0.5**skipped
     assert all(changed != was_skipped for was_skipped, changed, _ in steps)  # skipped <=> weights unchanged
