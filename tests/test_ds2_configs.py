@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 import yaml
 
 from zoo.cli import main
@@ -60,4 +61,19 @@ def test_recipe_prints_and_runs_one_step(config, encoder, tiny, manifest, tmp_pa
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1",
         "--trainer.default_root_dir", str(tmp_path),
+    ])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", ["ds2_large_librispeech.yaml", "ds2_paper_librispeech.yaml"])
+def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
+    """The cluster recipes with their own encoder (59M / 100M, cuDNN kernels), precision (16-mixed +
+    LossScaling) and DDP strategy, on one GPU: one fast_dev_run step on the tiny manifest."""
+    main([
+        "fit", "--config", str(CONFIGS / config),
+        "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
+        "--data.init_args.test_manifests", f"[{manifest}]",
+        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+        "--trainer.devices", "1", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
     ])
