@@ -224,3 +224,13 @@ def test_speech_model_resumes_mid_epoch_with_the_bucketing_loader(tmp_path):
     resumed = run(tmp_path / "interrupted", ckpt_path=tmp_path / "interrupted" / "last.ckpt")
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_recipe_keeps_a_last_checkpoint(recipe):
+    """`zoo fit --ckpt_path last` needs `last.ckpt`: every recipe's ModelCheckpoint has save_last."""
+    callbacks = yaml.safe_load(recipe.read_text())["trainer"].get("callbacks", [])
+    checkpoints = [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert checkpoints, f"{recipe.name}: no ModelCheckpoint"
+    assert all(c.get("init_args", {}).get("save_last") is True for c in checkpoints), recipe.name
