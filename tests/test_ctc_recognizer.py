@@ -10,7 +10,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer, ctc_feasible
-from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode, tune_beam_search
+from zoo.speech.decoding import (
+    BeamSearchConfig,
+    BeamSearchDecoder,
+    append_separator_frame,
+    greedy_decode,
+    tune_beam_search,
+)
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.ngram import KneserNeyLM, build_arpa
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
@@ -154,6 +160,35 @@ def test_lexicon_free_beam_search_agrees_with_greedy_on_peaked_emissions():
     log_probs = torch.nn.functional.one_hot(torch.tensor([frames]), tok.vocab_size).float().mul(20).log_softmax(-1)
     decoder = BeamSearchDecoder(tok.labels, BeamSearchConfig(beam_size=5))
     assert decoder(log_probs, torch.tensor([len(frames)])) == ["go left"]
+
+
+def test_lexicon_beam_search_keeps_the_last_word_without_a_trailing_space(tmp_path):
+    """Lexicon spellings end with the word separator, which a model trained on transcripts without a
+    trailing space never emits after the last word; with the separator's probability on the closing
+    frames below the beam threshold, flashlight alone returns "go" (the unfinished "left" is dropped)."""
+    tok = CharTokenizer()
+    words = tmp_path / "words.txt"
+    words.write_text("go\nleft\n")
+    ids = tok.encode("go left")
+    frames = [i for c in ids for i in (c, 0)] + [0, 0]
+    probs = torch.nn.functional.one_hot(torch.tensor([frames]), tok.vocab_size).double() + 1e-13
+    log_probs = (probs / probs.sum(-1, keepdim=True)).log().float()  # "|" on a blank frame: log 1e-13 = -29.9
+    lengths = torch.tensor([len(frames)])
+    config = BeamSearchConfig(lexicon=str(words), beam_size=10, beam_threshold=25.0)
+    assert BeamSearchDecoder(tok.labels, config)(log_probs, lengths) == ["go left"]
+    padded, longer = append_separator_frame(log_probs, lengths, tok.labels.index(" "))
+    assert padded.shape == (1, len(frames) + 1, tok.vocab_size) and longer.tolist() == [len(frames) + 1]
+    assert padded[0, -1].argmax() == tok.labels.index(" ") and padded[0, -1].exp().sum() == 1
+    torch.testing.assert_close(padded[:, :-1], log_probs)
+
+
+def test_separator_frame_goes_right_after_each_utterance():
+    log_probs = torch.randn(3, 5, 4).log_softmax(-1)
+    padded, lengths = append_separator_frame(log_probs, torch.tensor([5, 2, 0]), separator=1)
+    assert lengths.tolist() == [6, 3, 1]
+    for b, n in enumerate([5, 2, 0]):
+        torch.testing.assert_close(padded[b, :n], log_probs[b, :n])
+        assert padded[b, n].exp().tolist() == [0.0, 1.0, 0.0, 0.0]
 
 
 def _spelled_emissions(tok: CharTokenizer, text: str, soft: dict[int, tuple[str, float]]) -> torch.Tensor:

@@ -138,7 +138,7 @@ def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path,
 
     module = CTCSpeechRecognizer.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     emissions, references = validation_emissions(module, datamodule)
-    base = BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=50)
+    base = BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=200)
     tokenizer = module.tokenizer
     config, trials = tune_beam_search(emissions, references, tokenizer.labels, base, blank=tokenizer.blank,
                                       spell=tokenizer.segment)

@@ -81,6 +81,29 @@ def write_lexicon(words: Iterable[str], path: str | Path, spell: Callable[[str],
     return path
 
 
+def append_separator_frame(log_probs: Tensor, lengths: Tensor, separator: int) -> tuple[Tensor, Tensor]:
+    """One extra frame after each utterance's last that emits the word separator with probability 1.
+
+    Lexicon spellings end with the separator (``word w o r d |``): flashlight emits a word only
+    when its trie walk reaches that ``|``. A CTC model trained on transcripts without a trailing
+    space has no reason to emit one after the last word, so without this frame the decoder must
+    either spend a low-probability ``|`` on a blank frame or drop the utterance's last word.
+
+    Args:
+        log_probs: (B, T, V) log-probabilities.
+        lengths: (B,) valid frames.
+    Returns:
+        (B, T + 1, V) log-probabilities with frame ``lengths[b]`` of utterance ``b`` set to
+        ``log 1`` for ``separator`` and ``-inf`` elsewhere, and ``lengths + 1``.
+    """
+    batch, frames, vocabulary = log_probs.shape
+    padded = torch.cat([log_probs, log_probs.new_full((batch, 1, vocabulary), -math.inf)], dim=1)
+    frame = torch.full((vocabulary,), -math.inf, dtype=log_probs.dtype)
+    frame[separator] = 0.0
+    padded[torch.arange(batch), lengths.long()] = frame
+    return padded, lengths + 1
+
+
 class BeamSearchDecoder:
     """Batched CTC beam search over log-probabilities.
 
@@ -124,8 +147,11 @@ class BeamSearchDecoder:
 
     def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
         """(B, T, V) log-probabilities, (B,) lengths -> best transcript per utterance."""
-        emissions = log_probs.detach().float().cpu().contiguous()
-        hypotheses = self._decoder(emissions, lengths.detach().cpu().to(torch.int32))
+        emissions = log_probs.detach().float().cpu()
+        lengths = lengths.detach().cpu().to(torch.int32)
+        if self.config.lexicon is not None:
+            emissions, lengths = append_separator_frame(emissions, lengths, self.labels.index(" "))
+        hypotheses = self._decoder(emissions.contiguous(), lengths)
         texts = []
         for nbest in hypotheses:
             if not nbest:
@@ -153,8 +179,8 @@ def tune_beam_search(
     references: Sequence[str],
     labels: Sequence[str],
     config: BeamSearchConfig,
-    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
-    word_scores: Sequence[float] = (0.0, 2.0, 4.0, 6.0),
+    lm_weights: Sequence[float] = (0.5, 1.0, 2.0, 3.0),
+    word_scores: Sequence[float] = (-2.0, 0.0, 2.0, 4.0, 6.0),
     blank: int = 0,
     spell: Callable[[str], Sequence[str]] = list,
 ) -> tuple[BeamSearchConfig, list[BeamSearchTrial]]:
