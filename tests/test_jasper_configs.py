@@ -85,8 +85,10 @@ def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
 
 
 @pytest.mark.slow
-def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path):
-    """`zoo demo`'s speech stages: train (seconds), test greedy + beam, export, reload, transcribe."""
+@pytest.mark.parametrize("recipe, encoder", [(None, "jasper-demo"), ("ds2_demo.yaml", "ds2-demo")])
+def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path, recipe, encoder):
+    """`zoo demo`'s speech stages (`--recipe` for DeepSpeech2): train (seconds), test greedy + beam, export,
+    reload, transcribe."""
     from rich.console import Console
 
     from zoo.commands.speech_demo import run
@@ -96,11 +98,13 @@ def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path):
     out = tmp_path / "demo"
     overrides = ["--trainer.val_check_interval", "1.0", "--trainer.max_epochs", "1",
                  "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
-    assert run("commands", corpus, out, 0.5, Console(width=120), overrides) == 0
+    recipe_file = CONFIGS / recipe if recipe else None
+    assert run("commands", corpus, out, 0.5, Console(width=120), overrides, recipe=recipe_file) == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["recipe"] == str(recipe_file or CONFIGS / "jasper_demo.yaml")
     assert {"test/wer", "test/cer", "test/wer_beam", "test/cer_beam"} <= set(results["metrics"])
     assert results["steps"] >= 1 and results["rtf"] > 0
-    assert (out / "jasper-demo" / "model.safetensors").is_file() and (out / "words.arpa").is_file()
+    assert (out / encoder / "model.safetensors").is_file() and (out / "words.arpa").is_file()
     assert (out / "wer_vs_minutes.csv").is_file()
-    recognizer = zoo.load(out / "jasper-demo")
-    assert recognizer.encoder.config == zoo.registry.get_spec("jasper-demo").config
+    recognizer = zoo.load(out / encoder)
+    assert recognizer.encoder.config == zoo.registry.get_spec(encoder).config

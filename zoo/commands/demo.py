@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus-only", action="store_true", help="stop after building the corpus (no training)")
     parser.add_argument("--minutes", type=float, help="training budget (default: the recipe's trainer.max_time)")
     parser.add_argument("--output", default="runs/demo", help="folder for checkpoints, LM files, curve, export")
+    parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one, "
+                        "e.g. configs/ds2_demo.yaml (trained, evaluated, exported and reloaded the same way)")
     return parser
 
 
@@ -109,4 +111,5 @@ def main(argv: list[str]) -> int:
 
     from zoo.commands.speech_demo import run
 
-    return run(args.text, corpus_config(args), Path(args.output), args.minutes, console)
+    recipe = Path(args.recipe) if args.recipe else None
+    return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe)

@@ -4,7 +4,7 @@ held-out voices (greedy and beam search), export the ``SpeechRecognizer``, reloa
 
 Artifacts under ``--output`` (default ``runs/demo``): ``words.txt`` and ``words.arpa`` (lexicon
 and Kneser–Ney 3-gram LM from the training transcripts), ``wer_vs_minutes.csv`` / ``.png`` (the
-validation curve against wall-clock training time), ``jasper-demo/`` (the exported recognizer)
+validation curve against wall-clock training time), ``<encoder>/`` (the exported recognizer, e.g. ``jasper-demo/``)
 and ``results.json``.
 """
 
@@ -49,7 +49,7 @@ class WallClockCurve(pl.Callback):
                           "val_wer": float(metrics["val/wer"]), "val_cer": float(metrics["val/cer"])})
 
 
-def write_curve(rows: list[dict[str, float]], folder: Path) -> Path | None:
+def write_curve(rows: list[dict[str, float]], folder: Path, title: str = "Jasper demo") -> Path | None:
     if not rows:
         return None
     path = folder / "wer_vs_minutes.csv"
@@ -69,7 +69,7 @@ def write_curve(rows: list[dict[str, float]], folder: Path) -> Path | None:
     ax.plot([r["minutes"] for r in rows], [100 * r["val_cer"] for r in rows], "s--", label="CER")
     ax.set_xlabel("training minutes (wall clock)")
     ax.set_ylabel("validation error (%)")
-    ax.set_title("Jasper demo: held-out voices, greedy decoding")
+    ax.set_title(f"{title}: held-out voices, greedy decoding")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -165,13 +165,15 @@ def results_table(metrics: dict[str, float], minutes: float, title: str) -> Tabl
 
 
 def export_and_transcribe(checkpoint: Path, datamodule, output: Path, console: Console, n: int = 4) -> dict[str, Any]:
-    """Export the SpeechRecognizer, reload it with zoo.load(fuse=True) and transcribe a few test files."""
+    """Export the SpeechRecognizer into ``output/<encoder name>``, reload it with zoo.load(fuse=True)
+    and transcribe a few test files."""
     import zoo
     from zoo.hub import pipeline_from_checkpoint
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 
-    folder = output / "jasper-demo"
-    pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer).save_pretrained(folder)
+    pipeline = pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer)
+    folder = output / str(torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["encoder"])
+    pipeline.save_pretrained(folder)
     recognizer = zoo.load(folder, fuse=True)
     utterances = datamodule.data["test"].utterances[:n] if "test" in datamodule.data else []
     started = time.perf_counter()
@@ -190,24 +192,27 @@ def export_and_transcribe(checkpoint: Path, datamodule, output: Path, console: C
 
 
 def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
-        overrides: list[str] | None = None) -> int:
+        overrides: list[str] | None = None, recipe: Path | None = None) -> int:
     """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
-    ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``)."""
+    ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``);
+    ``recipe``: another speech recipe on the synthetic corpus (default: the Jasper recipe for ``text``),
+    e.g. ``configs/ds2_demo.yaml``."""
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    recipe = recipe or recipe_path(text)
     started = time.perf_counter()
-    trainer, datamodule, curve = train(recipe_path(text), corpus, output, max_minutes, console, overrides)
+    trainer, datamodule, curve = train(recipe, corpus, output, max_minutes, console, overrides)
     minutes = (time.perf_counter() - started) / 60
     checkpoint = best_checkpoint(trainer, output)
     console.print(f"checkpoint: {checkpoint}")
     words, arpa = language_model_files(datamodule, output)
     metrics, beam = evaluate(checkpoint, datamodule, words, arpa, console)
-    console.print(results_table(metrics, minutes, f"Jasper demo ({text}): test WER/CER"))
-    curve_path = write_curve(curve.rows, output)
+    console.print(results_table(metrics, minutes, f"{recipe.stem} ({text}): test WER/CER"))
+    curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
     exported = export_and_transcribe(checkpoint, datamodule, output, console)
-    results = {"recipe": str(recipe_path(text)), "train_minutes": minutes, "checkpoint": str(checkpoint),
+    results = {"recipe": str(recipe), "train_minutes": minutes, "checkpoint": str(checkpoint),
                "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
                "beam_search": dataclasses.asdict(beam), **exported}
     (output / "results.json").write_text(json.dumps(results, indent=2))
