@@ -294,6 +294,20 @@ def test_zoo_demo_corpus_stage_builds_and_prints_the_table(tmp_path):
         assert re.search(r"test\s.*\b2\b", out) and "shared sentences: train-val 0" in out
 
 
+def test_zoo_demo_train_variants_expand_default_and_repeats():
+    from zoo.commands.demo import build_parser, corpus_config, parse_train_variants
+
+    assert parse_train_variants("default,flite:rms*3, f2", ["a", "b"]) == ["a", "b", "flite:rms", "flite:rms",
+                                                                          "flite:rms", "f2"]
+    assert parse_train_variants("default*2", ["a"]) == ["a", "a"]
+    for bad in ("flite:rms*0", "flite:rms*x", " , "):
+        with pytest.raises(ValueError, match="--train-variants"):
+            parse_train_variants(bad, ["a"])
+    config = corpus_config(build_parser().parse_args(["--train-variants", "default,flite:awb*2"]))
+    assert config.train_variants == list(SyntheticCorpusConfig().train_variants) + ["flite:awb"] * 2
+    config.validate()
+
+
 FAKE_FLITE = """#!{python}
 # Stands in for CMU Flite: logs its arguments and writes 0.25 s of tone per word times duration_stretch.
 import json, sys

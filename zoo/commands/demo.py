@@ -32,7 +32,29 @@ def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
         config.val_utterances = config.test_utterances = args.held_out
     if args.test_variants:
         config.test_variants = [v.strip() for v in args.test_variants.split(",") if v.strip()]
+    if args.train_variants:
+        config.train_variants = parse_train_variants(args.train_variants, config.train_variants)
     return config
+
+
+def parse_train_variants(spec: str, default: list[str]) -> list[str]:
+    """``"default,flite:rms*10"`` -> the default training variants, then ``flite:rms`` ten times.
+
+    Variants are used in turn, so a variant listed ``N`` times voices ``N`` times as many utterances
+    (a second synthesizer's few voices can be given a real share of the training set).
+    """
+    variants: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, _, count = item.partition("*")
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ValueError(f"--train-variants: {item!r}: the repeat count after '*' must be a positive integer")
+        repeat = int(count) if count else 1
+        variants += (list(default) if name == "default" else [name]) * repeat
+    if not variants:
+        raise ValueError("--train-variants is empty")
+    return variants
 
 
 def build_demo_corpus(
@@ -89,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
     parser.add_argument("--test-variants", help="comma-separated held-out test voices, e.g. "
                         "'flite:slt,flite:rms,flite:awb,flite:kal16' (another synthesizer; needs Debian's flite)")
+    parser.add_argument("--train-variants", help="training voices, comma-separated; 'default' is the shared spec's "
+                        "espeak-ng variants and NAME*N repeats a variant N times, e.g. "
+                        "'default,flite:rms*11,flite:awb*11' (train on a second synthesizer too)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="rendering processes (default: every CPU)")
     parser.add_argument("--cache-dir", help="cache root (default: $ZOO_CACHE, $XDG_CACHE_HOME/zoo or ~/.cache/zoo)")
