@@ -164,16 +164,14 @@ def results_table(metrics: dict[str, float], minutes: float, title: str) -> Tabl
     return table
 
 
-def export_and_transcribe(checkpoint: Path, datamodule, output: Path, console: Console, n: int = 4) -> dict[str, Any]:
-    """Export the SpeechRecognizer into ``output/<encoder name>``, reload it with zoo.load(fuse=True)
-    and transcribe a few test files."""
+def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: Console, n: int = 4) -> dict[str, Any]:
+    """Export the SpeechRecognizer into ``folder``, reload it with zoo.load(fuse=True) and transcribe
+    a few test files."""
     import zoo
     from zoo.hub import pipeline_from_checkpoint
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 
-    pipeline = pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer)
-    folder = output / str(torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["encoder"])
-    pipeline.save_pretrained(folder)
+    pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer).save_pretrained(folder)
     recognizer = zoo.load(folder, fuse=True)
     utterances = datamodule.data["test"].utterances[:n] if "test" in datamodule.data else []
     started = time.perf_counter()
@@ -211,7 +209,8 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
-    exported = export_and_transcribe(checkpoint, datamodule, output, console)
+    export = output / str(trainer.lightning_module.hparams.encoder)  # e.g. runs/demo/jasper-demo
+    exported = export_and_transcribe(checkpoint, datamodule, export, console)
     results = {"recipe": str(recipe), "train_minutes": minutes, "checkpoint": str(checkpoint),
                "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
                "beam_search": dataclasses.asdict(beam), **exported}

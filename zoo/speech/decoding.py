@@ -96,7 +96,7 @@ def append_separator_frame(log_probs: Tensor, lengths: Tensor, separator: int) -
         (B, T + 1, V) log-probabilities with frame ``lengths[b]`` of utterance ``b`` set to
         ``log 1`` for ``separator`` and ``-inf`` elsewhere, and ``lengths + 1``.
     """
-    batch, frames, vocabulary = log_probs.shape
+    batch, _, vocabulary = log_probs.shape
     padded = torch.cat([log_probs, log_probs.new_full((batch, 1, vocabulary), -math.inf)], dim=1)
     frame = torch.full((vocabulary,), -math.inf, dtype=log_probs.dtype)
     frame[separator] = 0.0
