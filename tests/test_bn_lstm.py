@@ -6,10 +6,20 @@ import pytest
 import torch
 from torch import nn
 
+from zoo.text import bn_recurrence_cpp
 from zoo.text.bn_lstm import BNLSTM, BNLSTMConfig, BNLSTMLayer, StepwiseBatchNorm
+from zoo.text.bn_recurrence import bn_lstm_recurrence
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(autouse=True, params=["cpp", "python"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against both recurrences: the C++ loop (built here with the machine's gcc) and
+    the Python one; "cpp" fails rather than falls back if the extension cannot be built."""
+    monkeypatch.setenv("ZOO_BN_LSTM_KERNEL", request.param)
+    return request.param
 
 
 class NaiveBNLSTM(nn.Module):
@@ -250,3 +260,95 @@ def test_gradcheck_all_inputs_float64(training: bool) -> None:
         return torch.cat([out.flatten(), c_last.flatten()])
 
     assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+
+
+def _grad_fn_name(out: torch.Tensor) -> str:
+    return type(out.grad_fn).__name__
+
+
+def test_kernel_choice_is_honoured_and_checked(kernel: str) -> None:
+    layer = _layer()
+    out, _ = layer(torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
+    expected = "BNLSTMRecurrenceCppBackward" if kernel == "cpp" else "BNLSTMRecurrenceBackward"
+    assert _grad_fn_name(out) == expected
+    wx = torch.randn(5, 2, 16)
+    state = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="expected one of auto, cpp, python"):
+        bn_lstm_recurrence(wx, state, state, layer.weight_h, layer.bias, layer.bn_x, layer.bn_h, layer.bn_c,
+                           kernel="fast")
+    with pytest.raises(ValueError, match="float32 / float64 on the CPU"):
+        bn_lstm_recurrence(wx.half(), state.half(), state.half(), layer.weight_h.half(), layer.bias.half(),
+                           layer.bn_x, layer.bn_h, layer.bn_c, kernel="cpp")
+
+
+def test_auto_falls_back_to_python_when_the_extension_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bn_recurrence_cpp, "load_extension", lambda: None)
+    layer = _layer()
+    x, state = torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4))
+    monkeypatch.setenv("ZOO_BN_LSTM_KERNEL", "auto")
+    assert _grad_fn_name(layer(x, state)[0]) == "BNLSTMRecurrenceBackward"
+    monkeypatch.setenv("ZOO_BN_LSTM_KERNEL", "cpp")
+    with pytest.raises(RuntimeError, match="could not be built"):
+        layer(x, state)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpp_and_python_kernels_agree_at_a_realistic_size(training: bool, masked: bool) -> None:
+    """float32, 2 layers of 64 units, batch 16, 12 steps: outputs, final state, every gradient and the
+    running statistics of the two recurrences agree."""
+    torch.manual_seed(4)
+    steps, batch = 12, 16
+    models = {}
+    for kernel in ("cpp", "python"):
+        torch.manual_seed(5)
+        models[kernel] = BNLSTM(BNLSTMConfig(input_size=24, hidden_size=64, num_layers=2, max_length=steps))
+        models[kernel].train(training)
+    models["python"].load_state_dict(models["cpp"].state_dict())
+    x = torch.randn(steps, batch, 24)
+    # lengths 7..12: every step keeps at least a few real rows (with one, σ = √ε amplifies float32 rounding 300×)
+    lengths = torch.randint(steps // 2 + 1, steps + 1, (batch,))
+    mask = (torch.arange(steps)[:, None] < lengths[None, :]) if masked else None
+    weight = torch.randn(steps, batch, 64)
+    results = {}
+    for kernel, model in models.items():
+        inp = x.clone().requires_grad_()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ZOO_BN_LSTM_KERNEL", kernel)
+            out, (h, c) = model(inp, mask=mask)
+        ((out * weight).sum() + c.sum()).backward()
+        results[kernel] = [out, h, c, inp.grad, *(p.grad for p in model.parameters()), *model.buffers()]
+    for ours, ref in zip(results["cpp"], results["python"]):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_in_the_input_propagates() -> None:
+    """The C++ loop is compiled with fast vector exp / tanh, but never assumes finite values."""
+    layer = _layer()
+    x = torch.randn(5, 2, 3)
+    x[2, 0, 1] = float("nan")
+    out, (_, c) = layer(x, (torch.zeros(2, 4), torch.zeros(2, 4)))
+    assert not torch.isnan(out[:2]).any()
+    assert torch.isnan(out[2:]).all() and torch.isnan(c).all()  # the step's statistics spread it to the batch
+
+
+def test_autocast_bf16_runs_the_recurrent_product_in_bf16() -> None:
+    """Under CPU autocast (bf16) the recurrence stays within bf16 rounding of the float32 result, differs
+    from it (the products did run in bf16), and the gradients reach every parameter in float32."""
+    torch.manual_seed(6)
+    model = BNLSTM(BNLSTMConfig(input_size=16, hidden_size=32, max_length=10))
+    reference = BNLSTM(BNLSTMConfig(input_size=16, hidden_size=32, max_length=10))
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(10, 8, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = model(x)
+    ref, _ = reference(x)
+    assert out.dtype == c.dtype == torch.float32
+    assert (out - ref).abs().max() > 1e-5
+    torch.testing.assert_close(out, ref, rtol=0.0, atol=0.05)
+    out.sum().backward()
+    ref.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad.dtype == torch.float32, name
+        cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert cosine > 0.98, (name, cosine)

@@ -173,10 +173,10 @@ class BNLSTMLayer(nn.Module):
     def forward(self, x: Tensor, state: State, mask: Tensor | None = None, start: int = 0) -> tuple[Tensor, State]:
         steps = x.shape[0]
         self.bn_h.check_training_length(start + steps)
-        # W_x x_t and BN(·; γ_x, 0) for every step at once; b folded in.
-        gx = self.bn_x(F.linear(x, self.weight_x), mask, start) + self.bias
-        # the recurrent part: one autograd function with a hand-written backward through time
-        out, c = bn_lstm_recurrence(gx, state[0], state[1], self.weight_h, self.bn_h, self.bn_c, mask, start)
+        # W_x x_t for every step at once; the recurrence normalises it and runs the loop over time
+        # (one autograd function with a hand-written backward through time)
+        out, c = bn_lstm_recurrence(F.linear(x, self.weight_x), state[0], state[1], self.weight_h, self.bias,
+                                    self.bn_x, self.bn_h, self.bn_c, mask, start)
         return out, (out[-1], c)
 
 

@@ -30,11 +30,16 @@ with ``x̂ = (a − μ) / σ`` and ``m_b ∈ {0, 1}`` marking the ``n`` real row
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from zoo.text import bn_recurrence_cpp
+
+KERNELS = ("auto", "cpp", "python")
 
 native_batch_norm_backward = torch.ops.aten.native_batch_norm_backward
 tanh_backward = torch.ops.aten.tanh_backward
@@ -100,6 +105,7 @@ class BNLSTMRecurrence(torch.autograd.Function):
         training: bool,
         momentum: float,
         eps: float,
+        mm_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
         steps, batch, four_h = gx.shape
         hidden = four_h // 4
@@ -108,21 +114,31 @@ class BNLSTMRecurrence(torch.autograd.Function):
         run_h = [(rows[0][s], rows[1][s]) for s in slots]
         run_c = [(rows[2][s], rows[3][s]) for s in slots]
         new = gx.new_empty
-        # per-step values kept for the backward, written in place (unbind: views without per-step indexing)
-        out, pre_h, c_pre = new(steps, batch, hidden), new(steps, batch, four_h), new(steps, batch, hidden)
+        # per-step values kept for the backward, written in place (unbind: views without per-step indexing);
+        # states[t] = h_{t−1}: the outputs are states[1:], and ∂L/∂W_h needs states[:-1] (no concatenation)
+        states, pre_h, c_pre = new(steps + 1, batch, hidden), new(steps, batch, four_h), new(steps, batch, hidden)
+        states[0] = h0
+        out = states[1:]
+        # the recurrent product's operand in the autocast precision (bf16: AMX / tensor cores); statistics,
+        # gates and cell stay in the input precision, as autocast keeps batch norm and point-wise ops
+        low = mm_dtype != gx.dtype
+        states_mm = new(steps + 1, batch, hidden, dtype=mm_dtype) if low else states
+        if low:
+            states_mm[0] = h0
         cells = c_pre if mask is None else new(steps, batch, hidden)  # the state (padded rows keep theirs)
         sig_all, g_all, tc_all = new(steps, batch, 3 * hidden), new(steps, batch, hidden), new(steps, batch, hidden)
         out_t, pre_t, c_pre_t, cells_t = out.unbind(0), pre_h.unbind(0), c_pre.unbind(0), cells.unbind(0)
         sig_t, g_t, tc_t, gx_t = sig_all.unbind(0), g_all.unbind(0), tc_all.unbind(0), gx.unbind(0)
+        h_mm = states_mm.unbind(0)
         masks = None if mask is None else mask.to(gx.dtype).unsqueeze(-1)  # (T, B, 1)
         counts = None if masks is None else masks.sum(1)  # (T, 1)
         moments_h, moments_c = [], []
-        weight_t = weight_h.t().contiguous()
+        weight_t = weight_h.t().to(mm_dtype).contiguous()
         h, c = h0, c0
         for t in range(steps):
             m = None if masks is None else masks[t]
             n = None if counts is None else counts[t]
-            a = torch.mm(h, weight_t, out=pre_t[t])
+            a = pre_t[t].copy_(torch.mm(h_mm[t], weight_t)) if low else torch.mm(h_mm[t], weight_t, out=pre_t[t])
             y, mean, invstd = _norm_forward(a, m, n, gamma_h, None, *run_h[t], training, momentum, eps)
             moments_h.append((mean, invstd))
             gates = y.add_(gx_t[t])
@@ -138,25 +154,29 @@ class BNLSTMRecurrence(torch.autograd.Function):
             else:  # padded rows keep the previous state
                 keep = m.bool()
                 h, c = torch.where(keep, o * tc, h, out=out_t[t]), torch.where(keep, c_new, c, out=cells_t[t])
+            if low:
+                h_mm[t + 1].copy_(h)
         ctx.training, ctx.eps, ctx.run_h, ctx.run_c = training, eps, run_h, run_c
         ctx.moments_h, ctx.moments_c = moments_h, moments_c
-        ctx.save_for_backward(h0, c0, weight_h, gamma_h, gamma_c, out, cells, pre_h, c_pre, sig_all, g_all,
-                              tc_all, masks, counts)
+        ctx.save_for_backward(c0, weight_h, gamma_h, gamma_c, states, states_mm, cells, pre_h, c_pre, sig_all,
+                              g_all, tc_all, masks, counts)
         return out, cells[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
-        (h0, c0, weight_h, gamma_h, gamma_c, out, cells, pre_h, c_pre, sig_all, g_all,
+        (c0, weight_h, gamma_h, gamma_c, states, states_mm, cells, pre_h, c_pre, sig_all, g_all,
          tc_all, masks, counts) = ctx.saved_tensors
         training, eps = ctx.training, ctx.eps
-        steps, batch, hidden = out.shape
+        steps, batch, hidden = c_pre.shape
         if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        grad_gx = out.new_empty(steps, batch, 4 * hidden)  # ∂L/∂(f̃, ĩ, õ, g̃)
-        grad_a: list[Tensor] = [grad_gx] * steps  # ∂L/∂(W_h h_{t−1}) of every step
+            grad_out = torch.zeros_like(c_pre)
+        low = states_mm.dtype != states.dtype
+        weight = weight_h.to(states_mm.dtype)
+        grad_gx = c_pre.new_empty(steps, batch, 4 * hidden)  # ∂L/∂(f̃, ĩ, õ, g̃)
+        grad_a = c_pre.new_empty(steps, batch, 4 * hidden, dtype=states_mm.dtype)  # ∂L/∂(W_h h_{t−1}), all steps
         grad_gamma_h, grad_gamma_c, grad_beta_c = [], [], []
-        grad_gx_t, pre_t, c_pre_t = grad_gx.unbind(0), pre_h.unbind(0), c_pre.unbind(0)
+        grad_gx_t, pre_t, c_pre_t, grad_a_t = grad_gx.unbind(0), pre_h.unbind(0), c_pre.unbind(0), grad_a.unbind(0)
         sig_t, g_t, tc_t, grad_out_t = sig_all.unbind(0), g_all.unbind(0), tc_all.unbind(0), grad_out.unbind(0)
         dh = grad_out_t[-1].clone()
         dc = torch.zeros_like(c0) if grad_c_last is None else grad_c_last.clone()
@@ -186,40 +206,75 @@ class BNLSTMRecurrence(torch.autograd.Function):
             tanh_backward.grad_input(dc * i, g, grad_input=d_g)
             dc = dc * f
             # gates = gx_t + BN(a_t; γ_h, 0), a_t = W_h h_{t−1}
-            grad_a[t], d_gamma, _ = _norm_backward(dgate, pre_t[t], m, n, gamma_h, *ctx.moments_h[t],
-                                                   *ctx.run_h[t], training, eps, False)
+            d_a, d_gamma, _ = _norm_backward(dgate, pre_t[t], m, n, gamma_h, *ctx.moments_h[t],
+                                             *ctx.run_h[t], training, eps, False)
+            grad_a_t[t].copy_(d_a)
             grad_gamma_h.append(d_gamma)
-            dh = torch.mm(grad_a[t], weight_h) if t == 0 else torch.addmm(grad_out_t[t - 1], grad_a[t], weight_h)
+            if t == 0:
+                dh = torch.mm(grad_a_t[t], weight).to(states.dtype)
+            elif low:
+                dh = torch.mm(grad_a_t[t], weight).add_(grad_out_t[t - 1])
+            else:
+                dh = torch.addmm(grad_out_t[t - 1], grad_a_t[t], weight)
             if m is not None:
                 dh += dh_pass
                 dc += dc_pass
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
         flat = steps * batch
-        grad_weight = torch.mm(torch.stack(grad_a).view(flat, 4 * hidden).t(), h_prev.view(flat, hidden))
+        previous = states_mm[:-1].reshape(flat, hidden)
+        grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), previous).to(weight_h.dtype)
         return (grad_gx, dh, dc, grad_weight, torch.stack(grad_gamma_h).sum(0), torch.stack(grad_gamma_c).sum(0),
-                torch.stack(grad_beta_c).sum(0), None, None, None, None, None, None)
+                torch.stack(grad_beta_c).sum(0), None, None, None, None, None, None, None)
 
 
 def bn_lstm_recurrence(
-    gx: Tensor,
+    wx: Tensor,
     h0: Tensor,
     c0: Tensor,
     weight_h: Tensor,
+    bias: Tensor,
+    bn_x: Any,
     bn_h: Any,
     bn_c: Any,
     mask: Tensor | None = None,
     start: int = 0,
+    kernel: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run eqs. 6-8 over ``gx: (T, B, 4H)`` from ``h0, c0: (B, H)``.
+    """Run eqs. 6-8 over ``wx = W_x x: (T, B, 4H)`` from ``h0, c0: (B, H)``.
 
-    ``bn_h``, ``bn_c``: the layer's :class:`zoo.text.bn_lstm.StepwiseBatchNorm` of the recurrent
-    term and of the cell (their γ, β, running statistics, ``training``, momentum and ε are used; the
-    running statistics are updated in place in training). ``mask: (T, B)`` bool or None.
+    ``bn_x``, ``bn_h``, ``bn_c``: the layer's :class:`zoo.text.bn_lstm.StepwiseBatchNorm` of the
+    input term, the recurrent term and the cell (their γ, β, running statistics, ``training``,
+    momentum and ε are used; the running statistics are updated in place in training); ``bias``: b.
+    ``mask: (T, B)`` bool or None.
+
+    ``kernel``: ``"cpp"`` (the loop in C++ with both normalisations of eq. 6 fused into it,
+    :mod:`zoo.text.bn_recurrence_cpp`; float32 / float64 on the CPU), ``"python"`` (the input
+    term normalised for all steps at once by ``bn_x``, then :class:`BNLSTMRecurrence`) or
+    ``"auto"`` (C++ where it applies and builds); None reads ``$ZOO_BN_LSTM_KERNEL`` (default
+    ``auto``). Under autocast the ``W_h h`` products run in the autocast dtype (bf16: AMX on recent
+    CPUs), everything else in the parameters' dtype.
 
     Returns every step's ``h_t: (T, B, H)`` and the last ``c: (B, H)``.
     """
-    stats = (bn_h.running_mean, bn_h.running_var, bn_c.running_mean, bn_c.running_var)
-    return BNLSTMRecurrence.apply(
-        gx, h0, c0, weight_h, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start,
-        bn_h.training, bn_h.momentum, bn_h.eps,
-    )
+    kernel = kernel or os.environ.get("ZOO_BN_LSTM_KERNEL", "auto")
+    if kernel not in KERNELS:
+        raise ValueError(f"BN-LSTM kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
+    wx = wx.to(bias.dtype)  # autocast computed W_x x in bf16; normalisation and cell run in full precision
+    applicable = bn_recurrence_cpp.supported(wx)
+    if kernel == "cpp" and not applicable:
+        raise ValueError(f"BN-LSTM kernel 'cpp' runs float32 / float64 on the CPU, not {wx.dtype} on {wx.device}")
+    if kernel == "cpp" and bn_recurrence_cpp.load_extension() is None:
+        raise RuntimeError("BN-LSTM kernel 'cpp': the C++ extension could not be built (see the warning above)")
+    use_cpp = kernel == "cpp" or (kernel == "auto" and applicable and bn_recurrence_cpp.load_extension() is not None)
+    device = wx.device.type
+    mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else wx.dtype
+    args = (bn_h.training, bn_h.momentum, bn_h.eps, mm_dtype)
+    with torch.autocast(device, enabled=False):
+        if use_cpp:
+            stats = tuple(s for bn in (bn_x, bn_h, bn_c) for s in (bn.running_mean, bn.running_var))
+            return bn_recurrence_cpp.BNLSTMRecurrenceCpp.apply(
+                wx, h0, c0, weight_h, bias, bn_x.weight, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start, *args
+            )
+        gx = bn_x(wx, mask, start) + bias
+        stats = (bn_h.running_mean, bn_h.running_var, bn_c.running_mean, bn_c.running_var)
+        return BNLSTMRecurrence.apply(gx, h0, c0, weight_h, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start,
+                                      *args)

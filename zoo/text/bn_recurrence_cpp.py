@@ -1,0 +1,147 @@
+"""The BN-LSTM recurrence (arXiv 1603.09025 eqs. 6-8) as a C++ extension for the CPU.
+
+Same equations, buffers and hand-written back-propagation through time as
+:class:`zoo.text.bn_recurrence.BNLSTMRecurrence`, but the loop over time runs in C++
+(``csrc/bn_lstm_recurrence.cpp``): per step one ``W_h h`` product and one fused pass over the
+``(B, 4H)`` gates for both batch norms, the gates and the cell, instead of a dozen Python-level
+tensor operations. ``∂L/∂W_h`` is still one ``(4H, T·B) × (T·B, H)`` product over all steps.
+
+The extension is compiled on first use with the machine's C++ compiler through
+``torch.utils.cpp_extension`` (ninja, a Python dependency) and cached by torch in
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later processes load it in
+milliseconds. Where it cannot be built, :func:`load_extension` returns None and the layer runs the
+Python recurrence (``ZOO_BN_LSTM_KERNEL=cpp`` makes that an error instead).
+
+In training the C++ loop returns every step's batch mean and variance and the running statistics
+are updated here, for all steps at once (unbiased variance, momentum as ``nn.BatchNorm1d``; a step
+without real rows leaves them unchanged).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+SOURCE = Path(__file__).parent / "csrc" / "bn_lstm_recurrence.cpp"
+# -ffast-math lets gcc call glibc's vector exp / tanh; NaN and Inf still propagate (no finite-math).
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def load_extension() -> ModuleType | None:
+    """Build (first use on a machine) and load the C++ recurrence, or None with a warning if that fails."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        log.info("loading the BN-LSTM C++ recurrence (compiled once per machine, ~1 minute)")
+        return load(name="zoo_bn_lstm_recurrence", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                    extra_ldflags=["-lmvec"], verbose=False)
+    except Exception as error:  # no compiler, no ninja, no Python headers
+        warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
+        return None
+
+
+def supported(gx: Tensor) -> bool:
+    """Whether the C++ recurrence can run on ``gx`` (float32 / float64 on the CPU)."""
+    return gx.device.type == "cpu" and gx.dtype in (torch.float32, torch.float64)
+
+
+def _update_running(run_mean: Tensor, run_var: Tensor, rows: slice, mean: Tensor, var: Tensor, counts: Tensor,
+                    momentum: float) -> None:
+    weight = (momentum * (counts > 0).to(mean.dtype)).unsqueeze(1)  # (T, 1)
+    unbiased = var * (counts / (counts - 1).clamp(min=1)).unsqueeze(1)
+    run_mean[rows].mul_(1 - weight).add_(weight * mean)
+    run_var[rows].mul_(1 - weight).add_(weight * unbiased)
+
+
+class BNLSTMRecurrenceCpp(torch.autograd.Function):
+    """Eqs. 6-8 over all steps in C++, both normalisations of eq. 6 included (see the module docstring)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        wx: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        weight_h: Tensor,
+        bias: Tensor,
+        gamma_x: Tensor,
+        gamma_h: Tensor,
+        gamma_c: Tensor,
+        beta_c: Tensor,
+        mask: Tensor | None,
+        stats: tuple[Tensor, ...],
+        start: int,
+        training: bool,
+        momentum: float,
+        eps: float,
+        mm_dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
+        steps, batch, four_h = wx.shape
+        hidden = four_h // 4
+        max_length = stats[0].shape[0]
+        if training and start + steps > max_length:
+            raise ValueError(f"training steps {start}..{start + steps - 1} exceed the {max_length} kept statistics")
+        wx, c0 = wx.contiguous(), c0.contiguous()
+        new = wx.new_empty
+        states = new(steps + 1, batch, hidden)  # states[t] = h_{t−1}; the outputs are states[1:]
+        states[0] = h0
+        states_mm = new(steps + 1, batch, hidden, dtype=mm_dtype) if mm_dtype != wx.dtype else states
+        states_mm[0] = h0
+        c_pre = new(steps, batch, hidden)
+        cells = c_pre if mask is None else new(steps, batch, hidden)
+        buffers = [states, states_mm, cells, c_pre, new(steps, batch, four_h), new(steps, batch, 3 * hidden),
+                   new(steps, batch, hidden), new(steps, batch, hidden)]
+        moments = [new(steps, size) for size in (four_h,) * 6 + (hidden,) * 3]  # mean, var, 1/σ of x, h, c
+        empty = new(0)
+        masks = empty if mask is None else mask.to(wx.dtype).contiguous()
+        counts = wx.new_full((steps,), batch) if mask is None else masks.sum(1)
+        running = [empty] * 6
+        if not training:
+            slots = torch.arange(start, start + steps, device=wx.device).clamp_(max=max_length - 1)
+            running = [s[slots].to(wx.dtype) for s in stats]
+        params = [p.contiguous() for p in (gamma_x, gamma_h, gamma_c, beta_c, bias)]
+        load_extension().forward(wx, weight_h.t().to(mm_dtype).contiguous(), params, masks,
+                                 counts if mask is not None else empty, running, training, eps, c0, buffers, moments)
+        if training:
+            rows = slice(start, start + steps)
+            for i in range(3):
+                _update_running(stats[2 * i], stats[2 * i + 1], rows, moments[3 * i], moments[3 * i + 1], counts,
+                                momentum)
+        ctx.training, ctx.masked, ctx.num_buffers = training, mask is not None, len(buffers)
+        ctx.save_for_backward(wx, c0, weight_h, *params, masks, counts, *buffers, *moments[0::3], *moments[2::3])
+        return states[1:], cells[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
+        wx, c0, weight_h, *rest = ctx.saved_tensors
+        params, (masks, counts), rest = rest[:5], rest[5:7], rest[7:]
+        buffers, means, invstds = rest[: ctx.num_buffers], rest[-6:-3], rest[-3:]
+        states_mm, c_pre = buffers[1], buffers[3]
+        steps, batch, hidden = c_pre.shape
+        grad_out = torch.zeros_like(c_pre) if grad_out is None else grad_out.contiguous()
+        dh = grad_out[-1].clone()
+        dc = torch.zeros_like(c0) if grad_c_last is None else grad_c_last.contiguous().clone()
+        new = c_pre.new_empty
+        grad_wx = new(steps, batch, 4 * hidden)
+        grad_a = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)  # ∂L/∂(W_h h_{t−1}), all steps
+        grads = [new(steps, size) for size in (4 * hidden,) * 3 + (hidden,) * 2]  # γ_x, γ_h, b, γ_c, β_c
+        moments = [means[0], invstds[0], means[1], invstds[1], means[2], invstds[2]]
+        load_extension().backward(grad_out, weight_h.to(states_mm.dtype).contiguous(), params, masks,
+                                  counts if ctx.masked else masks, ctx.training, c0, wx, buffers, moments, grad_wx,
+                                  grad_a, grads, dh, dc)
+        flat = steps * batch
+        grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), states_mm[:-1].reshape(flat, hidden))
+        grad_gamma_x, grad_gamma_h, grad_bias, grad_gamma_c, grad_beta_c = (g.sum(0) for g in grads)
+        return (grad_wx, dh, dc, grad_weight.to(weight_h.dtype), grad_bias, grad_gamma_x, grad_gamma_h, grad_gamma_c,
+                grad_beta_c, None, None, None, None, None, None, None)
