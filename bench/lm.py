@@ -1,8 +1,10 @@
 """Language-model recurrent layers: training throughput (tokens/s of forward + backward).
 
     python bench/lm.py [--iters 3] [--paper-iters 1] [--skip-paper] [--threads 1] [--device cuda]
+                       [--precision fp32|bf16]
 
-1. BN-LSTM (``zoo.text.bn_lstm.BNLSTM``) against
+1. BN-LSTM (``zoo.text.bn_lstm.BNLSTM``; its recurrence as the C++ loop and as the Python loop,
+   ``ZOO_BN_LSTM_KERNEL=cpp|python``) against
    * the fused ``nn.LSTM`` (oneDNN / cuDNN kernel; goal at the demo size: BN-LSTM ≤ 2.5× its time), and
    * a naive BN-LSTM written here: one Python step per time step doing everything per step
      (``W_x x_t`` inside the loop, ``torch.cat([x, h])``-free but one ``nn.BatchNorm1d`` module per
@@ -17,6 +19,10 @@
    at BIGLSTM's proportions scaled down by 4 (n = 2048, p = 256, F128 = n/16 like F512 for n = 8192;
    1703.10722 §4), 2 layers, batch 32, 20 steps; also the parameter counts.
 
+``--precision bf16`` runs every implementation, the naive loop and the matrix products included,
+under ``torch.autocast`` with bfloat16 (on CPUs with AMX or AVX512-BF16 the products then run 2-3×
+faster; batch norm, gates and cell stay in float32 as autocast keeps them).
+
 Every figure comes from this run; times are the best of ``--iters`` timed iterations after one
 warm-up (best-of, because the CPU is shared and noisy). Ratios are of per-token time.
 """
@@ -24,8 +30,10 @@ warm-up (best-of, because the CPU is shared and noisy). Ratios are of per-token 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -67,15 +75,40 @@ def synchronize(x: Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor], iters: int) -> float:
-    """Best wall time of forward + backward of ``sum(output)`` over ``iters`` iterations (after a warm-up)."""
+PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def autocast(x: Tensor, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    return torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+@contextlib.contextmanager
+def bn_lstm_kernel(kernel: str) -> Iterator[None]:
+    """The zoo's BN-LSTM recurrence to time: ``cpp`` or ``python`` (``zoo.text.bn_recurrence``)."""
+    before = os.environ.get("ZOO_BN_LSTM_KERNEL")
+    os.environ["ZOO_BN_LSTM_KERNEL"] = kernel
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["ZOO_BN_LSTM_KERNEL"]
+        else:
+            os.environ["ZOO_BN_LSTM_KERNEL"] = before
+
+
+def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor], iters: int,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Best wall time of forward + backward of ``sum(output)`` over ``iters`` iterations (after a warm-up),
+    the forward under autocast to ``dtype`` unless that is float32."""
     model.to(x.device).train()
     best = float("inf")
     for i in range(iters + 1):
         model.zero_grad(set_to_none=True)
         synchronize(x)
         start = time.perf_counter()
-        run(model, x).sum().backward()
+        with autocast(x, dtype):
+            out = run(model, x)
+        out.float().sum().backward()
         synchronize(x)
         elapsed = time.perf_counter() - start
         if i > 0:
@@ -83,13 +116,18 @@ def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor]
     return best
 
 
-def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.device) -> float:
-    """Best time of the BN-LSTM's matrix products alone: ``W_x x`` (all steps at once), ``W_h h_{t−1}``
-    per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients (``x`` is a leaf)."""
-    x = torch.randn(steps * batch, hidden, device=device)
-    w_x, w_h = torch.randn(4 * hidden, hidden, device=device), torch.randn(4 * hidden, hidden, device=device)
-    h, grad = torch.randn(batch, hidden, device=device), torch.randn(batch, 4 * hidden, device=device)
-    grads = torch.randn(steps * batch, 4 * hidden, device=device)
+def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> float:
+    """Best time of the BN-LSTM's matrix products alone, in ``dtype``: ``W_x x`` (all steps at once),
+    ``W_h h_{t−1}`` per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients
+    (``x`` is a leaf)."""
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    x = randn(steps * batch, hidden)
+    w_x, w_h = randn(4 * hidden, hidden), randn(4 * hidden, hidden)
+    h, grad = randn(batch, hidden), randn(batch, 4 * hidden)
+    grads = randn(steps * batch, 4 * hidden)
     best = float("inf")
     for i in range(iters + 1):
         synchronize(x)
@@ -108,23 +146,25 @@ def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.
 
 
 def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: int,
-                 device: torch.device) -> list[tuple[str, float]]:
+                 device: torch.device, dtype: torch.dtype = torch.float32) -> list[tuple[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden, device=device)
     ours = BNLSTM(BNLSTMConfig(input_size=hidden, hidden_size=hidden, max_length=steps))
     fused = nn.LSTM(hidden, hidden)
     naive = NaiveBNLSTM(hidden, hidden, steps)
     tokens = batch * steps
-    times = {
-        "BN-LSTM (zoo)": time_training(ours, x, lambda m, v: m(v)[0], iters),
-        "nn.LSTM (fused)": time_training(fused, x, lambda m, v: m(v)[0], iters),
-        "BN-LSTM (naive loop)": time_training(naive, x, lambda m, v: m(v), naive_iters),
-        "matrix products alone": time_matmuls(hidden, batch, steps, iters, device),
-    }
+    times = {}
+    kernels = ["cpp", "python"] if device.type == "cpu" else ["python"]
+    for kernel in kernels:
+        with bn_lstm_kernel(kernel):
+            times[f"BN-LSTM (zoo, {kernel})"] = time_training(ours, x, lambda m, v: m(v)[0], iters, dtype)
+    times["nn.LSTM (fused)"] = time_training(fused, x, lambda m, v: m(v)[0], iters, dtype)
+    times["BN-LSTM (naive loop)"] = time_training(naive, x, lambda m, v: m(v), naive_iters, dtype)
+    times["matrix products alone"] = time_matmuls(hidden, batch, steps, iters, device, dtype)
     return [(name, tokens / t) for name, t in times.items()]
 
 
-def factorized_rows(iters: int, device: torch.device) -> list[tuple[str, int, float]]:
+def factorized_rows(iters: int, device: torch.device, dtype: torch.dtype) -> list[tuple[str, int, float]]:
     torch.manual_seed(0)
     n, p, batch, steps = 2048, 256, 32, 20
     x = torch.randn(steps, batch, p, device=device)
@@ -133,7 +173,7 @@ def factorized_rows(iters: int, device: torch.device) -> list[tuple[str, int, fl
                         ("F-LSTM F512 (r = n/4)", {"factor_size": 512}), ("G-LSTM G4", {"groups": 4})):
         model = FactorizedLSTM(FactorizedLSTMConfig(input_size=p, hidden_size=n, projection_size=p, num_layers=2, **extra))
         params = sum(q.numel() for q in model.parameters())
-        rows.append((name, params, batch * steps / time_training(model, x, lambda m, v: m(v)[0], iters)))
+        rows.append((name, params, batch * steps / time_training(model, x, lambda m, v: m(v)[0], iters, dtype)))
     return rows
 
 
@@ -144,30 +184,33 @@ def main() -> None:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steadier on a shared CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=sorted(PRECISION), default="fp32",
+                        help="bf16: every implementation under torch.autocast(bfloat16)")
     args = parser.parse_args()
+    dtype = PRECISION[args.precision]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; best of {args.iters} iterations")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, {args.precision}; "
+          f"best of {args.iters} iterations")
     sizes = [("demo", 256, 32, 100, args.iters)]
     if not args.skip_paper:
         sizes.append(("paper (PTB)", 1000, 64, 100, args.paper_iters))
     sizes.append(("small", 128, 32, 100, args.iters))
     for label, hidden, batch, steps, iters in sizes:
-        rows = bn_lstm_rows(hidden, batch, steps, iters, iters, device)
-        fused = dict(rows)["nn.LSTM (fused)"]
-        naive = dict(rows)["BN-LSTM (naive loop)"]
-        ours = dict(rows)["BN-LSTM (zoo)"]
+        rows = dict(bn_lstm_rows(hidden, batch, steps, iters, iters, device, dtype))
         print(f"\n{label}: {hidden} units, batch {batch}, {steps} steps (forward + backward)")
-        for name, rate in rows:
-            print(f"  {name:24s} {rate:10.0f} tokens/s")
-        print(f"  BN-LSTM time / nn.LSTM time:    {fused / ours:5.2f}x  (goal at demo size <= 2.5x)")
-        print(f"  naive loop time / BN-LSTM time: {ours / naive:5.2f}x  (goal at demo size >= 3x)")
-        floor = dict(rows)["matrix products alone"]
+        for name, rate in rows.items():
+            print(f"  {name:26s} {rate:10.0f} tokens/s")
+        fused, naive = rows["nn.LSTM (fused)"], rows["BN-LSTM (naive loop)"]
+        for name in (name for name in rows if name.startswith("BN-LSTM (zoo")):
+            print(f"  {name}: {fused / rows[name]:5.2f}x the nn.LSTM time (goal at demo size <= 2.5x), "
+                  f"{rows[name] / naive:5.2f}x faster than the naive loop (goal at demo size >= 3x)")
+        floor = rows["matrix products alone"]
         print(f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)")
     print("\nF-LSTM / G-LSTM vs LSTMP: n = 2048, p = 256, 2 layers, batch 32, 20 steps (forward + backward)")
-    rows = factorized_rows(args.iters, device)
+    rows = factorized_rows(args.iters, device, dtype)
     base = rows[0][2]
     for name, params, rate in rows:
         print(f"  {name:24s} {params / 1e6:6.2f}M params {rate:9.0f} tokens/s  {rate / base:4.2f}x LSTMP")

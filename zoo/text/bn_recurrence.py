@@ -258,15 +258,15 @@ def bn_lstm_recurrence(
     kernel = kernel or os.environ.get("ZOO_BN_LSTM_KERNEL", "auto")
     if kernel not in KERNELS:
         raise ValueError(f"BN-LSTM kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
-    wx = wx.to(bias.dtype)  # autocast computed W_x x in bf16; normalisation and cell run in full precision
-    applicable = bn_recurrence_cpp.supported(wx)
+    device = wx.device.type
+    mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else bias.dtype
+    applicable = bn_recurrence_cpp.supported(bias, mm_dtype)
     if kernel == "cpp" and not applicable:
-        raise ValueError(f"BN-LSTM kernel 'cpp' runs float32 / float64 on the CPU, not {wx.dtype} on {wx.device}")
+        raise ValueError(f"BN-LSTM kernel 'cpp' runs float32 / float64 on the CPU (products in float32, bfloat16 or "
+                         f"float16), not {bias.dtype} with products in {mm_dtype} on {wx.device}")
     if kernel == "cpp" and bn_recurrence_cpp.load_extension() is None:
         raise RuntimeError("BN-LSTM kernel 'cpp': the C++ extension could not be built (see the warning above)")
     use_cpp = kernel == "cpp" or (kernel == "auto" and applicable and bn_recurrence_cpp.load_extension() is not None)
-    device = wx.device.type
-    mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else wx.dtype
     args = (bn_h.training, bn_h.momentum, bn_h.eps, mm_dtype)
     with torch.autocast(device, enabled=False):
         if use_cpp:
@@ -274,7 +274,7 @@ def bn_lstm_recurrence(
             return bn_recurrence_cpp.BNLSTMRecurrenceCpp.apply(
                 wx, h0, c0, weight_h, bias, bn_x.weight, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start, *args
             )
-        gx = bn_x(wx, mask, start) + bias
+        gx = bn_x(wx.to(bias.dtype), mask, start) + bias  # under autocast W_x x came in bf16
         stats = (bn_h.running_mean, bn_h.running_var, bn_c.running_mean, bn_c.running_var)
         return BNLSTMRecurrence.apply(gx, h0, c0, weight_h, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start,
                                       *args)

@@ -50,9 +50,14 @@ def load_extension() -> ModuleType | None:
         return None
 
 
-def supported(gx: Tensor) -> bool:
-    """Whether the C++ recurrence can run on ``gx`` (float32 / float64 on the CPU)."""
-    return gx.device.type == "cpu" and gx.dtype in (torch.float32, torch.float64)
+def supported(state: Tensor, mm_dtype: torch.dtype) -> bool:
+    """Whether the C++ recurrence runs a ``state`` of this dtype and device with products in ``mm_dtype``:
+    on the CPU, float64 throughout, or float32 with products in float32, bfloat16 or float16."""
+    if state.device.type != "cpu":
+        return False
+    if state.dtype == torch.float64:
+        return mm_dtype == torch.float64
+    return state.dtype == torch.float32 and mm_dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _update_running(run_mean: Tensor, run_var: Tensor, rows: slice, mean: Tensor, var: Tensor, counts: Tensor,
@@ -91,24 +96,25 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         max_length = stats[0].shape[0]
         if training and start + steps > max_length:
             raise ValueError(f"training steps {start}..{start + steps - 1} exceed the {max_length} kept statistics")
-        wx, c0 = wx.contiguous(), c0.contiguous()
-        new = wx.new_empty
+        dtype = gamma_x.dtype  # of the state, statistics, gates and cell; the products' is mm_dtype
+        wx, c0 = wx.to(mm_dtype).contiguous(), c0.to(dtype).contiguous()
+        new = c0.new_empty
         states = new(steps + 1, batch, hidden)  # states[t] = h_{t−1}; the outputs are states[1:]
         states[0] = h0
-        states_mm = new(steps + 1, batch, hidden, dtype=mm_dtype) if mm_dtype != wx.dtype else states
+        states_mm = new(steps + 1, batch, hidden, dtype=mm_dtype) if mm_dtype != dtype else states
         states_mm[0] = h0
         c_pre = new(steps, batch, hidden)
         cells = c_pre if mask is None else new(steps, batch, hidden)
-        buffers = [states, states_mm, cells, c_pre, new(steps, batch, four_h), new(steps, batch, 3 * hidden),
-                   new(steps, batch, hidden), new(steps, batch, hidden)]
+        buffers = [states, states_mm, cells, c_pre, new(steps, batch, four_h, dtype=mm_dtype),
+                   new(steps, batch, 3 * hidden), new(steps, batch, hidden), new(steps, batch, hidden)]
         moments = [new(steps, size) for size in (four_h,) * 6 + (hidden,) * 3]  # mean, var, 1/σ of x, h, c
         empty = new(0)
-        masks = empty if mask is None else mask.to(wx.dtype).contiguous()
-        counts = wx.new_full((steps,), batch) if mask is None else masks.sum(1)
+        masks = empty if mask is None else mask.to(dtype).contiguous()
+        counts = c0.new_full((steps,), batch) if mask is None else masks.sum(1)
         running = [empty] * 6
         if not training:
             slots = torch.arange(start, start + steps, device=wx.device).clamp_(max=max_length - 1)
-            running = [s[slots].to(wx.dtype) for s in stats]
+            running = [s[slots].to(dtype) for s in stats]
         params = [p.contiguous() for p in (gamma_x, gamma_h, gamma_c, beta_c, bias)]
         load_extension().forward(wx, weight_h.t().to(mm_dtype).contiguous(), params, masks,
                                  counts if mask is not None else empty, running, training, eps, c0, buffers, moments)
@@ -133,7 +139,7 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         dh = grad_out[-1].clone()
         dc = torch.zeros_like(c0) if grad_c_last is None else grad_c_last.contiguous().clone()
         new = c_pre.new_empty
-        grad_wx = new(steps, batch, 4 * hidden)
+        grad_wx = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)
         grad_a = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)  # ∂L/∂(W_h h_{t−1}), all steps
         grads = [new(steps, size) for size in (4 * hidden,) * 3 + (hidden,) * 2]  # γ_x, γ_h, b, γ_c, β_c
         moments = [means[0], invstds[0], means[1], invstds[1], means[2], invstds[2]]

@@ -1,7 +1,12 @@
-// The recurrent half of a BN-LSTM layer (Cooijmans et al., arXiv 1603.09025, eqs. 6-8) on the CPU:
-// the loop over time, forward and back-propagation through time, with one fused pass per step for
-// the batch norms, gates and cell. Built on first use by zoo.text.bn_recurrence_cpp
-// (torch.utils.cpp_extension); the math is the same as zoo/text/bn_recurrence.py, which documents it.
+// A BN-LSTM layer's work after W_x x (Cooijmans et al., arXiv 1603.09025, eqs. 6-8) on the CPU: the
+// loop over time, forward and back-propagation through time, with the W_h h_{t−1} product and one
+// fused pass per step for both normalisations of eq. 6, the gates, the cell and eq. 8's normalisation.
+// Built on first use by zoo.text.bn_recurrence_cpp (torch.utils.cpp_extension), which documents the
+// buffers; the equations and their derivatives are those of zoo/text/bn_recurrence.py.
+//
+// Two element types: T (float or double) for the state, statistics, gates and cell; M for what the
+// matrix products read and write (W_x x, W_h h_{t−1}, h_{t−1} as their operand, and their gradients):
+// T itself, or bfloat16 / float16 under autocast, read and written here without separate casts.
 //
 // Layout: every per-step tensor is (T, B, F) contiguous, so step t is a contiguous (B, F) block.
 // Column loops run over F innermost (contiguous), so the compiler vectorises them (exp and tanh
@@ -34,36 +39,41 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// Batch statistics of one step over the rows of a (rows, cols) block, weighted by m (0/1 per row, or
-// null: every row), n = the number of weighted rows. A step without rows gets mean 0 and variance 1.
-template <typename T>
-void batch_moments(const T* a, int64_t rows, int64_t cols, const T* m, T n, T* mean, T* var) {
-  std::fill(mean, mean + cols, T(0));
-  std::fill(var, var + cols, T(0));
-  const T safe = std::max(n, T(1));
-  for (int64_t b = 0; b < rows; ++b) {
-    const T w = m ? m[b] : T(1);
-    const T* row = a + b * cols;
-    for (int64_t j = 0; j < cols; ++j) mean[j] += w * row[j];
-  }
-  for (int64_t j = 0; j < cols; ++j) mean[j] /= safe;
-  for (int64_t b = 0; b < rows; ++b) {
-    const T w = m ? m[b] : T(1);
-    const T* row = a + b * cols;
-    for (int64_t j = 0; j < cols; ++j) {
-      const T d = row[j] - mean[j];
-      var[j] += w * d * d;
-    }
-  }
-  for (int64_t j = 0; j < cols; ++j) var[j] = n > 0 ? var[j] / safe : T(1);
+template <typename X>
+X* ptr(const Tensor& t, int64_t step = 0) {  // step `step` of a contiguous (T, ...) tensor
+  return reinterpret_cast<X*>(t.data_ptr()) + step * (t.numel() / t.size(0));
 }
 
-// mean, var (biased) and 1/σ of one step: the batch's in training, the running ones in evaluation.
-template <typename T>
-void step_moments(const T* a, int64_t rows, int64_t cols, const T* m, T n, bool training, const T* run_mean,
+template <typename X>
+const X* optional_ptr(const Tensor& t, int64_t offset) {
+  return t.defined() && t.numel() > 0 ? reinterpret_cast<const X*>(t.data_ptr()) + offset : nullptr;
+}
+
+// mean, biased variance and 1/σ of one step over the rows of a (rows, cols) block: in training the batch's,
+// weighted by m (0/1 per row, or null: every row), n = the number of weighted rows (a step without rows gets
+// mean 0 and variance 1); in evaluation the running ones.
+template <typename T, typename X>
+void step_moments(const X* a, int64_t rows, int64_t cols, const T* m, T n, bool training, const T* run_mean,
                   const T* run_var, T eps, T* mean, T* var, T* invstd) {
   if (training) {
-    batch_moments(a, rows, cols, m, n, mean, var);
+    std::fill(mean, mean + cols, T(0));
+    std::fill(var, var + cols, T(0));
+    const T safe = std::max(n, T(1));
+    for (int64_t b = 0; b < rows; ++b) {
+      const T w = m ? m[b] : T(1);
+      const X* row = a + b * cols;
+      for (int64_t j = 0; j < cols; ++j) mean[j] += w * static_cast<T>(row[j]);
+    }
+    for (int64_t j = 0; j < cols; ++j) mean[j] /= safe;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T w = m ? m[b] : T(1);
+      const X* row = a + b * cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        const T d = static_cast<T>(row[j]) - mean[j];
+        var[j] += w * d * d;
+      }
+    }
+    for (int64_t j = 0; j < cols; ++j) var[j] = n > 0 ? var[j] / safe : T(1);
   } else {
     std::copy(run_mean, run_mean + cols, mean);
     std::copy(run_var, run_var + cols, var);
@@ -71,50 +81,46 @@ void step_moments(const T* a, int64_t rows, int64_t cols, const T* m, T n, bool 
   for (int64_t j = 0; j < cols; ++j) invstd[j] = T(1) / std::sqrt(var[j] + eps);
 }
 
-// ∂L/∂a of y = γ (a − μ)/σ (+ β) from g = ∂L/∂y, and Σ_b g x̂ (∂L/∂γ), Σ_b g (∂L/∂β). In training the
-// statistics depend on a: ∂L/∂a_b = γ/σ [g_b − (m_b/n) Σ_j m_j g_j − (m_b/n) x̂_b Σ_j m_j g_j x̂_j].
-// Rows with m_b = 0 carry g_b = 0 (their state passes around the step), so the sums need no weights.
-template <typename T>
-void norm_backward(const T* g, const T* a, int64_t rows, int64_t cols, const T* m, T n, bool training,
-                   const T* gamma, const T* mean, const T* invstd, T* grad_a, T* grad_gamma, T* grad_beta) {
-  std::fill(grad_gamma, grad_gamma + cols, T(0));
-  std::fill(grad_beta, grad_beta + cols, T(0));
+// Σ_b g and Σ_b g x̂ over the rows of a (rows, cols) block, x̂ = (a − μ)/σ: ∂L/∂β and ∂L/∂γ of
+// y = γ x̂ (+ β). Rows with m_b = 0 carry g_b = 0 (their state passes around the step): no weights needed.
+template <typename T, typename X>
+void norm_sums(const T* g, const X* a, int64_t rows, int64_t cols, const T* mean, const T* invstd, T* sum_g,
+               T* sum_gx) {
+  std::fill(sum_g, sum_g + cols, T(0));
+  std::fill(sum_gx, sum_gx + cols, T(0));
   for (int64_t b = 0; b < rows; ++b) {
     const T* gb = g + b * cols;
-    const T* ab = a + b * cols;
+    const X* ab = a + b * cols;
     for (int64_t j = 0; j < cols; ++j) {
-      grad_beta[j] += gb[j];
-      grad_gamma[j] += gb[j] * (ab[j] - mean[j]) * invstd[j];
+      sum_g[j] += gb[j];
+      sum_gx[j] += gb[j] * (static_cast<T>(ab[j]) - mean[j]) * invstd[j];
     }
   }
+}
+
+// ∂L/∂a from g = ∂L/∂y and the sums of norm_sums. In training the statistics depend on a:
+// ∂L/∂a_b = γ/σ [g_b − (m_b/n) Σ_j m_j g_j − (m_b/n) x̂_b Σ_j m_j g_j x̂_j]; in evaluation ∂L/∂a_b = γ/σ g_b.
+template <typename T, typename X, typename G>
+void norm_input_grad(const T* g, const X* a, int64_t rows, int64_t cols, const T* m, T n, bool training,
+                     const T* gamma, const T* mean, const T* invstd, const T* sum_g, const T* sum_gx, G* grad_a) {
   const T inv_n = training ? T(1) / std::max(n, T(1)) : T(0);
   for (int64_t b = 0; b < rows; ++b) {
     const T w = training ? (m ? m[b] : T(1)) * inv_n : T(0);
     const T* gb = g + b * cols;
-    const T* ab = a + b * cols;
-    T* out = grad_a + b * cols;
+    const X* ab = a + b * cols;
+    G* out = grad_a + b * cols;
     for (int64_t j = 0; j < cols; ++j) {
-      const T xhat = (ab[j] - mean[j]) * invstd[j];
-      out[j] = gamma[j] * invstd[j] * (gb[j] - w * (grad_beta[j] + xhat * grad_gamma[j]));
+      const T xhat = (static_cast<T>(ab[j]) - mean[j]) * invstd[j];
+      out[j] = static_cast<G>(gamma[j] * invstd[j] * (gb[j] - w * (sum_g[j] + xhat * sum_gx[j])));
     }
   }
 }
 
-template <typename T>
-const T* optional_ptr(const Tensor& t, int64_t offset) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() + offset : nullptr;
-}
-
-template <typename T>
-T* step_ptr(const Tensor& t, int64_t step) {  // step `step` of a contiguous (T, ...) tensor
-  return t.data_ptr<T>() + step * (t.numel() / t.size(0));
-}
-
 // params:  γ_x, γ_h, γ_c, β_c, b.  running (evaluation only, else empty): mean and variance of x, h, c per step.
-// buffers: states (T+1, B, H; states[t] = h_{t−1}), states in the product's dtype, cells (the state after
-//          masking), c_t before masking, W_h h_{t−1}, σ(f̃, ĩ, õ), tanh(g̃), tanh(BN(c_t)).
+// buffers: states (T+1, B, H; states[t] = h_{t−1}), the same in M for the product, cells (the state after
+//          masking), c_t before masking, W_h h_{t−1} (M), σ(f̃, ĩ, õ), tanh(g̃), tanh(BN(c_t)).
 // moments: mean, biased variance and 1/σ of x, h and c, per step.
-template <typename T>
+template <typename T, typename M>
 void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& params, const Tensor& mask,
                   const Tensor& counts, const Tensors& running, bool training, double eps_, const Tensor& c0,
                   const Tensors& buffers, const Tensors& moments) {
@@ -124,60 +130,55 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
                &pre_h = buffers[4];
   const bool low = states_mm.scalar_type() != states.scalar_type();
   const bool masked = mask.defined() && mask.numel() > 0;
-  const T *gamma_x = params[0].data_ptr<T>(), *gamma_h = params[1].data_ptr<T>(), *gamma_c = params[2].data_ptr<T>(),
-          *beta_c = params[3].data_ptr<T>(), *bias = params[4].data_ptr<T>();
-  const Tensor none;
-  auto run = [&](int i) -> const Tensor& { return training ? none : running[i]; };
+  const T *gamma_x = ptr<T>(params[0]), *gamma_h = ptr<T>(params[1]), *gamma_c = ptr<T>(params[2]),
+          *beta_c = ptr<T>(params[3]), *bias = ptr<T>(params[4]);
+  auto run = [&](int i, int64_t t) -> const T* { return training ? nullptr : ptr<T>(running[i], t); };
   std::vector<T> scale_x(four), scale_h(four), shift(four);
   for (int64_t t = 0; t < steps; ++t) {
     Tensor a = pre_h[t];
-    if (low) {
-      a.copy_(torch::mm(states_mm[t], weight_t));
-    } else {
-      torch::mm_out(a, states[t], weight_t);
-    }
+    torch::mm_out(a, states_mm[t], weight_t);
     const T* m = optional_ptr<T>(mask, t * batch);
-    const T n = masked ? counts.data_ptr<T>()[t] : static_cast<T>(batch);
-    const T* ap = a.data_ptr<T>();
-    const T* xp = step_ptr<T>(wx, t);
-    T *mx = step_ptr<T>(moments[0], t), *ix = step_ptr<T>(moments[2], t);
-    T *mh = step_ptr<T>(moments[3], t), *ih = step_ptr<T>(moments[5], t);
-    step_moments(xp, batch, four, m, n, training, optional_ptr<T>(run(0), t * four), optional_ptr<T>(run(1), t * four),
-                 eps, mx, step_ptr<T>(moments[1], t), ix);
-    step_moments(ap, batch, four, m, n, training, optional_ptr<T>(run(2), t * four), optional_ptr<T>(run(3), t * four),
-                 eps, mh, step_ptr<T>(moments[4], t), ih);
+    const T n = masked ? ptr<T>(counts)[t] : static_cast<T>(batch);
+    const M* ap = ptr<M>(pre_h, t);
+    const M* xp = ptr<M>(wx, t);
+    T *mx = ptr<T>(moments[0], t), *ix = ptr<T>(moments[2], t);
+    T *mh = ptr<T>(moments[3], t), *ih = ptr<T>(moments[5], t);
+    step_moments(xp, batch, four, m, n, training, run(0, t), run(1, t), eps, mx, ptr<T>(moments[1], t), ix);
+    step_moments(ap, batch, four, m, n, training, run(2, t), run(3, t), eps, mh, ptr<T>(moments[4], t), ih);
     for (int64_t j = 0; j < four; ++j) {  // eq. 6 as one affine map of each term, then the nonlinearities
       scale_x[j] = ix[j] * gamma_x[j];
       scale_h[j] = ih[j] * gamma_h[j];
       shift[j] = bias[j] - mx[j] * scale_x[j] - mh[j] * scale_h[j];
     }
-    const T* c_prev = t == 0 ? c0.data_ptr<T>() : step_ptr<T>(cells, t - 1);
-    const T* h_prev = step_ptr<T>(states, t);
-    T* sp = step_ptr<T>(buffers[5], t);
-    T* gp = step_ptr<T>(buffers[6], t);
-    T* cp = step_ptr<T>(c_pre, t);
+    const T* c_prev = t == 0 ? ptr<T>(c0) : ptr<T>(cells, t - 1);
+    const T* h_prev = ptr<T>(states, t);
+    T* sp = ptr<T>(buffers[5], t);
+    T* gp = ptr<T>(buffers[6], t);
+    T* cp = ptr<T>(c_pre, t);
     for (int64_t b = 0; b < batch; ++b) {  // gates (eq. 6) and the cell (eq. 7)
-      const T* arow = ap + b * four;
-      const T* xrow = xp + b * four;
+      const M* arow = ap + b * four;
+      const M* xrow = xp + b * four;
       T* srow = sp + b * 3 * hidden;
       T* grow = gp + b * hidden;
       T* crow = cp + b * hidden;
       const T* cprow = c_prev + b * hidden;
-      for (int64_t j = 0; j < 3 * hidden; ++j) srow[j] = sigmoid(arow[j] * scale_h[j] + xrow[j] * scale_x[j] + shift[j]);
+      for (int64_t j = 0; j < 3 * hidden; ++j)
+        srow[j] = sigmoid(static_cast<T>(arow[j]) * scale_h[j] + static_cast<T>(xrow[j]) * scale_x[j] + shift[j]);
       for (int64_t k = 0, j = 3 * hidden; k < hidden; ++k, ++j)
-        grow[k] = std::tanh(arow[j] * scale_h[j] + xrow[j] * scale_x[j] + shift[j]);
+        grow[k] = std::tanh(static_cast<T>(arow[j]) * scale_h[j] + static_cast<T>(xrow[j]) * scale_x[j] + shift[j]);
       for (int64_t k = 0; k < hidden; ++k) crow[k] = srow[k] * cprow[k] + srow[hidden + k] * grow[k];
     }
-    T *mc = step_ptr<T>(moments[6], t), *ic = step_ptr<T>(moments[8], t);
-    step_moments(static_cast<const T*>(cp), batch, hidden, m, n, training, optional_ptr<T>(run(4), t * hidden),
-                 optional_ptr<T>(run(5), t * hidden), eps, mc, step_ptr<T>(moments[7], t), ic);
+    T *mc = ptr<T>(moments[6], t), *ic = ptr<T>(moments[8], t);
+    step_moments(static_cast<const T*>(cp), batch, hidden, m, n, training, run(4, t), run(5, t), eps, mc,
+                 ptr<T>(moments[7], t), ic);
     for (int64_t k = 0; k < hidden; ++k) {
       scale_h[k] = ic[k] * gamma_c[k];
       shift[k] = beta_c[k] - mc[k] * scale_h[k];
     }
-    T* tcp = step_ptr<T>(buffers[7], t);
-    T* hp = step_ptr<T>(states, t + 1);
-    T* cellp = step_ptr<T>(cells, t);
+    T* tcp = ptr<T>(buffers[7], t);
+    T* hp = ptr<T>(states, t + 1);
+    M* hmp = ptr<M>(states_mm, t + 1);
+    T* cellp = ptr<T>(cells, t);
     for (int64_t b = 0; b < batch; ++b) {  // eq. 8; padded rows keep the previous state
       const T* srow = sp + b * 3 * hidden;
       const T* crow = cp + b * hidden;
@@ -193,14 +194,18 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
       } else if (masked) {
         std::copy(crow, crow + hidden, cellp + b * hidden);
       }
+      if (low) {
+        M* hmrow = hmp + b * hidden;
+        for (int64_t k = 0; k < hidden; ++k) hmrow[k] = static_cast<M>(hrow[k]);
+      }
     }
-    if (low) states_mm[t + 1].copy_(states[t + 1]);
   }
 }
 
 // moments: mean and 1/σ of x, h and c.  grads: ∂L/∂γ_x, ∂L/∂γ_h, ∂L/∂b, ∂L/∂γ_c, ∂L/∂β_c per step.
+// grad_wx, grad_a (M): ∂L/∂(W_x x) and ∂L/∂(W_h h_{t−1}) of every step.
 // dh, dc: in, ∂L/∂h_{T−1} and ∂L/∂c_{T−1}; out, ∂L/∂h0 and ∂L/∂c0.
-template <typename T>
+template <typename T, typename M>
 void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensors& params, const Tensor& mask,
                    const Tensor& counts, bool training, const Tensor& c0, const Tensor& wx, const Tensors& buffers,
                    const Tensors& moments, const Tensor& grad_wx, const Tensor& grad_a, const Tensors& grads,
@@ -208,19 +213,17 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
   const Tensor &cells = buffers[2], &c_pre = buffers[3], &pre_h = buffers[4];
   const int64_t steps = c_pre.size(0), batch = c_pre.size(1), hidden = c_pre.size(2), four = 4 * hidden;
   const bool masked = mask.defined() && mask.numel() > 0;
-  const bool low = grad_a.scalar_type() != grad_wx.scalar_type();
-  const T *gamma_x = params[0].data_ptr<T>(), *gamma_h = params[1].data_ptr<T>(), *gamma_c = params[2].data_ptr<T>();
-  Tensor scratch = torch::empty({batch, four}, grad_wx.options());  // ∂L/∂a of one step
-  std::vector<T> dgate(batch * four), grad_y(batch * hidden), grad_c(batch * hidden), unused(four), dh_pass, dc_pass;
+  const T *gamma_x = ptr<T>(params[0]), *gamma_h = ptr<T>(params[1]), *gamma_c = ptr<T>(params[2]);
+  std::vector<T> dgate(batch * four), grad_y(batch * hidden), grad_c(batch * hidden), sum_g(four), dh_pass, dc_pass;
   if (masked) {
     dh_pass.resize(batch * hidden);
     dc_pass.resize(batch * hidden);
   }
-  T* dhp = dh.data_ptr<T>();
-  T* dcp = dc.data_ptr<T>();
+  T* dhp = ptr<T>(dh);
+  T* dcp = ptr<T>(dc);
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* m = optional_ptr<T>(mask, t * batch);
-    const T n = masked ? counts.data_ptr<T>()[t] : static_cast<T>(batch);
+    const T n = masked ? ptr<T>(counts)[t] : static_cast<T>(batch);
     if (m) {  // padded rows: the gradient passes straight to the previous state
       for (int64_t b = 0; b < batch; ++b) {
         const bool real = m[b] != T(0);
@@ -232,9 +235,9 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
         }
       }
     }
-    const T* sp = step_ptr<T>(buffers[5], t);
-    const T* gp = step_ptr<T>(buffers[6], t);
-    const T* tcp = step_ptr<T>(buffers[7], t);
+    const T* sp = ptr<T>(buffers[5], t);
+    const T* gp = ptr<T>(buffers[6], t);
+    const T* tcp = ptr<T>(buffers[7], t);
     for (int64_t b = 0; b < batch; ++b) {  // h_t = o ⊙ tanh(y_c)
       const T* srow = sp + b * 3 * hidden;
       const T* trow = tcp + b * hidden;
@@ -246,10 +249,12 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
         grad_y[b * hidden + k] = dhrow[k] * o * (T(1) - trow[k] * trow[k]);
       }
     }
-    norm_backward(grad_y.data(), step_ptr<T>(c_pre, t), batch, hidden, m, n, training, gamma_c,
-                  step_ptr<T>(moments[4], t), step_ptr<T>(moments[5], t), grad_c.data(), step_ptr<T>(grads[3], t),
-                  step_ptr<T>(grads[4], t));
-    const T* c_prev = t == 0 ? c0.data_ptr<T>() : step_ptr<T>(cells, t - 1);
+    const T *cpre = ptr<T>(c_pre, t), *mean_c = ptr<T>(moments[4], t), *invstd_c = ptr<T>(moments[5], t);
+    T *sum_gy = ptr<T>(grads[4], t), *sum_gyx = ptr<T>(grads[3], t);  // ∂L/∂β_c, ∂L/∂γ_c of the step
+    norm_sums(grad_y.data(), cpre, batch, hidden, mean_c, invstd_c, sum_gy, sum_gyx);
+    norm_input_grad(grad_y.data(), cpre, batch, hidden, m, n, training, gamma_c, mean_c, invstd_c, sum_gy, sum_gyx,
+                    grad_c.data());
+    const T* c_prev = t == 0 ? ptr<T>(c0) : ptr<T>(cells, t - 1);
     for (int64_t b = 0; b < batch; ++b) {  // c_t = f ⊙ c_{t−1} + i ⊙ g, through σ and tanh
       const T* srow = sp + b * 3 * hidden;
       const T* grow = gp + b * hidden;
@@ -266,18 +271,23 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
         dcrow[k] = d * f;
       }
     }
-    // gates = BN(W_x x_t; γ_x, 0) + BN(a_t; γ_h, 0) + b: ∂L/∂b = Σ_b ∂L/∂gates comes with the first
-    norm_backward(static_cast<const T*>(dgate.data()), step_ptr<T>(wx, t), batch, four, m, n, training, gamma_x,
-                  step_ptr<T>(moments[0], t), step_ptr<T>(moments[1], t), step_ptr<T>(grad_wx, t),
-                  step_ptr<T>(grads[0], t), step_ptr<T>(grads[2], t));
-    norm_backward(static_cast<const T*>(dgate.data()), step_ptr<T>(pre_h, t), batch, four, m, n, training, gamma_h,
-                  step_ptr<T>(moments[2], t), step_ptr<T>(moments[3], t), scratch.data_ptr<T>(),
-                  step_ptr<T>(grads[1], t), unused.data());
-    Tensor ga = grad_a[t];
-    ga.copy_(scratch);  // kept for the single ∂L/∂W_h product after the loop
-    Tensor dh_next = torch::mm(low ? ga : scratch, weight_mm);
-    if (t > 0) dh_next = dh_next.to(grad_wx.scalar_type()).add_(grad_out[t - 1]);
-    dh.copy_(dh_next);
+    // gates = BN(W_x x_t; γ_x, 0) + BN(a_t; γ_h, 0) + b: both normalisations see the same ∂L/∂gates,
+    // whose column sums are ∂L/∂b (the recurrent term has no β)
+    const M *xp = ptr<M>(wx, t), *ap = ptr<M>(pre_h, t);
+    const T *mean_x = ptr<T>(moments[0], t), *invstd_x = ptr<T>(moments[1], t);
+    const T *mean_h = ptr<T>(moments[2], t), *invstd_h = ptr<T>(moments[3], t);
+    T *sum_gate = ptr<T>(grads[2], t), *sum_gx_x = ptr<T>(grads[0], t), *sum_gx_h = ptr<T>(grads[1], t);
+    norm_sums(dgate.data(), xp, batch, four, mean_x, invstd_x, sum_gate, sum_gx_x);
+    norm_sums(dgate.data(), ap, batch, four, mean_h, invstd_h, sum_g.data(), sum_gx_h);  // sum_g: sum_gate again
+    norm_input_grad(dgate.data(), xp, batch, four, m, n, training, gamma_x, mean_x, invstd_x, sum_gate, sum_gx_x,
+                    ptr<M>(grad_wx, t));
+    norm_input_grad(dgate.data(), ap, batch, four, m, n, training, gamma_h, mean_h, invstd_h, sum_gate, sum_gx_h,
+                    ptr<M>(grad_a, t));
+    // ∂L/∂h_{t−1} = ∂L/∂a_t W_h + ∂L/∂h_{t−1} from above (the output at step t − 1)
+    const Tensor product = torch::mm(grad_a[t], weight_mm);
+    const M* pp = ptr<M>(product);
+    const T* above = t > 0 ? ptr<T>(grad_out, t - 1) : nullptr;
+    for (int64_t i = 0; i < batch * hidden; ++i) dhp[i] = static_cast<T>(pp[i]) + (above ? above[i] : T(0));
     if (m) {
       for (int64_t i = 0; i < batch * hidden; ++i) {
         dhp[i] += dh_pass[i];
@@ -287,11 +297,23 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
   }
 }
 
+// T from the state and statistics (float / double), M from the products' operands (T, or bf16 / f16 for float).
+template <typename F>
+void dispatch(const Tensor& state, const Tensor& product, F&& run) {
+  const auto t = state.scalar_type(), m = product.scalar_type();
+  if (t == at::kFloat && m == at::kFloat) return run(float(), float());
+  if (t == at::kDouble && m == at::kDouble) return run(double(), double());
+  if (t == at::kFloat && m == at::kBFloat16) return run(float(), c10::BFloat16());
+  if (t == at::kFloat && m == at::kHalf) return run(float(), c10::Half());
+  TORCH_CHECK(false, "BN-LSTM recurrence: state ", t, " with products in ", m, " is not supported");
+}
+
 void forward(const Tensor& wx, const Tensor& weight_t, const Tensors& params, const Tensor& mask, const Tensor& counts,
              const Tensors& running, bool training, double eps, const Tensor& c0, const Tensors& buffers,
              const Tensors& moments) {
-  AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "bn_lstm_forward", [&] {
-    forward_impl<scalar_t>(wx, weight_t, params, mask, counts, running, training, eps, c0, buffers, moments);
+  dispatch(c0, wx, [&](auto t, auto m) {
+    forward_impl<decltype(t), decltype(m)>(wx, weight_t, params, mask, counts, running, training, eps, c0, buffers,
+                                           moments);
   });
 }
 
@@ -299,9 +321,9 @@ void backward(const Tensor& grad_out, const Tensor& weight_mm, const Tensors& pa
               const Tensor& counts, bool training, const Tensor& c0, const Tensor& wx, const Tensors& buffers,
               const Tensors& moments, const Tensor& grad_wx, const Tensor& grad_a, const Tensors& grads,
               const Tensor& dh, const Tensor& dc) {
-  AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "bn_lstm_backward", [&] {
-    backward_impl<scalar_t>(grad_out, weight_mm, params, mask, counts, training, c0, wx, buffers, moments, grad_wx,
-                            grad_a, grads, dh, dc);
+  dispatch(c0, wx, [&](auto t, auto m) {
+    backward_impl<decltype(t), decltype(m)>(grad_out, weight_mm, params, mask, counts, training, c0, wx, buffers,
+                                            moments, grad_wx, grad_a, grads, dh, dc);
   });
 }
 
