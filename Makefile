@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv, install the pinned Python dependencies and the Debian packages the
 # project needs (espeak-ng renders the embedded speech corpus, flite a second synthesizer for
-# testing on unseen voices, fortunes ships the text corpus).
+# testing on unseen voices, fortunes ships the text corpus, g++ builds the BN-LSTM C++ recurrence).
 
 VENV      ?= .venv
 PYTHON    ?= python3
@@ -9,7 +9,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Exact versions measured together (requirements/lock.txt pins every transitive package too).
 LOCK      := requirements/lock.txt
-DEB_PKGS  := espeak-ng fortunes flite
+DEB_PKGS  := espeak-ng fortunes flite g++
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps lock bench clean

@@ -21,9 +21,12 @@ same windowing. :meth:`BNLSTM.forward` takes ``start`` for running a long sequen
 with absolute positions instead (inference over a stream, generation one step at a time): step
 ``start + t`` uses statistics ``min(start + t, T_max − 1)``.
 
-Speed: ``W_x x_t`` and its normalisation are computed for all steps at once; only the recurrent
-part (one matmul, two batch norms, the cell) runs in the per-step loop, inside one autograd
-function with a hand-written backward through time (:mod:`zoo.text.bn_recurrence`).
+Speed: ``W_x x_t`` is computed for all steps in one product; the loop over time runs in C++
+(:mod:`zoo.text.bn_recurrence_cpp`): per step the ``W_h h_{t−1}`` product and one fused pass for
+both normalisations of eq. 6, the gates, the cell and eq. 8, with a hand-written backward through
+time. Under ``torch.autocast`` (``precision: bf16-mixed``) the products run in bf16 and everything
+else in float32. ``ZOO_BN_LSTM_KERNEL=python`` selects the Python loop
+(:mod:`zoo.text.bn_recurrence`), which is also the fallback off the CPU.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """The recurrent half of a BN-LSTM layer (arXiv 1603.09025 eqs. 6-8) as one autograd function.
 
-Given the input term ``gx_t = BN(W_x x_t; γ_x, 0) + b`` of every step (computed for all steps at
-once by the layer), :func:`bn_lstm_recurrence` runs, for ``t = 0 … T−1``::
+:func:`bn_lstm_recurrence` is what the layer calls with ``W_x x`` of every step; it runs one of two
+implementations of the same equations: the loop in C++ (:mod:`zoo.text.bn_recurrence_cpp`, the
+default on the CPU) or the loop in Python here (:class:`BNLSTMRecurrence`: on other devices, where
+the C++ extension cannot be built, and as the reference the tests hold the C++ one to).
+
+The Python recurrence normalises the input term ``gx_t = BN(W_x x_t; γ_x, 0) + b`` for all steps
+at once (:class:`zoo.text.bn_lstm.StepwiseBatchNorm`), then runs, for ``t = 0 … T−1``::
 
     a_t = W_h h_{t−1}
     (f̃, ĩ, õ, g̃) = gx_t + BN_t(a_t; γ_h, 0)                              (6)

@@ -19,8 +19,11 @@ without real rows leaves them unchanged).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
+import platform
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -36,14 +39,24 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
 log = logging.getLogger(__name__)
 
 
+def cpu_tag() -> str:
+    """A short hash of this CPU's model and instruction-set flags: the build is ``-march=native``, so a
+    cache directory shared by different machines (a network home) keeps one build per kind of CPU."""
+    described = platform.machine() + platform.processor()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        described += "".join(line for line in lines if line.startswith(("flags", "model name")))[:4096]
+    return hashlib.sha1(described.encode()).hexdigest()[:10]
+
+
 @functools.cache
 def load_extension() -> ModuleType | None:
-    """Build (first use on a machine) and load the C++ recurrence, or None with a warning if that fails."""
+    """Build (first use on a machine, ~20 s) and load the C++ recurrence, or None with a warning if that fails."""
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("loading the BN-LSTM C++ recurrence (compiled once per machine, ~1 minute)")
-        return load(name="zoo_bn_lstm_recurrence", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+        log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
+        return load(name=f"zoo_bn_lstm_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
                     extra_ldflags=["-lmvec"], verbose=False)
     except Exception as error:  # no compiler, no ninja, no Python headers
         warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
