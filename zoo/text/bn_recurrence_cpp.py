@@ -53,8 +53,13 @@ def cpu_tag() -> str:
 def load_extension() -> ModuleType | None:
     """Build (first use on a machine, ~20 s) and load the C++ recurrence, or None with a warning if that fails."""
     try:
-        from torch.utils.cpp_extension import load
-
+        quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns about CUDA_HOME: irrelevant here
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            quiet.setLevel(level)
         log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
         return load(name=f"zoo_bn_lstm_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
                     extra_ldflags=["-lmvec"], verbose=False)
