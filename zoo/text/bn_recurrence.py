@@ -217,8 +217,8 @@ class BNLSTMRecurrence(torch.autograd.Function):
             grad_gamma_h.append(d_gamma)
             if t == 0:
                 dh = torch.mm(grad_a_t[t], weight).to(states.dtype)
-            elif low:
-                dh = torch.mm(grad_a_t[t], weight).add_(grad_out_t[t - 1])
+            elif low:  # the product in the autocast dtype, the sum in the state's
+                dh = torch.add(grad_out_t[t - 1], torch.mm(grad_a_t[t], weight))
             else:
                 dh = torch.addmm(grad_out_t[t - 1], grad_a_t[t], weight)
             if m is not None:
