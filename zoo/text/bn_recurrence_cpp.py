@@ -62,7 +62,7 @@ def load_extension() -> ModuleType | None:
             quiet.setLevel(level)
         log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
         return load(name=f"zoo_bn_lstm_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-lmvec"], verbose=False)
+                    extra_ldflags=["-lmvec"] if platform.machine() == "x86_64" else [], verbose=False)
     except Exception as error:  # no compiler, no ninja, no Python headers
         warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
         return None
