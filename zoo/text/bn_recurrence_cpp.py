@@ -1,10 +1,13 @@
 """The BN-LSTM recurrence (arXiv 1603.09025 eqs. 6-8) as a C++ extension for the CPU.
 
-Same equations, buffers and hand-written back-propagation through time as
+The same equations and hand-written back-propagation through time as
 :class:`zoo.text.bn_recurrence.BNLSTMRecurrence`, but the loop over time runs in C++
-(``csrc/bn_lstm_recurrence.cpp``): per step one ``W_h h`` product and one fused pass over the
-``(B, 4H)`` gates for both batch norms, the gates and the cell, instead of a dozen Python-level
-tensor operations. ``∂L/∂W_h`` is still one ``(4H, T·B) × (T·B, H)`` product over all steps.
+(``csrc/bn_lstm_recurrence.cpp``), and it takes ``W_x x`` itself: per step one ``W_h h`` product
+and one fused pass over the ``(B, 4H)`` gates computes both batch norms of eq. 6, the gates, the
+cell and eq. 8's batch norm, instead of a few dozen Python-level tensor operations plus
+whole-sequence passes for the input term. ``∂L/∂W_h`` is one ``(4H, T·B) × (T·B, H)`` product
+over all steps. Under autocast, ``W_x x``, ``W_h h_{t−1}`` (and ``h_{t−1}`` as its operand) and
+their gradients stay in the autocast dtype; the loop reads and writes them without separate casts.
 
 The extension is compiled on first use with the machine's C++ compiler through
 ``torch.utils.cpp_extension`` (ninja, a Python dependency) and cached by torch in
@@ -80,6 +83,7 @@ def supported(state: Tensor, mm_dtype: torch.dtype) -> bool:
 
 def _update_running(run_mean: Tensor, run_var: Tensor, rows: slice, mean: Tensor, var: Tensor, counts: Tensor,
                     momentum: float) -> None:
+    """Move the running statistics of steps ``rows`` toward the batch ones (``nn.BatchNorm1d``'s rule)."""
     weight = (momentum * (counts > 0).to(mean.dtype)).unsqueeze(1)  # (T, 1)
     unbiased = var * (counts / (counts - 1).clamp(min=1)).unsqueeze(1)
     run_mean[rows].mul_(1 - weight).add_(weight * mean)
