@@ -294,22 +294,25 @@ def test_auto_falls_back_to_python_when_the_extension_cannot_be_built(monkeypatc
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("masked", [False, True])
-def test_cpp_and_python_kernels_agree_at_a_realistic_size(training: bool, masked: bool) -> None:
-    """float32, 2 layers of 64 units, batch 16, 12 steps: outputs, final state, every gradient and the
-    running statistics of the two recurrences agree."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_and_python_kernels_agree_at_a_realistic_size(training: bool, masked: bool, threads: int) -> None:
+    """float32, 2 layers of 256 units, batch 32, 12 steps: outputs, final state, every gradient and the
+    running statistics of the two recurrences agree, on one thread and with the C++ loop's passes split
+    over two (each (32, 1024) pass is above its 16k-element chunk)."""
+    torch.set_num_threads(threads)  # the module's single_thread fixture restores the count afterwards
     torch.manual_seed(4)
-    steps, batch = 12, 16
+    steps, batch, hidden = 12, 32, 256
     models = {}
     for kernel in ("cpp", "python"):
         torch.manual_seed(5)
-        models[kernel] = BNLSTM(BNLSTMConfig(input_size=24, hidden_size=64, num_layers=2, max_length=steps))
+        models[kernel] = BNLSTM(BNLSTMConfig(input_size=24, hidden_size=hidden, num_layers=2, max_length=steps))
         models[kernel].train(training)
     models["python"].load_state_dict(models["cpp"].state_dict())
     x = torch.randn(steps, batch, 24)
     # lengths 7..12: every step keeps at least a few real rows (with one, σ = √ε amplifies float32 rounding 300×)
     lengths = torch.randint(steps // 2 + 1, steps + 1, (batch,))
     mask = (torch.arange(steps)[:, None] < lengths[None, :]) if masked else None
-    weight = torch.randn(steps, batch, 64)
+    weight = torch.randn(steps, batch, hidden)
     results = {}
     for kernel, model in models.items():
         inp = x.clone().requires_grad_()
@@ -319,7 +322,9 @@ def test_cpp_and_python_kernels_agree_at_a_realistic_size(training: bool, masked
         ((out * weight).sum() + c.sum()).backward()
         results[kernel] = [out, h, c, inp.grad, *(p.grad for p in model.parameters()), *model.buffers()]
     for ours, ref in zip(results["cpp"], results["python"]):
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+        # per tensor (measured at most 6.4e-6: the γ gradients sum 384 cancelling terms per step)
+        difference, size = torch.linalg.vector_norm(ours - ref), torch.linalg.vector_norm(ref)
+        assert difference <= 5e-5 * size, (ours.shape, difference / size)
 
 
 def test_nan_in_the_input_propagates() -> None:

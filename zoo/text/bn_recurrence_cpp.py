@@ -38,7 +38,8 @@ from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "bn_lstm_recurrence.cpp"
 # -ffast-math lets gcc call glibc's vector exp / tanh; NaN and Inf still propagate (no finite-math).
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
+# -fopenmp: the loops run on torch's intra-op threads, through the OpenMP runtime torch loads (libgomp.so.1).
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +66,7 @@ def load_extension() -> ModuleType | None:
             quiet.setLevel(level)
         log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
         return load(name=f"zoo_bn_lstm_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-lmvec"] if platform.machine() == "x86_64" else [], verbose=False)
+                    extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []), verbose=False)
     except Exception as error:  # no compiler, no ninja, no Python headers
         warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
         return None

@@ -49,36 +49,55 @@ const X* optional_ptr(const Tensor& t, int64_t offset) {
   return t.defined() && t.numel() > 0 ? reinterpret_cast<const X*>(t.data_ptr()) + offset : nullptr;
 }
 
+// The loops are split over torch's intra-op threads (torch.set_num_threads; the OpenMP runtime torch
+// ships), in chunks of at least kMinElements elements so that a small step stays on one thread.
+constexpr int64_t kMinElements = 16384;
+
+template <typename F>
+void for_rows(int64_t rows, int64_t cols, const F& f) {  // f(b) for every row b
+  const int64_t grain = std::max<int64_t>(1, kMinElements / std::max<int64_t>(1, cols));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) f(b);
+  });
+}
+
+template <typename F>
+void for_column_ranges(int64_t rows, int64_t cols, const F& f) {  // f(j0, j1) over ranges of columns
+  at::parallel_for(0, cols, std::max<int64_t>(64, kMinElements / std::max<int64_t>(1, rows)), f);
+}
+
 // mean, biased variance and 1/σ of one step over the rows of a (rows, cols) block: in training the batch's,
 // weighted by m (0/1 per row, or null: every row), n = the number of weighted rows (a step without rows gets
 // mean 0 and variance 1); in evaluation the running ones.
 template <typename T, typename X>
 void step_moments(const X* a, int64_t rows, int64_t cols, const T* m, T n, bool training, const T* run_mean,
                   const T* run_var, T eps, T* mean, T* var, T* invstd) {
-  if (training) {
-    std::fill(mean, mean + cols, T(0));
-    std::fill(var, var + cols, T(0));
-    const T safe = std::max(n, T(1));
-    for (int64_t b = 0; b < rows; ++b) {
-      const T w = m ? m[b] : T(1);
-      const X* row = a + b * cols;
-      for (int64_t j = 0; j < cols; ++j) mean[j] += w * static_cast<T>(row[j]);
-    }
-    for (int64_t j = 0; j < cols; ++j) mean[j] /= safe;
-    for (int64_t b = 0; b < rows; ++b) {
-      const T w = m ? m[b] : T(1);
-      const X* row = a + b * cols;
-      for (int64_t j = 0; j < cols; ++j) {
-        const T d = static_cast<T>(row[j]) - mean[j];
-        var[j] += w * d * d;
+  for_column_ranges(rows, cols, [&](int64_t j0, int64_t j1) {
+    if (training) {
+      std::fill(mean + j0, mean + j1, T(0));
+      std::fill(var + j0, var + j1, T(0));
+      const T safe = std::max(n, T(1));
+      for (int64_t b = 0; b < rows; ++b) {
+        const T w = m ? m[b] : T(1);
+        const X* row = a + b * cols;
+        for (int64_t j = j0; j < j1; ++j) mean[j] += w * static_cast<T>(row[j]);
       }
+      for (int64_t j = j0; j < j1; ++j) mean[j] /= safe;
+      for (int64_t b = 0; b < rows; ++b) {
+        const T w = m ? m[b] : T(1);
+        const X* row = a + b * cols;
+        for (int64_t j = j0; j < j1; ++j) {
+          const T d = static_cast<T>(row[j]) - mean[j];
+          var[j] += w * d * d;
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) var[j] = n > 0 ? var[j] / safe : T(1);
+    } else {
+      std::copy(run_mean + j0, run_mean + j1, mean + j0);
+      std::copy(run_var + j0, run_var + j1, var + j0);
     }
-    for (int64_t j = 0; j < cols; ++j) var[j] = n > 0 ? var[j] / safe : T(1);
-  } else {
-    std::copy(run_mean, run_mean + cols, mean);
-    std::copy(run_var, run_var + cols, var);
-  }
-  for (int64_t j = 0; j < cols; ++j) invstd[j] = T(1) / std::sqrt(var[j] + eps);
+    for (int64_t j = j0; j < j1; ++j) invstd[j] = T(1) / std::sqrt(var[j] + eps);
+  });
 }
 
 // Σ_b g and Σ_b g x̂ over the rows of a (rows, cols) block, x̂ = (a − μ)/σ: ∂L/∂β and ∂L/∂γ of
@@ -86,16 +105,18 @@ void step_moments(const X* a, int64_t rows, int64_t cols, const T* m, T n, bool 
 template <typename T, typename X>
 void norm_sums(const T* g, const X* a, int64_t rows, int64_t cols, const T* mean, const T* invstd, T* sum_g,
                T* sum_gx) {
-  std::fill(sum_g, sum_g + cols, T(0));
-  std::fill(sum_gx, sum_gx + cols, T(0));
-  for (int64_t b = 0; b < rows; ++b) {
-    const T* gb = g + b * cols;
-    const X* ab = a + b * cols;
-    for (int64_t j = 0; j < cols; ++j) {
-      sum_g[j] += gb[j];
-      sum_gx[j] += gb[j] * (static_cast<T>(ab[j]) - mean[j]) * invstd[j];
+  for_column_ranges(rows, cols, [&](int64_t j0, int64_t j1) {
+    std::fill(sum_g + j0, sum_g + j1, T(0));
+    std::fill(sum_gx + j0, sum_gx + j1, T(0));
+    for (int64_t b = 0; b < rows; ++b) {
+      const T* gb = g + b * cols;
+      const X* ab = a + b * cols;
+      for (int64_t j = j0; j < j1; ++j) {
+        sum_g[j] += gb[j];
+        sum_gx[j] += gb[j] * (static_cast<T>(ab[j]) - mean[j]) * invstd[j];
+      }
     }
-  }
+  });
 }
 
 // ∂L/∂a from g = ∂L/∂y and the sums of norm_sums. In training the statistics depend on a:
@@ -104,7 +125,7 @@ template <typename T, typename X, typename G>
 void norm_input_grad(const T* g, const X* a, int64_t rows, int64_t cols, const T* m, T n, bool training,
                      const T* gamma, const T* mean, const T* invstd, const T* sum_g, const T* sum_gx, G* grad_a) {
   const T inv_n = training ? T(1) / std::max(n, T(1)) : T(0);
-  for (int64_t b = 0; b < rows; ++b) {
+  for_rows(rows, cols, [&](int64_t b) {
     const T w = training ? (m ? m[b] : T(1)) * inv_n : T(0);
     const T* gb = g + b * cols;
     const X* ab = a + b * cols;
@@ -113,7 +134,7 @@ void norm_input_grad(const T* g, const X* a, int64_t rows, int64_t cols, const T
       const T xhat = (static_cast<T>(ab[j]) - mean[j]) * invstd[j];
       out[j] = static_cast<G>(gamma[j] * invstd[j] * (gb[j] - w * (sum_g[j] + xhat * sum_gx[j])));
     }
-  }
+  });
 }
 
 // params:  γ_x, γ_h, γ_c, β_c, b.  running (evaluation only, else empty): mean and variance of x, h, c per step.
@@ -155,7 +176,7 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
     T* sp = ptr<T>(buffers[5], t);
     T* gp = ptr<T>(buffers[6], t);
     T* cp = ptr<T>(c_pre, t);
-    for (int64_t b = 0; b < batch; ++b) {  // gates (eq. 6) and the cell (eq. 7)
+    for_rows(batch, four, [&](int64_t b) {  // gates (eq. 6) and the cell (eq. 7)
       const M* arow = ap + b * four;
       const M* xrow = xp + b * four;
       T* srow = sp + b * 3 * hidden;
@@ -167,7 +188,7 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
       for (int64_t k = 0, j = 3 * hidden; k < hidden; ++k, ++j)
         grow[k] = std::tanh(static_cast<T>(arow[j]) * scale_h[j] + static_cast<T>(xrow[j]) * scale_x[j] + shift[j]);
       for (int64_t k = 0; k < hidden; ++k) crow[k] = srow[k] * cprow[k] + srow[hidden + k] * grow[k];
-    }
+    });
     T *mc = ptr<T>(moments[6], t), *ic = ptr<T>(moments[8], t);
     step_moments(static_cast<const T*>(cp), batch, hidden, m, n, training, run(4, t), run(5, t), eps, mc,
                  ptr<T>(moments[7], t), ic);
@@ -179,7 +200,7 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
     T* hp = ptr<T>(states, t + 1);
     M* hmp = ptr<M>(states_mm, t + 1);
     T* cellp = ptr<T>(cells, t);
-    for (int64_t b = 0; b < batch; ++b) {  // eq. 8; padded rows keep the previous state
+    for_rows(batch, hidden, [&](int64_t b) {  // eq. 8; padded rows keep the previous state
       const T* srow = sp + b * 3 * hidden;
       const T* crow = cp + b * hidden;
       T* trow = tcp + b * hidden;
@@ -198,7 +219,7 @@ void forward_impl(const Tensor& wx, const Tensor& weight_t, const Tensors& param
         M* hmrow = hmp + b * hidden;
         for (int64_t k = 0; k < hidden; ++k) hmrow[k] = static_cast<M>(hrow[k]);
       }
-    }
+    });
   }
 }
 
@@ -238,7 +259,7 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
     const T* sp = ptr<T>(buffers[5], t);
     const T* gp = ptr<T>(buffers[6], t);
     const T* tcp = ptr<T>(buffers[7], t);
-    for (int64_t b = 0; b < batch; ++b) {  // h_t = o ⊙ tanh(y_c)
+    for_rows(batch, hidden, [&](int64_t b) {  // h_t = o ⊙ tanh(y_c)
       const T* srow = sp + b * 3 * hidden;
       const T* trow = tcp + b * hidden;
       const T* dhrow = dhp + b * hidden;
@@ -248,14 +269,14 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
         drow[2 * hidden + k] = dhrow[k] * trow[k] * o * (T(1) - o);
         grad_y[b * hidden + k] = dhrow[k] * o * (T(1) - trow[k] * trow[k]);
       }
-    }
+    });
     const T *cpre = ptr<T>(c_pre, t), *mean_c = ptr<T>(moments[4], t), *invstd_c = ptr<T>(moments[5], t);
     T *sum_gy = ptr<T>(grads[4], t), *sum_gyx = ptr<T>(grads[3], t);  // ∂L/∂β_c, ∂L/∂γ_c of the step
     norm_sums(grad_y.data(), cpre, batch, hidden, mean_c, invstd_c, sum_gy, sum_gyx);
     norm_input_grad(grad_y.data(), cpre, batch, hidden, m, n, training, gamma_c, mean_c, invstd_c, sum_gy, sum_gyx,
                     grad_c.data());
     const T* c_prev = t == 0 ? ptr<T>(c0) : ptr<T>(cells, t - 1);
-    for (int64_t b = 0; b < batch; ++b) {  // c_t = f ⊙ c_{t−1} + i ⊙ g, through σ and tanh
+    for_rows(batch, four, [&](int64_t b) {  // c_t = f ⊙ c_{t−1} + i ⊙ g, through σ and tanh
       const T* srow = sp + b * 3 * hidden;
       const T* grow = gp + b * hidden;
       const T* cprow = c_prev + b * hidden;
@@ -270,7 +291,7 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
         drow[3 * hidden + k] = d * i * (T(1) - gg * gg);
         dcrow[k] = d * f;
       }
-    }
+    });
     // gates = BN(W_x x_t; γ_x, 0) + BN(a_t; γ_h, 0) + b: both normalisations see the same ∂L/∂gates,
     // whose column sums are ∂L/∂b (the recurrent term has no β)
     const M *xp = ptr<M>(wx, t), *ap = ptr<M>(pre_h, t);
@@ -287,7 +308,9 @@ void backward_impl(const Tensor& grad_out, const Tensor& weight_mm, const Tensor
     const Tensor product = torch::mm(grad_a[t], weight_mm);
     const M* pp = ptr<M>(product);
     const T* above = t > 0 ? ptr<T>(grad_out, t - 1) : nullptr;
-    for (int64_t i = 0; i < batch * hidden; ++i) dhp[i] = static_cast<T>(pp[i]) + (above ? above[i] : T(0));
+    for_rows(batch, hidden, [&](int64_t b) {
+      for (int64_t i = b * hidden; i < (b + 1) * hidden; ++i) dhp[i] = static_cast<T>(pp[i]) + (above ? above[i] : T(0));
+    });
     if (m) {
       for (int64_t i = 0; i < batch * hidden; ++i) {
         dhp[i] += dh_pass[i];
