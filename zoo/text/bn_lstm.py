@@ -109,13 +109,14 @@ class StepwiseBatchNorm(nn.Module):
                 )
                 return y.view(batch, steps, -1).transpose(0, 1)
             mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
-            self._update(index, mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
+            self.update_running(index, mean.squeeze(1), var.squeeze(1), count.view(-1, 1))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()
-    def _update(self, index: Tensor, mean: Tensor, var: Tensor, count: Tensor) -> None:
-        """Running averages of the minibatch estimates (unbiased variance); steps without data are skipped."""
+    def update_running(self, index: Tensor, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        """Move the running statistics of steps ``index`` toward the minibatch estimates ``mean, var: (T, F)``
+        (biased; the running variance is the unbiased one) from ``count: (T, 1)`` rows; steps without data are skipped."""
         present = count > 0
         unbiased = var * count / (count - 1).clamp(min=1)
         m = self.momentum * present.to(mean.dtype)

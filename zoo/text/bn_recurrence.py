@@ -275,9 +275,9 @@ def bn_lstm_recurrence(
     args = (bn_h.training, bn_h.momentum, bn_h.eps, mm_dtype)
     with torch.autocast(device, enabled=False):
         if use_cpp:
-            stats = tuple(s for bn in (bn_x, bn_h, bn_c) for s in (bn.running_mean, bn.running_var))
             return bn_recurrence_cpp.BNLSTMRecurrenceCpp.apply(
-                wx, h0, c0, weight_h, bias, bn_x.weight, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start, *args
+                wx, h0, c0, weight_h, bias, bn_x.weight, bn_h.weight, bn_c.weight, bn_c.bias, mask, (bn_x, bn_h, bn_c),
+                start, *args,
             )
         gx = bn_x(wx.to(bias.dtype), mask, start) + bias  # under autocast W_x x came in bf16
         stats = (bn_h.running_mean, bn_h.running_var, bn_c.running_mean, bn_c.running_var)

@@ -15,9 +15,9 @@ The extension is compiled on first use with the machine's C++ compiler through
 milliseconds. Where it cannot be built, :func:`load_extension` returns None and the layer runs the
 Python recurrence (``ZOO_BN_LSTM_KERNEL=cpp`` makes that an error instead).
 
-In training the C++ loop returns every step's batch mean and variance and the running statistics
-are updated here, for all steps at once (unbiased variance, momentum as ``nn.BatchNorm1d``; a step
-without real rows leaves them unchanged).
+In training the C++ loop returns every step's batch mean and variance, and each
+:class:`zoo.text.bn_lstm.StepwiseBatchNorm` moves its running statistics toward them for all steps
+at once (:meth:`~zoo.text.bn_lstm.StepwiseBatchNorm.update_running`).
 """
 
 from __future__ import annotations
@@ -82,15 +82,6 @@ def supported(state: Tensor, mm_dtype: torch.dtype) -> bool:
     return state.dtype == torch.float32 and mm_dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _update_running(run_mean: Tensor, run_var: Tensor, rows: slice, mean: Tensor, var: Tensor, counts: Tensor,
-                    momentum: float) -> None:
-    """Move the running statistics of steps ``rows`` toward the batch ones (``nn.BatchNorm1d``'s rule)."""
-    weight = (momentum * (counts > 0).to(mean.dtype)).unsqueeze(1)  # (T, 1)
-    unbiased = var * (counts / (counts - 1).clamp(min=1)).unsqueeze(1)
-    run_mean[rows].mul_(1 - weight).add_(weight * mean)
-    run_var[rows].mul_(1 - weight).add_(weight * unbiased)
-
-
 class BNLSTMRecurrenceCpp(torch.autograd.Function):
     """Eqs. 6-8 over all steps in C++, both normalisations of eq. 6 included (see the module docstring)."""
 
@@ -107,16 +98,16 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         gamma_c: Tensor,
         beta_c: Tensor,
         mask: Tensor | None,
-        stats: tuple[Tensor, ...],
+        norms: tuple[Any, Any, Any],
         start: int,
         training: bool,
-        momentum: float,
+        _momentum: float,  # each norm's own applies, in update_running
         eps: float,
         mm_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
         steps, batch, four_h = wx.shape
         hidden = four_h // 4
-        max_length = stats[0].shape[0]
+        max_length = norms[0].max_length
         if training and start + steps > max_length:
             raise ValueError(f"training steps {start}..{start + steps - 1} exceed the {max_length} kept statistics")
         dtype = gamma_x.dtype  # of the state, statistics, gates and cell; the products' is mm_dtype
@@ -133,21 +124,18 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         moments = [new(steps, size) for size in (four_h,) * 6 + (hidden,) * 3]  # mean, var, 1/σ of x, h, c
         empty = new(0)
         masks = empty if mask is None else mask.to(dtype).contiguous()
-        counts = c0.new_full((steps,), batch) if mask is None else masks.sum(1)
-        running = [empty] * 6
-        if not training:
-            slots = torch.arange(start, start + steps, device=wx.device).clamp_(max=max_length - 1)
-            running = [s[slots].to(dtype) for s in stats]
+        counts = c0.new_full((steps,), batch) if mask is None else masks.sum(1)  # real rows per step
+        slots = torch.arange(start, start + steps, device=wx.device).clamp_(max=max_length - 1)
+        running = [empty] * 6 if training else [s[slots].to(dtype) for n in norms for s in (n.running_mean, n.running_var)]
         params = [p.contiguous() for p in (gamma_x, gamma_h, gamma_c, beta_c, bias)]
-        load_extension().forward(wx, weight_h.t().to(mm_dtype).contiguous(), params, masks,
-                                 counts if mask is not None else empty, running, training, eps, c0, buffers, moments)
+        load_extension().forward(wx, weight_h.t().to(mm_dtype).contiguous(), params, masks, counts, running, training,
+                                 eps, c0, buffers, moments)
         if training:
-            rows = slice(start, start + steps)
-            for i in range(3):
-                _update_running(stats[2 * i], stats[2 * i + 1], rows, moments[3 * i], moments[3 * i + 1], counts,
-                                momentum)
-        ctx.training, ctx.masked, ctx.num_buffers = training, mask is not None, len(buffers)
-        ctx.save_for_backward(wx, c0, weight_h, *params, masks, counts, *buffers, *moments[0::3], *moments[2::3])
+            for i, norm in enumerate(norms):
+                norm.update_running(slots, moments[3 * i], moments[3 * i + 1], counts.unsqueeze(1))
+        ctx.training, ctx.num_buffers = training, len(buffers)
+        kept = [m for i, m in enumerate(moments) if i % 3 != 1]  # mean and 1/σ of x, h, c: what the backward reads
+        ctx.save_for_backward(wx, c0, weight_h, *params, masks, counts, *buffers, *kept)
         return states[1:], cells[-1].clone()
 
     @staticmethod
@@ -155,7 +143,7 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
         wx, c0, weight_h, *rest = ctx.saved_tensors
         params, (masks, counts), rest = rest[:5], rest[5:7], rest[7:]
-        buffers, means, invstds = rest[: ctx.num_buffers], rest[-6:-3], rest[-3:]
+        buffers, moments = rest[: ctx.num_buffers], rest[ctx.num_buffers:]
         states_mm, c_pre = buffers[1], buffers[3]
         steps, batch, hidden = c_pre.shape
         grad_out = torch.zeros_like(c_pre) if grad_out is None else grad_out.contiguous()
@@ -165,10 +153,8 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         grad_wx = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)
         grad_a = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)  # ∂L/∂(W_h h_{t−1}), all steps
         grads = [new(steps, size) for size in (4 * hidden,) * 3 + (hidden,) * 2]  # γ_x, γ_h, b, γ_c, β_c
-        moments = [means[0], invstds[0], means[1], invstds[1], means[2], invstds[2]]
-        load_extension().backward(grad_out, weight_h.to(states_mm.dtype).contiguous(), params, masks,
-                                  counts if ctx.masked else masks, ctx.training, c0, wx, buffers, moments, grad_wx,
-                                  grad_a, grads, dh, dc)
+        load_extension().backward(grad_out, weight_h.to(states_mm.dtype).contiguous(), params, masks, counts,
+                                  ctx.training, c0, wx, buffers, list(moments), grad_wx, grad_a, grads, dh, dc)
         flat = steps * batch
         grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), states_mm[:-1].reshape(flat, hidden))
         grad_gamma_x, grad_gamma_h, grad_bias, grad_gamma_c, grad_beta_c = (g.sum(0) for g in grads)
