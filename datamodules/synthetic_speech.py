@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from zoo.cache import cache_root
 from zoo.datamodules.espeak import Espeak, Voicing, resample
 from zoo.datamodules.flite import FLITE_VOICES, Flite, is_flite_voice
 from zoo.datamodules.sentences import command_sentences, english_sentences
@@ -159,16 +160,6 @@ class Utterance:
     @property
     def audio_filepath(self) -> str:
         return f"audio/{self.split}/{self.index:06d}.wav"
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    """``cache_dir``, else ``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("ZOO_CACHE"):
-        return Path(os.environ["ZOO_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "zoo"
 
 
 def corpus_dir(config: SyntheticCorpusConfig) -> Path:

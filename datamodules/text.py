@@ -36,7 +36,6 @@ The training loader (:class:`ResumableWindows`) saves its position in checkpoint
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,6 +47,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
+
+from zoo.cache import cache_root
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIALS = (UNK, BOS, EOS)
@@ -170,13 +171,6 @@ def prepare_fortunes(target: Path, source: Path = Path(FORTUNES_SOURCE)) -> Path
         tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         tmp.replace(out / f"{split}.txt")
     return out
-
-
-def cache_root() -> Path:
-    """``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
-    if os.environ.get("ZOO_CACHE"):
-        return Path(os.environ["ZOO_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo"
 
 
 def corpus_files(corpus: str, data_dir: Path, level: str) -> dict[str, list[Path]]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from zoo.cache import cache_root
 from zoo.datamodules import rating_files
 from zoo.datamodules.rating_files import (EMBEDDED_MEMBER, RatingsFormatError, RatingTable, embedded_ml100k,
                                           keep_latest, read_ratings)
@@ -224,10 +225,25 @@ def test_embedded_data_read_from_a_wheel_without_network(tmp_path, monkeypatch):
 
 def test_zoo_cache_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "a"))
-    assert rating_files.zoo_cache() == tmp_path / "a"
+    assert cache_root() == tmp_path / "a"
+    assert cache_root(tmp_path / "explicit") == tmp_path / "explicit"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ZOO_CACHE", "~/zc")
+    assert cache_root() == tmp_path / "home" / "zc"
     monkeypatch.delenv("ZOO_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert rating_files.zoo_cache() == tmp_path / "x" / "zoo"
+    assert cache_root() == tmp_path / "x" / "zoo"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty counts as unset (XDG base-directory spec)
+    assert cache_root() == tmp_path / "home" / ".cache" / "zoo"
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert cache_root() == tmp_path / "home" / "xdg" / "zoo"
+
+
+def test_every_cache_user_shares_one_rule():
+    """The corpora, the text data and the rating files all resolve the cache through zoo.cache."""
+    from zoo.datamodules import synthetic_speech, text
+
+    assert synthetic_speech.cache_root is text.cache_root is rating_files.cache_root is cache_root
 
 
 def test_real_ml100k_if_cached():
