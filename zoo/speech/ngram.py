@@ -13,9 +13,12 @@ distinct words seen before ``h w``) at lower orders, except for n-grams starting
 keep raw counts (nothing can precede ``<s>``; KenLM does the same). Unigrams interpolate with the
 uniform distribution over the vocabulary (``</s>`` and ``<unk>`` included, ``<s>`` excluded).
 ``discount="modified"`` estimates D1, D2, D3+ per order from counts of counts
-(Y = n1 / (n1 + 2·n2), D_k = k − (k + 1)·Y·n_{k+1} / n_k); ``"plain"`` uses one D = Y per order,
-or the fixed ``discount_value`` if given. The ARPA file stores ``log10 p(w | h)`` for every seen
-n-gram and ``log10 γ(h)`` as the back-off weight of every history, so a reader that backs off
+(n_r = number of n-grams of that order whose adjusted count is exactly r; Y = n1 / (n1 + 2·n2),
+D_r = r − (r + 1)·Y·n_{r+1} / n_r); ``"plain"`` uses one D = Y per order, or the fixed
+``discount_value`` if given. Toy corpora lack some counts of counts: without n1 or n2 every D is
+0.5, without n3 D2 = 1, without n3 or n4 D3+ = 1.5; each D_r is kept in [0.01, r] so every history
+keeps back-off mass and no discounted count is negative. The ARPA file stores ``log10 p(w | h)``
+for every seen n-gram and ``log10 γ(h)`` as the back-off weight of every history, so a reader that backs off
 (``p(w | h) = γ(h)·p(w | h')`` for unseen ``h w``) reproduces the interpolated model exactly.
 """
 
@@ -89,7 +92,7 @@ class KneserNeyLM:
             if kind != "plain":
                 raise ValueError("discount_value needs discount='plain'")
             return (fixed, fixed, fixed)
-        n = Counter(min(c, 4) for c in counts.values())
+        n = Counter(counts.values())  # n_r: how many n-grams have (adjusted) count exactly r
         if not n[1] or not n[2]:
             return (0.5, 0.5, 0.5)  # too little data for counts of counts (e.g. a toy corpus)
         y = n[1] / (n[1] + 2 * n[2])
