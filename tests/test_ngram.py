@@ -97,7 +97,7 @@ def contexts(order):
 
 
 @pytest.mark.parametrize("discount", ["modified", "plain"])
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5, 6])
 def test_kneser_ney_matches_the_brute_force_reference(order, discount):
     lm = KneserNeyLM(CORPUS, order=order, discount=discount)
     ref = ReferenceKN(CORPUS, order, discount)
@@ -109,6 +109,13 @@ def test_kneser_ney_matches_the_brute_force_reference(order, discount):
             assert p == pytest.approx(ref.prob(w, history), rel=1e-9), (w, history)
             total += p
         assert total == pytest.approx(1.0, abs=1e-9), history
+
+
+def test_order_four_keeps_the_whole_short_history():
+    """The issue's symptom: at order 4, p(c | a b) equalled p(c | x b) = p(c | b)."""
+    lm = KneserNeyLM(CORPUS, order=4)
+    assert lm.prob("now", ("go", "left")) != pytest.approx(lm.prob("now", ("left",)))
+    assert lm.prob("now", ("turn", "left")) != pytest.approx(lm.prob("now", ("go", "left")))
 
 
 def read_arpa(path):
@@ -142,7 +149,7 @@ def arpa_prob(entries, word, history):
 
 
 @pytest.mark.parametrize("discount", ["modified", "plain"])
-@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
 def test_arpa_file_normalises_in_every_context(tmp_path, order, discount):
     path = KneserNeyLM(CORPUS, order=order, discount=discount).write_arpa(tmp_path / "lm.arpa")
     entries = read_arpa(path)

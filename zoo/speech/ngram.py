@@ -114,7 +114,8 @@ class KneserNeyLM:
 
     def prob(self, word: str, history: tuple[str, ...] | list[str] = ()) -> float:
         """p(word | history) under the interpolated model (history truncated to order − 1)."""
-        history = tuple(history)[len(history) - self.order + 1 :] if self.order > 1 else ()
+        history = tuple(history)
+        history = history[max(len(history) - (self.order - 1), 0) :] if self.order > 1 else ()
         if word not in self.vocab:
             word = UNK
         if not history:
