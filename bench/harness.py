@@ -147,6 +147,7 @@ class Stats:
     max: float
     n: int
     dropped: int = 0  # rounds left out because other processes were busy
+    cpu_median: float | None = None  # median CPU seconds of this process (all its threads) per call
 
     @property
     def spread(self) -> float:
@@ -157,8 +158,9 @@ class Stats:
         return {**asdict(self), "spread": self.spread}
 
 
-def summarize(samples: Sequence[float], dropped: int = 0) -> Stats:
-    """Median, quartiles (inclusive method: the sample's own range), min and max."""
+def summarize(samples: Sequence[float], dropped: int = 0, cpu: Sequence[float] | None = None) -> Stats:
+    """Median, quartiles (inclusive method: the sample's own range), min and max; ``cpu``: CPU seconds
+    of the same calls (their median is kept)."""
     if not samples:
         raise ValueError("summarize: no samples")
     values = sorted(float(x) for x in samples)
@@ -166,7 +168,8 @@ def summarize(samples: Sequence[float], dropped: int = 0) -> Stats:
         q25 = q75 = values[0]
     else:
         q25, _, q75 = statistics.quantiles(values, n=4, method="inclusive")
-    return Stats(statistics.median(values), q25, q75, values[0], values[-1], len(values), dropped)
+    cpu_median = statistics.median(cpu) if cpu else None
+    return Stats(statistics.median(values), q25, q75, values[0], values[-1], len(values), dropped, cpu_median)
 
 
 def interleave(callables: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
@@ -185,20 +188,32 @@ def interleave(callables: Mapping[str, Callable[[], Any]], repeats: int = 5, war
             callables[name]()
             synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     loaded: list[bool] = []
     for _ in range(repeats):
         busy = False
         for name in names:
             with ForeignLoad() as load:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 callables[name]()
                 synchronize(device)
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
             busy |= max_foreign_cores is not None and load.cores is not None and load.cores > max_foreign_cores
         loaded.append(busy)
     clean = [i for i, busy in enumerate(loaded) if not busy]
     keep = clean if len(clean) >= min(min_clean, repeats) else list(range(repeats))
-    return {name: summarize([times[name][i] for i in keep], dropped=repeats - len(keep)) for name in names}
+    return {name: summarize([times[name][i] for i in keep], repeats - len(keep), [cpu[name][i] for i in keep])
+            for name in names}
+
+
+def once(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
+    """Wall seconds of one call (e.g. a first step that compiles), synchronized."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def cpu_time(fn: Callable[[], Any], number: int, blocks: int = 5, label: str = "") -> float:
@@ -224,17 +239,26 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def default_matmul_size(device: str = "cpu") -> int:
+    return 8192 if torch.device(device).type == "cuda" else 2048
+
+
 @functools.lru_cache(maxsize=None)
-def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
-                repeats: int = 5) -> float:
-    """Measured FLOP/s of a square ``size``³ matmul on ``device`` with this process's threads (median; cached)."""
+def matmul_stats(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
+                 repeats: int = 5) -> Stats:
+    """Timings of a square ``size``³ matmul on ``device`` with this process's threads (cached per arguments)."""
     dev = torch.device(device)
-    size = size or (8192 if dev.type == "cuda" else 2048)
+    size = size or default_matmul_size(device)
     a = torch.randn(size, size, device=dev, dtype=dtype)
     b = torch.randn(size, size, device=dev, dtype=dtype)
-    stats = interleave({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=1, device=dev,
-                       max_foreign_cores=None)
-    return 2 * size**3 / stats["mm"].median
+    return interleave({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=1, device=dev,
+                      max_foreign_cores=None)["mm"]
+
+
+def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
+    """Measured FLOP/s (wall clock, median) of a square ``size``³ matmul: the machine's dense-compute limit."""
+    size = size or default_matmul_size(device)
+    return 2 * size**3 / matmul_stats(device, dtype, size).median
 
 
 def flops_fraction(flops: float, seconds: float, device: str = "cpu", dtype: torch.dtype = torch.float32,
