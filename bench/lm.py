@@ -23,8 +23,11 @@
 under ``torch.autocast`` with bfloat16 (on CPUs with AMX or AVX512-BF16 the products then run 2-3×
 faster; batch norm, gates and cell stay in float32 as autocast keeps them).
 
-Every figure comes from this run; times are the best of ``--iters`` timed iterations after one
-warm-up (best-of, because the CPU is shared and noisy). Ratios are of per-token time.
+Every figure comes from this run: at each size all implementations are timed in ``--iters``
+interleaved rounds after one warm-up round (``bench/harness.py``; medians, rounds during which other
+processes were busy dropped when enough clean ones remain). Ratios are of per-token time. The zoo
+rows also give the FLOPs of forward + backward (FlopCounterMode) and their fraction of this machine's
+measured matmul rate. Results: ``bench/results/lm[_bf16].json``.
 """
 
 from __future__ import annotations
@@ -32,12 +35,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import torch
+from harness import count_flops, environment, interleave, matmul_rate, table, write_result
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from zoo.text.bn_lstm import BNLSTM, BNLSTMConfig
 from zoo.text.factorized_lstm import FactorizedLSTM, FactorizedLSTMConfig
@@ -70,11 +72,6 @@ class NaiveBNLSTM(nn.Module):
         return torch.stack(outputs)
 
 
-def synchronize(x: Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-
-
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -96,29 +93,25 @@ def bn_lstm_kernel(kernel: str) -> Iterator[None]:
             os.environ["ZOO_BN_LSTM_KERNEL"] = before
 
 
-def time_training(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor], iters: int,
-                  dtype: torch.dtype = torch.float32) -> float:
-    """Best wall time of forward + backward of ``sum(output)`` over ``iters`` iterations (after a warm-up),
-    the forward under autocast to ``dtype`` unless that is float32."""
+def training_call(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor],
+                  dtype: torch.dtype = torch.float32, kernel: str | None = None) -> Callable[[], None]:
+    """One forward + backward of ``sum(output)``, the forward under autocast to ``dtype`` unless that is
+    float32 (and with the zoo BN-LSTM recurrence ``kernel`` when given)."""
     model.to(x.device).train()
-    best = float("inf")
-    for i in range(iters + 1):
-        model.zero_grad(set_to_none=True)
-        synchronize(x)
-        start = time.perf_counter()
-        with autocast(x, dtype):
-            out = run(model, x)
-        out.float().sum().backward()
-        synchronize(x)
-        elapsed = time.perf_counter() - start
-        if i > 0:
-            best = min(best, elapsed)
-    return best
+
+    def call() -> None:
+        with bn_lstm_kernel(kernel) if kernel else contextlib.nullcontext():
+            model.zero_grad(set_to_none=True)
+            with autocast(x, dtype):
+                out = run(model, x)
+            out.float().sum().backward()
+
+    return call
 
 
-def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32) -> float:
-    """Best time of the BN-LSTM's matrix products alone, in ``dtype``: ``W_x x`` (all steps at once),
+def matmuls_call(hidden: int, batch: int, steps: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """The BN-LSTM's matrix products alone, in ``dtype``: ``W_x x`` (all steps at once),
     ``W_h h_{t−1}`` per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients
     (``x`` is a leaf)."""
     def randn(*shape: int) -> Tensor:
@@ -128,53 +121,58 @@ def time_matmuls(hidden: int, batch: int, steps: int, iters: int, device: torch.
     w_x, w_h = randn(4 * hidden, hidden), randn(4 * hidden, hidden)
     h, grad = randn(batch, hidden), randn(batch, 4 * hidden)
     grads = randn(steps * batch, 4 * hidden)
-    best = float("inf")
-    for i in range(iters + 1):
-        synchronize(x)
-        start = time.perf_counter()
+
+    def call() -> None:
         torch.mm(x, w_x.t())
         for _ in range(steps):
             torch.mm(h, w_h.t())
             torch.mm(grad, w_h)
         torch.mm(grads.t(), x)
         torch.mm(grads.t(), x)
-        synchronize(x)
-        elapsed = time.perf_counter() - start
-        if i > 0:
-            best = min(best, elapsed)
-    return best
+
+    return call
 
 
-def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int, naive_iters: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> list[tuple[str, float]]:
+def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int,
+                 device: torch.device, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Tokens/s of every implementation at one size, timed interleaved."""
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden, device=device)
     ours = BNLSTM(BNLSTMConfig(input_size=hidden, hidden_size=hidden, max_length=steps))
     fused = nn.LSTM(hidden, hidden)
     naive = NaiveBNLSTM(hidden, hidden, steps)
     tokens = batch * steps
-    times = {}
+    calls = {}
     kernels = ["cpp", "python"] if device.type == "cpu" else ["python"]
     for kernel in kernels:
-        with bn_lstm_kernel(kernel):
-            times[f"BN-LSTM (zoo, {kernel})"] = time_training(ours, x, lambda m, v: m(v)[0], iters, dtype)
-    times["nn.LSTM (fused)"] = time_training(fused, x, lambda m, v: m(v)[0], iters, dtype)
-    times["BN-LSTM (naive loop)"] = time_training(naive, x, lambda m, v: m(v), naive_iters, dtype)
-    times["matrix products alone"] = time_matmuls(hidden, batch, steps, iters, device, dtype)
-    return [(name, tokens / t) for name, t in times.items()]
+        calls[f"BN-LSTM (zoo, {kernel})"] = training_call(ours, x, lambda m, v: m(v)[0], dtype, kernel)
+    calls["nn.LSTM (fused)"] = training_call(fused, x, lambda m, v: m(v)[0], dtype)
+    calls["BN-LSTM (naive loop)"] = training_call(naive, x, lambda m, v: m(v), dtype)
+    calls["matrix products alone"] = matmuls_call(hidden, batch, steps, device, dtype)
+    with bn_lstm_kernel("python"):
+        flops = count_flops(calls["BN-LSTM (zoo, python)"])
+    stats = interleave(calls, repeats=iters, warmup=1, device=device)
+    rate = matmul_rate(str(device), dtype)
+    return [{"implementation": name, "tokens_per_s": tokens / s.median, "ms": s.median * 1000, "spread": s.spread,
+             "gflop": flops / 1e9 if name.startswith("BN-LSTM (zoo") else None,
+             "matmul_fraction": flops / s.median / rate if name.startswith("BN-LSTM (zoo") else None, "stats": s}
+            for name, s in stats.items()]
 
 
-def factorized_rows(iters: int, device: torch.device, dtype: torch.dtype) -> list[tuple[str, int, float]]:
+def factorized_rows(iters: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
     torch.manual_seed(0)
     n, p, batch, steps = 2048, 256, 32, 20
     x = torch.randn(steps, batch, p, device=device)
-    rows = []
+    calls, params = {}, {}
     for name, extra in (("LSTMP", {}), ("F-LSTM F128 (r = n/16)", {"factor_size": 128}),
                         ("F-LSTM F512 (r = n/4)", {"factor_size": 512}), ("G-LSTM G4", {"groups": 4})):
         model = FactorizedLSTM(FactorizedLSTMConfig(input_size=p, hidden_size=n, projection_size=p, num_layers=2, **extra))
-        params = sum(q.numel() for q in model.parameters())
-        rows.append((name, params, batch * steps / time_training(model, x, lambda m, v: m(v)[0], iters, dtype)))
-    return rows
+        params[name] = sum(q.numel() for q in model.parameters())
+        calls[name] = training_call(model, x, lambda m, v: m(v)[0], dtype)
+    stats = interleave(calls, repeats=iters, warmup=1, device=device)
+    base = stats["LSTMP"].median
+    return [{"model": name, "params_m": params[name] / 1e6, "tokens_per_s": batch * steps / s.median,
+             "vs_lstmp": base / s.median, "stats": s} for name, s in stats.items()]
 
 
 def main() -> None:
@@ -186,34 +184,52 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", choices=sorted(PRECISION), default="fp32",
                         help="bf16: every implementation under torch.autocast(bfloat16)")
+    parser.add_argument("--name", default=None, help="result file bench/results/<name>.json (default lm, lm_bf16)")
     args = parser.parse_args()
     dtype = PRECISION[args.precision]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, {args.precision}; "
-          f"best of {args.iters} iterations")
+    env = environment(device)
+    print(f"torch {env['torch']}, {env['threads']} threads, {env['device']}, {args.precision}; "
+          f"medians of {args.iters} interleaved rounds")
     sizes = [("demo", 256, 32, 100, args.iters)]
     if not args.skip_paper:
         sizes.append(("paper (PTB)", 1000, 64, 100, args.paper_iters))
     sizes.append(("small", 128, 32, 100, args.iters))
+    rows = []
     for label, hidden, batch, steps, iters in sizes:
-        rows = dict(bn_lstm_rows(hidden, batch, steps, iters, iters, device, dtype))
+        size_rows = bn_lstm_rows(hidden, batch, steps, iters, device, dtype)
+        rate = {r["implementation"]: r["tokens_per_s"] for r in size_rows}
+        fused, naive = rate["nn.LSTM (fused)"], rate["BN-LSTM (naive loop)"]
         print(f"\n{label}: {hidden} units, batch {batch}, {steps} steps (forward + backward)")
-        for name, rate in rows.items():
-            print(f"  {name:26s} {rate:10.0f} tokens/s")
-        fused, naive = rows["nn.LSTM (fused)"], rows["BN-LSTM (naive loop)"]
-        for name in (name for name in rows if name.startswith("BN-LSTM (zoo")):
-            print(f"  {name}: {fused / rows[name]:5.2f}x the nn.LSTM time (goal at demo size <= 2.5x), "
-                  f"{rows[name] / naive:5.2f}x faster than the naive loop (goal at demo size >= 3x)")
-        floor = rows["matrix products alone"]
+        for r in size_rows:
+            name = r["implementation"]
+            r.update(size=f"{label}: {hidden} units, batch {batch}, {steps} steps",
+                     vs_fused=fused / r["tokens_per_s"], vs_naive=r["tokens_per_s"] / naive)
+            print(f"  {name:26s} {r['tokens_per_s']:10.0f} tokens/s")
+        for name in (name for name in rate if name.startswith("BN-LSTM (zoo")):
+            print(f"  {name}: {fused / rate[name]:5.2f}x the nn.LSTM time (goal at demo size <= 2.5x), "
+                  f"{rate[name] / naive:5.2f}x faster than the naive loop (goal at demo size >= 3x)")
+        floor = rate["matrix products alone"]
         print(f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)")
+        rows += size_rows
     print("\nF-LSTM / G-LSTM vs LSTMP: n = 2048, p = 256, 2 layers, batch 32, 20 steps (forward + backward)")
-    rows = factorized_rows(args.iters, device, dtype)
-    base = rows[0][2]
-    for name, params, rate in rows:
-        print(f"  {name:24s} {params / 1e6:6.2f}M params {rate:9.0f} tokens/s  {rate / base:4.2f}x LSTMP")
+    factorized = factorized_rows(args.iters, device, dtype)
+    for r in factorized:
+        print(f"  {r['model']:24s} {r['params_m']:6.2f}M params {r['tokens_per_s']:9.0f} tokens/s  {r['vs_lstmp']:4.2f}x LSTMP")
+    bn = table(f"BN-LSTM training throughput ({args.precision}, forward + backward, interleaved medians)",
+               [("size", "size"), ("implementation", "implementation"), ("tokens_per_s", "tokens/s", ",.0f"),
+                ("spread", "IQR / median", ".0%"), ("vs_fused", "time / nn.LSTM", ".2f"),
+                ("vs_naive", "speed / naive loop", ".2f"), ("gflop", "GFLOP", ".2f"),
+                ("matmul_fraction", "of matmul rate", ".0%")], rows,
+               notes="Goals at the demo size: zoo ≤ 2.5× nn.LSTM's time and ≥ 3× the naive loop's speed; "
+                     "'matrix products alone' is the floor every implementation of the equations shares.")
+    fact = table(f"F-LSTM / G-LSTM vs LSTMP ({args.precision}; n = 2048, p = 256, 2 layers, batch 32, 20 steps)",
+                 [("model", "model"), ("params_m", "parameters (M)", ".2f"), ("tokens_per_s", "tokens/s", ",.0f"),
+                  ("vs_lstmp", "vs LSTMP", ".2f")], factorized)
+    name = args.name or ("lm" if args.precision == "fp32" else f"lm_{args.precision}")
+    write_result(name, [bn, fact], env=env, title=f"Language-model recurrent layers ({args.precision})")
 
 
 if __name__ == "__main__":
