@@ -136,10 +136,19 @@ class BeamSearchDecoder:
             if bad:
                 raise ValueError(f"{config.lexicon}: characters {bad} are not in the tokenizer's alphabet")
             lexicon = str(write_lexicon(words, Path(self._tmp.name) / "lexicon.txt", spell))
-        if config.lm is not None and not Path(config.lm).is_file():
-            raise FileNotFoundError(f"language model {config.lm} does not exist")
+        lm_dict = None
+        if config.lm is not None:
+            if not Path(config.lm).is_file():
+                raise FileNotFoundError(f"language model {config.lm} does not exist")
+            if lexicon is None:
+                # lexicon-free: flashlight scores the LM with token ids as word ids, so the LM's
+                # dictionary must list the tokens in token order (without it torchaudio builds one
+                # in hash order and every character is scored as another)
+                lm_dict = Path(self._tmp.name) / "lm_tokens.txt"
+                lm_dict.write_text("".join(f"{t}\n" for t in tokens))
+                lm_dict = str(lm_dict)
         self._decoder = ctc_decoder(
-            lexicon=lexicon, tokens=tokens, lm=config.lm, beam_size=config.beam_size,
+            lexicon=lexicon, tokens=tokens, lm=config.lm, lm_dict=lm_dict, beam_size=config.beam_size,
             beam_size_token=config.beam_size_token, beam_threshold=config.beam_threshold,
             lm_weight=config.lm_weight, word_score=config.word_score, unk_score=config.unk_score,
             sil_score=config.sil_score, blank_token="<blank>", sil_token=SIL_TOKEN,
