@@ -49,3 +49,18 @@ def test_lexicon_free_character_lm_scores_the_right_characters(tmp_path, order):
     config = BeamSearchConfig(lm=str(lift), lm_weight=2.0, beam_size=20)
     assert BeamSearchDecoder(tok.labels, config)(favour_left, lengths) == ["go lift"]
 
+
+def test_decoder_accepts_the_paths_build_arpa_returns(tmp_path):
+    """build_arpa returns a Path; torchaudio takes only str LM paths (a Path was accepted here and
+    then rejected by torchaudio)."""
+    tok = CharTokenizer()
+    words = tmp_path / "words.txt"
+    words.write_text("go\nleft\nlift\n")
+    lm = build_arpa(["go left"] * 20 + ["go lift"], tmp_path / "words.arpa", order=2)
+    config = BeamSearchConfig(lexicon=words, lm=lm, lm_weight=2.0, beam_size=10)
+    assert isinstance(config.lm, str) and isinstance(config.lexicon, str)
+    log_probs = spelled(tok, "go lift", {4: ("e", 0.6)})
+    assert BeamSearchDecoder(tok.labels, config)(log_probs, torch.tensor([log_probs.shape[1]])) == ["go left"]
+    chars = build_arpa(["go left"], tmp_path / "chars.arpa", order=3, unit="char")
+    assert BeamSearchDecoder(tok.labels, BeamSearchConfig(lm=chars, beam_size=5))(
+        log_probs, torch.tensor([log_probs.shape[1]])) in (["go left"], ["go lift"])

@@ -11,6 +11,7 @@ the word insertion score are tuned on held-out data with :func:`tune_beam_search
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +68,11 @@ class BeamSearchConfig:
     word_score: float = 0.0
     unk_score: float = -math.inf
     sil_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        # paths as str: torchaudio takes only str LM paths, and the config is saved as JSON
+        self.lexicon = None if self.lexicon is None else os.fspath(self.lexicon)
+        self.lm = None if self.lm is None else os.fspath(self.lm)
 
 
 def write_lexicon(words: Iterable[str], path: str | Path, spell: Callable[[str], Sequence[str]] = list) -> Path:
