@@ -27,7 +27,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from zoo.speech.alignment import AlignedToken, ctc_forced_alignment, ctc_min_length
+from zoo.speech.alignment import AlignedToken, ctc_forced_alignment
+from zoo.speech.ctc import ctc_min_frames
 from zoo.speech.decoding import greedy_decode
 
 FIGSIZE, DPI = (10.0, 6.0), 100  # -> 1000 x 600 pixels
@@ -60,7 +61,7 @@ def plot_ctc_alignment(features: Tensor, log_probs: Tensor, tokens: Tensor, labe
     num_frames, num_outputs = features.shape[1], log_probs.shape[0]
     scale = num_frames / num_outputs
     aligned, path_labels = None, None
-    if log_probs.shape[0] >= ctc_min_length(tokens):
+    if log_probs.shape[0] >= ctc_min_frames(tokens):
         path_labels, aligned = ctc_forced_alignment(log_probs, tokens, blank)
     probs = log_probs.exp()
     centres = (torch.arange(num_outputs) + 0.5) * scale

@@ -34,20 +34,11 @@ from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, rea
 from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
 from zoo.speech.audio import AudioError, load_audio
 from zoo.speech.augment import AugmentationConfig, FeatureAugmentation, WaveformAugmentation
+from zoo.speech.ctc import ctc_min_frames
 from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 SPLITS = ("train", "val", "test", "predict")
-
-
-def ctc_repeats(tokens: Sequence[int]) -> int:
-    """Adjacent equal labels: CTC must put a blank between each such pair."""
-    return sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
-
-
-def ctc_min_frames(tokens: Sequence[int]) -> int:
-    """Fewest encoder output frames that can emit ``tokens`` under CTC: length + repeats."""
-    return len(tokens) + ctc_repeats(tokens)
 
 
 class SpeechDataset(Dataset):

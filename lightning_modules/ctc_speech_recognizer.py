@@ -27,17 +27,11 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.registry import build_config, model_to_dict
+from zoo.speech.ctc import ctc_feasible
 from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
 from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
-
-
-def ctc_feasible(out_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """(B,) bool: whether each target can be aligned in its output frames (``T' >= L + repeats``)."""
-    positions = torch.arange(1, targets.shape[1], device=targets.device)
-    repeats = ((targets[:, 1:] == targets[:, :-1]) & (positions[None, :] < target_lengths[:, None])).sum(1)
-    return out_lengths.to(targets.device) >= target_lengths + repeats
 
 
 def _as_config(value: Any, cls: type) -> Any:

@@ -14,6 +14,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
+from zoo.speech.ctc import ctc_min_frames
+
 
 @dataclass(frozen=True)
 class AlignedToken:
@@ -23,11 +25,6 @@ class AlignedToken:
     start: int
     end: int
     log_prob: float
-
-
-def ctc_min_length(tokens: Tensor) -> int:
-    """Output frames a CTC path for ``tokens`` (L,) needs: L plus a blank between repeated labels."""
-    return int(tokens.numel() + (tokens[1:] == tokens[:-1]).sum())
 
 
 def ctc_forced_alignment(log_probs: Tensor, tokens: Tensor, blank: int = 0) -> tuple[Tensor, list[AlignedToken]]:
@@ -49,9 +46,9 @@ def ctc_forced_alignment(log_probs: Tensor, tokens: Tensor, blank: int = 0) -> t
         raise ValueError(f"expected log_probs (T, V) and tokens (L,), got {tuple(log_probs.shape)} and {tuple(tokens.shape)}")
     if bool((tokens == blank).any()):
         raise ValueError("the transcript holds the blank id")
-    if log_probs.shape[0] < ctc_min_length(tokens):
+    if log_probs.shape[0] < ctc_min_frames(tokens):
         raise ValueError(f"{log_probs.shape[0]} frames cannot align {tokens.numel()} labels "
-                         f"({ctc_min_length(tokens)} frames needed under CTC)")
+                         f"({ctc_min_frames(tokens)} frames needed under CTC)")
     emissions = log_probs.detach().float().cpu()[None]
     path, scores = AF.forced_align(emissions, tokens.detach().long().cpu()[None], blank=blank)
     spans = AF.merge_tokens(path[0], scores[0].exp(), blank=blank)
