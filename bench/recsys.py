@@ -15,7 +15,7 @@
     python bench/recsys.py --device cuda     # batches densified on the CPU, copied to the GPU (pinned)
 
 Timings on a shared machine are noisy; both numbers come from the same run so their ratio is the
-meaningful figure.
+meaningful figure (medians; ``bench/harness.py``). Results: ``bench/results/recsys.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from harness import environment, interleave, matmul_stats, summarize, synchronize, table, write_result
 
 import zoo
 from zoo.datamodules.ratings import RatingMatrix
@@ -77,24 +78,10 @@ def train_flops_per_user(sizes: tuple[int, ...]) -> int:
     return 2 * (sum(layer_macs) + sum(layer_macs) + sum(layer_macs[1:]))
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_gflops(size: int = 2048, repeats: int = 7, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """(wall-clock, per-CPU-second) GFLOP/s of a plain ``size``^3 float32 matmul (median of ``repeats``)."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    torch.mm(a, b)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        torch.mm(a, b)
-        synchronize(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return 2 * size**3 / np.median(wall) / 1e9, 2 * size**3 / np.median(cpu) / 1e9
+    stats = matmul_stats(str(device), torch.float32, size, repeats)
+    return 2 * size**3 / stats.median / 1e9, 2 * size**3 / stats.cpu_median / 1e9
 
 
 def step_matmuls(sizes: tuple[int, ...], batch_size: int,
@@ -117,17 +104,13 @@ def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: i
     """(wall-clock, per-CPU-second) GFLOP/s of the step's matmuls alone (median of ``repeats``)."""
     pairs = step_matmuls(sizes, batch_size, device)
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
-    wall, cpu = [], []
-    for repeat in range(repeats + 1):
-        synchronize(device)
-        start, start_cpu = time.perf_counter(), time.process_time()
+
+    def call() -> None:
         for a, b in pairs:
             torch.mm(a, b)
-        synchronize(device)
-        if repeat:  # the first pass warms up
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return flops / np.median(wall) / 1e9, flops / np.median(cpu) / 1e9
+
+    stats = interleave({"matmuls": call}, repeats=repeats, warmup=1, device=device)["matmuls"]
+    return flops / stats.median / 1e9, flops / stats.cpu_median / 1e9
 
 
 def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0,
@@ -168,10 +151,11 @@ def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: in
             wall.append(end - start)
             cpu.append(end_cpu - start_cpu)
     flops = train_flops_per_user((matrix.num_items, *net.config.encoder_sizes)) * batch_size
-    step_s, step_cpu = float(np.median(wall)), float(np.median(cpu))  # medians: robust to load spikes
+    stats = summarize(wall, cpu=cpu)  # medians: robust to load spikes
+    step_s, step_cpu = stats.median, stats.cpu_median
     shares = {f"{name}_share": seconds / sum(wall) for name, seconds in parts.items()}
     return {"users_per_s": batch_size / step_s, "gflops": flops / step_s / 1e9, "step_s": step_s,
-            "cpu_gflops": flops / step_cpu / 1e9, "cpu_users_per_s": batch_size / step_cpu, **shares}
+            "cpu_gflops": flops / step_cpu / 1e9, "cpu_users_per_s": batch_size / step_cpu, "stats": stats, **shares}
 
 
 def main() -> None:
@@ -182,10 +166,12 @@ def main() -> None:
                         help="the paper trains with 128")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 on both; TF32 off)")
+    parser.add_argument("--name", default="recsys", help="result file bench/results/<name>.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    env = environment(device)
     users, ratings = int(NETFLIX_USERS * args.scale), int(NETFLIX_RATINGS * args.scale)
     rss_before = max_rss_gb()
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -205,15 +191,31 @@ def main() -> None:
     print("| batch | users/s | ms/step | densify / loss / optimizer share | train GFLOP/s (wall; per CPU-s) "
           "| same-shape matmuls GFLOP/s (wall; per CPU-s) | train / square matmul | train / same-shape |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for batch_size in args.batch_sizes:
         r = train_throughput(matrix, args.steps, batch_size, device=device)
         same, same_cpu = same_shape_matmul_gflops(sizes, batch_size, device=device)
+        rows.append({"batch": batch_size, **r, "same_gflops": same, "same_cpu_gflops": same_cpu,
+                     "vs_square": r["gflops"] / peak, "vs_square_cpu": r["cpu_gflops"] / peak_cpu,
+                     "vs_same": r["gflops"] / same, "vs_same_cpu": r["cpu_gflops"] / same_cpu})
         print(f"| {batch_size} | {r['users_per_s']:.0f} | {r['step_s'] * 1000:.0f} | {r['densify_share']:.1%} / "
               f"{r['loss_share']:.1%} / {r['optimizer_share']:.1%} | {r['gflops']:.1f}; {r['cpu_gflops']:.1f} | "
               f"{same:.1f}; {same_cpu:.1f} | {r['gflops'] / peak:.0%}; {r['cpu_gflops'] / peak_cpu:.0%} | "
               f"{r['gflops'] / same:.0%}; {r['cpu_gflops'] / same_cpu:.0%} |", flush=True)
         epoch_h = matrix.num_users / r["users_per_s"] / 3600
         print(f"  (batch {batch_size}: one epoch over these {matrix.num_users:,} users takes {epoch_h:.2f} h at this rate)")
+    train = table(f"Autoencoder recommender training, autorec-netflix-full on {matrix.num_users:,} users x "
+                  f"{matrix.num_items:,} items ({matrix.nnz:,} ratings, scale {args.scale:g})",
+                  [("batch", "batch"), ("users_per_s", "users/s", ",.0f"), ("step_s", "s / step", ".3f"),
+                   ("densify_share", "densify", ".1%"), ("loss_share", "loss", ".1%"),
+                   ("optimizer_share", "optimizer", ".1%"), ("gflops", "train GFLOP/s", ".1f"),
+                   ("same_gflops", "same-shape matmuls GFLOP/s", ".1f"), ("vs_square", "of square matmul", ".0%"),
+                   ("vs_same", "of same-shape matmuls", ".0%"), ("vs_same_cpu", "per CPU-s, of same-shape", ".0%")],
+                  rows, notes=f"Square {square}³ fp32 matmul: {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} per CPU-second. "
+                              f"CSR arrays {matrix.nbytes / 1e9:.2f} GB (goal ≤ 4 GB), generated in {gen_s:.1f} s.")
+    write_result(args.name, [train], env=env, title="Recommender at Netflix scale",
+                 data={"users": matrix.num_users, "items": matrix.num_items, "ratings": matrix.nnz,
+                       "csr_gb": matrix.nbytes / 1e9, "generate_s": gen_s})
 
 
 if __name__ == "__main__":
