@@ -12,7 +12,7 @@ LOCK      := requirements/lock.txt
 DEB_PKGS  := espeak-ng fortunes flite g++
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps lock bench clean
+.PHONY: demo test install system-deps lock bench bench-peers clean
 
 demo: install
 	$(VENV)/bin/zoo demo
@@ -47,6 +47,23 @@ lock:
 
 bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# Peers' toolkits for side-by-side benchmarks and import fixtures (never a zoo dependency): NVIDIA NeMo
+# in its own venv beside the locked torch/torchaudio, plus the zoo itself (editable; its other deps from the
+# pyproject ranges: the full lock conflicts with NeMo, e.g. NeMo's lightning needs fsspec<2026).
+# Another NeMo release: make bench-peers PEERS_VENV=.venv-peers-nemo2.4 NEMO_VERSION=2.4.1
+PEERS_VENV ?= .venv-peers
+NEMO_VERSION ?= 3.0.0
+bench-peers: system-deps $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: pyproject.toml $(LOCK)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	grep -E '^(torch|torchaudio)==' $(LOCK) > $(PEERS_VENV)/constraints.txt
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(PEERS_VENV)/constraints.txt \
+	  'nemo_toolkit[asr]==$(NEMO_VERSION)'
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(PEERS_VENV)/constraints.txt -e '.[test]'
+	$(PEERS_VENV)/bin/python -c "import nemo, zoo, torch; print('nemo', nemo.__version__, 'torch', torch.__version__)"
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info
