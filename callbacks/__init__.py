@@ -3,6 +3,6 @@
 from zoo.callbacks.layerwise_monitor import LayerwiseMonitor
 from zoo.callbacks.loss_scaling import LossScaling
 from zoo.callbacks.publish_to_hub import PublishToHub
-from zoo.callbacks.resume import AtomicCheckpointIO, ModelCheckpoint, ResumableRNG
+from zoo.callbacks.resume import AtomicCheckpointIO, ResumableCheckpoint, ResumableRNG
 from zoo.callbacks.plots import PlotMetrics
 from zoo.callbacks.ctc_alignment import PlotCTCAlignment

@@ -17,10 +17,10 @@ that folder is on another file system.) Unreadable checkpoints fail with a clear
 :class:`zoo.hub.CheckpointError`. :class:`ResumableRNG` installs it when the trainer uses the
 default writer; it can also be given explicitly as ``trainer.plugins``.
 
-:class:`ModelCheckpoint` is Lightning's, with ``save_last=True`` meaning what its docstring says:
-``last.ckpt`` holds the latest state. Since Lightning 2.6 the stock callback refreshes ``last.ckpt``
-only when it also saves a top-k file, so with ``monitor`` + ``save_top_k=1`` it stays at the best
-epoch and ``--ckpt_path last`` silently resumes from there. Every recipe uses this one.
+:class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` with ``save_last=True`` meaning what its
+docstring says: ``last.ckpt`` holds the latest state. Since Lightning 2.6 the stock callback refreshes
+``last.ckpt`` only when it also saves a top-k file, so with ``monitor`` + ``save_top_k=1`` it stays at
+the best epoch and ``--ckpt_path last`` silently resumes from there. Every recipe uses this one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint as LightningModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from zoo.hub import checkpoint_error
@@ -126,14 +126,20 @@ class ResumableRNG(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ModelCheckpoint(LightningModelCheckpoint):
+class ResumableCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) is rewritten at every
     validation / epoch-end check, whether or not the monitored metric improved (Lightning < 2.6 behaviour).
 
     Lightning 2.6 writes ``last.ckpt`` only at the steps where it also writes a top-k checkpoint, so with
     ``save_top_k=1`` it is a copy of the best one and a crashed run resumes from the best epoch, not the
-    latest. ``save_last="link"`` keeps Lightning's meaning (a link to the newest top-k file).
+    latest. ``save_last="link"`` keeps Lightning's meaning (a link to the newest top-k file). The state
+    key in checkpoints stays ``ModelCheckpoint{...}``, so runs started with the stock callback resume
+    with this one (and vice versa).
     """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)

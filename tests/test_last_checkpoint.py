@@ -13,7 +13,7 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from zoo_toys import ToyData, ToyModule
 
-from zoo.callbacks import ModelCheckpoint
+from zoo.callbacks import ResumableCheckpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -48,7 +48,7 @@ def fit(tmp_path: Path, checkpoint_class: type, **trainer_args) -> dict:
                                                                 check_val_every_n_epoch=None)],
                          ids=["per-epoch", "every-5-steps"])
 def test_last_checkpoint_is_the_final_state_although_the_metric_got_worse(tmp_path, schedule):
-    state = fit(tmp_path, ModelCheckpoint, **schedule)
+    state = fit(tmp_path, ResumableCheckpoint, **schedule)
     best = torch.load(next(tmp_path.glob("epoch=0-step=*.ckpt")), weights_only=False)
     assert best["global_step"] < state["global_step"]  # the best (first) checkpoint is still kept
     if "max_epochs" in schedule:
@@ -57,9 +57,15 @@ def test_last_checkpoint_is_the_final_state_although_the_metric_got_worse(tmp_pa
 
 def test_lightning_own_checkpoint_keeps_last_at_the_best_step(tmp_path):
     """The cause: Lightning 2.6 rewrites last.ckpt only together with a top-k file. If a Lightning release
-    restores the old meaning, this fails and zoo.callbacks.ModelCheckpoint can go."""
+    restores the old meaning, this fails and zoo.callbacks.ResumableCheckpoint can go."""
     with pytest.raises(AssertionError, match="not the final state"):
         fit(tmp_path, LightningModelCheckpoint, max_epochs=3)
+
+
+def test_checkpoint_state_key_is_lightning_s(tmp_path):
+    """Runs started with the stock callback resume with the zoo's (and zoo.hub reads ``ModelCheckpoint*`` keys)."""
+    args = dict(monitor="val_rank", mode="min", save_last=True)
+    assert ResumableCheckpoint(**args).state_key == LightningModelCheckpoint(**args).state_key
 
 
 def _class(path: str) -> type:
@@ -68,9 +74,9 @@ def _class(path: str) -> type:
 
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_checkpoints_with_the_zoo_model_checkpoint(recipe):
+def test_every_recipe_checkpoints_with_resumable_checkpoint(recipe):
     callbacks = yaml.safe_load(recipe.read_text())["trainer"].get("callbacks", [])
     checkpoints = [c for c in callbacks if issubclass(_class(c["class_path"]), LightningModelCheckpoint)]
     assert checkpoints, f"{recipe.name}: no ModelCheckpoint"
     for c in checkpoints:
-        assert issubclass(_class(c["class_path"]), ModelCheckpoint), f"{recipe.name}: {c['class_path']}"
+        assert issubclass(_class(c["class_path"]), ResumableCheckpoint), f"{recipe.name}: {c['class_path']}"
