@@ -8,18 +8,22 @@
    of the same utterances (the synthetic corpus's training set, or ``--manifest``).
 
     python bench/speech_pipeline.py [--manifest train.json] [--batch-size 16]
+
+CPU time of this single-threaded process, best of 5 blocks (``harness.cpu_time``: other processes'
+load inflates wall time on a shared machine; the best block is the closest to an idle core).
+Results: ``bench/results/speech_pipeline.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
+from harness import cpu_time, environment, table, write_result
 
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import read_manifests
@@ -32,35 +36,21 @@ from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 RATE = 16000
 
 
-def _timed(fn, repeats: int, blocks: int = 5) -> float:
-    """CPU seconds per call of this (single-threaded) process, best of ``blocks`` blocks.
-
-    CPU time rather than wall time, and the best block, because the machines this runs on are
-    often shared: other processes' load inflates wall time, and the best block is the closest
-    to an idle core.
-    """
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(blocks):
-        start = time.process_time()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.process_time() - start) / repeats)
-    return best
-
-
-def feature_speed(seconds: float = 3.0, batch: int = 16, repeats: int = 10) -> None:
+def feature_speed(seconds: float = 3.0, batch: int = 16, repeats: int = 10) -> list[dict]:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     audio = torch.from_numpy(rng.standard_normal((batch, int(seconds * RATE))).astype(np.float32) * 0.1)
     lengths = torch.full((batch,), audio.shape[1])
     print(f"feature extraction, 1 thread, CPU time, {seconds:.0f} s utterances (goal >= 500x real time per core)")
+    rows = []
     for kind in ("logmel", "spectrogram"):
         featurizer = Featurizer(FeaturizerConfig(kind=kind)).train()
         with torch.no_grad():
-            one = _timed(lambda: featurizer(audio[:1], lengths[:1]), repeats)
-            many = _timed(lambda: featurizer(audio, lengths), max(1, repeats // 4))
+            one = cpu_time(lambda: featurizer(audio[:1], lengths[:1]), repeats)
+            many = cpu_time(lambda: featurizer(audio, lengths), max(1, repeats // 4))
         print(f"  {kind:12s} one utterance: {seconds / one:8.0f}x real time   batch of {batch}: {batch * seconds / many:8.0f}x")
+        rows.append({"path": f"{kind} features, one utterance", "x_real_time": seconds / one})
+        rows.append({"path": f"{kind} features, batch of {batch}", "x_real_time": batch * seconds / many})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "utt.wav"
         soundfile.write(path, audio[0].numpy(), RATE)
@@ -77,8 +67,11 @@ def feature_speed(seconds: float = 3.0, batch: int = 16, repeats: int = 10) -> N
             feat_aug(featurizer(wave[None], torch.tensor([wave.shape[0]]))[0][0])
 
         with torch.no_grad():
-            print(f"  WAV decode + log-mel:                       {seconds / _timed(clean, repeats):8.0f}x real time")
-            print(f"  WAV decode + default augmentation + log-mel: {seconds / _timed(augmented, repeats):8.0f}x real time")
+            for name, fn in (("WAV decode + log-mel", clean), ("WAV decode + default augmentation + log-mel", augmented)):
+                rate = seconds / cpu_time(fn, repeats)
+                print(f"  {name + ':':44s} {rate:8.0f}x real time")
+                rows.append({"path": name, "x_real_time": rate})
+    return rows
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
@@ -86,7 +79,7 @@ def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
     return 1.0 - sum(lengths[i] for b in batches for i in b) / padded
 
 
-def padding(lengths: list[int], batch_size: int, epochs: int = 3) -> None:
+def padding(lengths: list[int], batch_size: int, epochs: int = 3) -> list[dict]:
     n = len(lengths)
     print(f"\npadded frames per epoch, {n} utterances, batch size {batch_size} (goal <= 5% with buckets)")
     bucket, random_ = [], []
@@ -104,15 +97,23 @@ def padding(lengths: list[int], batch_size: int, epochs: int = 3) -> None:
     print(f"  bucketing sampler (count):       {100 * b:5.1f}% padding   ratio random/bucketing {r / max(b, 1e-9):6.1f}x")
     print(f"  bucketing sampler ({budget} frames): {100 * framed:5.1f}% padding   ({len(by_frames)} batches)")
     sorted_epoch = BucketingBatchSampler(lengths, batch_size=batch_size, sorted_epochs=1)
-    print(f"  SortaGrad sorted epoch:          {100 * padding_fraction(lengths, list(sorted_epoch)):5.1f}% padding")
+    sorted_fraction = padding_fraction(lengths, list(sorted_epoch))
+    print(f"  SortaGrad sorted epoch:          {100 * sorted_fraction:5.1f}% padding")
+    return [{"batching": "random batches", "padding": r},
+            {"batching": f"bucketing sampler ({batch_size} utterances)", "padding": b},
+            {"batching": f"bucketing sampler ({budget} frames, {len(by_frames)} batches)", "padding": framed},
+            {"batching": "SortaGrad sorted epoch", "padding": sorted_fraction}]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", help="manifest whose durations to batch (default: synthetic corpus train split)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--name", default="speech_pipeline", help="result file bench/results/<name>.json")
     args = parser.parse_args()
-    feature_speed()
+    env = environment()
+    speed = feature_speed()
+    env["threads"] = 1
     manifest = args.manifest or build_corpus(SyntheticCorpusConfig()).train
     tokenizer = CharTokenizer(TokenizerConfig(unknown="drop"))
     data = read_manifests(manifest, tokenizer, audio_check="none")
@@ -120,7 +121,14 @@ def main() -> None:
     lengths = [int(featurizer.num_frames(round(u.duration * RATE))) for u in data.utterances]
     print(f"\ndurations from {manifest}: {sum(u.duration for u in data.utterances) / 3600:.2f} h, "
           f"{min(u.duration for u in data.utterances):.2f}-{max(u.duration for u in data.utterances):.2f} s")
-    padding(lengths, args.batch_size)
+    pad = padding(lengths, args.batch_size)
+    write_result(args.name, [
+        table("Feature extraction speed (1 thread, CPU time, best of 5 blocks; goal ≥ 500× real time per core)",
+              [("path", "path"), ("x_real_time", "× real time", ",.0f")], speed),
+        table(f"Padded frames per epoch ({len(lengths)} utterances of {Path(manifest).parent.name}/{Path(manifest).name}, "
+              f"batch {args.batch_size}; goal ≤ 5 % with buckets)",
+              [("batching", "batching"), ("padding", "padded frames", ".1%")], pad),
+    ], env=env, title="Speech data pipeline")
 
 
 if __name__ == "__main__":
