@@ -24,6 +24,7 @@ from datetime import timedelta
 
 import pytorch_lightning as pl
 import torch
+from harness import environment, table, write_result
 
 from zoo.datamodules.text import TextDataModule
 from zoo.lightning_modules.language_model import LanguageModel
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--skip-factorized", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    env = environment()
+    tables = []
     pl.seed_everything(0, verbose=False)
 
     if not args.skip_bn:
@@ -95,6 +98,12 @@ def main() -> None:
         for r in results:
             cells = " | ".join(f"{loss / math.log(2):.3f}" for _, _, loss in r["curve"])
             print(f"| {r['network']} | {cells} | {r['final'] / math.log(2):.3f} | {r['train_s']:.0f} | {r['tokens_per_s']:.0f} |")
+        columns = [("network", "model")] + [(f"step{s}", f"step {s}", ".3f") for s in steps]
+        columns += [("final", "final (all valid)", ".3f"), ("train_s", "train s", ".0f"), ("tokens_per_s", "tokens/s", ".0f")]
+        tables.append(table(f"BN-LSTM vs LSTM, char level, {args.bn_steps} updates each: validation bits per character",
+                            columns, [{"network": r["network"], "final": r["final"] / math.log(2), "train_s": r["train_s"],
+                                       "tokens_per_s": r["tokens_per_s"],
+                                       **{f"step{s}": loss / math.log(2) for s, _, loss in r["curve"]}} for r in results]))
 
     if not args.skip_factorized:
         words = TextDataModule(corpus="fortunes", level="word", min_count=3, max_vocab=10000, batch_size=32, bptt=32,
@@ -108,6 +117,7 @@ def main() -> None:
         print("| model | parameters (all / recurrent) | steps | train tokens/s | vs LSTMP | valid ppl |")
         print("|---|---|---|---|---|---|")
         base = None
+        rows = []
         for net in ("lstmp-small", "flstm-small", "glstm-small"):
             r = run(net, words, optimizer, softmax="sampled", max_minutes=args.factorized_minutes,
                     eval_every=1.0, eval_batches=0)
@@ -117,6 +127,13 @@ def main() -> None:
             base = base or r["tokens_per_s"]
             print(f"| {net} | {r['params'] / 1e6:.2f}M / {recurrent / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:.0f} | "
                   f"{r['tokens_per_s'] / base:.2f}x | {math.exp(r['final']):.1f} |")
+            rows.append({"network": net, "params_m": r["params"] / 1e6, "recurrent_m": recurrent / 1e6, "steps": r["steps"],
+                         "tokens_per_s": r["tokens_per_s"], "vs_lstmp": r["tokens_per_s"] / base, "ppl": math.exp(r["final"])})
+        tables.append(table(f"F-LSTM / G-LSTM vs LSTMP, word level, {args.factorized_minutes:g} min of training each",
+                            [("network", "model"), ("params_m", "parameters (M)", ".2f"), ("recurrent_m", "recurrent (M)", ".2f"),
+                             ("steps", "steps"), ("tokens_per_s", "train tokens/s", ".0f"), ("vs_lstmp", "vs LSTMP", ".2f"),
+                             ("ppl", "valid ppl", ".1f")], rows))
+    write_result("lm_reproduce", tables, env=env, title="Language-model papers' claims at CPU scale")
 
 
 if __name__ == "__main__":

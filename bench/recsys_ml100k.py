@@ -5,6 +5,8 @@ autoencoder trained by the recipe ``configs/autorec_ml100k.yaml`` without and wi
 re-feeding (each evaluated at its best-validation epoch). Same split, same seed for all.
 
     python bench/recsys_ml100k.py [--epochs N] [--threads 1]
+
+Results: ``bench/results/recsys_ml100k.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import environment, table, write_result
 
 from zoo.cli import ZooCLI, quiet_known_warnings
 from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule
@@ -62,9 +65,11 @@ def main() -> None:
     parser.add_argument("--root", default="runs/recsys_ml100k")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is fastest for this small net on a busy machine)")
+    parser.add_argument("--name", default="recsys_ml100k", help="result file bench/results/<name>.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    env = environment()
     quiet_known_warnings()
     data = RatingsDataModule(None, split="user", seed=0)
     s = data.load()
@@ -76,6 +81,11 @@ def main() -> None:
     print("\n| predictor | validation RMSE | test RMSE |\n|---|---|---|")
     for name, (val, test) in rows.items():
         print(f"| {name} | {val:.4f} | {test:.4f} |")
+    write_result(args.name, [table(f"Test RMSE on MovieLens-100k, per-user time split ({s.stats})",
+                                   [("predictor", "predictor"), ("val", "validation RMSE", ".4f"),
+                                    ("test", "test RMSE", ".4f")],
+                                   [{"predictor": name, "val": val, "test": test} for name, (val, test) in rows.items()])],
+                 env=env, title="Recommender on MovieLens-100k")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from harness import environment, table as result_table, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -155,6 +156,7 @@ def main() -> None:
         Console().print(table(results, args))
         return
     torch.set_num_threads(args.threads)
+    env = environment()
     corpus = build_corpus(SyntheticCorpusConfig())  # the cached demo corpus
     console = Console()
     results = []
@@ -170,6 +172,13 @@ def main() -> None:
                     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                       "results": results}, indent=1))
     console.print(table(results, args))
+    rows = [{"measure": name, "on": mean_std([r[key] for r in results if r["sortagrad"]]),
+             "off": mean_std([r[key] for r in results if not r["sortagrad"]])}
+            for key, name in (("val_loss", "val loss (final)"), ("val_wer", "val WER (final)"), ("val_cer", "val CER (final)"))]
+    write_result("sortagrad", [result_table(
+        f"SortaGrad on/off: ds2-demo, {args.steps} steps of batch {args.batch_size}, {len(args.seeds)} seed(s), mean ± std",
+        [("measure", "measure"), ("on", "SortaGrad on"), ("off", "SortaGrad off")], rows)],
+        env=env, title="SortaGrad on/off", results=results)
 
 
 if __name__ == "__main__":
