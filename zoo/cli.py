@@ -9,15 +9,19 @@ The zoo's own commands (``zoo list``, ``zoo demo``, ...) are small functions lis
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pickle
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from pytorch_lightning.callbacks import RichModelSummary, RichProgressBar
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import Checkpoint, ModelSummary, ProgressBar, RichModelSummary
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from zoo.callbacks.resume import ResumableRNG
 
@@ -30,11 +34,25 @@ COMMANDS: dict[str, str] = {
     "download": "zoo.commands.download:main",
     "transcribe": "zoo.commands.transcribe:main",
     "prepare-librispeech": "zoo.datamodules.librispeech:main",
+    "prepare-real-speech": "zoo.commands.prepare_real_speech:main",
     "import-nemo": "zoo.commands.import_nemo:main",
     "import-deepspeech": "zoo.commands.import_deepspeech:main",
 }
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: Lightning's subcommands with their one-line descriptions (``zoo fit --help`` lists every option).
+LIGHTNING_SUBCOMMANDS: dict[str, str] = {
+    "fit": "train a recipe: --config configs/X.yaml (--ckpt_path last resumes)",
+    "validate": "evaluate a checkpoint on the validation set (--config, --ckpt_path)",
+    "test": "evaluate a checkpoint on the test set (--config, --ckpt_path)",
+    "predict": "run the model's predict_step over the data module's predict set",
+}
+
+#: Trainer flags that switch a feature off, and the callbacks of that feature a recipe may list.
+DISABLING_FLAGS: dict[str, type] = {
+    "enable_checkpointing": Checkpoint,
+    "enable_progress_bar": ProgressBar,
+    "enable_model_summary": ModelSummary,
+}
 
 
 def quiet_known_warnings() -> None:
@@ -50,9 +68,8 @@ class ZooCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("trainer_defaults", {})
         # ResumableRNG: RNG states in checkpoints + atomic writes, so `--ckpt_path last` resumes exactly.
-        kwargs["trainer_defaults"].setdefault(
-            "callbacks", [RichProgressBar(), RichModelSummary(max_depth=2), ResumableRNG()]
-        )
+        # (The rich progress bar is Lightning's own default when rich is installed.)
+        kwargs["trainer_defaults"].setdefault("callbacks", [ResumableRNG()])
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             LightningModule,
@@ -64,6 +81,23 @@ class ZooCLI(LightningCLI):
             auto_configure_optimizers=True,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Every Trainer flag works with every recipe: ``--trainer.enable_checkpointing|enable_progress_bar|
+        enable_model_summary false`` drops the recipe's callbacks of that kind (Lightning would refuse the
+        combination); otherwise a two-level rich model summary is added unless the recipe has one."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        for flag, kind in DISABLING_FLAGS.items():
+            if config.get(flag) is False:
+                dropped = [c for c in callbacks if isinstance(c, kind)]
+                if dropped:
+                    rank_zero_info(f"--trainer.{flag}=false: not using {', '.join(type(c).__name__ for c in dropped)}")
+                    callbacks = [c for c in callbacks if not isinstance(c, kind)]
+        if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(RichModelSummary(max_depth=2))
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads ``--ckpt_path`` itself (for its hyperparameters) before the Trainer does:
@@ -81,16 +115,45 @@ def _load_command(spec: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module), function)
 
 
+def describe(spec: str) -> str:
+    """First line of the command function's docstring, else of its module's, read without importing it
+    (``zoo --help`` stays fast); a leading ````zoo name ARGS````: is dropped."""
+    module, _, function = spec.partition(":")
+    origin = importlib.util.find_spec(module).origin
+    tree = ast.parse(open(origin, encoding="utf-8").read())
+    func = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    doc = (func and ast.get_docstring(func)) or ast.get_docstring(tree) or ""
+    line = doc.strip().split("\n", 1)[0]
+    if line.startswith("``") and "``: " in line:
+        line = line.split("``: ", 1)[1]
+    return line
+
+
+def usage() -> str:
+    """``zoo --help``: every command with one line each."""
+    width = max(map(len, [*LIGHTNING_SUBCOMMANDS, *COMMANDS])) + 2
+    lines = ["usage: zoo COMMAND [ARGS ...]    (zoo COMMAND --help: the command's options)", "",
+             "Training and evaluation (Lightning CLI; any --model.* / --data.* / --trainer.* flag):"]
+    lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
+    lines += ["", "Other commands:"]
+    lines += [f"  {name:<{width}}{describe(spec)}" for name, spec in COMMANDS.items()]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_known_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
+    if not args or args[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args[0] in COMMANDS:
         return int(_load_command(COMMANDS[args[0]])(args[1:]) or 0)
-    if args and not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
+    if not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
         names = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
         print(f"zoo: unknown command {args[0]!r}; commands: {names}", file=sys.stderr)
         return 2
-    ZooCLI(args=args)
+    # args=None from the shell: LightningCLI reads sys.argv itself (and does not warn that both were given)
+    ZooCLI(args=None if argv is None else args)
     return 0
 
 
