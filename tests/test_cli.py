@@ -70,3 +70,17 @@ def test_fit_runs_without_progress_bar_and_summary(capsys):
                   "--trainer.enable_model_summary", "false"])
     out = capsys.readouterr().out
     assert "params" not in out.lower()
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_zoo_list_never_cuts_model_names(columns, monkeypatch, capsys):
+    """issue 17: at 80 columns `zoo list` printed "bnlstm-char-s…"; names are what users copy."""
+    from zoo.commands import list_models
+    from zoo.registry import list_models as registry
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert list_models.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= columns
+    first_cells = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
+    assert {spec.name for spec in registry()} <= first_cells

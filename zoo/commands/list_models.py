@@ -21,11 +21,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zoo list", description=__doc__)
     parser.add_argument("--task", help="only models of this task (speech, lm, recsys)")
     args = parser.parse_args(argv)
+    specs = list_models(args.task)
+    # Names are what users copy: never wrapped or cut; only the description wraps (`zoo.load(name)` tells the class).
     table = Table(title="zoo models")
-    for column in ("name", "task", "parameters", "class", "description"):
-        table.add_column(column, justify="right" if column == "parameters" else "left")
-    for spec in list_models(args.task):
+    table.add_column("name", no_wrap=True, min_width=max((len(spec.name) for spec in specs), default=4))
+    table.add_column("task", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for spec in specs:
         n = count_parameters(spec.name)
-        table.add_row(spec.name, spec.task, f"{format_count(n)} ({n:,})", spec.class_path, spec.description)
+        table.add_row(spec.name, spec.task, f"{format_count(n)} ({n:,})", spec.description)
     Console().print(table)
     return 0
