@@ -285,3 +285,43 @@ def test_fuse_batchnorm_keeps_eval_outputs(overrides):
     assert not any(isinstance(m, (SequenceBatchNorm, MaskedBatchNorm2d)) for m in model.modules())
     with pytest.raises(RuntimeError, match="folded"):
         model.train()
+
+
+def test_float64_training_step_and_gradcheck():
+    """A double model trains (batch statistics in float64, running averages kept in float64) and its
+    gradients match finite differences through the conv BN, the sequence-wise BN and the recurrence."""
+    torch.manual_seed(7)
+    model = tiny(in_features=12, conv_channels=(2,), conv_kernels=((3, 5),), conv_strides=((2, 2),), rnn_layers=2,
+                 rnn_hidden=3, rnn_type="lstm", merge="sum", fc_hidden=0).double()
+    lengths = torch.tensor([9, 6])
+    features = (torch.randn(2, 12, 9, dtype=torch.float64) * frame_mask(lengths, 9)[:, None, :]).requires_grad_()
+    logits, _ = model(features, lengths)
+    assert logits.dtype == torch.float64 and model.rnns[0].norm.running_var.dtype == torch.float64
+    assert model.front_end.norms[0].num_batches_tracked.item() == 1
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float64 for p in model.parameters())
+    valid = frame_mask(model.output_lengths(lengths), logits.shape[1])[..., None]
+    torch.autograd.gradcheck(lambda f: model(f, lengths)[0] * valid, (features,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_front_end_is_the_time_frequency_convolution_of_its_weights():
+    """The front end runs on (B, C, F, T) internally; its weights keep the (time, freq) meaning: compare
+    with convolutions of the stored weights on (B, C, T, F) (eval mode), padded frames zeroed."""
+    torch.manual_seed(8)
+    model = tiny(conv_channels=(3, 4), conv_kernels=((5, 7), (3, 5)), conv_strides=((2, 3), (1, 2))).eval()
+    for norm in model.front_end.norms:
+        nn.init.normal_(norm.running_mean), nn.init.uniform_(norm.running_var, 0.5, 2.0)
+    lengths = torch.tensor([23, 14])
+    features = torch.randn(2, 24, 23) * frame_mask(lengths, 23)[:, None, :]
+    front = model.front_end
+    x, n = features.transpose(1, 2)[:, None], lengths
+    for conv, norm, (pt, pf), (st, sf) in zip(front.convs, front.norms, front.padding, front.strides):
+        x = nn.functional.conv2d(x, conv.weight, stride=(st, sf), padding=(pt, pf))
+        x = nn.functional.hardtanh(norm(x, torch.ones(x.shape[:1] + x.shape[2:3], dtype=torch.bool)), 0, 20)
+        n = torch.div(n + 2 * pt - conv.kernel_size[0], st, rounding_mode="floor") + 1
+        x = x * frame_mask(n, x.shape[2])[:, None, :, None]
+    expected = x.permute(0, 2, 1, 3).flatten(2)
+    with torch.no_grad():
+        got, got_lengths = front(features, lengths)
+    assert got_lengths.tolist() == n.tolist()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -117,6 +117,11 @@ def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index)
 
 
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Batch statistics are taken in float32 under mixed precision and in float64 for double models."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class _MaskedStatistics(nn.BatchNorm1d):
     """Batch-norm running-average bookkeeping shared by the two masked batch norms below."""
 
@@ -125,32 +130,35 @@ class _MaskedStatistics(nn.BatchNorm1d):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             unbiased = var * count / (count - 1).clamp(min=1)
-            self.running_mean.lerp_(mean.detach(), factor)
-            self.running_var.lerp_(unbiased.detach(), factor)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
 
     def _use_batch_statistics(self) -> bool:
         return self.training or not self.track_running_stats
 
 
 class MaskedBatchNorm2d(_MaskedStatistics):
-    """Batch norm of (B, C, T, F) conv outputs with per-channel statistics over valid frames only.
+    """Batch norm of conv outputs with per-channel statistics over valid frames only.
 
-    ``forward(x (B, C, T, F), mask (B, T) bool) -> (B, C, T, F)``; equals ``nn.BatchNorm2d`` over the
-    concatenation of every utterance's valid frames. In eval mode the running averages are used.
+    ``forward(x (B, C, T, F), mask (B, T) bool) -> (B, C, T, F)``, or with ``time_dim=3`` on
+    ``(B, C, F, T)``; equals ``nn.BatchNorm2d`` over the concatenation of every utterance's valid
+    frames. In eval mode the running averages are used.
     """
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, mask: Tensor, time_dim: int = 2) -> Tensor:  # type: ignore[override]
         if not self._use_batch_statistics():
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
-            xf, m = x.float(), mask[:, None, :, None].float()
-            count = m.sum() * x.shape[3]
-            mean = (xf * m).sum((0, 2, 3)) / count
-            var = ((xf - mean[None, :, None, None]) * m).pow(2).sum((0, 2, 3)) / count
+            dtype = statistics_dtype(x.dtype)
+            m = mask[:, None, :, None] if time_dim == 2 else mask[:, None, None, :]
+            xm = x.to(dtype) * m.to(dtype)  # padded frames -> 0
+            count = mask.sum() * x.shape[5 - time_dim]
+            mean = xm.sum((0, 2, 3)) / count
+            var = ((xm - mean[None, :, None, None]) * m.to(dtype)).pow(2).sum((0, 2, 3)) / count
             if self.track_running_stats:
                 self._update_running(mean, var, count)
-            scale = self.weight * torch.rsqrt(var + self.eps)
-            shift = self.bias - mean * scale
+            scale = self.weight.to(dtype) * torch.rsqrt(var + self.eps)
+            shift = self.bias.to(dtype) - mean * scale
         return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
 
 
@@ -185,7 +193,8 @@ class SequenceBatchNorm(_MaskedStatistics):
         """
         with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
             if self._use_batch_statistics():
-                x, m, weight = x.float(), mask.float(), weight.float()
+                dtype = statistics_dtype(x.dtype)
+                x, m, weight = x.to(dtype), mask.to(dtype), weight.to(dtype)
                 count = m.sum()
                 mean_x = torch.einsum("btd,bt->d", x, m) / count
                 centred = ((x - mean_x) * m[..., None]).reshape(-1, x.shape[-1])
@@ -210,7 +219,7 @@ class SequenceBatchNorm(_MaskedStatistics):
 class _FoldedNorm(nn.Module):
     """Stands in for a batch norm already folded into the preceding convolution."""
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, time_dim: int = 2) -> Tensor:
         return x
 
 
@@ -284,21 +293,30 @@ class ConvFrontEnd(nn.Module):
 
     def layer(self, index: int, x: Tensor, mask: Tensor) -> Tensor:
         """One conv + BN + clipped ReLU on (B, C, T, F) already time-padded, ``mask`` for the output."""
-        x = self.norms[index](self.convs[index](x), mask)
-        return F.hardtanh(x, 0.0, self.clip)
+        x = self._conv(index, x.transpose(2, 3), mask, time_padding=0)
+        return x.transpose(2, 3)
+
+    def _conv(self, index: int, x: Tensor, mask: Tensor, time_padding: int) -> Tensor:
+        """Conv ``index`` + BN + clipped ReLU computed on the (B, C, F, T) layout (oneDNN's backward is
+        several times faster with time last for these kernels); the weights keep their ``(time, freq)``
+        layout and are transposed on the fly. ``mask`` (B, T') marks the output's valid frames."""
+        conv = self.convs[index]
+        (st, sf), pf = self.strides[index], self.padding[index][1]
+        weight = conv.weight.transpose(2, 3).contiguous()
+        x = F.conv2d(x, weight, conv.bias, stride=(sf, st), padding=(pf, time_padding))
+        return F.hardtanh(self.norms[index](x, mask, time_dim=3), 0.0, self.clip)
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, T, F)
+        x = features.unsqueeze(1)  # (B, 1, F, T)
         for index in range(len(self.convs)):
-            x = x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)  # padding == zeros
-            pt = self.padding[index][0]
-            x = F.pad(x, (0, 0, pt, pt))
+            x = x * frame_mask(lengths, x.shape[3])[:, None, None, :].to(x.dtype)  # padding == zeros
             lengths = self.layer_lengths(lengths, index)
-            steps = (x.shape[2] - self.kernels[index][0]) // self.strides[index][0] + 1
-            x = self.layer(index, x, frame_mask(lengths, steps))
-        x = x * frame_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-        batch, channels, steps, freq = x.shape
-        return x.permute(0, 2, 1, 3).reshape(batch, steps, channels * freq), lengths
+            pt, (kt, _), (st, _) = self.padding[index][0], self.kernels[index], self.strides[index]
+            steps = (x.shape[3] + 2 * pt - kt) // st + 1
+            x = self._conv(index, x, frame_mask(lengths, steps), time_padding=pt)
+        x = x * frame_mask(lengths, x.shape[3])[:, None, None, :].to(x.dtype)
+        batch, channels, freq, steps = x.shape
+        return x.permute(0, 3, 1, 2).reshape(batch, steps, channels * freq), lengths
 
 
 class RecurrentLayer(nn.Module):
