@@ -2,6 +2,7 @@
 (tests/fixtures/legacy/, which record Python class paths) load with today's code to the same outputs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
+from zoo import saved_names
 from zoo.recsys.recommender import Recommender
+from zoo.registry import model_from_dict, model_to_dict
+from zoo.speech.jasper import Jasper
 from zoo.speech.recognizer import SpeechRecognizer
 from zoo.text.pipeline import LanguageModelPipeline
 
@@ -53,3 +57,84 @@ def test_legacy_zoo_fit_checkpoint_loads_with_its_weights(name, pipeline_class, 
     network = getattr(pipeline, network_attribute).state_dict()
     assert saved.keys() == network.keys()
     assert all(torch.equal(saved[k], v) for k, v in network.items())
+
+
+# --------------------------------------------------------------------------- files written today record names
+
+
+class MovedJasper(Jasper):
+    """Stands for Jasper after a move: a class at another path that the table now names ``jasper``."""
+
+
+def tiny_recognizer() -> SpeechRecognizer:
+    torch.manual_seed(0)
+    return SpeechRecognizer(encoder=model_to_dict(zoo.create("jasper-tiny")))
+
+
+def test_exported_config_records_saved_names_not_class_paths(tmp_path):
+    tiny_recognizer().save_pretrained(tmp_path / "rec")
+    config = json.loads((tmp_path / "rec" / "config.json").read_text())
+    assert config["zoo_pipeline"] == "speech-recognizer"
+    assert config["encoder"]["model_type"] == "jasper" and "class_path" not in config["encoder"]
+    assert "zoo.speech" not in json.dumps(config)
+    assert isinstance(zoo.load(str(tmp_path / "rec")).encoder, Jasper)
+
+
+def test_every_saved_name_resolves_to_the_class_that_records_it():
+    for name, path in saved_names.SAVED_NAMES.items():
+        cls = saved_names.resolve(name)
+        assert saved_names.class_path(cls) == path and saved_names.saved_name(cls) == name
+    assert set(saved_names.LEGACY_CLASS_PATHS.values()) <= set(saved_names.SAVED_NAMES)
+    for spec in zoo.list_models():  # every registry network is saved by name
+        assert saved_names.saved_name(spec.cls) in saved_names.SAVED_NAMES
+
+
+def test_a_moved_class_loads_old_and_new_folders(tmp_path, monkeypatch):
+    """Moving Jasper means changing its table entry: folders written with the old class path and with the
+    name both load into the class at its new place."""
+    tiny_recognizer().save_pretrained(tmp_path / "new")
+    monkeypatch.setitem(saved_names.SAVED_NAMES, "jasper", f"{__name__}.MovedJasper")
+    assert type(zoo.load(str(tmp_path / "new")).encoder) is MovedJasper
+    legacy = zoo.load(str(LEGACY / "speech-recognizer"))
+    assert type(legacy.encoder) is MovedJasper
+    expected = load_file(str(LEGACY / "speech-recognizer.expected.safetensors"))
+    torch.testing.assert_close(legacy.log_probs([expected["waveform"]])[0], expected["log_probs"])
+
+
+def test_a_legacy_class_path_that_no_longer_exists_loads_through_the_alias_table(tmp_path, monkeypatch):
+    folder = tmp_path / "old"
+    shutil.copytree(LEGACY / "recommender", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["zoo_pipeline"] = "zoo.recsys.old_place.Recommender"
+    config["network"]["class_path"] = "zoo.recsys.old_place.DeepAutoEncoder"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot import 'zoo.recsys.old_place.Recommender'"):
+        zoo.load(str(folder))
+    monkeypatch.setitem(saved_names.LEGACY_CLASS_PATHS, "zoo.recsys.old_place.Recommender", "recommender")
+    monkeypatch.setitem(saved_names.LEGACY_CLASS_PATHS, "zoo.recsys.old_place.DeepAutoEncoder", "deep-autoencoder")
+    expected = load_file(str(LEGACY / "recommender.expected.safetensors"))["predict"]
+    torch.testing.assert_close(zoo.load(str(folder)).predict({10: 4.0, 12: 2.0, 15: 5.0}), expected)
+
+
+def test_unknown_saved_name_is_a_one_line_error():
+    with pytest.raises(ValueError, match="'no-such-model' is neither a saved model name"):
+        saved_names.resolve("no-such-model")
+    with pytest.raises(ValueError, match="network description without a 'model_type'"):
+        model_from_dict({"config": {}})
+
+
+def test_zoo_fit_checkpoint_records_the_module_name(tmp_path):
+    from test_resume import write_ratings
+
+    from zoo.cli import main as zoo_main
+
+    ratings = write_ratings(tmp_path / "u.data")
+    assert zoo_main([
+        "fit", "--model", "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
+        "--model.network", "autorec-ml100k", "--model.network_overrides", '{"encoder_sizes": [4, 3]}',
+        "--data", "zoo.datamodules.ratings.RatingsDataModule", "--data.path", str(ratings), "--data.format", "ml-100k",
+        "--data.batch_size", "4", "--trainer.max_steps", "1", "--trainer.logger", "false",
+        "--trainer.limit_val_batches", "0", f"--trainer.default_root_dir={tmp_path}",
+    ]) == 0
+    checkpoint = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
+    assert checkpoint["zoo_module"] == "autoencoder-recommender"

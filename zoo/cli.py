@@ -24,6 +24,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from zoo.callbacks.resume import ResumableRNG
+from zoo.callbacks.saved_name import RecordSavedName
 
 #: ``zoo NAME ...`` -> ``"module:function"``; the function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
@@ -68,8 +69,9 @@ class ZooCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("trainer_defaults", {})
         # ResumableRNG: RNG states in checkpoints + atomic writes, so `--ckpt_path last` resumes exactly.
+        # RecordSavedName: the module's stable name in checkpoints (zoo.saved_names), so moving a class breaks none.
         # (The rich progress bar is Lightning's own default when rich is installed.)
-        kwargs["trainer_defaults"].setdefault("callbacks", [ResumableRNG()])
+        kwargs["trainer_defaults"].setdefault("callbacks", [ResumableRNG(), RecordSavedName()])
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             LightningModule,

@@ -6,7 +6,7 @@ class path and config, the featurizer, the tokenizer or vocabulary, ...). Throug
 ``huggingface_hub.PyTorchModelHubMixin`` it is saved as a folder::
 
     model.safetensors   weights only (never pickle)
-    config.json         the __init__ arguments + "zoo_pipeline" (class path) + "format_version"
+    config.json         the __init__ arguments + "zoo_pipeline" (saved name) + "format_version"
     README.md           the model card
 
 and rebuilt from it by :func:`load` (or ``Cls.from_pretrained``), locally or from the Hub.
@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from zoo.registry import import_class
+from zoo.saved_names import saved_name
 
 #: Version of the config.json layout written by :meth:`Pipeline.save_pretrained`.
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ class Pipeline(nn.Module, PyTorchModelHubMixin, library_name="zoo", tags=["zoo"]
         cls = type(self)
         return {
             **(self._hub_mixin_config or {}),
-            "zoo_pipeline": f"{cls.__module__}.{cls.__qualname__}",
+            "zoo_pipeline": saved_name(cls),
             "format_version": FORMAT_VERSION,
         }
 

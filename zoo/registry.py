@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo import saved_names
+
 #: Modules whose import registers the built-in presets. Add a module here when it defines presets.
 BUILTIN_MODULES: tuple[str, ...] = (
     "zoo.speech.jasper",
@@ -88,14 +90,9 @@ def list_models(task: str | None = None) -> list[ModelSpec]:
 
 
 def import_class(class_path: str) -> type:
-    """``"zoo.speech.jasper.Jasper"`` -> the class, with a clear error."""
-    module_name, _, attr = class_path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"{class_path!r} is neither a registered model name nor a dotted class path")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import {class_path!r}: {error}") from error
+    """``"zoo.speech.jasper.Jasper"`` -> the class, with a clear error. Saved names (``"jasper"``) and the
+    class paths earlier versions of zoo wrote resolve through :mod:`zoo.saved_names`."""
+    return saved_names.resolve(class_path)
 
 
 def build_config(name_or_class_path: str, overrides: dict[str, Any] | None = None) -> tuple[type[nn.Module], Any]:
@@ -150,13 +147,22 @@ def count_parameters(name: str, **overrides: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def network_dict(cls: type[nn.Module], config: Any) -> dict[str, Any]:
+    """JSON-able description of a network: ``{"model_type": <saved name>, "config": {...}}``
+    (the model type is the class's stable name, :func:`zoo.saved_names.saved_name`)."""
+    return {"model_type": saved_names.saved_name(cls), "config": dataclasses.asdict(config)}
+
+
 def model_to_dict(model: nn.Module) -> dict[str, Any]:
-    """JSON-able description of a zoo model: ``{"class_path": ..., "config": {...}}``."""
-    cls = type(model)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "config": dataclasses.asdict(model.config)}
+    """JSON-able description of a zoo model (:func:`network_dict` of its class and config)."""
+    return network_dict(type(model), model.config)
 
 
 def model_from_dict(data: dict[str, Any]) -> nn.Module:
-    """Inverse of :func:`model_to_dict` (random weights; load a state dict afterwards)."""
-    cls = import_class(data["class_path"])
+    """Inverse of :func:`model_to_dict` (random weights; load a state dict afterwards). Descriptions written
+    by earlier versions of zoo name a ``class_path`` instead of a ``model_type``."""
+    model_type = data.get("model_type", data.get("class_path"))
+    if model_type is None:
+        raise ValueError(f"network description without a 'model_type': {sorted(data)}")
+    cls = import_class(model_type)
     return cls(config_from_dict(cls.Config, data["config"]))

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo.registry import network_dict
 from zoo.speech.deepspeech2 import DeepSpeech2, DeepSpeech2Config
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.nemo_import import representable
@@ -234,7 +235,7 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False) -> SpeechRec
         sequence_batch_norm=False, lookahead=max(context - 1, 0), fc_hidden=0 if bidirectional else hidden,
         relu_clip=20.0, bn_eps=1e-5,
     )
-    network = {"class_path": f"{DeepSpeech2.__module__}.{DeepSpeech2.__qualname__}", "config": asdict(config)}
+    network = network_dict(DeepSpeech2, config)
     recognizer = SpeechRecognizer(featurizer=asdict(featurizer), encoder=network, tokenizer=asdict(tokenizer))
     model: DeepSpeech2 = recognizer.encoder
     out: dict[str, Tensor] = {}

@@ -36,6 +36,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from zoo.registry import network_dict
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.jasper import Jasper, JasperConfig
 from zoo.speech.recognizer import SpeechRecognizer
@@ -313,7 +314,7 @@ def import_nemo(path: str | Path) -> SpeechRecognizer:
     if featurizer.n_mels != jasper.in_features:
         raise NemoImportError(f"{path}: preprocessor.features = {featurizer.n_mels} but encoder.feat_in = {jasper.in_features}")
     weights = convert_state_dict(state, jasper, blocks, path)
-    network = {"class_path": f"{Jasper.__module__}.{Jasper.__qualname__}", "config": asdict(jasper)}
+    network = network_dict(Jasper, jasper)
     recognizer = SpeechRecognizer(featurizer=asdict(featurizer), encoder=network, tokenizer=asdict(tokenizer))
     recognizer.encoder.load_state_dict(weights, strict=True)
     return recognizer.eval()
