@@ -1,0 +1,198 @@
+"""Real-speech test sets (zoo.datamodules.real_speech) on fake package layouts made here: three prompts each."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from zoo.datamodules.real_speech import (
+    ALSA_SOUNDS,
+    ASTERISK_SOUNDS,
+    ASTERISK_TRANSCRIPTS,
+    TranscriptError,
+    normalise_transcript,
+    prepare_real_speech,
+)
+
+
+def tone(path: Path, rate: int, seconds: float, channels: int = 1) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)
+    soundfile.write(path, np.stack([x] * channels, axis=1) if channels > 1 else x, rate, subtype="PCM_16")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Press 1 to continue.", "press one to continue"),
+        ("Please enter 42 digits, then hang up!", "please enter forty two digits then hang up"),
+        ("Call-Forward on Busy.", "call forward on busy"),
+        ("at [@]", "at"),
+        ("the 21st caller", "the twenty first caller"),
+        ("Please leave your message after the tone. (simple tone sound plays)", "please leave your message after the tone"),
+        ("   you're  Welcome...", "you're welcome"),
+    ],
+)
+def test_transcripts_normalised_as_the_tokenizer_needs(text, expected):
+    assert normalise_transcript(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[ascending tones]", "no spoken words"),
+        ("(10 seconds of silence)", "no spoken words"),
+        ("SIP", "letter by letter"),
+        ("the Asterisk open source PBX", "PBX"),
+        ("3D audio enabled", "3D"),
+        ("H.323", "H.323"),
+        ("press * to toggle pause", "*"),
+        ("followed by #", "#"),
+        ("dial extension 1234", "1234"),
+        ("visit www.asterisk.org", "web address"),
+    ],
+)
+def test_transcripts_that_cannot_be_normalised_are_refused(text, reason):
+    with pytest.raises(TranscriptError, match=reason.replace("*", r"\*").replace(".", r"\.")):
+        normalise_transcript(text)
+
+
+def fake_asterisk(root: Path) -> None:
+    sounds = root / ASTERISK_SOUNDS
+    tone(sounds / "hello-world.wav", 8000, 0.5)
+    tone(sounds / "vm-press.wav", 8000, 0.25)
+    tone(sounds / "digits" / "7.wav", 8000, 0.25)
+    tone(sounds / "beep.wav", 8000, 0.1)
+    tone(sounds / "spy-sip.wav", 8000, 0.1)
+    (sounds / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    transcripts = root / ASTERISK_TRANSCRIPTS
+    transcripts.parent.mkdir(parents=True)
+    text = (
+        "; Core Asterisk Sounds in English\n\nhello-world: Hello, world!\nvm-press: Press 1 to continue.\n"
+        "digits/7: seven\nbeep: [this is a simple beep tone]\nspy-sip: SIP\nnot-recorded: Never recorded.\n"
+        "broken: A broken file.\n"
+    )
+    transcripts.write_bytes(gzip.compress(text.encode()))
+
+
+def fake_alsa(root: Path) -> None:
+    tone(root / ALSA_SOUNDS / "Front_Left.wav", 48000, 0.3, channels=2)
+    tone(root / ALSA_SOUNDS / "Rear_Center.wav", 48000, 0.3)
+    tone(root / ALSA_SOUNDS / "Noise.wav", 48000, 0.3)
+
+
+def fake_pocketsphinx_sdist(folder: Path) -> None:
+    """pocketsphinx-9.9.9.tar.gz with librivox + cards sentences, goforward.raw and the test asserting its text."""
+    folder.mkdir(parents=True)
+    files: dict[str, bytes] = {}
+    for name, rate in (("test/data/librivox/book-0001.wav", 16000), ("test/data/cards/001.wav", 16000)):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, 0.2 * np.sin(np.arange(rate // 2) / 5.0), rate, format="WAV", subtype="PCM_16")
+        files[name] = buffer.getvalue()
+    files["test/data/librivox/transcription"] = b"<s> and mister john dashwood had then leisure </s> (book-0001)\n"
+    files["test/data/cards/cards.transcription"] = b"<s> ten of clubs  </s> (001)\n<s> five five </s> (002)\n"
+    files["test/data/goforward.raw"] = (np.sin(np.arange(8000) / 3.0) * 8000).astype("<i2").tobytes()
+    files["cython/test/decoder_test.py"] = b'            self.assertEqual(hyp, "go forward ten meters")\n'
+    with tarfile.open(folder / "pocketsphinx-9.9.9.tar.gz", "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"pocketsphinx-9.9.9/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_asterisk_manifest_fields_audio_and_skips(tmp_path):
+    fake_asterisk(tmp_path / "root")
+    lines: list[str] = []
+    prepared = prepare_real_speech(["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"],
+                                   report=lines.append)
+    assert lines == []
+    records = read(prepared["asterisk"].manifest)
+    assert [r["text"] for r in records] == ["hello world", "press one to continue", "seven"]
+    assert {r["source"] for r in records} == {"asterisk"}
+    assert {r["speaker"] for r in records} == {"asterisk-allison"}
+    assert all(r["licence"].startswith("CC-BY-SA-3.0") for r in records)
+    assert records[0]["original_text"] == "Hello, world!"
+    for r, seconds in zip(records, (0.5, 0.25, 0.25)):
+        audio, rate = soundfile.read(prepared["asterisk"].manifest.parent / r["audio_filepath"])
+        assert rate == 16000 and audio.ndim == 1 and audio.shape[0] == int(16000 * seconds)
+        assert r["duration"] == pytest.approx(seconds)
+    skipped = {s["clip"]: s["reason"] for s in prepared["asterisk"].info["skipped"]}
+    assert set(skipped) == {"beep", "spy-sip", "not-recorded", "broken"}
+    assert "no spoken words" in skipped["beep"] and "letter by letter" in skipped["spy-sip"]
+    assert "no audio file" in skipped["not-recorded"] and "unreadable audio" in skipped["broken"]
+    # prepared once: the second call reuses the cached set
+    again = prepare_real_speech(["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"])
+    assert again["asterisk"].manifest == prepared["asterisk"].manifest
+
+
+def test_alsa_and_pocketsphinx_sources(tmp_path):
+    fake_alsa(tmp_path / "root")
+    fake_pocketsphinx_sdist(tmp_path / "cache" / "speech" / "real" / "pypi")
+    prepared = prepare_real_speech(["alsa", "pocketsphinx"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"])
+    alsa = read(prepared["alsa"].manifest)
+    assert [r["text"] for r in alsa] == ["front left", "rear center"]
+    assert prepared["alsa"].info["skipped"] == [{"clip": "Noise", "reason": "a test signal, not speech"}]
+    audio, rate = soundfile.read(prepared["alsa"].manifest.parent / alsa[0]["audio_filepath"])
+    assert rate == 16000 and audio.ndim == 1 and audio.shape[0] == int(0.3 * 16000)
+    sphinx = read(prepared["pocketsphinx"].manifest)
+    assert [(r["text"], r["speaker"]) for r in sphinx] == [
+        ("and mister john dashwood had then leisure", "librivox-sense-and-sensibility-reader"),
+        ("ten of clubs", "pocketsphinx-cards"),
+        ("go forward ten meters", "pocketsphinx-goforward"),
+    ]
+    assert sphinx[0]["licence"].startswith("public domain") and sphinx[2]["licence"].startswith("BSD")
+    assert sphinx[2]["duration"] == pytest.approx(0.5)  # 8000 raw samples at 16 kHz
+    assert [s["clip"] for s in prepared["pocketsphinx"].info["skipped"]] == ["cards-002"]
+
+
+def test_missing_packages_are_one_line_each_and_the_rest_builds(tmp_path):
+    fake_alsa(tmp_path / "root")
+    lines: list[str] = []
+    prepared = prepare_real_speech(["asterisk", "pocketsphinx", "alsa"], tmp_path / "cache", fetch=False,
+                                   roots=[tmp_path / "root"], report=lines.append)
+    assert list(prepared) == ["alsa"]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert "apt-get install asterisk-core-sounds-en-wav" in lines[0]
+    assert "pip download --no-deps --no-binary pocketsphinx pocketsphinx" in lines[1]
+
+
+def test_transcripts_without_prompt_file_name_the_package(tmp_path):
+    tone(tmp_path / "root" / ASTERISK_SOUNDS / "hello.wav", 8000, 0.1)
+    lines: list[str] = []
+    prepare_real_speech(["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"], report=lines.append)
+    assert len(lines) == 1 and "apt-get install asterisk-core-sounds-en" in lines[0]
+
+
+def test_command_line(tmp_path, capsys):
+    import importlib.util
+
+    from zoo.commands.prepare_real_speech import main as command
+
+    cli = Path(importlib.util.find_spec("zoo.cli").origin).read_text()  # registered, without importing Lightning
+    assert '"prepare-real-speech": "zoo.commands.prepare_real_speech:main"' in cli
+
+    def main(argv):
+        assert argv[0] == "prepare-real-speech"
+        return command(argv[1:])
+
+    fake_alsa(tmp_path / "root")
+    assert main(["prepare-real-speech", "--sources", "nope"]) == 2
+    assert "unknown source" in capsys.readouterr().out
+    common = ["--cache-dir", str(tmp_path / "c"), "--no-fetch", "--root", str(tmp_path / "root")]
+    assert main(["prepare-real-speech", "--sources", "alsa", *common]) == 0
+    out = capsys.readouterr().out
+    assert "alsa-utils" in out and "skipped Noise" in out
+    assert main(["prepare-real-speech", "--sources", "asterisk", *common]) == 1
+    assert "apt-get install asterisk-core-sounds-en-wav" in capsys.readouterr().out
