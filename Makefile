@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv, install the pinned Python dependencies and the Debian packages the
 # project needs (espeak-ng renders the embedded speech corpus, flite a second synthesizer for
-# testing on unseen voices, fortunes ships the text corpus, g++ builds the BN-LSTM C++ recurrence).
+# testing on unseen voices, fortunes ships the text corpus, g++ builds the BN-LSTM C++ recurrence,
+# asterisk-core-sounds-en-wav and alsa-utils hold the real human speech the demos are tested on).
 
 VENV      ?= .venv
 PYTHON    ?= python3
@@ -9,7 +10,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Exact versions measured together (requirements/lock.txt pins every transitive package too).
 LOCK      := requirements/lock.txt
-DEB_PKGS  := espeak-ng fortunes flite g++
+DEB_PKGS  := espeak-ng fortunes flite g++ asterisk-core-sounds-en-wav alsa-utils
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps lock bench bench-peers clean
