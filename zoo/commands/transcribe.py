@@ -33,10 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import zoo
+    from zoo.pipeline import PipelineLoadError
+    from zoo.speech.deepspeech_pytorch_import import DeepSpeechImportError
+    from zoo.speech.nemo_import import NemoImportError
     from zoo.speech.recognizer import SpeechRecognizer
 
     console = Console()
-    recognizer = zoo.load(args.model)
+    try:
+        recognizer = zoo.load(args.model)
+    except (PipelineLoadError, NemoImportError, DeepSpeechImportError) as error:  # the message names the file
+        print(f"zoo transcribe: {error}", file=sys.stderr)
+        return 1
     if not isinstance(recognizer, SpeechRecognizer):
         print(f"zoo transcribe: {args.model} is a {type(recognizer).__name__}, not a SpeechRecognizer", file=sys.stderr)
         return 2
@@ -45,21 +52,34 @@ def main(argv: list[str]) -> int:
     if args.stream:
         return stream(recognizer, args.audio, args.chunk_ms)
     started = time.perf_counter()
-    try:
-        results = recognizer.transcribe(args.audio, batch_size=args.batch_size)
-    except AudioError as error:
-        print(f"zoo transcribe: {error}", file=sys.stderr)
-        return 1
+    paths, waves, failed = decode(args.audio, recognizer.sample_rate)
+    results = recognizer.transcribe(waves, batch_size=args.batch_size) if waves else []
     elapsed = time.perf_counter() - started
     audio_seconds = sum(r.duration for r in results)
-    for path, result in zip(args.audio, results, strict=True):
+    for path, result in zip(paths, results, strict=True):
         print(f"{path}\t{result.text}")
         if args.words:
             for w in result.words:
                 print(f"\t{w.start:7.2f} {w.end:7.2f}  {w.confidence:.2f}  {w.word}")
     console.print(f"[dim]{len(results)} file(s), {audio_seconds:.1f} s of audio in {elapsed:.2f} s: "
                   f"real-time factor {elapsed / max(audio_seconds, 1e-9):.4f}[/dim]", highlight=False)
-    return 0
+    return 1 if failed else 0
+
+
+def decode(paths: list[str], sample_rate: int) -> tuple[list[str], list, int]:
+    """Read every file; an undecodable one is named on stderr (one line) and skipped, not fatal to the batch.
+    Returns the readable paths, their waveforms and the number of failures."""
+    from zoo.speech.audio import load_audio
+
+    good, waves, failed = [], [], 0
+    for path in paths:
+        try:
+            waves.append(load_audio(path, sample_rate))
+            good.append(path)
+        except AudioError as error:
+            print(f"zoo transcribe: {error}", file=sys.stderr)
+            failed += 1
+    return good, waves, failed
 
 
 def stream(recognizer, paths: list[str], chunk_ms: int) -> int:
@@ -75,12 +95,14 @@ def stream(recognizer, paths: list[str], chunk_ms: int) -> int:
         print(f"zoo transcribe --stream: {error}", file=sys.stderr)
         return 2
     chunk = recognizer.sample_rate * chunk_ms // 1000
+    failed = 0
     for path in paths:
         try:
             wave = load_audio(path, recognizer.sample_rate)
         except AudioError as error:
             print(f"zoo transcribe: {error}", file=sys.stderr)
-            return 1
+            failed += 1
+            continue
         transcriber.reset()
         times, shown = [], ""
         for start in range(0, len(wave), chunk):
@@ -99,4 +121,4 @@ def stream(recognizer, paths: list[str], chunk_ms: int) -> int:
         progress.print(f"[dim]{len(times)} chunks of {chunk_ms} ms: median {median * 1e3:.1f} ms per chunk, "
                        f"real-time factor {median / (chunk_ms / 1000):.4f}; end of stream {finish_time * 1e3:.1f} ms[/dim]",
                        highlight=False)
-    return 0
+    return 1 if failed else 0
