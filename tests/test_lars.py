@@ -12,14 +12,15 @@ from zoo.lightning_modules.optimization import parameter_groups
 from zoo.optim import LARS
 
 
-def naive_lars(weights, grads_per_step, lrs, m, beta, eta, mode, excluded, eps=1e-8):
-    """Plain Python floats: λ = η||w||/(||g|| + β||w||); v = m v + γ r (g + β w); w -= v."""
+def naive_lars(weights, grads_per_step, lrs, m, betas, eta, mode, excluded, eps=1e-8):
+    """Plain Python floats: λ = η||w||/(||g|| + β||w||); v = m v + γ r (g + β w); w -= v
+    (β per layer; r = 1 for layers excluded from adaptation)."""
     w = [[float(x) for x in t.flatten()] for t in weights]
     v = [[0.0] * len(t) for t in w]
     for grads, lr in zip(grads_per_step, lrs):
         for k, (wk, gk) in enumerate(zip(w, grads)):
             gk = [float(x) for x in gk.flatten()]
-            b = 0.0 if excluded[k] else beta
+            b = betas[k]
             wn = math.sqrt(sum(x * x for x in wk))
             gn = math.sqrt(sum(x * x for x in gk))
             r = 1.0
@@ -51,7 +52,7 @@ def test_matches_naive_equations(mode, eta) -> None:
             p.grad = g.clone()
         opt.step()
         sched.step()
-    expected = naive_lars(start, grads_per_step, lrs, 0.9, 0.01, eta, mode, [False, False, True])
+    expected = naive_lars(start, grads_per_step, lrs, 0.9, [0.01, 0.01, 0.0], eta, mode, [False, False, True])
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().flatten(), torch.tensor(e), rtol=1e-5, atol=1e-6)
     assert lrs[1] < lrs[0]
@@ -78,6 +79,34 @@ def test_parameter_groups_exclude_bias_and_norm_from_adaptation() -> None:
     opt.step()
     torch.testing.assert_close(model[1].weight.detach(), before - 1.0)  # plain SGD step, no decay, no λ
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("decay_biases", [False, True])
+def test_decay_biases_decays_the_excluded_group(decay_biases) -> None:
+    """issue 17: with decay_biases=True LARS silently kept biases undecayed. Biases / norm parameters
+    stay out of the layer adaptation (r = 1) but take the group's weight decay: v = m v + γ (g + β w)."""
+    from zoo.lightning_modules.optimization import configure_optimizers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # non-zero biases, so their decay shows
+    opt = configure_optimizers(model, lambda params: LARS(params, lr=0.5, momentum=0.9, weight_decay=0.1,
+                                                          trust_coefficient=0.01), decay_biases=decay_biases)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    excluded = [group["exclude_from_layer_adaptation"] for group in opt.param_groups for _ in group["params"]]
+    assert excluded == [False, True, True, True]  # Linear weight | Linear bias, LayerNorm weight and bias
+    start = [p.detach().clone() for p in params]
+    grads_per_step = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    betas = [0.1] + [0.1 if decay_biases else 0.0] * 3
+    expected = naive_lars(start, grads_per_step, [0.5] * 3, 0.9, betas, 0.01, "scale", excluded)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().flatten(), torch.tensor(e), rtol=1e-5, atol=1e-6)
 
 
 def test_invalid_arguments() -> None:

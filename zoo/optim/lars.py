@@ -13,7 +13,9 @@ polynomial decay of power 2, ``zoo.optim.WarmupPolynomialLR``)::
 A layer whose weight or gradient norm is zero is not scaled (``r = 1``; a freshly zero-initialised
 layer would otherwise never move). Parameter groups with ``exclude_from_layer_adaptation=True`` —
 biases and normalisation parameters, as :func:`zoo.lightning_modules.optimization.parameter_groups`
-marks them — get neither adaptation (``r = 1``) nor weight decay. From YAML::
+marks them — get no adaptation (``r = 1``: ``v ← m · v + γ_t · (g + β · w)``, SGD's update); their
+weight decay is the group's ``weight_decay``, which ``parameter_groups`` sets to 0 unless
+``decay_biases=True``. From YAML::
 
     optimizer:
       class_path: zoo.optim.LARS
@@ -37,7 +39,7 @@ class LARS(Optimizer):
         params: tensors or parameter groups (``exclude_from_layer_adaptation`` honoured per group).
         lr: global rate ``γ``.
         momentum: ``m``.
-        weight_decay: ``β`` (also in the local-rate denominator).
+        weight_decay: ``β`` (also in the local-rate denominator); per group, so excluded groups may decay too.
         trust_coefficient: ``η``.
         eps: added to the local-rate denominator.
         mode: ``scale`` (LARS) or ``clip`` (LARC).
@@ -70,8 +72,7 @@ class LARS(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
-            excluded = group["exclude_from_layer_adaptation"]
-            decay = 0.0 if excluded else group["weight_decay"]
+            excluded, decay = group["exclude_from_layer_adaptation"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
