@@ -1,49 +1,26 @@
-"""Exported models: model cards, Lightning checkpoints, the Hugging Face Hub, and :func:`load`.
-
-A trained zoo model travels as a *pipeline folder* (see :mod:`zoo.pipeline`)::
+"""The Hugging Face Hub transport: download (through the HF cache, offline once fetched) and push
+of exported pipeline folders (see :mod:`zoo.pipeline`)::
 
     model.safetensors   weights only (never pickle)
-    config.json         everything needed to rebuild the pipeline
-    README.md           the model card written by :func:`export`
+    config.json         everything needed to rebuild the pipeline (+ "assets": its other files)
+    README.md           the model card (:mod:`zoo.cards`)
+    <assets>            e.g. a speech recognizer's lexicon.txt and lm.arpa
 
-:func:`load` is the one entry point and accepts
-
-- a local pipeline folder,
-- a Lightning ``.ckpt`` file (loaded with ``torch.load(weights_only=True)``; see below),
-- ``org/name``: a Hub repository, resolved through the Hugging Face cache (``snapshot_download``),
-  so it works offline (``HF_HUB_OFFLINE=1``) once downloaded; ``revision`` pins a branch, tag or commit,
-- a registry name (``jasper-5x3``): the weights published under the organisation
-  ``$ZOO_HUB_ORG`` (default ``zoo-models``) as ``$ZOO_HUB_ORG/<name>``.
-
-The checkpoint protocol
------------------------
-Every task LightningModule implements ``to_pipeline(self) -> zoo.pipeline.Pipeline``: the
-exported unit built from the module's *current* weights (``SpeechRecognizer``,
-``LanguageModelPipeline``, ``Recommender``). A ``.ckpt`` is turned into a pipeline by rebuilding
-the module from the checkpoint's ``hyper_parameters`` (LightningCLI stores the class path as
-``_class_path``; pass ``module_class`` for checkpoints written outside ``zoo fit``), loading its
-``state_dict`` and calling ``to_pipeline()``. Hyperparameters must therefore be plain data
-(LightningCLI's are), or ``weights_only`` loading refuses them.
-
-Data modules describe their data for the model card with an optional ``dataset_card`` attribute:
-a key of :data:`DATASETS` or a dict ``{"name", "licence", "url"}`` (or a list of either).
+The layers below it know nothing of the Hub: :mod:`zoo.cards` (model cards, dataset licences),
+:mod:`zoo.checkpoints` (Lightning checkpoint -> pipeline) and :mod:`zoo.pipeline`; :mod:`zoo.loading`
+(``zoo.load``) sits on top. Their public names stay importable from here (``zoo.hub.CardInfo``,
+``zoo.hub.load``, ...).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import importlib.metadata
+import json
 import os
-import platform
 import re
-import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -51,307 +28,59 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from zoo.pipeline import CONFIG_NAME, WEIGHTS_NAME, Pipeline, PipelineLoadError, load_folder, read_config
-from zoo.registry import get_spec, import_class
+from zoo.cards import (
+    CARD_PACKAGES,
+    CARD_TEMPLATE,
+    DATASETS,
+    PAPERS,
+    CardInfo,
+    git_commit,
+    model_card,
+    package_versions,
+)
+from zoo.checkpoints import (
+    CheckpointError,
+    card_info_from_checkpoint,
+    checkpoint_error,
+    export_checkpoint,
+    module_from_checkpoint,
+    pipeline_from_checkpoint,
+    read_checkpoint,
+)
+from zoo.pipeline import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PipelineLoadError,
+    export,
+    read_config,
+)
+
+__all__ = [
+    "CARD_NAME", "CARD_PACKAGES", "CARD_TEMPLATE", "DATASETS", "PAPERS", "CardInfo", "CheckpointError", "HubError",
+    "card_info_from_checkpoint", "checkpoint_error", "download", "export", "export_checkpoint", "git_commit",
+    "hub_org", "is_repo_id", "model_card", "module_from_checkpoint", "package_versions",
+    "pipeline_from_checkpoint", "push", "read_checkpoint",
+]  # and, lazily, load and resolve
 
 #: Environment variable naming the Hub organisation that publishes the registry's models.
 HUB_ORG_ENV = "ZOO_HUB_ORG"
 DEFAULT_HUB_ORG = "zoo-models"
-CARD_NAME = "README.md"
-#: Files a pipeline repository consists of (downloaded by :func:`download`).
+#: Files every pipeline repository has; its assets (config.json's "assets") come with them.
 PIPELINE_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-
-#: Paper of each architecture file (one architecture per file).
-PAPERS: dict[str, str] = {
-    "zoo.speech.jasper": "Li et al., *Jasper: An End-to-End Convolutional Neural Acoustic Model*, "
-    "arXiv:1904.03288 (QuartzNet: Kriman et al., arXiv:1910.10261)",
-    "zoo.speech.deepspeech2": "Amodei et al., *Deep Speech 2: End-to-End Speech Recognition in English and "
-    "Mandarin*, arXiv:1512.02595",
-    "zoo.text.bn_lstm": "Cooijmans et al., *Recurrent Batch Normalization*, arXiv:1603.09025",
-    "zoo.text.factorized_lstm": "Kuchaiev and Ginsburg, *Factorization tricks for LSTM networks*, arXiv:1703.10722",
-    "zoo.recsys.autoencoder": "Kuchaiev and Ginsburg, *Training Deep AutoEncoders for Collaborative Filtering*, "
-    "arXiv:1708.01715",
-}
-
-#: Training data known to the zoo, with the terms under which it may be used.
-DATASETS: dict[str, dict[str, str]] = {
-    "movielens": {
-        "name": "MovieLens (GroupLens Research)",
-        "licence": "GroupLens usage licence: non-commercial research use only; the data may not be "
-        "redistributed (this repository holds weights only, no ratings)",
-        "url": "https://grouplens.org/datasets/movielens/",
-    },
-    "netflix": {
-        "name": "Netflix Prize data",
-        "licence": "Netflix Prize rules: non-commercial research use; no longer distributed by Netflix",
-        "url": "https://www.netflixprize.com/",
-    },
-    "librispeech": {
-        "name": "LibriSpeech ASR corpus",
-        "licence": "CC BY 4.0",
-        "url": "https://www.openslr.org/12",
-    },
-    "synthetic-speech": {
-        "name": "zoo synthetic speech corpus (espeak-ng rendered, generated locally)",
-        "licence": "generated by `zoo` with espeak-ng (GPL-3.0-or-later program; its output is not restricted)",
-        "url": "https://github.com/espeak-ng/espeak-ng",
-    },
-    "ptb": {
-        "name": "Penn Treebank (Mikolov's language-modelling splits)",
-        "licence": "LDC user agreement (LDC99T42)",
-        "url": "https://catalog.ldc.upenn.edu/LDC99T42",
-    },
-}
-
-#: Packages whose versions go into every model card.
-CARD_PACKAGES = ("zoo", "torch", "torchaudio", "pytorch-lightning", "torchmetrics", "huggingface-hub", "safetensors")
 
 
 class HubError(PipelineLoadError):
     """A model could not be resolved or fetched (unknown repository, nothing published, not cached)."""
 
 
-class CheckpointError(PipelineLoadError):
-    """A Lightning checkpoint is truncated, corrupt, unsafe to unpickle or not a zoo task module's."""
+def __getattr__(name: str) -> Any:
+    # zoo.load's resolver sits on top of this module (it imports it), so it is re-exported lazily
+    if name in ("load", "resolve"):
+        from zoo import loading
 
-
-# --------------------------------------------------------------------------- model cards
-
-
-@dataclasses.dataclass
-class CardInfo:
-    """What the model card reports besides what is read from the pipeline itself.
-
-    ``metrics``: measured values (``{"val_wer": 0.12}``) on ``metrics_date`` (default: today, UTC);
-    ``recipe``: the training config (YAML text); ``datasets``: keys of :data:`DATASETS` or dicts.
-    """
-
-    title: str | None = None
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    metrics_date: str | None = None
-    recipe: str | None = None
-    datasets: list[str | dict[str, str]] = dataclasses.field(default_factory=list)
-    seed: int | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    git_commit: str | None = None
-    notes: str | None = None
-
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A `{{ pipeline_class }}` exported by the zoo model zoo (`zoo publish`).
-
-```python
-import zoo
-pipeline = zoo.load("{{ load_name }}")
-```
-
-## Model
-
-- Paper: {{ papers }}
-- Architecture: {{ architectures }}
-- Parameters: {{ parameters }}
-
-## Training data
-
-{{ datasets }}
-
-## Measured metrics
-
-{{ metrics }}
-
-## Reproducibility
-
-- Seed: {{ seed }}
-- Steps / epochs: {{ steps }} / {{ epochs }}
-- zoo git commit: {{ git_commit }}
-- Python {{ python }}; packages: {{ packages }}
-
-{{ recipe }}
-{{ notes }}
-"""
-
-
-def package_versions(names: tuple[str, ...] = CARD_PACKAGES) -> dict[str, str]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_commit(folder: str | Path | None = None) -> str | None:
-    """``HEAD`` of the git checkout holding ``folder`` (default: this package), ``+dirty`` if modified."""
-    cwd = Path(folder) if folder else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _zoo_networks(pipeline: Pipeline) -> list[type]:
-    seen: list[type] = []
-    for module in pipeline.modules():
-        cls = type(module)
-        if cls.__module__ in PAPERS and cls not in seen and hasattr(module, "config"):
-            seen.append(cls)
-    return seen
-
-
-def _dataset_entry(entry: str | Mapping[str, str]) -> dict[str, str]:
-    if isinstance(entry, str):
-        if entry not in DATASETS:
-            raise KeyError(f"unknown dataset {entry!r} for the model card; known: {sorted(DATASETS)} (or pass a dict)")
-        return DATASETS[entry]
-    if "name" not in entry or "licence" not in entry:
-        raise ValueError(f"dataset card entry {dict(entry)} needs at least 'name' and 'licence'")
-    return dict(entry)
-
-
-def model_card(pipeline: Pipeline, info: CardInfo | None = None, load_name: str = "path/to/folder") -> ModelCard:
-    """The README.md of an exported pipeline (Hub metadata header + the sections of :data:`CARD_TEMPLATE`)."""
-    info = info or CardInfo()
-    networks = _zoo_networks(pipeline)
-    datasets = [_dataset_entry(d) for d in info.datasets]
-    date = info.metrics_date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
-    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(info.metrics.items()))
-    metrics = (f"Measured on {date}:\n\n| metric | value |\n|---|---|\n{metrics}" if info.metrics
-               else "No metrics were recorded for this export.")
-    dataset_lines = "\n".join(
-        f"- {d['name']}" + (f" ({d['url']})" if d.get("url") else "") + f". Licence: {d['licence']}." for d in datasets
-    ) or "Not recorded."
-    versions = package_versions()
-    recipe = f"## Recipe\n\n```yaml\n{info.recipe.rstrip()}\n```" if info.recipe else ""
-    card_data = ModelCardData(
-        library_name="zoo",
-        tags=sorted({"zoo", "pytorch", type(pipeline).__name__}),
-        datasets=[d["name"] for d in datasets] or None,
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_str=CARD_TEMPLATE,
-        title=info.title or type(pipeline).__name__,
-        pipeline_class=f"{type(pipeline).__module__}.{type(pipeline).__qualname__}",
-        load_name=load_name,
-        papers="; ".join(PAPERS[c.__module__] for c in networks) or "n/a",
-        architectures=", ".join(f"`{c.__module__}.{c.__qualname__}`" for c in networks) or "n/a",
-        parameters=f"{sum(p.numel() for p in pipeline.parameters()):,}",
-        datasets=dataset_lines,
-        metrics=metrics,
-        seed=info.seed if info.seed is not None else "not recorded",
-        steps=info.steps if info.steps is not None else "?",
-        epochs=info.epochs if info.epochs is not None else "?",
-        git_commit=info.git_commit or git_commit() or "unknown",
-        python=platform.python_version(),
-        packages=", ".join(f"{k} {v}" for k, v in versions.items()),
-        recipe=recipe,
-        notes=info.notes or "",
-    )
-
-
-def export(pipeline: Pipeline, folder: str | Path, info: CardInfo | None = None, load_name: str | None = None) -> Path:
-    """Write ``pipeline`` as a folder: model.safetensors, config.json and the model card."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CARD_NAME).unlink(missing_ok=True)  # save_pretrained never overwrites a card
-    model_card(pipeline, info, load_name or str(folder)).save(folder / CARD_NAME)
-    pipeline.save_pretrained(folder)
-    return folder
-
-
-# --------------------------------------------------------------------------- Lightning checkpoints
-
-
-def checkpoint_error(path: str | Path, error: BaseException) -> CheckpointError:
-    """A clear error for a checkpoint that ``torch.load`` could not read."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if "weights_only" in str(error) or "Unsupported global" in str(error):
-        return CheckpointError(
-            f"{path}: holds pickled objects that weights_only loading refuses ({text}); checkpoints written by "
-            "`zoo fit` hold plain data only. Re-save the hyperparameters as plain data."
-        )
-    return CheckpointError(
-        f"{path}: truncated or corrupt checkpoint ({type(error).__name__}: {text}); resume from an earlier "
-        "checkpoint in the same folder"
-    )
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint loaded safely (``weights_only=True``), with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError / EOFError / UnpicklingError / zip errors
-        raise checkpoint_error(path, error) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
-
-
-def module_from_checkpoint(path: str | Path, module_class: type | str | None = None):
-    """Rebuild the LightningModule saved in ``path`` (hyperparameters + weights), in eval mode."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.cli import instantiate_module
-
-    checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    class_path = module_class or hparams.get("_class_path")
-    if class_path is None:
-        raise CheckpointError(
-            f"{path}: the checkpoint does not name its LightningModule class (it was not written by `zoo fit`); "
-            "pass module_class=..."
-        )
-    cls = import_class(class_path) if isinstance(class_path, str) else class_path
-    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        raise CheckpointError(f"{path}: {class_path} is not a LightningModule")
-    if not callable(getattr(cls, "to_pipeline", None)):
-        raise CheckpointError(f"{path}: {cls.__qualname__} has no to_pipeline() method; it cannot be exported")
-    if hparams.pop("_instantiator", None) is not None:
-        module = instantiate_module(cls, hparams)
-    else:
-        hparams.pop("_class_path", None)
-        module = cls(**hparams)
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit {cls.__qualname__}: {error}") from error
-    return module.eval()
-
-
-def pipeline_from_checkpoint(path: str | Path, module_class: type | str | None = None) -> Pipeline:
-    pipeline = module_from_checkpoint(path, module_class).to_pipeline()
-    if not isinstance(pipeline, Pipeline):
-        raise CheckpointError(f"{path}: to_pipeline() returned {type(pipeline).__name__}, not a zoo Pipeline")
-    return pipeline.eval()
-
-
-def card_info_from_checkpoint(path: str | Path, **overrides: Any) -> CardInfo:
-    """Steps, epoch and the best monitored metric recorded in a Lightning checkpoint."""
-    checkpoint = read_checkpoint(path)
-    metrics = {}
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_score") is not None:
-            score = state["best_model_score"]
-            metrics[str(state.get("monitor") or "score")] = float(score)
-    info = CardInfo(metrics=metrics, steps=checkpoint.get("global_step"), epochs=checkpoint.get("epoch"))
-    return dataclasses.replace(info, **overrides)
-
-
-# --------------------------------------------------------------------------- the Hub
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def hub_org() -> str:
@@ -367,10 +96,13 @@ def is_repo_id(name: str) -> bool:
 
 def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
              token: str | None = None) -> Path:
-    """Snapshot folder of ``repo_id`` in the Hugging Face cache, fetched if needed (offline: cache only)."""
+    """Snapshot folder of ``repo_id`` in the Hugging Face cache, fetched if needed (offline: cache only):
+    config.json first, then the weights, the card and the assets that config.json names."""
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                      allow_patterns=list(PIPELINE_FILES)))
+        options = {"revision": revision, "cache_dir": cache_dir, "token": token}
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME], **options))
+        assets = _assets(snapshot / CONFIG_NAME)
+        return Path(snapshot_download(repo_id, allow_patterns=[*PIPELINE_FILES, *assets], **options))
     except RepositoryNotFoundError as error:
         raise HubError(
             f"Hub repository {repo_id!r} does not exist (or is private: log in with `hf auth login`)"
@@ -387,6 +119,16 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
         raise HubError(f"cannot download {repo_id!r}: {error}") from error
 
 
+def _assets(config: Path) -> list[str]:
+    """The asset names a downloaded config.json lists (none if it is missing or unreadable: loading
+    the folder then reports what is wrong)."""
+    try:
+        assets = json.loads(config.read_text()).get("assets", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in assets if isinstance(name, str) and "/" not in name and ".." not in name]
+
+
 def push(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
          branch: str | None = None, commit_message: str | None = None) -> str:
     """Upload an exported pipeline folder to ``repo_id`` (created if missing); returns the commit URL."""
@@ -394,78 +136,14 @@ def push(folder: str | Path, repo_id: str, *, token: str | None = None, private:
     read_config(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise PipelineLoadError(f"{folder}: no {WEIGHTS_NAME}; export the model first")
+    assets = _assets(folder / CONFIG_NAME)
+    missing = [name for name in assets if not (folder / name).is_file()]
+    if missing:
+        raise PipelineLoadError(f"{folder}: {CONFIG_NAME} names {missing}, which are missing; export the model again")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, revision=branch, allow_patterns=list(PIPELINE_FILES),
+        repo_id=repo_id, folder_path=folder, revision=branch, allow_patterns=[*PIPELINE_FILES, *assets],
         commit_message=commit_message or f"zoo publish {read_config(folder)['zoo_pipeline']}",
     )
     return str(getattr(commit, "commit_url", commit))
-
-
-# --------------------------------------------------------------------------- the one entry point
-
-
-def resolve(name: str, revision: str | None = None) -> tuple[str, Path]:
-    """``(kind, local path)`` for a folder, a ``.ckpt``, ``org/name`` or a registry name."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return "folder", path
-    if path.is_file():
-        if path.suffix != ".ckpt":
-            raise PipelineLoadError(f"{path}: expected a pipeline folder or a Lightning .ckpt file")
-        return "checkpoint", path
-    if name.startswith((".", "/", "~")) or name.endswith(".ckpt"):
-        raise PipelineLoadError(f"{name}: no such file or folder")
-    if is_repo_id(name):
-        return "hub", download(name, revision)
-    try:
-        get_spec(name)
-    except KeyError:
-        raise PipelineLoadError(
-            f"{name!r} is neither a local folder or .ckpt, nor an org/name Hub repository, nor a registry name "
-            "(see `zoo list`)"
-        ) from None
-    repo_id = f"{hub_org()}/{name}"
-    try:
-        return "hub", download(repo_id, revision)
-    except HubError as error:
-        raise HubError(
-            f"no published weights for the registry model {name!r} (looked for the Hub repository {repo_id!r}; "
-            f"set ${HUB_ORG_ENV} for another organisation): {error}. zoo.create({name!r}) builds it with random weights"
-        ) from error
-
-
-def load(name_or_repo_or_path: str | Path, revision: str | None = None, **kwargs: Any) -> Pipeline:
-    """Load a trained pipeline from a folder, a ``.ckpt``, ``org/name`` on the Hub or a registry name
-    (or convert a NeMo ``.nemo`` file or a deepspeech.pytorch ``.ckpt``, see :mod:`zoo.speech.nemo_import`
-    and :mod:`zoo.speech.deepspeech_pytorch_import`)."""
-    if str(name_or_repo_or_path).endswith(".nemo"):
-        from zoo.speech.nemo_import import import_nemo  # speech-only dependency, imported on use
-
-        return import_nemo(name_or_repo_or_path)
-    kind, path = resolve(str(name_or_repo_or_path), revision)
-    if kind == "checkpoint":
-        try:
-            return pipeline_from_checkpoint(path, kwargs.pop("module_class", None))
-        except CheckpointError:  # not a zoo checkpoint: a deepspeech.pytorch one converts on the fly
-            from zoo.speech.deepspeech_pytorch_import import import_deepspeech, is_deepspeech_checkpoint
-
-            if is_deepspeech_checkpoint(path):
-                return import_deepspeech(path)
-            raise
-    return load_folder(path, **kwargs)
-
-
-def export_checkpoint(checkpoint: str | Path, folder: str | Path, info: CardInfo | None = None,
-                      module_class: type | str | None = None, load_name: str | None = None) -> Path:
-    """``.ckpt`` -> pipeline folder with a model card; the fields ``info`` leaves empty come from the
-    checkpoint's records (steps, epoch, best score)."""
-    recorded = card_info_from_checkpoint(checkpoint)
-    if info is not None:
-        missing = {f.name: getattr(recorded, f.name) for f in dataclasses.fields(CardInfo)
-                   if getattr(info, f.name) in (None, [], {}) and getattr(recorded, f.name) not in (None, [], {})}
-        recorded = dataclasses.replace(info, **missing)
-    info = recorded
-    return export(pipeline_from_checkpoint(checkpoint, module_class), folder, info, load_name)
-

@@ -1,8 +1,11 @@
 """``zoo publish SOURCE --repo org/name``: export a checkpoint (or take an exported folder) and push it to the Hub.
 
 SOURCE is a Lightning ``.ckpt`` (exported through the task module's ``to_pipeline()`` with a model
-card filled from the checkpoint) or a pipeline folder written by ``zoo.hub.export``. The token
-comes from ``--token``, ``$HF_TOKEN`` or ``hf auth login``. ``--dry-run`` only exports.
+card filled from the checkpoint) or a pipeline folder written by ``zoo.hub.export`` / ``zoo demo``
+(pushed as it is, with its assets: a recognizer's lexicon.txt and lm.arpa). A speech checkpoint
+gets its beam-search decoder from ``--lexicon``, ``--lm`` and the tuned ``--lm-weight``,
+``--word-score``, ``--beam-size`` (the values ``zoo demo`` prints and writes to results.json).
+The token comes from ``--token``, ``$HF_TOKEN`` or ``hf auth login``. ``--dry-run`` only exports.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zoo.hub import CardInfo, card_info_from_checkpoint, export_checkpoint, is_repo_id, push
-from zoo.pipeline import PipelineLoadError, read_config
+from zoo.cards import CardInfo
+from zoo.checkpoints import card_info_from_checkpoint, export_checkpoint
+from zoo.hub import is_repo_id, push
+from zoo.pipeline import Pipeline, PipelineLoadError, read_config
+from zoo.speech.decoding import BeamSearchConfig
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +36,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dataset", action="append", default=[], help="training data key for the model card "
                         "(movielens, netflix, librispeech, synthetic-speech, ptb); repeatable")
     parser.add_argument("--seed", type=int, default=None, help="training seed for the model card")
+    parser.add_argument("--command", default=None, help="the command that trained the model, for the model card")
+    decoding = parser.add_argument_group("beam-search decoder of a speech checkpoint (written into the export)")
+    decoding.add_argument("--lexicon", default=None, help="word list (one word per line)")
+    decoding.add_argument("--lm", default=None, help="ARPA n-gram LM (zoo.speech.ngram.build_arpa)")
+    decoding.add_argument("--beam-size", type=int, default=BeamSearchConfig.beam_size)
+    decoding.add_argument("--lm-weight", type=float, default=BeamSearchConfig.lm_weight)
+    decoding.add_argument("--word-score", type=float, default=BeamSearchConfig.word_score)
     parser.add_argument("--dry-run", action="store_true", help="export only, do not upload")
     args = parser.parse_args(argv)
     console = Console()
@@ -42,18 +55,29 @@ def main(argv: list[str]) -> int:
                 read_config(source)
                 folder = source
             else:
-                overrides = {"datasets": args.dataset, "seed": args.seed, "title": args.repo}
+                overrides = {"datasets": args.dataset, "seed": args.seed, "title": args.repo, "command": args.command}
                 if args.recipe:
                     overrides["recipe"] = Path(args.recipe).read_text()
                 info: CardInfo = card_info_from_checkpoint(source, **overrides)
-                folder = export_checkpoint(source, args.export_dir or tmp, info, load_name=args.repo)
+                folder = export_checkpoint(source, args.export_dir or tmp, info, load_name=args.repo,
+                                           prepare=lambda pipeline: set_decoder(pipeline, args))
             files = sorted(p.name for p in folder.iterdir() if p.is_file())
             console.print(f"exported [bold]{folder}[/]: {', '.join(files)}")
             if args.dry_run:
                 return 0
             url = push(folder, args.repo, token=args.token, private=args.private or None, branch=args.branch)
-    except (PipelineLoadError, OSError, KeyError, ValueError) as error:
+    except (PipelineLoadError, OSError, KeyError, ValueError, TypeError) as error:
         console.print(f"[red]zoo publish: {error}[/]")
         return 1
     console.print(f"published [bold]{args.repo}[/]: {url}")
     return 0
+
+
+def set_decoder(pipeline: Pipeline, args: argparse.Namespace) -> None:
+    """Give a speech recognizer the beam-search decoder of ``--lexicon`` / ``--lm`` and the tuned weights."""
+    if args.lexicon is None and args.lm is None:
+        return
+    if not callable(getattr(pipeline, "set_beam_search", None)):
+        raise TypeError(f"--lexicon/--lm: a {type(pipeline).__name__} has no beam-search decoder")
+    pipeline.set_beam_search(BeamSearchConfig(lexicon=args.lexicon, lm=args.lm, beam_size=args.beam_size,
+                                              lm_weight=args.lm_weight, word_score=args.word_score))

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-fuse", action="store_true", help="keep batch norm unfolded (default: fold it)")
     parser.add_argument("--words", action="store_true", help="also print word timestamps and confidences")
+    parser.add_argument("--greedy", action="store_true",
+                        help="best-path decoding even when the model carries a beam-search decoder (lexicon + LM)")
     parser.add_argument("--stream", action="store_true",
                         help="forward-only DeepSpeech2 models: feed the audio in chunks, print partial transcripts "
                              "(stderr) as they grow; the final transcript equals the offline one")
@@ -53,7 +55,8 @@ def main(argv: list[str]) -> int:
         return stream(recognizer, args.audio, args.chunk_ms)
     started = time.perf_counter()
     paths, waves, failed = decode(args.audio, recognizer.sample_rate)
-    results = recognizer.transcribe(waves, batch_size=args.batch_size) if waves else []
+    results = recognizer.transcribe(waves, batch_size=args.batch_size,
+                                    decoder="greedy" if args.greedy else None) if waves else []
     elapsed = time.perf_counter() - started
     audio_seconds = sum(r.duration for r in results)
     for path, result in zip(paths, results, strict=True):

@@ -1,15 +1,21 @@
-"""``SpeechRecognizer``: the exported speech pipeline (featurizer settings + CTC encoder + tokenizer).
+"""``SpeechRecognizer``: the exported speech pipeline (featurizer settings + CTC encoder + tokenizer
++ its decoder).
 
-Saved as ``model.safetensors`` + ``config.json`` (see :mod:`zoo.pipeline`) and loaded with
-``zoo.load(folder)``; ``zoo.load(folder, fuse=True)`` folds batch norm into the convolutions for
-inference (the weights on disk stay unfolded). :meth:`SpeechRecognizer.transcribe` takes audio
-files or arrays and returns text, word timestamps from the greedy CTC alignment and a confidence
-per word. Audio longer than ``chunk_seconds`` is transcribed in overlapping chunks whose
-log-probabilities are stitched at the middle of each overlap before decoding.
+Saved as ``model.safetensors`` + ``config.json`` (see :mod:`zoo.pipeline`), plus, when the
+recognizer decodes with beam search, the decoder's files: ``lexicon.txt`` (the word list) and
+``lm.arpa`` (the n-gram LM), referred to by these names in config.json's ``beam_search`` next to the
+tuned beam settings (beam size, LM weight, word score, ...). Loaded with ``zoo.load(folder)`` (or
+from the Hub, which brings the same files); ``zoo.load(folder, fuse=True)`` folds batch norm into
+the convolutions for inference (the weights on disk stay unfolded). :meth:`SpeechRecognizer.transcribe`
+takes audio files or arrays and returns text (beam search when the recognizer has a beam-search
+configuration, ``decoder="greedy"`` for best-path decoding), word timestamps from the greedy CTC
+alignment and a confidence per word. Audio longer than ``chunk_seconds`` is transcribed in
+overlapping chunks whose log-probabilities are stitched at the middle of each overlap before decoding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +34,10 @@ from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 AudioInput = str | Path | np.ndarray | Tensor
+#: File names of the beam-search decoder's files inside an exported folder.
+LEXICON_NAME = "lexicon.txt"
+LM_NAME = "lm.arpa"
+DECODERS = ("beam", "greedy")
 
 
 @dataclass
@@ -57,7 +67,8 @@ class SpeechRecognizer(Pipeline):
         tokenizer: :class:`~zoo.speech.tokenizer.TokenizerConfig` fields.
         beam_search: :class:`~zoo.speech.decoding.BeamSearchConfig` fields, or None for greedy
             decoding. (With beam search the text is the beam's; word timestamps still come from
-            the greedy alignment and are left empty where the two disagree.)
+            the greedy alignment and are left empty where the two disagree.) Its ``lexicon`` and
+            ``lm`` are file paths; saved, they become the folder's ``lexicon.txt`` / ``lm.arpa``.
         chunk_seconds, chunk_overlap_seconds: long-audio chunking.
     """
 
@@ -75,18 +86,85 @@ class SpeechRecognizer(Pipeline):
         outputs = getattr(self.encoder, "num_outputs", getattr(self.encoder.config, "num_classes", None))
         if outputs != self.tokenizer.vocab_size:
             raise ValueError(f"encoder has {outputs} outputs, the tokenizer {self.tokenizer.vocab_size} labels")
-        self.beam_search = BeamSearchConfig(**beam_search) if beam_search else None
+        self.beam_search: BeamSearchConfig | None = None
         self._beam: BeamSearchDecoder | None = None
+        self.set_beam_search(beam_search)
         self.chunk_seconds, self.chunk_overlap_seconds = chunk_seconds, chunk_overlap_seconds
         self.fused = False
         self.eval()
 
+    def set_beam_search(self, config: BeamSearchConfig | dict[str, Any] | None) -> None:
+        """Decode with beam search (``config``: a :class:`BeamSearchConfig` or its fields; files must
+        exist) or, with None, greedily; saved with the recognizer."""
+        if isinstance(config, dict):
+            config = BeamSearchConfig(**config)
+        for path in (config.lexicon, config.lm) if config is not None else ():
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"beam search: {path} does not exist")
+        self.beam_search = dataclasses.replace(config) if config is not None else None
+        self._beam = None
+
     # ------------------------------------------------------------------ export / load
+    def assets(self) -> dict[str, Path]:
+        """The decoder's files: ``lexicon.txt`` and ``lm.arpa`` when beam search uses them."""
+        files = {}
+        if self.beam_search is not None:
+            if self.beam_search.lexicon is not None:
+                files[LEXICON_NAME] = Path(self.beam_search.lexicon)
+            if self.beam_search.lm is not None:
+                files[LM_NAME] = Path(self.beam_search.lm)
+        return files
+
+    def export_config(self) -> dict[str, Any]:
+        """config.json: the ``__init__`` arguments with the current decoder; its files by their names in the folder."""
+        config = super().export_config()
+        beam = None
+        if self.beam_search is not None:
+            beam = dataclasses.asdict(self.beam_search)
+            beam["lexicon"] = LEXICON_NAME if beam["lexicon"] is not None else None
+            beam["lm"] = LM_NAME if beam["lm"] is not None else None
+        config["beam_search"] = beam
+        return config
+
+    def card_sections(self) -> str:
+        """The model card's "Decoding" section: how :meth:`transcribe` turns log-probabilities into text."""
+        if self.beam_search is None:
+            return ("## Decoding\n\nGreedy (best-path) CTC decoding: the most likely label per frame, repeats "
+                    "merged, blanks dropped. The folder carries no lexicon or language model.\n")
+        b = self.beam_search
+        lines = ["## Decoding", "", "`transcribe()` decodes with CTC beam search (torchaudio's flashlight decoder):", ""]
+        if b.lexicon is not None:
+            words = len(Path(b.lexicon).read_text().split())
+            lines.append(f"- lexicon: `{LEXICON_NAME}`, {words:,} words (the output is restricted to them)")
+        else:
+            lines.append("- no lexicon: the decoder spells freely")
+        if b.lm is not None:
+            order = _arpa_order(Path(b.lm))
+            unit = "word" if b.lexicon is not None else "character"
+            lines.append(f"- language model: `{LM_NAME}`, {unit} {order}-gram Kneser–Ney (ARPA)")
+        lines += [(f"- beam size {b.beam_size}, beam threshold {b.beam_threshold:g}, LM weight {b.lm_weight:g}, "
+                   f"word score {b.word_score:g}, silence score {b.sil_score:g}, unknown-word score {b.unk_score:g}"),
+                  "", '`transcribe(..., decoder="greedy")` or `zoo transcribe --greedy` decodes best-path instead.', ""]
+        return "\n".join(lines)
+
     @classmethod
     def from_pretrained(cls, *args: Any, fuse: bool = False, **kwargs: Any) -> SpeechRecognizer:  # type: ignore[override]
         """Hub-mixin loading; ``fuse=True`` then folds batch norm into the convolutions."""
         recognizer = super().from_pretrained(*args, **kwargs)
         return recognizer.fuse() if fuse else recognizer
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> SpeechRecognizer:  # type: ignore[override]
+        """The mixin's loading, with the decoder's files (names in config.json) found in the folder or
+        fetched from the same Hub repository."""
+        beam = kwargs.get("beam_search")
+        if beam:
+            beam = dict(beam)
+            for key in ("lexicon", "lm"):
+                if beam.get(key) is not None and not Path(beam[key]).is_absolute():
+                    beam[key] = cls.asset_file(model_id, beam[key], **kwargs)
+            kwargs["beam_search"] = beam
+        return super()._from_pretrained(model_id=model_id, **kwargs)
 
     def fuse(self) -> SpeechRecognizer:
         """Fold batch norm into the preceding convolutions (encoders with ``fuse_batchnorm``)."""
@@ -185,15 +263,22 @@ class SpeechRecognizer(Pipeline):
         return words
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], batch_size: int = 8,
-                   sample_rate: int | None = None) -> list[Transcript]:
+                   sample_rate: int | None = None, decoder: str | None = None) -> list[Transcript]:
         """Transcribe files (any format soundfile reads) or arrays at ``sample_rate`` (default: the
-        model's). Returns one :class:`Transcript` per input."""
+        model's). ``decoder``: ``"beam"`` (the default when the recognizer has a beam-search
+        configuration, e.g. an exported lexicon and LM) or ``"greedy"``. Returns one
+        :class:`Transcript` per input."""
+        decoder = decoder or ("beam" if self.beam_search is not None else "greedy")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "beam" and self.beam_search is None:
+            raise ValueError("decoder='beam': this recognizer has no beam-search configuration (set_beam_search)")
         inputs = [audio] if isinstance(audio, (str, Path, np.ndarray, Tensor)) else list(audio)
         waves = [self._waveform(a, sample_rate) for a in inputs]
         results = []
         all_log_probs = self.log_probs(waves, batch_size)
         beams = None
-        if self.beam_search is not None:
+        if decoder == "beam" and self.beam_search is not None:
             if self._beam is None:
                 self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search, self.tokenizer.blank,
                                                spell=self.tokenizer.segment)
@@ -208,3 +293,15 @@ class SpeechRecognizer(Pipeline):
                 text = beams[i]
             results.append(Transcript(text, words, len(wave) / self.sample_rate))
         return results
+
+
+def _arpa_order(path: Path) -> int:
+    """The highest n of an ARPA file's ``ngram n=count`` header lines."""
+    orders = []
+    with path.open() as f:
+        for line in f:
+            if line.startswith("ngram "):
+                orders.append(int(line.split("=")[0].split()[1]))
+            elif line.startswith("\\1-grams:"):
+                break
+    return max(orders, default=0)
