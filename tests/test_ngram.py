@@ -2,7 +2,7 @@
 (Chen & Goodman 1998, §3.4-3.5), and the written ARPA files read back with their own back-off."""
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -34,6 +34,7 @@ class ReferenceKN:
         self.sentences = [("<s>", *s.split(), "</s>") for s in sentences]
         self.vocab = sorted({w for s in sentences for w in s.split()}) + ["</s>", "<unk>"]
         self.kind, self.fixed = discount, discount_value
+        self.adjusted, self.discount, self.prob = cache(self._adjusted), cache(self._discount), cache(self._prob)
 
     def grams(self, k):
         """Every distinct k-gram of the padded text (not the unigram <s>)."""
@@ -43,14 +44,12 @@ class ReferenceKN:
         k = len(gram)
         return sum(s[i : i + k] == gram for s in self.sentences for i in range(len(s) - k + 1))
 
-    @lru_cache(maxsize=None)
-    def adjusted(self, gram):
+    def _adjusted(self, gram):
         if len(gram) == self.n or gram[0] == "<s>":
             return self.raw(gram)
         return len({g[0] for g in self.grams(len(gram) + 1) if g[1:] == gram})
 
-    @lru_cache(maxsize=None)
-    def discount(self, k, count):
+    def _discount(self, k, count):
         if self.fixed is not None:
             return self.fixed
         counts = [self.adjusted(g) for g in self.grams(k)]
@@ -69,8 +68,7 @@ class ReferenceKN:
             d = 3 - 4 * y * n[4] / n[3] if n[3] and n[4] else 1.5
         return min(max(d, 0.01), float(r))
 
-    @lru_cache(maxsize=None)
-    def prob(self, word, history):
+    def _prob(self, word, history):
         if word not in self.vocab:
             word = "<unk>"
         history = history[max(len(history) - (self.n - 1), 0) :] if self.n > 1 else ()
