@@ -96,10 +96,18 @@ def test_gamma_init_and_zero_initial_state() -> None:
         for bn in (layer.bn_x, layer.bn_h, layer.bn_c):
             assert torch.all(bn.weight == 0.1)
         assert layer.bn_x.bias is None and layer.bn_h.bias is None
+    # Without a state the recurrence starts from h = c = 0 (eqs. 6-8): the stacked naive reference, which
+    # starts from zeros, gives the same outputs and final h (both in eval mode, fresh statistics).
     model.eval()
+    torch.manual_seed(2)
     x = torch.randn(4, 2, 3)
-    torch.testing.assert_close(model(x)[0], model(x)[0])  # no random initial state at inference
-    h, c = model(x)[1]
+    out, (h, c) = model(x)
+    first = NaiveBNLSTM(model.layers[0], 4).eval()
+    second = NaiveBNLSTM(model.layers[1], 4).eval()
+    hidden = first(x)
+    expected = second(hidden)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, torch.stack([hidden[-1], expected[-1]]), rtol=1e-5, atol=1e-6)
     assert h.shape == c.shape == (2, 2, 4)
 
 
