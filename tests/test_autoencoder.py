@@ -92,14 +92,43 @@ def test_linear_last_layer_and_activations():
         DeepAutoEncoder(AutoEncoderConfig(activation="gelu"))
 
 
+def reference_forward(net, x, drop=None):
+    """§3.3 written out: selu encoder layers, dropout ``drop`` (a function) on the code only, decoder back."""
+    we, be, bd = list(net.encoder_weights), list(net.encoder_biases), list(net.decoder_biases)
+    wd = list(net.decoder_weights)
+    h = F.selu(x @ we[0].t() + be[0])
+    h = F.selu(h @ we[1].t() + be[1])
+    if drop is not None:
+        h = drop(h)
+    h = F.selu(h @ wd[1].t() + bd[1])
+    return F.selu(h @ wd[0].t() + bd[0])
+
+
 def test_dropout_only_on_code_layer():
-    net = DeepAutoEncoder(AutoEncoderConfig(num_items=50, encoder_sizes=(40, 30), dropout=0.5)).train()
-    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
-    assert len(dropouts) == 1
-    code = net.encode(torch.rand(8, 50))
-    assert (code == 0).float().mean() > 0.3  # half the code units dropped
+    p = 0.5
+    net = DeepAutoEncoder(AutoEncoderConfig(num_items=50, encoder_sizes=(40, 30), dropout=p))
+    x = torch.rand(8, 50)
+    # eval: no dropout anywhere
     net.eval()
-    torch.testing.assert_close(net(torch.ones(2, 50)), net(torch.ones(2, 50)))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference_forward(net, x))
+        eval_code = net.encode(x)
+    # training: each code unit is either dropped or scaled by 1 / (1 - p) ...
+    net.train()
+    with torch.no_grad():
+        code = net.encode(x)
+    dropped = code == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(code[~dropped], eval_code[~dropped] / (1 - p))
+    # ... and nothing else is dropped: the same random draws give the reference with dropout on the code only
+    torch.manual_seed(7)
+    with torch.no_grad():
+        ours = net(x)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected = reference_forward(net, x, lambda h: F.dropout(h, p, training=True))
+    torch.testing.assert_close(ours, expected)
+    assert not torch.allclose(ours, reference_forward(net, x))  # dropout is active in training
 
 
 def test_xavier_init():
