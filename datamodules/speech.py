@@ -230,7 +230,8 @@ class SpeechDataModule(pl.LightningDataModule):
             (``None``: its default configuration).
         featurizer, tokenizer, augmentation: see ``zoo.speech`` (instances or dicts of their
             fields); augmentation is applied in training only.
-        time_reduction: the encoder's output-frame stride (for the CTC length rule).
+        time_reduction: the encoder's output-frame stride (for the CTC length rule). ``zoo fit`` sets it
+            from the model's encoder (``ZooCLI`` links it): recipes do not state it.
         batch_size: utterances per batch; ``max_batch_frames``: bucket by padded frames instead.
         num_workers: DataLoader worker processes (features are computed there).
         min_duration, max_duration: training length filter in seconds.

@@ -34,6 +34,14 @@ from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 
+def encoder_time_reduction(encoder: str, encoder_overrides: dict[str, Any] | None = None) -> int:
+    """Output-frame stride of an encoder (``T' = ceil(T / r)``), read from the module itself: it is built
+    on the meta device (no memory, no initialisation), so the rule lives only in the encoder's class."""
+    cls, config = build_config(encoder, encoder_overrides)
+    with torch.device("meta"):
+        return int(cls(config).time_reduction)
+
+
 def _as_config(value: Any, cls: type) -> Any:
     if value is None or isinstance(value, cls):
         return value

@@ -20,11 +20,12 @@ from typing import Any
 
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import Checkpoint, ModelSummary, ProgressBar, RichModelSummary
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from zoo.callbacks.resume import ResumableRNG
 from zoo.callbacks.saved_name import RecordSavedName
+from zoo.lightning_modules.ctc_speech_recognizer import encoder_time_reduction
 
 #: ``zoo NAME ...`` -> ``"module:function"``; the function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
@@ -83,6 +84,16 @@ class ZooCLI(LightningCLI):
             auto_configure_optimizers=True,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The speech model <-> data contract, stated once. The DataModule's featurizer and tokenizer *are*
+        the model's, and the DataModule's CTC length rule uses the encoder's own time reduction, so a recipe
+        cannot make them disagree (a value given for a linked target is replaced by its source's). Links whose
+        keys a recipe's classes lack (recommender, language models) do not apply."""
+        parser.link_arguments(("model.init_args.encoder", "model.init_args.encoder_overrides"),
+                              "data.init_args.time_reduction", compute_fn=encoder_time_reduction)
+        parser.link_arguments("data.init_args.featurizer", "model.init_args.featurizer")
+        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Every Trainer flag works with every recipe: ``--trainer.enable_checkpointing|enable_progress_bar|
