@@ -179,16 +179,21 @@ def test_zoo_transcribe_uses_the_exported_decoder_unless_greedy(measured, tmp_pa
     assert outputs["beam"] != outputs["greedy"]
 
 
-def test_publish_checkpoint_with_its_decoder(measured, tmp_path, monkeypatch):
-    module, data, tuned, _, _ = measured
+def save_checkpoint(module, data, path):
+    """The module as a `zoo fit` checkpoint (hyper_parameters naming the class)."""
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.test(module, datamodule=data, verbose=False)
-    checkpoint = tmp_path / "tiny.ckpt"
-    trainer.save_checkpoint(checkpoint)
-    raw = torch.load(checkpoint, weights_only=True)
-    raw["hyper_parameters"]["_class_path"] = f"{CTCSpeechRecognizer.__module__}.CTCSpeechRecognizer"  # as `zoo fit`
-    torch.save(raw, checkpoint)
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True)
+    raw["hyper_parameters"]["_class_path"] = f"{CTCSpeechRecognizer.__module__}.CTCSpeechRecognizer"
+    torch.save(raw, path)
+    return path
+
+
+def test_publish_checkpoint_with_its_decoder(measured, tmp_path, monkeypatch):
+    module, data, tuned, _, _ = measured
+    checkpoint = save_checkpoint(module, data, tmp_path / "tiny.ckpt")
     folder = tmp_path / "published"
     assert zoo_main(["publish", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--export-dir", str(folder),
                      "--lexicon", tuned.lexicon, "--lm", tuned.lm, "--lm-weight", str(tuned.lm_weight),
@@ -219,3 +224,35 @@ def test_publish_checkpoint_with_its_decoder(measured, tmp_path, monkeypatch):
     assert zoo_main(["publish", str(folder), "--repo", "org/tiny"]) == 1
     assert zoo_main(["publish", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--export-dir",
                      str(tmp_path / "x"), "--lm", str(tmp_path / "missing.arpa")]) == 1
+
+
+def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from zoo.commands import speech_demo
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
+
+    module, data, tuned, metrics, _ = measured
+    checkpoint = save_checkpoint(module, data, tmp_path / "demo.ckpt")
+    trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams=SimpleNamespace(encoder="jasper-tiny")),
+                              global_step=12, current_epoch=1)
+    recipe = speech_demo.recipe_path("commands")
+    info = speech_demo.card_info("commands", SyntheticCorpusConfig(test_variants=["flite:slt"]), recipe, trainer,
+                                 metrics, 2.0)
+    assert info.command == "zoo demo --text commands --minutes 2"
+    assert info.datasets == ["synthetic-speech", "flite-speech", "voice-commands"]
+    out = io.StringIO()
+    folder = tmp_path / "jasper-tiny"
+    result = speech_demo.export_and_transcribe(checkpoint, data, folder, Console(file=out, width=200), tuned, info,
+                                               metrics)
+    assert result["export_test_wer"] == pytest.approx(metrics["test/wer_beam"], abs=1e-7)
+    assert f"test WER {100 * metrics['test/wer_beam']:.2f} %" in out.getvalue()
+    card = (folder / "README.md").read_text()
+    for expected in ["| test_wer_beam_reloaded_export |", "| test_wer |", "CMU Flite", "voice-assistant command",
+                     "Trained with: `zoo demo --text commands --minutes 2`", "Steps / epochs: 12 / 1", "## Decoding",
+                     "class_path"]:
+        assert expected in card, expected
+    assert {"lexicon.txt", "lm.arpa"} <= {p.name for p in folder.iterdir()}

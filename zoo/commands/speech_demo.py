@@ -4,8 +4,11 @@ held-out voices (greedy and beam search), export the ``SpeechRecognizer``, reloa
 
 Artifacts under ``--output`` (default ``runs/demo``): ``words.txt`` and ``words.arpa`` (lexicon
 and Kneser–Ney 3-gram LM from the training transcripts), ``wer_vs_minutes.csv`` / ``.png`` (the
-validation curve against wall-clock training time), ``<encoder>/`` (the exported recognizer, e.g. ``jasper-demo/``)
-and ``results.json``.
+validation curve against wall-clock training time), ``<encoder>/`` (the exported recognizer, e.g.
+``jasper-demo/``: weights, config.json, the lexicon and LM as ``lexicon.txt`` / ``lm.arpa`` with the
+beam settings tuned on the validation voices, and a model card with the measured WERs, the data and
+its licences and the command that trained it) and ``results.json``. The export is reloaded with
+``zoo.load`` and decodes the whole test set again: its WER is printed next to the one measured before export.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -164,29 +169,74 @@ def results_table(metrics: dict[str, float], minutes: float, title: str) -> Tabl
     return table
 
 
-def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: Console, n: int = 4) -> dict[str, Any]:
-    """Export the SpeechRecognizer into ``folder``, reload it with zoo.load(fuse=True) and transcribe
-    a few test files."""
-    import zoo
-    from zoo.hub import pipeline_from_checkpoint
-    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dict[str, float],
+              max_minutes: float | None, datamodule=None):
+    """What the exported recognizer's model card reports: the test metrics, the corpus' voices and
+    text with their licences, the recipe and the command that trained it."""
+    from zoo.cards import CardInfo
 
-    pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer).save_pretrained(folder)
+    variants = [v for split in ("train", "val", "test") for v in getattr(corpus, f"{split}_variants", None) or []]
+    datasets = list(getattr(datamodule, "dataset_card", None) or [])
+    if not datasets:
+        datasets = ["synthetic-speech"] if any(":" not in v for v in variants) or not variants else []
+        datasets += ["flite-speech"] if any(v.startswith("flite:") for v in variants) else []
+        datasets += ["fortunes" if text == "english" else "voice-commands"]
+    if sys.argv[1:2] == ["demo"]:
+        command = shlex.join(["zoo", *sys.argv[1:]])
+    else:
+        command = f"zoo demo --text {text}" + (f" --minutes {max_minutes:g}" if max_minutes is not None else "")
+        command += "" if recipe == recipe_path(text) else f" --recipe {recipe}"
+    corpus_spec = json.dumps(dataclasses.asdict(corpus), default=list) if dataclasses.is_dataclass(corpus) else ""
+    return CardInfo(
+        title=f"{trainer.lightning_module.hparams.encoder} ({recipe.stem})",
+        metrics={k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("test/")},
+        recipe=recipe.read_text(), datasets=datasets, seed=0, steps=trainer.global_step, epochs=trainer.current_epoch,
+        command=command, notes=f"Test set: held-out voices and sentences of the synthetic corpus `{corpus_spec}`."
+        if corpus_spec else None,
+    )
+
+
+def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: Console, beam: BeamSearchConfig,
+                          info, metrics: dict[str, float], n: int = 4) -> dict[str, Any]:
+    """Export the SpeechRecognizer with its tuned beam-search decoder (lexicon + LM + weights) and a
+    model card into ``folder``, reload it with zoo.load(fuse=True), transcribe the whole test set with
+    it (its default decoder: the beam search) and report its WER next to the one measured before export."""
+    from torchmetrics.functional.text import word_error_rate
+
+    import zoo
+    from zoo.cards import model_card
+    from zoo.checkpoints import pipeline_from_checkpoint
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+    from zoo.pipeline import CARD_NAME, export
+
+    pipeline = pipeline_from_checkpoint(checkpoint, CTCSpeechRecognizer)
+    pipeline.set_beam_search(beam)
+    export(pipeline, folder, info, load_name=str(folder))
     recognizer = zoo.load(folder, fuse=True)
-    utterances = datamodule.data["test"].utterances[:n] if "test" in datamodule.data else []
+    utterances = datamodule.data["test"].utterances if "test" in datamodule.data else []
     started = time.perf_counter()
     results = recognizer.transcribe([u.audio_filepath for u in utterances])
     elapsed = time.perf_counter() - started
     audio = sum(r.duration for r in results)
+    wer = float(word_error_rate([r.text for r in results], [u.text for u in utterances])) if utterances else None
     table = Table(title=f"zoo.load({folder}, fuse=True).transcribe(...)")
     table.add_column("reference")
     table.add_column("transcript")
-    for u, r in zip(utterances, results, strict=True):
+    for u, r in list(zip(utterances, results, strict=True))[:n]:
         table.add_row(u.text, r.text)
     console.print(table)
     rtf = elapsed / max(audio, 1e-9)
-    console.print(f"real-time factor {rtf:.4f} ({audio:.1f} s of audio in {elapsed:.2f} s, batch norm folded)")
-    return {"export": str(folder), "rtf": rtf}
+    console.print(f"real-time factor {rtf:.4f} ({audio:.1f} s of audio in {elapsed:.2f} s, batch norm folded, "
+                  "beam search)")
+    if wer is not None:
+        before = metrics.get("test/wer_beam")
+        console.print(f"exported recognizer, reloaded: test WER {100 * wer:.2f} % ({len(utterances)} utterances, "
+                      f"beam search from the folder's lexicon.txt + lm.arpa); measured before export: "
+                      + (f"{100 * before:.2f} %" if before is not None else "n/a"))
+        info.metrics["test_wer_beam_reloaded_export"] = wer
+        (folder / CARD_NAME).unlink(missing_ok=True)
+        model_card(pipeline, info, str(folder)).save(folder / CARD_NAME)
+    return {"export": str(folder), "rtf": rtf, "export_test_wer": wer}
 
 
 def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
@@ -210,7 +260,8 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     if curve_path:
         console.print(f"validation curve: {curve_path}")
     export = output / str(trainer.lightning_module.hparams.encoder)  # e.g. runs/demo/jasper-demo
-    exported = export_and_transcribe(checkpoint, datamodule, export, console)
+    info = card_info(text, corpus, recipe, trainer, metrics, max_minutes, datamodule)
+    exported = export_and_transcribe(checkpoint, datamodule, export, console, beam, info, metrics)
     results = {"recipe": str(recipe), "train_minutes": minutes, "checkpoint": str(checkpoint),
                "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
                "beam_search": dataclasses.asdict(beam), **exported}
