@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 import zoo
 from zoo import saved_names
+from zoo.hub import module_from_checkpoint
+from zoo.lightning_modules.autoencoder_recommender import AutoEncoderRecommender
 from zoo.recsys.recommender import Recommender
 from zoo.registry import model_from_dict, model_to_dict
 from zoo.speech.jasper import Jasper
@@ -138,3 +140,19 @@ def test_zoo_fit_checkpoint_records_the_module_name(tmp_path):
     ]) == 0
     checkpoint = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
     assert checkpoint["zoo_module"] == "autoencoder-recommender"
+
+
+class MovedRecommenderModule(AutoEncoderRecommender):
+    """Stands for the recommender's task module after a move."""
+
+
+def test_a_moved_task_module_loads_old_checkpoints(monkeypatch):
+    """The legacy checkpoint's hyper_parameters name the module's old class path (and jsonargparse would
+    instantiate from it); through the alias table it is rebuilt as the class at its new place."""
+    monkeypatch.setitem(saved_names.SAVED_NAMES, "autoencoder-recommender", f"{__name__}.MovedRecommenderModule")
+    path = LEGACY / "autoencoder-recommender.ckpt"
+    assert type(module_from_checkpoint(path)) is MovedRecommenderModule
+    recommender = zoo.load(str(path))
+    assert isinstance(recommender, Recommender)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(state[f"net.{k}"], v) for k, v in recommender.net.state_dict().items())

@@ -3,8 +3,9 @@
 Every task LightningModule implements ``to_pipeline(self) -> zoo.pipeline.Pipeline``: the
 exported unit built from the module's *current* weights (``SpeechRecognizer``,
 ``LanguageModelPipeline``, ``Recommender``). A ``.ckpt`` is turned into a pipeline by rebuilding
-the module from the checkpoint's ``hyper_parameters`` (LightningCLI stores the class path as
-``_class_path``; pass ``module_class`` for checkpoints written outside ``zoo fit``), loading its
+the module from the checkpoint's ``hyper_parameters`` (the class is the one ``zoo fit`` names in
+``checkpoint["zoo_module"]``, else LightningCLI's ``_class_path``, both resolved through
+:mod:`zoo.saved_names`; pass ``module_class`` for checkpoints written outside ``zoo fit``), loading its
 ``state_dict`` and calling ``to_pipeline()``. Checkpoints are read with
 ``torch.load(weights_only=True)``, so hyperparameters must be plain data (LightningCLI's are).
 """
@@ -62,7 +63,7 @@ def module_from_checkpoint(path: str | Path, module_class: type | str | None = N
 
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
-    class_path = module_class or hparams.get("_class_path")
+    class_path = module_class or checkpoint.get("zoo_module") or hparams.get("_class_path")
     if class_path is None:
         raise CheckpointError(
             f"{path}: the checkpoint does not name its LightningModule class (it was not written by `zoo fit`); "
@@ -73,10 +74,10 @@ def module_from_checkpoint(path: str | Path, module_class: type | str | None = N
         raise CheckpointError(f"{path}: {class_path} is not a LightningModule")
     if not callable(getattr(cls, "to_pipeline", None)):
         raise CheckpointError(f"{path}: {cls.__qualname__} has no to_pipeline() method; it cannot be exported")
+    hparams.pop("_class_path", None)  # cls is resolved: a path the class has moved from must not be re-imported
     if hparams.pop("_instantiator", None) is not None:
         module = instantiate_module(cls, hparams)
     else:
-        hparams.pop("_class_path", None)
         module = cls(**hparams)
     try:
         module.load_state_dict(checkpoint["state_dict"])
