@@ -196,3 +196,51 @@ def test_command_line(tmp_path, capsys):
     assert "alsa-utils" in out and "skipped Noise" in out
     assert main(["prepare-real-speech", "--sources", "asterisk", *common]) == 1
     assert "apt-get install asterisk-core-sounds-en-wav" in capsys.readouterr().out
+
+
+class FakeReference:
+    """Stands in for pocketsphinx: fixed raw hypotheses per file name (not yet normalised)."""
+
+    def __init__(self, texts: dict[str, str]):
+        self.texts = texts
+
+    def transcribe(self, path):
+        return self.texts[Path(path).stem]
+
+
+def test_real_speech_wer_per_source_with_a_reference(tmp_path):
+    from zoo.commands.real_speech_report import evaluate_real_speech
+    from zoo.datamodules.real_speech import PreparedSource
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+
+    for name, seconds in (("a", 0.6), ("b", 0.2), ("c", 0.4)):
+        tone(tmp_path / f"{name}.wav", 16000, seconds)
+    manifest = tmp_path / "manifest.json"
+    rows = [("a", 0.6, "front left"), ("b", 0.2, "rear center"), ("c", 0.4, "press one now")]
+    manifest.write_text("".join(json.dumps({"audio_filepath": f"{n}.wav", "duration": d, "text": t}) + "\n"
+                                for n, d, t in rows))
+    module = CTCSpeechRecognizer("jasper-tiny", featurizer={}, tokenizer={})
+    # greedy "hypotheses" that reveal which clip they belong to: its number of output frames
+    module.greedy_texts = lambda log_probs, lengths: [str(int(n)) for n in lengths]
+    reference = FakeReference({"a": "Front, left!", "b": "rear centre", "c": "press 1 now"})
+    [result] = evaluate_real_speech(module, {"alsa": PreparedSource("alsa", manifest, {})}, reference)
+    assert (result.source, result.clips, result.words) == ("alsa", 3, 7)
+    frames = [int(e["greedy"]) for e in result.examples]
+    assert frames[0] > frames[2] > frames[1]  # manifest order restored after length bucketing
+    assert result.greedy_wer == pytest.approx(1.0)  # every word wrong (7 edits / 7 words)
+    # reference hypotheses normalised like the references: "Front, left!" and "press 1 now" match
+    assert result.pocketsphinx_wer == pytest.approx(1 / 7)
+    assert [e["pocketsphinx"] for e in result.examples] == ["front left", "rear centre", "press one now"]
+    assert result.beam_wer is None
+
+
+def test_pocketsphinx_reference_decodes_16k_files(tmp_path):
+    pytest.importorskip("pocketsphinx")
+    from zoo.commands.real_speech_report import Pocketsphinx
+
+    tone(tmp_path / "tone.wav", 16000, 0.3)
+    tone(tmp_path / "narrow.wav", 8000, 0.3)
+    reference = Pocketsphinx()
+    assert isinstance(reference.transcribe(tmp_path / "tone.wav"), str)
+    with pytest.raises(ValueError, match="16 kHz"):
+        reference.transcribe(tmp_path / "narrow.wav")

@@ -2,7 +2,8 @@
 
 Builds (or finds in the cache) the synthetic speech corpus that every speech demo shares and
 prints its statistics; then trains the Jasper recipe on it within the recipe's wall-clock budget,
-prints held-out-voice WER/CER (greedy and beam search), exports the ``SpeechRecognizer``, reloads
+prints held-out-voice WER/CER (greedy and beam search) and, with ``--text english``, WER per real human
+speech source next to pocketsphinx's (:mod:`zoo.datamodules.real_speech`), exports the ``SpeechRecognizer``, reloads
 it with ``zoo.load`` and transcribes a few test files (see :mod:`zoo.commands.speech_demo`).
 """
 
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus-only", action="store_true", help="stop after building the corpus (no training)")
     parser.add_argument("--minutes", type=float, help="training budget (default: the recipe's trainer.max_time)")
     parser.add_argument("--output", default="runs/demo", help="folder for checkpoints, LM files, curve, export")
+    parser.add_argument("--real-speech", action=argparse.BooleanOptionalAction, default=None,
+                        help="report test WER per real human speech source (zoo prepare-real-speech) next to "
+                        "pocketsphinx's (default: on with --text english, off with commands)")
     parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one, "
                         "e.g. configs/ds2_demo.yaml (trained, evaluated, exported and reloaded the same way)")
     return parser
@@ -137,4 +141,6 @@ def main(argv: list[str]) -> int:
     from zoo.commands.speech_demo import run
 
     recipe = Path(args.recipe) if args.recipe else None
-    return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe)
+    real_speech = args.text == "english" if args.real_speech is None else args.real_speech
+    return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe,
+               real_speech=real_speech)

@@ -239,12 +239,42 @@ def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: C
     return {"export": str(folder), "rtf": rtf, "export_test_wer": wer}
 
 
+def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict[str, float], console: Console,
+                         cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """WER per real-speech source (``zoo prepare-real-speech``), greedy and with the tuned beam search, next to
+    the synthetic test set's and to pocketsphinx on the same recordings (see :mod:`zoo.commands.real_speech_report`)."""
+    from zoo.commands.real_speech_report import (Pocketsphinx, PocketsphinxMissing, evaluate_real_speech as score,
+                                                 real_speech_table, results_json)
+    from zoo.datamodules.real_speech import prepare_real_speech
+    from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
+
+    with console.status("preparing the real-speech test sets ..."):
+        prepared = prepare_real_speech(cache_dir=cache_dir, report=lambda line: console.print(line, markup=False))
+    if not prepared:
+        return []
+    module = CTCSpeechRecognizer.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    module.set_beam_search(beam)
+    try:
+        reference = Pocketsphinx()
+    except PocketsphinxMissing as error:
+        console.print(str(error))
+        reference = None
+    with console.status("decoding the real recordings (this model and pocketsphinx) ..."):
+        results = score(module, prepared, reference)
+    table = real_speech_table(results, "test WER % per source: real human speech next to the synthetic test voices")
+    table.add_row("synthetic (held-out voices)", "", "", "", f"{100 * metrics['test/wer']:.1f}",
+                  f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "", "", style="dim")
+    console.print(table)
+    return results_json(results)
+
+
 def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
-        overrides: list[str] | None = None, recipe: Path | None = None) -> int:
+        overrides: list[str] | None = None, recipe: Path | None = None, real_speech: bool = False) -> int:
     """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
     ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``);
     ``recipe``: another speech recipe on the synthetic corpus (default: the Jasper recipe for ``text``),
-    e.g. ``configs/ds2_demo.yaml``."""
+    e.g. ``configs/ds2_demo.yaml``; ``real_speech``: also report WER per real-speech source
+    (:func:`evaluate_real_speech`)."""
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     recipe = recipe or recipe_path(text)
@@ -256,6 +286,7 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     words, arpa = language_model_files(datamodule, output)
     metrics, beam = evaluate(checkpoint, datamodule, words, arpa, console)
     console.print(results_table(metrics, minutes, f"{recipe.stem} ({text}): test WER/CER"))
+    real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None)) if real_speech else []
     curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
@@ -264,6 +295,6 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     exported = export_and_transcribe(checkpoint, datamodule, export, console, beam, info, metrics)
     results = {"recipe": str(recipe), "train_minutes": minutes, "checkpoint": str(checkpoint),
                "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
-               "beam_search": dataclasses.asdict(beam), **exported}
+               "beam_search": dataclasses.asdict(beam), "real_speech": real, **exported}
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return 0

@@ -1,0 +1,169 @@
+"""WER per real-speech source (:mod:`zoo.datamodules.real_speech`) for a trained CTC recognizer, greedy and
+beam search, next to pocketsphinx (PyPI ``pocketsphinx``, its bundled en-us acoustic model, dictionary and
+language model) decoding the same recordings in the same run.
+
+WER is the corpus-level word error rate (jiwer: edits summed over the clips / reference words), with both
+systems' hypotheses normalised by the same tokenizer as the references.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import soundfile
+import torch
+from rich.table import Table
+
+from zoo.datamodules.real_speech import PreparedSource
+from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
+
+
+class PocketsphinxMissing(RuntimeError):
+    """The ``pocketsphinx`` package is not installed (one line: how to install it)."""
+
+
+@dataclass
+class SourceResult:
+    """One source's scores; ``*_wer`` are fractions, None where that decoder did not run."""
+
+    source: str
+    clips: int
+    words: int
+    minutes: float
+    greedy_wer: float
+    beam_wer: float | None = None
+    pocketsphinx_wer: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+def read_references(manifest: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def recognizer_hypotheses(module, manifest: Path, batch_size: int = 16) -> tuple[list[str], list[str], list[str] | None]:
+    """(audio ids, greedy texts, beam texts or None) of ``module`` (a CTCSpeechRecognizer in eval mode)
+    over ``manifest``, in the manifest's order."""
+    from zoo.datamodules.speech import SpeechDataModule
+
+    datamodule = SpeechDataModule(test_manifests=[str(manifest)], featurizer=module.featurizer_config,
+                                  tokenizer=module.tokenizer_config, batch_size=batch_size, num_workers=0)
+    datamodule.setup("test")
+    order = {u.audio_filepath: i for i, u in enumerate(datamodule.data["test"].utterances)}
+    ids, greedy, beam = [], [], []
+    decoder = module.beam_decoder()
+    module.eval()
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            log_probs, lengths = module(batch["features"], batch["feature_lengths"])
+            ids += batch["ids"]
+            greedy += module.greedy_texts(log_probs, lengths)
+            if decoder is not None:
+                beam += decoder(log_probs, lengths)
+    ranks = sorted(range(len(ids)), key=lambda i: order[ids[i]])
+    return ([ids[i] for i in ranks], [greedy[i] for i in ranks], [beam[i] for i in ranks] if decoder else None)
+
+
+class Pocketsphinx:
+    """pocketsphinx's default English decoder (en-us acoustic model, cmudict, en-us 3-gram LM) on 16 kHz audio."""
+
+    def __init__(self) -> None:
+        try:
+            from pocketsphinx import Decoder
+        except ImportError as error:
+            raise PocketsphinxMissing("the pocketsphinx reference needs the PyPI package pocketsphinx: "
+                                      "pip install pocketsphinx") from error
+        import pocketsphinx
+
+        self.version = getattr(pocketsphinx, "__version__", None) or _distribution_version("pocketsphinx")
+        self.decoder = Decoder(samprate=16000, loglevel="FATAL")
+
+    def transcribe(self, path: str | Path) -> str:
+        samples, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+        if rate != 16000:
+            raise ValueError(f"{path}: pocketsphinx reference expects 16 kHz audio, got {rate} Hz")
+        self.decoder.start_utt()
+        self.decoder.process_raw(np.ascontiguousarray(samples[:, 0]).tobytes(), no_search=False, full_utt=True)
+        self.decoder.end_utt()
+        hypothesis = self.decoder.hyp()
+        return hypothesis.hypstr if hypothesis is not None else ""
+
+
+def _distribution_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER: word edits summed over the clips / reference words (jiwer)."""
+    return float(jiwer.wer(references, hypotheses))
+
+
+def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference: Pocketsphinx | None = None,
+                         examples: int = 3) -> list[SourceResult]:
+    """Score ``module`` (greedy, and beam search when it has a beam-search config) and ``reference`` on every
+    prepared source; hypotheses are normalised like the references (lower case, numbers spelled...)."""
+    normal = CharTokenizer(TokenizerConfig(unknown="drop"))
+    results = []
+    for source, prepared_source in prepared.items():
+        records = read_references(prepared_source.manifest)
+        if not records:
+            continue
+        root = prepared_source.manifest.parent
+        references = [r["text"] for r in records]
+        started = time.perf_counter()
+        ids, greedy, beam = recognizer_hypotheses(module, prepared_source.manifest)
+        seconds = {"recognizer": round(time.perf_counter() - started, 2)}
+        expected = [str((root / r["audio_filepath"]).resolve()) for r in records]
+        if [str(Path(i).resolve()) for i in ids] != expected:
+            raise RuntimeError(f"{prepared_source.manifest}: the recognizer skipped or reordered clips")
+        result = SourceResult(source, len(records), sum(len(t.split()) for t in references),
+                              round(sum(r["duration"] for r in records) / 60, 2), word_error_rate(references, greedy))
+        if beam is not None:
+            result.beam_wer = word_error_rate(references, beam)
+        sphinx = None
+        if reference is not None:
+            started = time.perf_counter()
+            sphinx = [normal.normalize(reference.transcribe(path)) for path in expected]
+            seconds["pocketsphinx"] = round(time.perf_counter() - started, 2)
+            result.pocketsphinx_wer = word_error_rate(references, sphinx)
+        result.seconds = seconds
+        for i in range(min(examples, len(records))):
+            example = {"reference": references[i], "greedy": greedy[i]}
+            if beam is not None:
+                example["beam"] = beam[i]
+            if sphinx is not None:
+                example["pocketsphinx"] = sphinx[i]
+            result.examples.append(example)
+        results.append(result)
+    return results
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def real_speech_table(results: list[SourceResult], title: str = "real human speech: WER % per source") -> Table:
+    table = Table(title=title)
+    for column in ("source", "clips", "words", "minutes", "greedy", "beam", "pocketsphinx"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for r in results:
+        table.add_row(r.source, str(r.clips), str(r.words), f"{r.minutes:.1f}", _percent(r.greedy_wer),
+                      _percent(r.beam_wer), _percent(r.pocketsphinx_wer))
+    table.caption = "pocketsphinx: its bundled en-us model, dictionary and LM, on the same recordings in the same run"
+    return table
+
+
+def results_json(results: list[SourceResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
