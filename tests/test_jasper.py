@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import zoo
 from zoo.speech.jasper import ConvNorm, Jasper, JasperConfig, fuse_batchnorm
@@ -130,3 +131,58 @@ def test_config_round_trip_and_errors():
         zoo.create("jasper-tiny", norm="groupnorm")
     with pytest.raises(ValueError, match="expected features"):
         model(torch.randn(1, 80, 10), torch.tensor([10]))
+
+
+def reference_conv_norm(x: torch.Tensor, module: ConvNorm) -> torch.Tensor:
+    """One utterance (1, C, L), no padding: [depthwise conv1d ->] conv1d -> eval batch norm, from the parameters."""
+    if module.depthwise is not None:
+        d = module.depthwise
+        x = F.conv1d(x, d.weight, None, stride=d.stride, padding=d.padding, dilation=d.dilation, groups=d.groups)
+    c = module.conv
+    x = F.conv1d(x, c.weight, c.bias, stride=c.stride, padding=c.padding, dilation=c.dilation)
+    bn = module.norm
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
+
+
+def reference_jasper(model: Jasper, features: torch.Tensor, dense: bool) -> torch.Tensor:
+    """Jasper (arXiv 1904.03288 Fig. 1-2) for one utterance (1, F, L) -> (L', classes): each block's last
+    sub-block adds 1x1 conv + norm projections of the prologue's and every earlier block's output (dense)
+    or of its input (plain) after its norm, before its ReLU."""
+    x = F.relu(reference_conv_norm(features, model.prologue))
+    outputs = [x]
+    for block in model.blocks:
+        sources = list(outputs) if dense else [x]
+        for r, sub in enumerate(block.convs):
+            x = reference_conv_norm(x, sub)
+            if r == len(block.convs) - 1:
+                x = x + sum(reference_conv_norm(s, proj) for proj, s in zip(block.residuals, sources, strict=True))
+            x = F.relu(x)
+        outputs.append(x)
+    for conv in model.epilogue:
+        x = F.relu(reference_conv_norm(x, conv))
+    return F.conv1d(x, model.decoder.weight, model.decoder.bias)[0].T
+
+
+@pytest.mark.parametrize("residual, separable", [("dense", False), ("plain", True)], ids=["jasper-dr", "quartznet"])
+def test_forward_matches_a_per_utterance_functional_reference(residual, separable):
+    """The batched, masked forward equals the functional reference run on each utterance alone (no padding),
+    whatever sits in the padding; padded output frames are zero."""
+    torch.manual_seed(0)
+    config = JasperConfig(in_features=12, num_classes=7, prologue_filters=10, prologue_kernel=5, prologue_stride=2,
+                          prologue_dropout=0.0, blocks=((10, 5, 2, 0.0), (14, 7, 3, 0.0), (12, 3, 2, 0.0)),
+                          epilogue=((16, 5, 2, 0.0), (16, 1, 1, 0.0)), residual=residual, separable=separable)
+    model = randomize_norms(Jasper(config)).eval()
+    assert [len(b.residuals) for b in model.blocks] == ([1, 2, 3] if residual == "dense" else [1, 1, 1])
+    lengths = torch.tensor([41, 23, 32, 8])
+    features = torch.randn(4, 12, 41)
+    padded = features.clone()
+    for b, n in enumerate(lengths):
+        padded[b, :, n:] = 1e3  # whatever the padding holds must not reach the valid frames
+    with torch.no_grad():
+        logits, out_lengths = model(padded, lengths)
+        assert out_lengths.tolist() == [(n + 1) // 2 for n in lengths.tolist()]
+        for b, n in enumerate(lengths.tolist()):
+            expected = reference_jasper(model, features[b:b + 1, :, :n], dense=residual == "dense")
+            assert expected.shape[0] == out_lengths[b]
+            torch.testing.assert_close(logits[b, :out_lengths[b]], expected, rtol=1e-4, atol=1e-4)
+            assert (logits[b, out_lengths[b]:] == 0).all()
