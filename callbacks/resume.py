@@ -14,7 +14,7 @@ Under DDP the checkpoint holds rank 0's generator states, which every rank resto
 leaves a truncated ``last.ckpt`` behind and never destroys the previous good one. (Lightning's own
 writer renames a file from the system temp folder, which is a copy, not an atomic rename, when
 that folder is on another file system.) Unreadable checkpoints fail with a clear
-:class:`zoo.hub.CheckpointError`. :class:`ResumableRNG` installs it when the trainer uses the
+:class:`zoo.checkpoints.CheckpointError`. :class:`ResumableRNG` installs it when the trainer uses the
 default writer; it can also be given explicitly as ``trainer.plugins``.
 
 :class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` with ``save_last=True`` meaning what its
@@ -39,7 +39,7 @@ from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from zoo.hub import checkpoint_error
+from zoo.checkpoints import checkpoint_error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

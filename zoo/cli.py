@@ -118,7 +118,7 @@ class ZooCLI(LightningCLI):
         try:
             super()._parse_ckpt_path()
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-            from zoo.hub import checkpoint_error
+            from zoo.checkpoints import checkpoint_error
 
             raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), error) from error
 
