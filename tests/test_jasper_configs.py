@@ -54,7 +54,6 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
         assert printed["trainer"]["precision"] == "16-mixed" and printed["trainer"]["strategy"] == "ddp"
         assert printed["data"]["init_args"]["batch_size"] == 32
     # one step on tiny data: the big encoders are swapped for jasper-tiny (same stride 2)
-    reduction = printed["data"]["init_args"]["time_reduction"]
     override = [] if count is None else ["--model.init_args.encoder", "jasper-tiny"]
     main([
         "fit", "--config", str(CONFIGS / config), *override,
@@ -62,7 +61,6 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
         # every split given: nothing falls back to building the (large) embedded corpus
         "--data.init_args.test_manifests", f"[{manifest}]",
         "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--data.init_args.time_reduction", str(reduction),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1",
         "--trainer.default_root_dir", str(tmp_path),
