@@ -231,9 +231,9 @@ def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, t
     from types import SimpleNamespace
 
     from rich.console import Console
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
 
     from zoo.commands import speech_demo
-    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
 
     module, data, tuned, metrics, _ = measured
     checkpoint = save_checkpoint(module, data, tmp_path / "demo.ckpt")
@@ -253,6 +253,7 @@ def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, t
     card = (folder / "README.md").read_text()
     for expected in ["| test_wer_beam_reloaded_export |", "| test_wer |", "CMU Flite", "voice-assistant command",
                      "Trained with: `zoo demo --text commands --minutes 2`", "Steps / epochs: 12 / 1", "## Decoding",
+                     "Seed: 0",
                      "class_path"]:
         assert expected in card, expected
     assert {"lexicon.txt", "lm.arpa"} <= {p.name for p in folder.iterdir()}

@@ -173,10 +173,13 @@ def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dic
               max_minutes: float | None, datamodule=None):
     """What the exported recognizer's model card reports: the test metrics, the corpus' voices and
     text with their licences, the recipe and the command that trained it."""
+    import yaml
+
     from zoo.cards import CardInfo
 
     variants = [v for split in ("train", "val", "test") for v in getattr(corpus, f"{split}_variants", None) or []]
-    datasets = list(getattr(datamodule, "dataset_card", None) or [])
+    described = getattr(datamodule, "dataset_card", None) or []
+    datasets = list(described) if isinstance(described, (list, tuple)) else [described]
     if not datasets:
         datasets = ["synthetic-speech"] if any(":" not in v for v in variants) or not variants else []
         datasets += ["flite-speech"] if any(v.startswith("flite:") for v in variants) else []
@@ -187,10 +190,12 @@ def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dic
         command = f"zoo demo --text {text}" + (f" --minutes {max_minutes:g}" if max_minutes is not None else "")
         command += "" if recipe == recipe_path(text) else f" --recipe {recipe}"
     corpus_spec = json.dumps(dataclasses.asdict(corpus), default=list) if dataclasses.is_dataclass(corpus) else ""
+    seed = (yaml.safe_load(recipe.read_text()) or {}).get("seed_everything")
     return CardInfo(
         title=f"{trainer.lightning_module.hparams.encoder} ({recipe.stem})",
         metrics={k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("test/")},
-        recipe=recipe.read_text(), datasets=datasets, seed=0, steps=trainer.global_step, epochs=trainer.current_epoch,
+        recipe=recipe.read_text(), datasets=datasets, seed=seed if isinstance(seed, int) else None,
+        steps=trainer.global_step, epochs=trainer.current_epoch,
         command=command, notes=f"Test set: held-out voices and sentences of the synthetic corpus `{corpus_spec}`."
         if corpus_spec else None,
     )
