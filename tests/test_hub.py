@@ -268,3 +268,32 @@ def test_publish_to_hub_needs_to_pipeline_before_training():
     with pytest.raises(TypeError, match="no to_pipeline"):
         pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    callbacks=[PublishToHub()]).fit(NoExport(), ToyData(n=8))
+
+
+def test_plain_save_pretrained_writes_the_zoo_card_and_replaces_a_stale_one(tmp_path):
+    pipe = pipeline()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README.md").write_text("stale card")
+    pipe.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "More Information Needed" not in card and "stale" not in card
+    assert "library_name: zoo" in card and f"Parameters: {sum(p.numel() for p in pipe.parameters()):,}" in card
+    assert "assets" not in json.loads((tmp_path / "out" / "config.json").read_text())
+
+
+def test_download_fetches_config_first_then_the_assets_it_names(tmp_path, monkeypatch):
+    """Online, snapshot_download fetches only the allowed files: config.json, then the pipeline's
+    files and the assets config.json lists (names outside the repository's top folder are ignored)."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text(json.dumps({"assets": ["lexicon.txt", "lm.arpa", "../escape", "a/b"]}))
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns, kwargs["revision"]))
+        return str(snapshot)
+
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    assert hub.download("org/rec", revision="v1") == snapshot
+    assert calls == [("org/rec", ["config.json"], "v1"),
+                     ("org/rec", ["config.json", "model.safetensors", "README.md", "lexicon.txt", "lm.arpa"], "v1")]
