@@ -13,6 +13,7 @@ import argparse
 import time
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from zoo.datamodules.synthetic_speech import (
@@ -66,12 +67,16 @@ def build_demo_corpus(
     console = console or Console()
     cached = (corpus_dir(config) / "corpus.json").is_file()
     started = time.perf_counter()
+    report = lambda line: console.print(line, markup=False, soft_wrap=True)  # noqa: E731
     if cached:
-        manifests = build_corpus(config, num_workers=num_workers)
+        manifests = build_corpus(config, num_workers=num_workers, report=report)
     else:
         total = config.train_utterances + config.val_utterances + config.test_utterances
-        with console.status(f"rendering {total} utterances with espeak-ng into {corpus_dir(config)} ..."):
-            manifests = build_corpus(config, num_workers=num_workers)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(f"rendering {total} utterances into {corpus_dir(config)}", total=total)
+            manifests = build_corpus(config, num_workers=num_workers, report=report,
+                                     progress=lambda done, _: progress.update(task, completed=done))
     info = corpus_info(manifests)
     if cached:
         console.print(f"corpus found in the cache: {manifests.root} ({time.perf_counter() - started:.2f} s)")
@@ -80,6 +85,9 @@ def build_demo_corpus(
             f"corpus built in {info['build_seconds']:.1f} s ({info['utterances_per_second']:.0f} utterances/s, "
             f"{info['num_workers']} workers; {info['synthesizers']}): {manifests.root}"
         )
+        for family, e in info.get("engines", {}).items():
+            console.print(f"  {family}: {e['utterances']} utterances, {e['utterances_per_second_per_worker']:.1f} "
+                          f"utterances/s per worker" + (f", {e['skipped']} skipped" if e["skipped"] else ""))
     return manifests, info
 
 
@@ -88,20 +96,23 @@ def print_corpus_table(info: dict, console: Console | None = None) -> None:
     stats = info["statistics"]
     text = info.get("config", {}).get("text", "?")
     table = Table(title=f"synthetic speech corpus ({text}, seed {info.get('config', {}).get('seed', '?')})")
-    for column in ("split", "utterances", "hours", "mean s", "words", "vocabulary", "voices", "variants"):
+    for column in ("split", "utterances", "hours", "mean s", "words", "vocabulary", "voices", "variants", "families"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, s in stats["splits"].items():
         table.add_row(
             split, str(s["utterances"]), f"{s['hours']:.2f}", f"{s['mean_seconds']:.2f}", str(s["words"]),
-            str(s["vocabulary"]), str(s["voices"]), str(s["variants"]),
+            str(s["vocabulary"]), str(s["voices"]), str(s["variants"]), ", ".join(s.get("families", [])),
         )
-    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "", style="bold")
+    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "", "",
+                  style="bold")
     console = console or Console()
     console.print(table)
     overlap = ", ".join(f"{k} {v}" for k, v in stats["sentence_overlap"].items())
     voices = ", ".join(f"{k} {v}" for k, v in stats["voice_overlap"].items())
     console.print(f"shared sentences: {overlap}; shared voices: {voices}")
     console.print(f"test words never heard in training: {100 * stats['test_oov_rate']:.2f}%")
+    if stats.get("unheard_test_families"):
+        console.print(f"test synthesizer families never heard in training: {', '.join(stats['unheard_test_families'])}")
 
 
 def build_parser() -> argparse.ArgumentParser:
