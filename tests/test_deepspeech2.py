@@ -13,6 +13,7 @@ from zoo.speech.deepspeech2 import (
     DeepSpeech2Config,
     MaskedBatchNorm2d,
     RecurrentLayer,
+    PackedPlan,
     SequenceBatchNorm,
     frame_mask,
     reverse_within_lengths,
@@ -107,6 +108,8 @@ def naive_layer(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -
                     i, f, gg, o = g.chunk(4)
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
                     h = torch.sigmoid(o) * torch.tanh(c)
+                elif kind == "rnn_tanh":
+                    h = torch.tanh(wx + U @ h)
                 else:
                     h = torch.relu(wx + U @ h)
                 ys[t] = h
@@ -128,6 +131,20 @@ def test_recurrent_layer_matches_naive_equations(kind, bidirectional):
     y, _ = layer(x, lengths, frame_mask(lengths, 7))
     for b, n in enumerate(lengths.tolist()):
         torch.testing.assert_close(y[b, :n], expected[b], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,bidirectional", [("gru", True), ("lstm", True), ("rnn_relu", False), ("rnn_tanh", True)])
+def test_packed_recurrence_matches_naive_equations(kind, bidirectional):
+    """The C++ loop over packed valid frames (training: batch statistics of W x over valid frames)."""
+    torch.manual_seed(2)
+    layer = RecurrentLayer(5, 6, kind, bidirectional, batch_norm=True)
+    nn.init.uniform_(layer.norm.weight, 0.5, 1.5)
+    nn.init.normal_(layer.norm.bias, std=0.3)
+    lengths = torch.tensor([4, 7, 1, 5])  # unsorted, with a one-frame utterance
+    x = torch.randn(4, 7, 5)
+    expected = naive_layer(layer, x, lengths)
+    y = layer.forward_packed(valid_frames(x, lengths), PackedPlan.from_lengths(lengths))
+    torch.testing.assert_close(y, torch.cat(expected), atol=1e-5, rtol=1e-4)
 
 
 def test_reverse_within_lengths():
@@ -325,3 +342,37 @@ def test_front_end_is_the_time_frequency_convolution_of_its_weights():
         got, got_lengths = front(features, lengths)
     assert got_lengths.tolist() == n.tolist()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
+def test_packed_c_recurrence_equals_fused_kernels_in_training(rnn_type):
+    """The C++ recurrence on packed frames (default on the CPU) and PyTorch's fused kernels with BN folded
+    into W (kernel="fused") give the same outputs, gradients and running statistics."""
+    torch.manual_seed(9)
+    models = [tiny(rnn_type=rnn_type, merge="sum"), tiny(rnn_type=rnn_type, merge="sum")]
+    models[1].load_state_dict(models[0].state_dict())
+    models[1].kernel = "fused"
+    lengths = torch.tensor([25, 40, 17])
+    features = torch.randn(3, 24, 40) * frame_mask(lengths, 40)[:, None, :]
+    outs, grads = [], []
+    for model in models:
+        logits, out_lengths = model(features, lengths)
+        valid = frame_mask(out_lengths, logits.shape[1])[..., None]
+        outs.append(logits * valid)
+        grads.append(torch.autograd.grad((outs[-1] * torch.cos(outs[-1])).sum(), list(model.parameters())))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    for (name, _), a, b in zip(models[0].named_parameters(), *grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
+    for (name, a), b in zip(models[0].named_buffers(), models[1].buffers()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "rnn_relu"])
+def test_float64_gradcheck_of_packed_gru_and_simple_rnn(rnn_type):
+    torch.manual_seed(10)
+    model = tiny(in_features=12, conv_channels=(2,), conv_kernels=((3, 5),), conv_strides=((2, 2),), rnn_layers=1,
+                 rnn_hidden=3, rnn_type=rnn_type, fc_hidden=0).double()
+    lengths = torch.tensor([6, 9])
+    features = (torch.randn(2, 12, 9, dtype=torch.float64) * frame_mask(lengths, 9)[:, None, :]).requires_grad_()
+    valid = frame_mask(model.output_lengths(lengths), 5)[..., None]
+    torch.autograd.gradcheck(lambda f: model(f, lengths)[0] * valid, (features,), eps=1e-6, atol=1e-6, fast_mode=True)

@@ -45,16 +45,26 @@ with ``T' = ceil(T / time_reduction)`` for odd time kernels with the default ``k
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import os
+import platform
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from zoo.registry import register
 
 RNN_TYPES = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
+_KIND_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}  # csrc/ds2_recurrence.cpp's Kind
 MERGES = ("sum", "concat")
 _KERNELS = {"gru": torch.gru, "lstm": torch.lstm, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
 
@@ -216,6 +226,27 @@ class SequenceBatchNorm(_MaskedStatistics):
             return weight * scale[:, None], self.bias - mean * scale
 
 
+    def normalize(self, z: Tensor) -> Tensor:
+        """``B(z)`` of ``z`` (N, G) = ``W x`` on the N valid frames of a batch: batch statistics over
+        them (training; running averages updated as by ``nn.BatchNorm1d``) or the running averages."""
+        with torch.autocast(z.device.type, enabled=False):  # statistics in fp32 under mixed precision
+            z = z.to(statistics_dtype(z.dtype))
+            weight, bias = self.weight.to(z.dtype), self.bias.to(z.dtype)
+            if not self._use_batch_statistics():
+                return F.batch_norm(z, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
+            if z.shape[0] < 2:  # one frame: variance 0 (ATen's kernel would divide by n - 1 = 0)
+                mean, var = z.mean(0), z.new_zeros(z.shape[1])
+                if self.track_running_stats:
+                    self._update_running(mean, var, z.new_tensor(float(z.shape[0])))
+                return (z - mean) * torch.rsqrt(var + self.eps) * weight + bias
+            factor = 0.0
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+            return torch.batch_norm(z, weight, bias, *running, True, factor, self.eps, False)
+
+
 class _FoldedNorm(nn.Module):
     """Stands in for a batch norm already folded into the preceding convolution."""
 
@@ -319,6 +350,92 @@ class ConvFrontEnd(nn.Module):
         return x.permute(0, 3, 1, 2).reshape(batch, steps, channels * freq), lengths
 
 
+SOURCE = Path(__file__).parent / "csrc" / "ds2_recurrence.cpp"
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def load_recurrence() -> ModuleType | None:
+    """Build (first use on a machine, ~30 s, cached by torch in ``$TORCH_EXTENSIONS_DIR``) and load the C++
+    recurrence, or return None with a warning where it cannot be built (no compiler or ninja)."""
+    from zoo.text.bn_recurrence_cpp import CFLAGS, cpu_tag  # the BN-LSTM's build flags and per-CPU cache tag
+
+    try:
+        quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns about CUDA_HOME: irrelevant here
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            quiet.setLevel(level)
+        log.info("loading the DeepSpeech2 C++ recurrence (compiled on first use on this machine, ~30 s)")
+        return load(name=f"zoo_ds2_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                    extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []), verbose=False)
+    except Exception as error:  # no compiler, no ninja, no Python headers
+        warnings.warn(f"DeepSpeech2: the C++ recurrence could not be built ({error}); using PyTorch's fused "
+                      "kernels with the batch norm folded into W (slower training)", stacklevel=2)
+        return None
+
+
+class PackedPlan(NamedTuple):
+    """Where each utterance's valid frames sit in the packed ``(N, ...)`` layout (utterance-major, as
+    ``x[mask]`` gives them), all int64 on the CPU: ``order`` = utterances by decreasing length,
+    ``lengths``, ``starts`` = first row of each utterance, ``active[s]`` = utterances longer than ``s``."""
+
+    order: Tensor
+    lengths: Tensor
+    starts: Tensor
+    active: Tensor
+
+    @classmethod
+    def from_lengths(cls, lengths: Tensor) -> PackedPlan:
+        lengths = lengths.to("cpu", torch.int64).contiguous()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        active = (lengths[None, :] > torch.arange(int(lengths.max()))[:, None]).sum(1)
+        return cls(order, lengths, torch.cumsum(lengths, 0) - lengths, active)
+
+
+class PackedRecurrence(torch.autograd.Function):
+    """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
+    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, mm_dtype) ->
+    y (N, dirs, H)``, the backward direction running each utterance from its last frame. Per step one
+    ``U h_{t-1}`` product over the utterances still running (in ``mm_dtype``: the state's, or bfloat16
+    under autocast) and one fused element-wise pass (``csrc/ds2_recurrence.cpp``); the backward is
+    hand-written back-propagation through time with ``dL/dU`` as one product over all steps."""
+
+    @staticmethod
+    def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str,  # type: ignore[override]
+                mm_dtype: torch.dtype) -> Tensor:
+        dirs, gates, hidden = weight_hh.shape
+        steps, batch = plan.active.numel(), plan.lengths.numel()
+        new = gx.new_empty
+        states = gx.new_zeros(dirs, steps + 1, batch, hidden)  # states[d, s] = h_{s-1}; stopped rows stay 0
+        states_mm = states if mm_dtype == gx.dtype else gx.new_zeros(dirs, steps + 1, batch, hidden, dtype=mm_dtype)
+        acts = new(dirs, steps, batch, gates)
+        cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
+        y = new(gx.shape[0], dirs, hidden)
+        load_recurrence().forward(_KIND_CODES[rnn_type], gx.contiguous(), weight_hh.transpose(1, 2).to(mm_dtype).contiguous(),
+                                  *plan, y, states, states_mm, acts, cells, new(batch, gates, dtype=mm_dtype))
+        ctx.plan, ctx.rnn_type, ctx.mm_dtype = plan, rnn_type, mm_dtype
+        ctx.save_for_backward(weight_hh, states, states_mm, acts, cells)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        weight_hh, states, states_mm, acts, cells = ctx.saved_tensors
+        dirs, steps, batch, gates = acts.shape
+        hidden = weight_hh.shape[2]
+        grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
+        grad_pre = acts.new_zeros(dirs, steps, batch, gates, dtype=ctx.mm_dtype)  # dL/d(U h_{s-1}), all steps
+        load_recurrence().backward(_KIND_CODES[ctx.rnn_type], grad_y.to(acts.dtype).contiguous(),
+                                   weight_hh.to(ctx.mm_dtype).contiguous(), *ctx.plan, states, acts, cells, grad_gx,
+                                   grad_pre, acts.new_zeros(batch, hidden), acts.new_zeros(batch, hidden))
+        grad_weight = torch.bmm(grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
+                                states_mm[:, :-1].reshape(dirs, steps * batch, hidden))
+        return grad_gx, grad_weight.to(weight_hh.dtype), None, None, None
+
+
 class RecurrentLayer(nn.Module):
     """One (bi)directional GRU/LSTM/simple-RNN layer with sequence-wise batch norm (§3.2), run by
     PyTorch's fused kernels (``torch.gru`` & co., cuDNN on GPU).
@@ -378,6 +495,28 @@ class RecurrentLayer(nn.Module):
         y, h = _KERNELS[self.rnn_type](x, state, params, True, 1, 0.0, self.training, False, True)
         return y, h
 
+    def packed_supported(self) -> bool:
+        """Whether :meth:`forward_packed` computes this layer: all but a GRU with its own hidden biases
+        (``r * (U_n h + b_hn)`` keeps ``b_hn`` out of the input term)."""
+        return self.norm is not None or self.rnn_type != "gru"
+
+    def forward_packed(self, x: Tensor, plan: PackedPlan) -> Tensor:
+        """``x`` (N, D), the valid frames packed as in :class:`PackedPlan` -> ``y`` (N, dirs, H).
+
+        ``W x`` is one product over the valid frames; its batch norm (§3.2) is exact over them; the
+        recurrence adds ``U h`` step by step (:class:`PackedRecurrence`, the C++ loop).
+        """
+        if self.norm is None:
+            gx = F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh.flatten())
+            gx = gx.to(statistics_dtype(x.dtype))
+        else:
+            gx = self.norm.normalize(F.linear(x, self.weight_ih))
+        dtype, mm_dtype = gx.dtype, gx.dtype
+        if dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            mm_dtype = torch.bfloat16
+        with torch.autocast("cpu", enabled=False):
+            return PackedRecurrence.apply(gx, self.weight_hh.to(dtype), plan, self.rnn_type, mm_dtype)
+
     def forward(self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
         weights = self.input_weights(x, mask)
         forward, final = self._run(x, 0, weights, state)
@@ -418,6 +557,8 @@ class DeepSpeech2(nn.Module):
             raise ValueError(f"lookahead must be >= 0, got {config.lookahead}")
         self.config = config
         self.fused = False
+        #: recurrent kernels: "auto" (C++ recurrence on packed frames on the CPU), "cpp" (that, or an error), "fused"
+        self.kernel = os.environ.get("ZOO_DS2_KERNEL", "auto")
         self.front_end = ConvFrontEnd(config)
         self.time_reduction = self.front_end.time_reduction
         width = self.front_end.out_features
@@ -464,8 +605,8 @@ class DeepSpeech2(nn.Module):
         return super().train(mode)
 
     def merge(self, y: Tensor) -> Tensor:
-        """(B, T, dirs, H) -> (B, T, H) summed or (B, T, dirs * H) concatenated."""
-        return y.sum(2) if self.config.merge == "sum" else y.flatten(2)
+        """(..., dirs, H) -> (..., H) summed or (..., dirs * H) concatenated."""
+        return y.sum(-2) if self.config.merge == "sum" else y.flatten(-2)
 
     def classify(self, h: Tensor) -> Tensor:
         """FC (clipped ReLU) + output layer, frame by frame: (B, T, H) -> logits (B, T, num_outputs)."""
@@ -485,10 +626,39 @@ class DeepSpeech2(nn.Module):
         self.check_lengths(lengths)
         x, lengths = self.front_end(features, lengths)
         mask = frame_mask(lengths, x.shape[1])
-        for rnn in self.rnns:
-            x = self.merge(rnn(x, lengths, mask)[0])
-        x = x * mask[..., None].to(x.dtype)
+        if self.use_packed(x):
+            x = self.recurrent_packed(x, lengths, mask)
+        else:
+            for rnn in self.rnns:
+                x = self.merge(rnn(x, lengths, mask)[0])
+            x = x * mask[..., None].to(x.dtype)
         return self.head(x), lengths
+
+    def use_packed(self, x: Tensor) -> bool:
+        """Whether the recurrent stack runs on packed valid frames with the C++ recurrence (CPU; ``kernel``
+        ``"auto"`` or ``"cpp"``) rather than PyTorch's fused kernels with the batch norm folded into ``W``
+        (``kernel="fused"``, GPUs, or where the extension cannot be built)."""
+        if self.kernel not in ("auto", "cpp", "fused"):
+            raise ValueError(f"DeepSpeech2.kernel must be 'auto', 'cpp' or 'fused', got {self.kernel!r}")
+        if self.kernel == "fused" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return False
+        if not all(rnn.packed_supported() for rnn in self.rnns):
+            return False
+        if load_recurrence() is None:
+            if self.kernel == "cpp":
+                raise RuntimeError("DeepSpeech2: kernel='cpp' but the C++ recurrence could not be built (see the warning)")
+            return False
+        return True
+
+    def recurrent_packed(self, x: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
+        """The recurrent stack on the valid frames only: (B, T, D) -> (B, T, H) with padded frames zero."""
+        batch, steps, _ = x.shape
+        index = mask.flatten().nonzero().squeeze(1)
+        plan = PackedPlan.from_lengths(lengths)
+        h = x.reshape(batch * steps, -1).index_select(0, index)
+        for rnn in self.rnns:
+            h = self.merge(rnn.forward_packed(h, plan))
+        return h.new_zeros(batch * steps, h.shape[1]).index_copy(0, index, h).view(batch, steps, -1)
 
 
 # ---------------------------------------------------------------------------------------------
