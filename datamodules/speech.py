@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, read_manifests, report_skipped
 from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
+from zoo.config import as_config
 from zoo.speech.audio import AudioError, load_audio
 from zoo.speech.augment import AugmentationConfig, FeatureAugmentation, WaveformAugmentation
 from zoo.speech.ctc import ctc_min_frames
@@ -213,13 +214,6 @@ class SpeechDataLoader(DataLoader):
         self.batches_delivered = self.batch_sampler.batches_yielded
 
 
-def _config(value: Any, cls: type) -> Any:
-    """A config dataclass from ``None`` (defaults), a dict of fields, or an instance."""
-    if value is None:
-        return cls()
-    return cls(**value) if isinstance(value, dict) else value
-
-
 class SpeechDataModule(pl.LightningDataModule):
     """Speech manifests (or the embedded synthetic corpus) -> padded CTC batches.
 
@@ -275,10 +269,10 @@ class SpeechDataModule(pl.LightningDataModule):
             "test": test_manifests,
             "predict": predict_manifests,
         }
-        self.corpus = SyntheticCorpusConfig(**corpus) if isinstance(corpus, dict) else corpus
-        self.featurizer_config = _config(featurizer, FeaturizerConfig)
-        self.tokenizer_config = _config(tokenizer, TokenizerConfig)
-        self.augmentation = _config(augmentation, AugmentationConfig)
+        self.corpus = as_config(corpus, SyntheticCorpusConfig)
+        self.featurizer_config = as_config(featurizer, FeaturizerConfig) or FeaturizerConfig()
+        self.tokenizer_config = as_config(tokenizer, TokenizerConfig) or TokenizerConfig()
+        self.augmentation = as_config(augmentation, AugmentationConfig) or AugmentationConfig()
         self.tokenizer = CharTokenizer(self.tokenizer_config)
         self.featurizer = Featurizer(self.featurizer_config)  # frame arithmetic in the main process
         if time_reduction < 1:

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zoo.lightning_modules.optimization import configure_optimizers
+from zoo.config import as_config
 from zoo.registry import build_config, model_to_dict
 from zoo.speech.ctc import ctc_feasible
 from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
@@ -40,14 +41,6 @@ def encoder_time_reduction(encoder: str, encoder_overrides: dict[str, Any] | Non
     cls, config = build_config(encoder, encoder_overrides)
     with torch.device("meta"):
         return int(cls(config).time_reduction)
-
-
-def _as_config(value: Any, cls: type) -> Any:
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return cls(**value)
-    raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
 
 
 class CTCSpeechRecognizer(LightningModule):
@@ -86,9 +79,9 @@ class CTCSpeechRecognizer(LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "beam_search"])
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.featurizer_config: FeaturizerConfig | None = _as_config(featurizer, FeaturizerConfig)
-        self.tokenizer_config: TokenizerConfig | None = _as_config(tokenizer, TokenizerConfig)
-        self.beam_search_config: BeamSearchConfig | None = _as_config(beam_search, BeamSearchConfig)
+        self.featurizer_config: FeaturizerConfig | None = as_config(featurizer, FeaturizerConfig)
+        self.tokenizer_config: TokenizerConfig | None = as_config(tokenizer, TokenizerConfig)
+        self.beam_search_config: BeamSearchConfig | None = as_config(beam_search, BeamSearchConfig)
         # plain dicts in the checkpoint: loadable with weights_only=True
         for key, value in (("featurizer", self.featurizer_config), ("tokenizer", self.tokenizer_config)):
             self.hparams[key] = dataclasses.asdict(value) if value is not None else None
@@ -177,7 +170,7 @@ class CTCSpeechRecognizer(LightningModule):
     # ------------------------------------------------------------------ decoding
     def set_beam_search(self, config: BeamSearchConfig | dict | None) -> None:
         """Switch beam-search decoding for test/predict (None: greedy only)."""
-        self.beam_search_config = _as_config(config, BeamSearchConfig)
+        self.beam_search_config = as_config(config, BeamSearchConfig)
         self._beam = None
 
     def beam_decoder(self) -> BeamSearchDecoder | None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.config import config_from_dict, replace_fields
+
 from zoo import saved_names
 
 #: Modules whose import registers the built-in presets. Add a module here when it defines presets.
@@ -107,30 +109,9 @@ def build_config(name_or_class_path: str, overrides: dict[str, Any] | None = Non
         config_cls = getattr(cls, "Config", None)
         if config_cls is None:
             raise ValueError(f"{name_or_class_path} has no `Config` dataclass attribute")
-        return cls, _replace(config_cls(), overrides, name_or_class_path)
+        return cls, replace_fields(config_cls(), overrides, name_or_class_path)
     spec = get_spec(name_or_class_path)
-    return spec.cls, _replace(spec.config, overrides, spec.name)
-
-
-def _replace(config: Any, overrides: dict[str, Any], owner: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise TypeError(f"{owner}: unknown config field(s) {unknown}; valid fields: {sorted(fields)}")
-    values = {}
-    for key, value in overrides.items():
-        current = getattr(config, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = _replace(current, value, f"{owner}.{key}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        values[key] = value
-    return dataclasses.replace(config, **values)
-
-
-def config_from_dict(config_cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (possibly nested) config dataclass from :func:`dataclasses.asdict` output."""
-    return _replace(config_cls(), data, config_cls.__name__)
+    return spec.cls, replace_fields(spec.config, overrides, spec.name)
 
 
 def create(name: str, **overrides: Any) -> nn.Module:

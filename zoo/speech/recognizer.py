@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from zoo.config import as_config, config_from_dict
 from zoo.pipeline import Pipeline
 from zoo.registry import model_from_dict
 from zoo.speech.audio import load_audio, resample
@@ -80,9 +81,9 @@ class SpeechRecognizer(Pipeline):
             raise ValueError("SpeechRecognizer needs an encoder description (zoo.registry.model_to_dict)")
         if not 0 <= chunk_overlap_seconds < chunk_seconds / 2:
             raise ValueError("need 0 <= chunk_overlap_seconds < chunk_seconds / 2")
-        self.featurizer = Featurizer(FeaturizerConfig(**(featurizer or {}))).eval()
+        self.featurizer = Featurizer(config_from_dict(FeaturizerConfig, featurizer or {})).eval()
         self.encoder = model_from_dict(encoder)
-        self.tokenizer = CharTokenizer(TokenizerConfig(**(tokenizer or {})))
+        self.tokenizer = CharTokenizer(config_from_dict(TokenizerConfig, tokenizer or {}))
         outputs = getattr(self.encoder, "num_outputs", getattr(self.encoder.config, "num_classes", None))
         if outputs != self.tokenizer.vocab_size:
             raise ValueError(f"encoder has {outputs} outputs, the tokenizer {self.tokenizer.vocab_size} labels")
@@ -96,8 +97,7 @@ class SpeechRecognizer(Pipeline):
     def set_beam_search(self, config: BeamSearchConfig | dict[str, Any] | None) -> None:
         """Decode with beam search (``config``: a :class:`BeamSearchConfig` or its fields; files must
         exist) or, with None, greedily; saved with the recognizer."""
-        if isinstance(config, dict):
-            config = BeamSearchConfig(**config)
+        config = as_config(config, BeamSearchConfig)
         for path in (config.lexicon, config.lm) if config is not None else ():
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"beam search: {path} does not exist")
