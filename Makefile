@@ -13,7 +13,7 @@ LOCK      := requirements/lock.txt
 DEB_PKGS  := espeak-ng fortunes flite g++ asterisk-core-sounds-en-wav alsa-utils
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps lock bench bench-peers clean
+.PHONY: demo test install system-deps lock bench bench-compare bench-peers clean
 
 demo: install
 	$(VENV)/bin/zoo demo
@@ -46,8 +46,27 @@ lock:
 	/tmp/zoo-lock-venv/bin/pip install --quiet -c requirements/constraints.txt -e '.[test,plot,export,reference]'
 	/tmp/zoo-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
 
+# Quick benchmark set (a few minutes on 2 idle cores): each script writes bench/results/<name>.json,
+# then bench/make_docs.py regenerates the tables of docs/benchmarks.md from those files.
+# The long runs (bench/recsys_ml100k.py, bench/sortagrad.py, bench/lm_reproduce.py, full sizes) are
+# run by hand with the command each table names; `make bench-compare` runs the peer comparisons.
+BENCH_QUICK := "bench/jasper.py --skip-big --steps 3 --no-compile" \
+	"bench/deepspeech2.py --steps 3 --skip-large" \
+	"bench/lm.py --skip-paper --iters 3" \
+	"bench/recsys.py --scale 0.02 --steps 5 --batch-sizes 128" \
+	"bench/speech_pipeline.py" \
+	"bench/synthetic_corpus.py --utterances 50"
+
 bench: install
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	@for b in $(BENCH_QUICK); do echo "== python $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/make_docs.py
+
+# Side by side with the peers' own code (NeMo from .venv-peers; DeepRecommender's checkout from
+# ZOO_PEER_DEEPRECOMMENDER, skipped with a one-line note when unset).
+bench-compare: install bench-peers
+	$(PEERS_VENV)/bin/python bench/jasper_vs_nemo.py
+	$(PY) bench/recsys_vs_deeprecommender.py
+	$(PY) bench/make_docs.py
 
 # Peers' toolkits for side-by-side benchmarks and import fixtures (never a zoo dependency): NVIDIA NeMo
 # in its own venv beside the locked torch/torchaudio, plus the zoo itself (editable; its other deps from the
