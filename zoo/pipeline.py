@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+#: The download options the mixin's ``from_pretrained`` passes on besides the ``__init__`` arguments.
+_DOWNLOAD_ARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 class PipelineLoadError(RuntimeError):
@@ -99,6 +101,14 @@ class Pipeline(nn.Module, PyTorchModelHubMixin, library_name="zoo", tags=["zoo"]
 
         return model_card(self, info if info is not None else self.card_info, load_name)
 
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = False,
+                         **kwargs: Any) -> Pipeline:
+        if os.path.isdir(model_id):  # the mixin's own local branch, without its print to stdout
+            model = cls(**{k: v for k, v in kwargs.items() if k not in _DOWNLOAD_ARGS})
+            return cls._load_as_safetensor(model, os.path.join(model_id, WEIGHTS_NAME), map_location, strict)
+        return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict, **kwargs)
+
     @staticmethod
     def asset_file(model_id: str | Path, name: str, **download: Any) -> str:
         """Local path of the asset ``name`` of a saved pipeline: in the folder ``model_id``, or fetched
@@ -109,8 +119,7 @@ class Pipeline(nn.Module, PyTorchModelHubMixin, library_name="zoo", tags=["zoo"]
             if not path.is_file():
                 raise PipelineLoadError(f"{model_id}: {CONFIG_NAME} names the file {name}, which is missing")
             return str(path)
-        options = {k: download[k] for k in ("revision", "cache_dir", "force_download", "local_files_only", "token")
-                   if k in download}
+        options = {k: download[k] for k in _DOWNLOAD_ARGS if k in download}
         try:
             return hf_hub_download(repo_id=str(model_id), filename=name, **options)
         except Exception as error:  # HfHubHTTPError, EntryNotFoundError, LocalEntryNotFoundError, OSError
