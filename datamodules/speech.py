@@ -68,7 +68,7 @@ class SpeechDataset(Dataset):
         use_augmentation = train and augmentation is not None and augmentation.enabled
         use_waveform = use_augmentation and WaveformAugmentation.active(augmentation)
         self.waveform_augmentation = WaveformAugmentation(augmentation, self.sample_rate) if use_waveform else None
-        self.feature_augmentation = FeatureAugmentation(augmentation) if use_augmentation else None
+        self.feature_augmentation = FeatureAugmentation(augmentation, featurizer) if use_augmentation else None
         self.time_reduction = time_reduction
         self.skip_bad = skip_bad
         self.cached_features: list[Tensor | str] | None = None

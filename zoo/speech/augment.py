@@ -29,7 +29,12 @@ cached once per utterance (``SpeechDataModule(cache_features=True)``):
     and ``time_masks`` time spans of width < ``time_mask_width`` (and at most
     ``time_mask_ratio`` of the utterance), via torchaudio ``FrequencyMasking``/``TimeMasking``;
   * SpecCutout (DeVries & Taylor 2017, as used by Jasper/NeMo): ``cutout_rects`` rectangles of
-    at most ``cutout_time`` frames by ``cutout_freq`` features set to 0.
+    at most ``cutout_time`` frames by ``cutout_freq`` features set to 0;
+  * telephone band limit (real phone prompts are 8 kHz audio): every feature bin whose centre lies at or
+    above ``band_limit_hz`` is replaced by standard normal noise -- what per-feature normalisation makes of
+    an empty band (its noise floor scaled to unit variance), so a model trained on wide-band synthetic
+    voices also learns to read narrow-band speech. The edge bin comes from the featurizer's own filterbank
+    (:func:`band_edge_bin`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor
+
+from zoo.speech.features import Featurizer, FeaturizerConfig
 
 
 @dataclass
@@ -88,6 +95,8 @@ class AugmentationConfig:
     cutout_rects: int = 2
     cutout_time: int = 20
     cutout_freq: int = 10
+    band_limit_prob: float = 0.0
+    band_limit_hz: float = 4000.0
 
 
 def _uniform(low: float, high: float) -> float:
@@ -259,14 +268,38 @@ class WaveformAugmentation:
         return waveform
 
 
-class FeatureAugmentation:
-    """Time stretch, frequency warp, SpecAugment and SpecCutout for one utterance's features:
-    ``(F, T) -> (F, T')`` (only the time stretch changes T)."""
+def band_edge_bin(featurizer: FeaturizerConfig, hz: float) -> int:
+    """The first feature bin whose centre frequency is at or above ``hz`` (the number of bins if none):
+    the peak of each mel filter for log-mels, the bin frequency for linear spectrograms."""
+    frontend = Featurizer(featurizer)
+    if frontend.filterbank is not None:
+        centres = frontend.filterbank.argmax(dim=1).double() * featurizer.sample_rate / frontend.n_fft
+    else:
+        centres = torch.arange(frontend.num_features, dtype=torch.float64) * featurizer.sample_rate / frontend.n_fft
+    above = (centres >= hz).nonzero()
+    return int(above[0]) if above.numel() else frontend.num_features
 
-    def __init__(self, config: AugmentationConfig):
+
+def band_limit(features: Tensor, edge: int) -> Tensor:
+    """Normalised features (F, T) with bins ``edge..F-1`` replaced by standard normal noise (an empty band
+    after per-feature normalisation)."""
+    if edge >= features.shape[0]:
+        return features
+    out = features.clone()
+    out[edge:] = torch.randn_like(out[edge:])
+    return out
+
+
+class FeatureAugmentation:
+    """Time stretch, frequency warp, SpecAugment, SpecCutout and the telephone band limit for one
+    utterance's features: ``(F, T) -> (F, T')`` (only the time stretch changes T). ``featurizer``: the
+    features' settings (default :class:`FeaturizerConfig`), for the band limit's edge bin."""
+
+    def __init__(self, config: AugmentationConfig, featurizer: FeaturizerConfig | None = None):
         self.config = config
         self.freq_masking = T.FrequencyMasking(config.freq_mask_width)
         self.time_masking = T.TimeMasking(config.time_mask_width, p=config.time_mask_ratio)
+        self.band_edge = band_edge_bin(featurizer or FeaturizerConfig(), config.band_limit_hz) if config.band_limit_prob > 0 else None
 
     def __call__(self, features: Tensor) -> Tensor:
         cfg = self.config
@@ -276,6 +309,8 @@ class FeatureAugmentation:
             features = time_stretch(features, _uniform(cfg.stretch_min, cfg.stretch_max))
         if _chance(cfg.warp_prob):
             features = frequency_warp(features, _uniform(1 - cfg.warp_max, 1 + cfg.warp_max))
+        if self.band_edge is not None and _chance(cfg.band_limit_prob):
+            features = band_limit(features, self.band_edge)
         if _chance(cfg.spec_augment_prob):
             for _ in range(cfg.freq_masks):
                 features = self.freq_masking(features)
