@@ -71,9 +71,11 @@ bench-compare: install bench-peers
 # Peers' toolkits for side-by-side benchmarks and import fixtures (never a zoo dependency): NVIDIA NeMo
 # in its own venv beside the locked torch/torchaudio, plus the zoo itself (editable; its other deps from the
 # pyproject ranges: the full lock conflicts with NeMo, e.g. NeMo's lightning needs fsspec<2026).
-# Another NeMo release: make bench-peers PEERS_VENV=.venv-peers-nemo2.4 NEMO_VERSION=2.4.1
+# NeMo 2.4 (old-convention import fixtures; its transformers needs huggingface-hub<1, the zoo >=1, so no zoo):
+#   make bench-peers PEERS_VENV=.venv-peers-nemo2.4 NEMO_VERSION=2.4.1 PEERS_ZOO=no
 PEERS_VENV ?= .venv-peers
 NEMO_VERSION ?= 3.0.0
+PEERS_ZOO ?= yes
 bench-peers: system-deps $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: pyproject.toml $(LOCK)
@@ -81,8 +83,9 @@ $(PEERS_VENV)/.installed: pyproject.toml $(LOCK)
 	grep -E '^(torch|torchaudio)==' $(LOCK) > $(PEERS_VENV)/constraints.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(PEERS_VENV)/constraints.txt \
 	  'nemo_toolkit[asr]==$(NEMO_VERSION)'
-	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(PEERS_VENV)/constraints.txt -e '.[test]'
-	$(PEERS_VENV)/bin/python -c "import nemo, zoo, torch; print('nemo', nemo.__version__, 'torch', torch.__version__)"
+	$(if $(filter yes,$(PEERS_ZOO)),$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -c $(PEERS_VENV)/constraints.txt -e '.[test]',@echo "$(PEERS_VENV): NeMo only (PEERS_ZOO=$(PEERS_ZOO))")
+	$(PEERS_VENV)/bin/python -c "import nemo, torch; print('nemo', nemo.__version__, 'torch', torch.__version__)"
 	touch $@
 
 clean:
