@@ -39,6 +39,8 @@ class SourceResult:
     beam_wer: float | None = None
     pocketsphinx_wer: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    speakers: list[str] = field(default_factory=list)
+    licences: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -139,6 +141,8 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
             seconds["pocketsphinx"] = round(time.perf_counter() - started, 2)
             result.pocketsphinx_wer = word_error_rate(references, sphinx)
         result.seconds = seconds
+        result.speakers = sorted({r.get("speaker", "?") for r in records})
+        result.licences = sorted({r.get("licence", "?") for r in records})
         for i in range(min(examples, len(records))):
             example = {"reference": references[i], "greedy": greedy[i]}
             if beam is not None:
