@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--lexicon", help="beam search word list (default with --demo: its words.txt)")
     parser.add_argument("--lm", help="beam search ARPA LM (default with --demo: its words.arpa)")
     parser.add_argument("--sources", default=",".join(SOURCES))
+    parser.add_argument("--max-clips", type=int, help="at most this many clips per source, evenly spaced")
     parser.add_argument("--no-reference", action="store_true", help="skip pocketsphinx")
     parser.add_argument("--name", default="real_speech", help="result file bench/results/NAME.json")
     args = parser.parse_args()
@@ -68,7 +69,7 @@ def main() -> int:
             reference = Pocketsphinx()
         except PocketsphinxMissing as error:
             console.print(str(error))
-    results = evaluate_real_speech(module, prepared, reference)
+    results = evaluate_real_speech(module, prepared, reference, max_clips=args.max_clips)
     console.print(real_speech_table(results, f"{checkpoint.name}: WER % on real human speech"))
     rows = [{"source": r.source, "clips": r.clips, "words": r.words, "minutes": r.minutes,
              "greedy": 100 * r.greedy_wer, "beam": None if r.beam_wer is None else 100 * r.beam_wer,
@@ -76,7 +77,7 @@ def main() -> int:
     columns = [("source", "source"), ("clips", "clips"), ("words", "words"), ("minutes", "minutes", ".1f"),
                ("greedy", "greedy WER %", ".1f"), ("beam", "beam WER %", ".1f"),
                ("pocketsphinx", "pocketsphinx WER %", ".1f")]
-    notes = (f"checkpoint {checkpoint}; beam: {'lexicon + LM, lm_weight %s, word_score %s' % (beam.lm_weight, beam.word_score) if beam else 'none'}; "
+    notes = (f"checkpoint {checkpoint}; {'all clips' if args.max_clips is None else f'at most {args.max_clips} clips per source (evenly spaced)'}; beam: {'lexicon + LM, lm_weight %s, word_score %s' % (beam.lm_weight, beam.word_score) if beam else 'none'}; "
              f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files")
     write_result(args.name, [table("Real human speech: WER per source", columns, rows, notes)], env,
                  checkpoint=str(checkpoint), beam_search=beam.__dict__ if beam else None,

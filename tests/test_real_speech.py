@@ -244,3 +244,11 @@ def test_pocketsphinx_reference_decodes_16k_files(tmp_path):
     assert isinstance(reference.transcribe(tmp_path / "tone.wav"), str)
     with pytest.raises(ValueError, match="16 kHz"):
         reference.transcribe(tmp_path / "narrow.wav")
+
+
+def test_subset_is_evenly_spaced_and_keeps_the_ends():
+    from zoo.commands.real_speech_report import subset
+
+    records = [{"i": i} for i in range(10)]
+    assert [r["i"] for r in subset(records, 4)] == [0, 3, 6, 9]
+    assert subset(records, None) == records and subset(records, 20) == records

@@ -112,22 +112,37 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer(references, hypotheses))
 
 
+def subset(records: list[dict[str, Any]], max_clips: int | None) -> list[dict[str, Any]]:
+    """At most ``max_clips`` records, evenly spaced over the manifest (all of them when None)."""
+    if max_clips is None or len(records) <= max_clips:
+        return records
+    return [records[round(i * (len(records) - 1) / max(max_clips - 1, 1))] for i in range(max_clips)]
+
+
 def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference: Pocketsphinx | None = None,
-                         examples: int = 3) -> list[SourceResult]:
+                         examples: int = 3, max_clips: int | None = None) -> list[SourceResult]:
     """Score ``module`` (greedy, and beam search when it has a beam-search config) and ``reference`` on every
-    prepared source; hypotheses are normalised like the references (lower case, numbers spelled...)."""
+    prepared source (``max_clips``: at most that many clips per source, evenly spaced); hypotheses are
+    normalised like the references (lower case, numbers spelled...)."""
+    import json
+    import tempfile
+
     normal = CharTokenizer(TokenizerConfig(unknown="drop"))
     results = []
     for source, prepared_source in prepared.items():
-        records = read_references(prepared_source.manifest)
+        root = prepared_source.manifest.parent
+        records = [{**r, "audio_filepath": str((root / r["audio_filepath"]).resolve())}
+                   for r in subset(read_references(prepared_source.manifest), max_clips)]
         if not records:
             continue
-        root = prepared_source.manifest.parent
         references = [r["text"] for r in records]
         started = time.perf_counter()
-        ids, greedy, beam = recognizer_hypotheses(module, prepared_source.manifest)
+        with tempfile.TemporaryDirectory() as folder:
+            manifest = Path(folder) / f"{source}.json"
+            manifest.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            ids, greedy, beam = recognizer_hypotheses(module, manifest)
         seconds = {"recognizer": round(time.perf_counter() - started, 2)}
-        expected = [str((root / r["audio_filepath"]).resolve()) for r in records]
+        expected = [r["audio_filepath"] for r in records]
         if [str(Path(i).resolve()) for i in ids] != expected:
             raise RuntimeError(f"{prepared_source.manifest}: the recognizer skipped or reordered clips")
         result = SourceResult(source, len(records), sum(len(t.split()) for t in references),
