@@ -81,6 +81,10 @@ def test_checkpoint_to_pipeline_and_errors(tmp_path, trained_checkpoint):
     card = (folder / "README.md").read_text()
     assert "Steps / epochs: 3 / 0" in card and "| val_mse |" in card
     assert same_weights(zoo.load(str(folder)), loaded)
+    # so does a plain save_pretrained of the pipeline zoo.load made from the checkpoint
+    loaded.save_pretrained(tmp_path / "saved")
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "Steps / epochs: 3 / 0" in card and "| val_mse |" in card
 
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
@@ -127,6 +131,9 @@ def test_load_org_repo_from_hf_cache_offline(tmp_path, monkeypatch):
     assert same_weights(zoo.load("someone/toy"), pipe)
     assert same_weights(zoo.load("someone/toy", revision=sha), pipe)
     # a registry name resolves to $ZOO_HUB_ORG/<name>
+    # registered for this test only: later tests list the registry's networks
+    zoo.list_models()  # the built-in entries first, so the copy holds them
+    monkeypatch.setattr("zoo.registry._REGISTRY", dict(zoo.registry._REGISTRY))
     zoo.register("toy-hub-test", type(pipe.network), pipe.network.config, task="test", description="toy")
     monkeypatch.setenv("ZOO_HUB_ORG", "my-org")
     with pytest.raises(hub.HubError, match="no published weights for the registry model 'toy-hub-test'.*my-org/toy-hub-test"):

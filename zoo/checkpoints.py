@@ -58,10 +58,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def module_from_checkpoint(path: str | Path, module_class: type | str | None = None):
     """Rebuild the LightningModule saved in ``path`` (hyperparameters + weights), in eval mode."""
+    return _module(path, read_checkpoint(path), module_class)
+
+
+def _module(path: str | Path, checkpoint: dict[str, Any], module_class: type | str | None):
     import pytorch_lightning as pl
     from pytorch_lightning.cli import instantiate_module
 
-    checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     class_path = module_class or checkpoint.get("zoo_module") or hparams.get("_class_path")
     if class_path is None:
@@ -87,22 +90,28 @@ def module_from_checkpoint(path: str | Path, module_class: type | str | None = N
 
 
 def pipeline_from_checkpoint(path: str | Path, module_class: type | str | None = None) -> Pipeline:
-    pipeline = module_from_checkpoint(path, module_class).to_pipeline()
+    """The task module's ``to_pipeline()``; its :attr:`~zoo.pipeline.Pipeline.card_info` holds what the
+    checkpoint records (steps, epoch, best score), so a plain ``save_pretrained`` reports them."""
+    checkpoint = read_checkpoint(path)
+    pipeline = _module(path, checkpoint, module_class).to_pipeline()
     if not isinstance(pipeline, Pipeline):
         raise CheckpointError(f"{path}: to_pipeline() returned {type(pipeline).__name__}, not a zoo Pipeline")
+    pipeline.card_info = _recorded(checkpoint)
     return pipeline.eval()
 
 
 def card_info_from_checkpoint(path: str | Path, **overrides: Any) -> CardInfo:
     """Steps, epoch and the best monitored metric recorded in a Lightning checkpoint."""
-    checkpoint = read_checkpoint(path)
+    return dataclasses.replace(_recorded(read_checkpoint(path)), **overrides)
+
+
+def _recorded(checkpoint: dict[str, Any]) -> CardInfo:
     metrics = {}
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_score") is not None:
             score = state["best_model_score"]
             metrics[str(state.get("monitor") or "score")] = float(score)
-    info = CardInfo(metrics=metrics, steps=checkpoint.get("global_step"), epochs=checkpoint.get("epoch"))
-    return dataclasses.replace(info, **overrides)
+    return CardInfo(metrics=metrics, steps=checkpoint.get("global_step"), epochs=checkpoint.get("epoch"))
 
 
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, info: CardInfo | None = None,
