@@ -487,3 +487,16 @@ def test_a_leaked_sentence_between_splits_fails_the_build(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="not disjoint: 1 sentence"):
         build_corpus(tiny(tmp_path, train_utterances=3, val_utterances=2, test_utterances=2), num_workers=1)
     assert not list((tmp_path / "speech").glob("synthetic-*"))  # nothing half-built left behind
+
+
+def test_zoo_demo_train_variants_take_whole_families():
+    from zoo.commands.demo import build_parser, corpus_config, parse_train_variants
+
+    assert parse_train_variants("festival:*,flite:**2", ["a"]) == ["festival:*", "flite:*", "flite:*"]
+    config = corpus_config(build_parser().parse_args(["--train-variants", "default,flite:*", "--test-variants",
+                                                      "festival:*"]))
+    config.validate()
+    assert synthetic_speech.expand_variants(config.test_variants) == [
+        "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts"]
+    assert synthetic_speech.expand_variants(config.train_variants)[-4:] == ["flite:kal16", "flite:awb", "flite:rms",
+                                                                            "flite:slt"]

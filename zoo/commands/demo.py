@@ -40,7 +40,8 @@ def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
 
 
 def parse_train_variants(spec: str, default: list[str]) -> list[str]:
-    """``"default,flite:rms*10"`` -> the default training variants, then ``flite:rms`` ten times.
+    """``"default,flite:rms*10"`` -> the default training variants, then ``flite:rms`` ten times;
+    ``"festival:*"`` is every Festival voice (``"festival:**3"``: each three times).
 
     Variants are used in turn, so a variant listed ``N`` times voices ``N`` times as many utterances
     (a second synthesizer's few voices can be given a real share of the training set).
@@ -49,7 +50,11 @@ def parse_train_variants(spec: str, default: list[str]) -> list[str]:
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
-        name, _, count = item.partition("*")
+        name, count = item, ""
+        if "*" in item and not item.endswith(":*"):  # "flite:*" is a whole family, "flite:rms*3" a repeat
+            name, _, count = item.rpartition("*")
+            if not count:
+                raise ValueError(f"--train-variants: {item!r}: the repeat count after '*' must be a positive integer")
         if count and (not count.isdigit() or int(count) < 1):
             raise ValueError(f"--train-variants: {item!r}: the repeat count after '*' must be a positive integer")
         repeat = int(count) if count else 1
