@@ -71,18 +71,20 @@ bench-compare: install bench-peers
 # Peers' toolkits for side-by-side benchmarks and import fixtures (never a zoo dependency): NVIDIA NeMo
 # in its own venv beside the locked torch/torchaudio, plus the zoo itself (editable; its other deps from the
 # pyproject ranges: the full lock conflicts with NeMo, e.g. NeMo's lightning needs fsspec<2026).
-# NeMo 2.4 (old-convention import fixtures; its transformers needs huggingface-hub<1, the zoo >=1, so no zoo):
-#   make bench-peers PEERS_VENV=.venv-peers-nemo2.4 NEMO_VERSION=2.4.1 PEERS_ZOO=no
+# NeMo 2.4 (old-convention import fixtures; its transformers needs huggingface-hub<1, the zoo >=1, so no zoo;
+# its numpy<2 needs a pyarrow built for numpy 1, which pyarrow does not declare):
+#   make bench-peers PEERS_VENV=.venv-peers-nemo2.4 NEMO_VERSION=2.4.1 PEERS_ZOO=no PEERS_EXTRA='pyarrow<20'
 PEERS_VENV ?= .venv-peers
 NEMO_VERSION ?= 3.0.0
 PEERS_ZOO ?= yes
+PEERS_EXTRA ?=
 bench-peers: system-deps $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
 	grep -E '^(torch|torchaudio)==' $(LOCK) > $(PEERS_VENV)/constraints.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(PEERS_VENV)/constraints.txt \
-	  'nemo_toolkit[asr]==$(NEMO_VERSION)'
+	  'nemo_toolkit[asr]==$(NEMO_VERSION)' $(PEERS_EXTRA)
 	$(if $(filter yes,$(PEERS_ZOO)),$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 	  -c $(PEERS_VENV)/constraints.txt -e '.[test]',@echo "$(PEERS_VENV): NeMo only (PEERS_ZOO=$(PEERS_ZOO))")
 	$(PEERS_VENV)/bin/python -c "import nemo, torch; print('nemo', nemo.__version__, 'torch', torch.__version__)"
