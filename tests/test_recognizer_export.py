@@ -179,6 +179,10 @@ def test_zoo_transcribe_uses_the_exported_decoder_unless_greedy(measured, tmp_pa
         outputs[decoder] = [text for _, text in lines]
         assert outputs[decoder] == [t.text for t in recognizer.transcribe(files, decoder=decoder)]
     assert outputs["beam"] != outputs["greedy"]
+    (folder / "lm.arpa").unlink()  # a folder whose decoder file is missing: one line naming it
+    assert zoo_main(["transcribe", "--model", str(folder), *files]) == 1
+    error = capsys.readouterr().err
+    assert "lm.arpa" in error and len(error.strip().splitlines()) == 1
 
 
 def save_checkpoint(module, data, path):
