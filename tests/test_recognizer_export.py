@@ -13,12 +13,12 @@ import pytest
 import pytorch_lightning as pl
 import soundfile
 import torch
-from zoo.datamodules.speech import SpeechDataModule
-from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 
 import zoo
 from zoo import hub
 from zoo.cli import main as zoo_main
+from zoo.datamodules.speech import SpeechDataModule
+from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 from zoo.speech.decoding import BeamSearchConfig, tune_beam_search
 from zoo.speech.ngram import build_arpa
 from zoo.speech.recognizer import SpeechRecognizer
@@ -237,9 +237,9 @@ def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, t
     from types import SimpleNamespace
 
     from rich.console import Console
-    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
 
     from zoo.commands import speech_demo
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
 
     module, data, tuned, metrics, _ = measured
     checkpoint = save_checkpoint(module, data, tmp_path / "demo.ckpt")

@@ -215,7 +215,8 @@ def tune_beam_search(
     trials = []
     for lm_weight in lm_weights:
         for word_score in word_scores:
-            decoder = BeamSearchDecoder(labels, replace(config, lm_weight=lm_weight, word_score=word_score), blank, spell)
+            setting = replace(config, lm_weight=lm_weight, word_score=word_score)
+            decoder = BeamSearchDecoder(labels, setting, blank, spell)
             hypotheses = [text for log_probs, lengths in emissions for text in decoder(log_probs, lengths)]
             trials.append(BeamSearchTrial(lm_weight, word_score, float(word_error_rate(hypotheses, list(references)))))
     best = min(trials, key=lambda t: t.wer)

@@ -98,7 +98,9 @@ class KneserNeyLM:
         y = n[1] / (n[1] + 2 * n[2])
         if kind == "plain":
             return (y, y, y)
-        d = [1 - 2 * y * n[2] / n[1], 2 - 3 * y * n[3] / n[2] if n[3] else 1.0, 3 - 4 * y * n[4] / n[3] if n[3] and n[4] else 1.5]
+        d = [1 - 2 * y * n[2] / n[1],
+             2 - 3 * y * n[3] / n[2] if n[3] else 1.0,
+             3 - 4 * y * n[4] / n[3] if n[3] and n[4] else 1.5]
         # D_k in (0, k]: positive so every history keeps back-off mass, at most k so counts stay >= 0
         return tuple(min(max(v, 0.01), k + 1.0) for k, v in enumerate(d))  # type: ignore[return-value]
 

@@ -132,7 +132,8 @@ class SpeechRecognizer(Pipeline):
             return ("## Decoding\n\nGreedy (best-path) CTC decoding: the most likely label per frame, repeats "
                     "merged, blanks dropped. The folder carries no lexicon or language model.\n")
         b = self.beam_search
-        lines = ["## Decoding", "", "`transcribe()` decodes with CTC beam search (torchaudio's flashlight decoder):", ""]
+        lines = ["## Decoding", "",
+                 "`transcribe()` decodes with CTC beam search (torchaudio's flashlight decoder):", ""]
         if b.lexicon is not None:
             words = len(Path(b.lexicon).read_text().split())
             lines.append(f"- lexicon: `{LEXICON_NAME}`, {words:,} words (the output is restricted to them)")
@@ -177,7 +178,8 @@ class SpeechRecognizer(Pipeline):
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:  # type: ignore[override]
         if self.fused:
-            raise ValueError("this recognizer's batch norm is folded; save the unfolded model (weights are stored unfolded)")
+            raise ValueError("this recognizer's batch norm is folded; save the unfolded model "
+                             "(weights are stored unfolded)")
         return super().save_pretrained(save_directory, **kwargs)
 
     # ------------------------------------------------------------------ inference
@@ -255,8 +257,8 @@ class SpeechRecognizer(Pipeline):
             if label == space:
                 if current:
                     text = "".join(self.tokenizer.labels[c] for c, _, _ in current)
-                    words.append(Word(text, current[0][1] * self.frame_seconds, (current[-1][1] + 1) * self.frame_seconds,
-                                      float(np.mean([p for _, _, p in current]))))
+                    start, end = current[0][1] * self.frame_seconds, (current[-1][1] + 1) * self.frame_seconds
+                    words.append(Word(text, start, end, float(np.mean([p for _, _, p in current]))))
                 current = []
             else:
                 current.append((label, frame, prob))
