@@ -162,6 +162,10 @@ class CTCSpeechRecognizer(LightningModule):
             beam_search=dataclasses.asdict(self.beam_search_config) if self.beam_search_config else None,
         )
         recognizer.encoder.load_state_dict(self.encoder.state_dict())
+        if self._trainer is not None:  # trained or tested in this process: the card reports what it measured
+            from zoo.checkpoints import card_info_from_trainer
+
+            recognizer.card_info = card_info_from_trainer(self._trainer)
         return recognizer.eval()
 
     def configure_optimizers(self) -> Any:

@@ -107,6 +107,8 @@ def test_export_folder_holds_the_decoder_and_a_zoo_model_card(measured, tmp_path
     assert {"lexicon.txt", "lm.arpa"} <= {p.name for p in (tmp_path / "plain").iterdir()}
     plain = (tmp_path / "plain" / "README.md").read_text()
     assert "## Decoding" in plain and "More Information Needed" not in plain
+    # ... reporting what the module's trainer measured (it ran the test set)
+    assert f"| test/wer_beam | {metrics['test/wer_beam']:.6g} |" in plain
 
 
 def reloaded_transcripts(recognizer, data, **kwargs):

@@ -13,6 +13,9 @@ the module from the checkpoint's ``hyper_parameters`` (the class is the one ``zo
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,29 @@ def pipeline_from_checkpoint(path: str | Path, module_class: type | str | None =
 def card_info_from_checkpoint(path: str | Path, **overrides: Any) -> CardInfo:
     """Steps, epoch and the best monitored metric recorded in a Lightning checkpoint."""
     return dataclasses.replace(_recorded(read_checkpoint(path)), **overrides)
+
+
+def card_info_from_trainer(trainer: Any) -> CardInfo:
+    """What a live Lightning trainer knows for the model card: its logged scalar metrics, the best
+    monitored score, steps and epochs, the seed, the DataModule's ``dataset_card``, the config that
+    LightningCLI saved (``config.yaml`` in the log folder) and, under ``zoo fit``, the command line."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+    callback = getattr(trainer, "checkpoint_callback", None)
+    if callback is not None and callback.monitor and callback.best_model_score is not None:
+        metrics[f"best_{callback.monitor}"] = float(callback.best_model_score)
+    recipe = None
+    for folder in {trainer.log_dir, trainer.default_root_dir} - {None}:
+        if (Path(folder) / "config.yaml").is_file():
+            recipe = (Path(folder) / "config.yaml").read_text()
+            break
+    described = getattr(getattr(trainer, "datamodule", None), "dataset_card", None) or []
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    command = shlex.join(["zoo", *sys.argv[1:]]) if Path(sys.argv[0]).name == "zoo" else None
+    return CardInfo(metrics=metrics, recipe=recipe,
+                    datasets=list(described) if isinstance(described, (list, tuple)) else [described],
+                    seed=int(seed) if seed is not None else None, steps=trainer.global_step,
+                    epochs=trainer.current_epoch, command=command)
 
 
 def _recorded(checkpoint: dict[str, Any]) -> CardInfo:
