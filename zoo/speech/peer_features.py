@@ -23,6 +23,8 @@ changes its features. An utterance of ``S`` samples has ``1 + S // hop`` frames.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,6 +33,25 @@ PERIODIC_WINDOWS = {"hamming": torch.hamming_window, "hann": torch.hann_window,
                     "blackman": torch.blackman_window, "bartlett": torch.bartlett_window}
 #: STFT padding: zeros (librosa >= 0.10, the default) or reflection (librosa <= 0.9).
 PAD_MODES = ("constant", "reflect")
+
+
+def check_deepspeech_pytorch_config(config: Any, n_fft: int, win_length: int) -> None:
+    """Refuse :class:`~zoo.speech.features.FeaturizerConfig` settings the peer's spectrogram has no
+    counterpart for (it has no dither, pre-emphasis or other exponent, FFTs exactly one window)."""
+    wrong = {name: getattr(config, name) for name, ok in (
+        ("dither", lambda v: v == 0), ("preemphasis", lambda v: not v), ("mag_power", lambda v: v == 1),
+        ("frame_count", lambda v: v == "centred"), ("normalize", lambda v: v in ("all_features", "none")),
+        ("stft_pad", lambda v: v in PAD_MODES), ("window", lambda v: v in PERIODIC_WINDOWS),
+    ) if not ok(getattr(config, name))}
+    if n_fft != win_length:
+        wrong["n_fft"] = n_fft
+    if wrong:
+        raise ValueError(
+            "FeaturizerConfig(kind='deepspeech_pytorch') is deepspeech.pytorch's log1p(|STFT|): it needs dither=0, "
+            "preemphasis=0, mag_power=1, frame_count='centred', normalize 'all_features' (its per-utterance "
+            "mean/std) or 'none', n_fft = the window length and a window in "
+            f"{sorted(PERIODIC_WINDOWS)}; got {wrong}"
+        )
 
 
 def periodic_window(name: str, length: int, device: torch.device | None = None) -> Tensor:
