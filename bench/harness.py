@@ -230,11 +230,32 @@ def cpu_time(fn: Callable[[], Any], number: int, blocks: int = 5, label: str = "
     return min(timer.timeit(number).median for _ in range(blocks))
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                         output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+    """``torch.utils.flop_counter``'s convolution-backward count with the weight gradient divided by
+    ``groups`` (torch 2.14 counts it as if the conv were dense: 86x too much for a depthwise conv of 256
+    channels, which would hide how far QuartzNet's step is from the matmul limit)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def t(shape: list[int]) -> list[int]:
+        return [shape[1], shape[0], *shape[2:]]
+
+    flops = 0
+    if output_mask[0]:  # ∂x: a transposed conv of the output gradient with the (per-group) weight
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:  # ∂w: a conv of the input with the output gradient, within each group
+        x, g = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        flops += conv_flop_count(t(x), t(g), t(out_shape[1])) // groups
+    return flops
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward; 2 per multiply-add)."""
+    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward; 2 per multiply-add;
+    grouped-conv weight gradients counted per group, see :func:`_conv_backward_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -104,6 +104,21 @@ def test_count_flops_of_a_training_step() -> None:
     assert harness.count_flops(step) == 2 * 2 * 16 * 8 * 4
 
 
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_count_flops_of_grouped_conv_backward(groups: int) -> None:
+    conv = torch.nn.Conv1d(16, 16, 5, padding=2, groups=groups, bias=False)
+    x = torch.randn(2, 16, 30, requires_grad=True)
+
+    def step() -> None:
+        conv(x).sum().backward()
+
+    # a naive count: every output element of y, of ∂x and of ∂w is a sum of per-group products
+    macs_forward = 2 * 16 * 30 * (16 // groups) * 5          # y: (B, C_out, T), C_in/groups x K each
+    macs_grad_input = 2 * 16 * 30 * (16 // groups) * 5       # ∂x: (B, C_in, T), C_out/groups x K each
+    macs_grad_weight = 16 * (16 // groups) * 5 * 2 * 30      # ∂w: (C_out, C_in/groups, K), B x T each
+    assert harness.count_flops(step) == 2 * (macs_forward + macs_grad_input + macs_grad_weight)
+
+
 def test_matmul_rate_and_fraction() -> None:
     rate = harness.matmul_rate("cpu", torch.float32, 128)
     assert rate > 1e6
