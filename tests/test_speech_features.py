@@ -141,11 +141,14 @@ def _slaney_filterbank(n_freqs: int, n_mels: int, rate: int) -> np.ndarray:
     return bank
 
 
-def _reference_features(x: np.ndarray, n_fft: int, win: int, hop: int, mel_bank: np.ndarray | None) -> np.ndarray:
+def _reference_features(x: np.ndarray, n_fft: int, win: int, hop: int, mel_bank: np.ndarray | None,
+                        pad_mode: str = "constant", n_frames: int | None = None) -> np.ndarray:
+    """Centred STFT frames ``0 .. n_frames - 1`` (default ``1 + S // hop``) of the signal padded by
+    ``n_fft // 2`` (``np.pad`` mode), log power (mel), per-feature standardisation over those frames."""
     x = x.astype(np.float64)
     x = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
-    padded = np.concatenate([np.zeros(n_fft // 2), x, np.zeros(n_fft // 2)])
-    n_frames = 1 + len(x) // hop
+    padded = np.pad(x, n_fft // 2, mode=pad_mode)
+    n_frames = 1 + len(x) // hop if n_frames is None else n_frames
     window = np.zeros(n_fft)
     start = (n_fft - win) // 2
     window[start : start + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / (win - 1))  # symmetric Hann
@@ -195,6 +198,22 @@ def test_spectrogram_matches_numpy_reference():
     for i, s in enumerate(signals):
         ref = _reference_features(s, 320, 320, 160, None)
         np.testing.assert_allclose(feats[i, :, : frames[i]].numpy(), ref, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("stft_pad,frame_count", [("reflect", "centred"), ("constant", "nemo"), ("reflect", "nemo")])
+def test_padding_and_frame_count_conventions(stft_pad, frame_count):
+    """NeMo <= 2.4 reflects each utterance about its ends and keeps 1 + S // hop frames; NeMo >= 2.5 pads
+    with zeros and keeps S // hop: the statistics of the per-feature normalisation use those frames only."""
+    featurizer = Featurizer(FeaturizerConfig(stft_pad=stft_pad, frame_count=frame_count)).eval()
+    signals = _test_signals()
+    feats, frames = featurizer(*_batch(signals))
+    bank = _slaney_filterbank(257, 64, 16000)
+    for i, s in enumerate(signals):
+        n = 1 + len(s) // 160 if frame_count == "centred" else len(s) // 160
+        ref = _reference_features(s, 512, 320, 160, bank, pad_mode=stft_pad, n_frames=n)
+        assert frames[i].item() == n
+        np.testing.assert_allclose(feats[i, :, :n].numpy(), ref, atol=2e-3, rtol=1e-3)
+        assert torch.all(feats[i, :, n:] == 0)
 
 
 @pytest.mark.parametrize("kind", ["logmel", "spectrogram"])

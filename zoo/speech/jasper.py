@@ -26,6 +26,7 @@ from zoo.registry import register
 
 NORMS = ("batchnorm", "weightnorm", "layernorm")
 RESIDUALS = ("dense", "plain", "none")
+RESIDUAL_MODES = ("add", "max")
 
 
 @dataclass
@@ -55,6 +56,7 @@ class JasperConfig:
     norm: str = "batchnorm"        # "batchnorm" | "weightnorm" | "layernorm"
     separable: bool = False        # time-channel separable convs (QuartzNet)
     norm_eps: float = 1e-3
+    residual_mode: str = "add"     # "add" (the paper) | "max": element-wise max with each projection (NeMo option)
 
 
 def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -114,11 +116,16 @@ class ConvNorm(nn.Module):
 
 class JasperBlock(nn.Module):
     """R sub-blocks ``conv -> norm -> ReLU -> dropout``; the residual projections are added to the
-    last sub-block after its norm and before its ReLU (Jasper Fig. 1/2)."""
+    last sub-block after its norm and before its ReLU (Jasper Fig. 1/2). ``residual_mode="max"``
+    instead takes ``x = max(x, proj_k(source_k))`` for each projection in turn (NeMo's ``residual_mode: max``)."""
 
     def __init__(self, c_in: int, filters: int, kernel: int, repeat: int, dropout: float,
-                 residual_channels: list[int], *, separable: bool, norm: str, eps: float) -> None:
+                 residual_channels: list[int], *, separable: bool, norm: str, eps: float,
+                 residual_mode: str = "add") -> None:
         super().__init__()
+        if residual_mode not in RESIDUAL_MODES:
+            raise ValueError(f"residual_mode must be one of {RESIDUAL_MODES}, got {residual_mode!r}")
+        self.residual_mode = residual_mode
         self.convs = nn.ModuleList(
             ConvNorm(c_in if r == 0 else filters, filters, kernel, separable=separable, norm=norm, eps=eps)
             for r in range(repeat)
@@ -132,7 +139,7 @@ class JasperBlock(nn.Module):
             x = conv(x, mask)
             if i == len(self.convs) - 1:
                 for proj, source in zip(self.residuals, earlier, strict=True):
-                    x = x + proj(source, mask)
+                    x = x + proj(source, mask) if self.residual_mode == "add" else torch.maximum(x, proj(source, mask))
             x = self.dropout(F.relu(x))
         return x
 
@@ -161,7 +168,8 @@ class Jasper(nn.Module):
         self.blocks = nn.ModuleList()
         for filters, kernel, repeat, dropout in config.blocks:
             sources = {"dense": outputs, "plain": outputs[-1:], "none": []}[config.residual]
-            self.blocks.append(JasperBlock(outputs[-1], filters, kernel, repeat, dropout, list(sources), **common))
+            self.blocks.append(JasperBlock(outputs[-1], filters, kernel, repeat, dropout, list(sources),
+                                           residual_mode=config.residual_mode, **common))
             outputs.append(filters)
         self.epilogue = nn.ModuleList()
         self.epilogue_dropout = nn.ModuleList()

@@ -18,15 +18,25 @@ adds them to the last sub-block's normalised output before the activation, exact
 and both use "same" padding ``dilation * (kernel - 1) // 2`` with the input masked past each length,
 so the converted encoder computes the same function (in eval mode) on every valid frame.
 
+A block's ``residual_mode`` (``add``/``stride_add``: sum, ``max``: element-wise max with each
+projection) defaults to the encoder's, and, as in NeMo's ``ConvASREncoder``, a value set on one block
+carries on to every later block that sets none; the zoo Jasper takes one mode for all its blocks.
+
 The decoder ``decoder.decoder_layers.0.{weight,bias}`` has the CTC blank *last*; the zoo's blank is
 id 0, so its rows are rotated (blank first, then the vocabulary in NeMo's order, which becomes the
 zoo tokenizer's alphabet). The ``preprocessor`` maps onto :class:`~zoo.speech.features.FeaturizerConfig`
-(``kind="logmel"``); options the zoo featurizer lacks raise :class:`NemoImportError`.
+(``kind="logmel"``) option by option; NeMo's STFT padding and frame count changed in NeMo 2.5
+(PR #13827), so the import reproduces the release recorded in ``nemo_version`` (or the one asked for):
+<= 2.4 reflects each utterance at its ends and counts ``1 + S // hop`` frames, >= 2.5 pads with
+zeros and counts ``S // hop``. Options the zoo cannot compute raise :class:`NemoImportError`
+(``docs/import-nemo.md`` lists them).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +47,7 @@ import yaml
 from torch import Tensor
 
 from zoo.registry import network_dict
-from zoo.speech.features import FeaturizerConfig
+from zoo.speech.features import WINDOWS, FeaturizerConfig
 from zoo.speech.jasper import Jasper, JasperConfig
 from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
@@ -53,6 +63,19 @@ _BLOCK_DEFAULTS: dict[str, Any] = {
 _BLOCK_KEYS = {"filters", "repeat", "kernel", "stride", "dilation", "dropout", "residual", "separable",
                "residual_dense", "residual_mode", "norm_groups", "se_reduction_ratio", "se_context_size",
                "se_interpolation_mode", *_BLOCK_DEFAULTS}
+
+
+#: ``AudioToMelSpectrogramPreprocessor`` arguments (NeMo 1.0 - 3.0); any other key is refused by name.
+_PRE_KEYS = {"_target_", "cls", "params", "sample_rate", "window_size", "window_stride", "n_window_size",
+             "n_window_stride", "window", "normalize", "n_fft", "preemph", "features", "nfilt", "lowfreq",
+             "highfreq", "log", "log_zero_guard_type", "log_zero_guard_value", "dither", "pad_to", "pad_value",
+             "frame_splicing", "exact_pad", "mag_power", "rng", "nb_augmentation_prob", "nb_max_freq",
+             "mel_norm", "use_torchaudio", "stft_exact_pad", "stft_conv"}
+#: ``ConvASREncoder`` arguments.
+_ENCODER_KEYS = {"_target_", "cls", "params", "jasper", "activation", "feat_in", "normalization_mode",
+                 "residual_mode", "norm_groups", "conv_mask", "frame_splicing", "init_mode", "quantize"}
+#: First NeMo release whose preprocessor pads the STFT with zeros and counts ``S // hop`` frames.
+NEMO_CONVENTION_CHANGE = (2, 5)
 
 
 class NemoImportError(ValueError):
@@ -84,6 +107,12 @@ def read_nemo(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if not isinstance(state, dict):
         raise NemoImportError(f"{path}: {WEIGHTS_NAME} holds no state dict")
     return _resolve(config, config), state
+
+
+def nemo_version(path: str | Path) -> str | None:
+    """The NeMo release recorded in a ``.nemo`` file (``model_config.yaml``'s ``nemo_version``), if any."""
+    version = read_nemo(path)[0].get("nemo_version")
+    return None if version is None else str(version)
 
 
 def _resolve(node: Any, root: dict[str, Any]) -> Any:
@@ -125,26 +154,95 @@ def _single(value: Any, key: str, index: int) -> int:
     return int(values[0])
 
 
-def featurizer_config(pre: dict[str, Any]) -> FeaturizerConfig:
-    """NeMo ``AudioToMelSpectrogramPreprocessor`` options -> zoo log-mel :class:`FeaturizerConfig`."""
-    checks = {"window": "hann", "log": True, "mag_power": 2.0, "frame_splicing": 1, "lowfreq": 0,
-              "log_zero_guard_type": "add", "exact_pad": False, "stft_exact_pad": False}
+def nemo_conventions(version: str | None) -> tuple[str, str]:
+    """``(stft_pad, frame_count)`` of the featurizer of NeMo release ``version`` (``None``: the current one).
+
+    NeMo 1.0-2.4 pad the centred STFT by reflection and count ``1 + S // hop`` frames; NeMo >= 2.5
+    pads with zeros and counts ``(S + 2 * (n_fft // 2) - n_fft) // hop`` (NeMo PR #13827).
+    """
+    if version is None:
+        return "constant", "nemo"
+    match = re.match(r"\s*v?(\d+)\.(\d+)", str(version))
+    if match is None:
+        raise NemoImportError(f"NeMo version {version!r} is not of the form MAJOR.MINOR[.PATCH]")
+    if (int(match[1]), int(match[2])) >= NEMO_CONVENTION_CHANGE:
+        return "constant", "nemo"
+    return "reflect", "centred"
+
+
+def _window(pre: dict[str, Any], seconds: str, samples: str, default: float, sample_rate: int) -> int:
+    """NeMo's window or hop in samples: ``int(seconds * sample_rate)`` or the ``n_``-prefixed count."""
+    in_seconds = pre.get(seconds, default if samples not in pre else None)
+    in_samples = pre.get(samples)
+    if in_seconds and in_samples:
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor sets both {seconds} and {samples}; NeMo takes only one")
+    try:
+        value = int(float(in_seconds) * sample_rate) if in_seconds else int(in_samples)
+    except (TypeError, ValueError):
+        raise NemoImportError(
+            f"{CONFIG_NAME}: preprocessor.{seconds} = {in_seconds!r} / {samples} = {in_samples!r}: "
+            "need a window in seconds or in samples"
+        ) from None
+    if value <= 0 or (not in_seconds and float(in_samples) != value):
+        key = samples if in_samples else seconds
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.{key} gives {value} samples; need a positive whole number")
+    return value
+
+
+def featurizer_config(pre: dict[str, Any], nemo_version: str | None = None) -> FeaturizerConfig:
+    """NeMo ``AudioToMelSpectrogramPreprocessor`` options -> zoo log-mel :class:`FeaturizerConfig` that
+    computes the same features (in eval mode) as NeMo release ``nemo_version`` (``None``: current)."""
+    unknown = sorted(set(pre) - _PRE_KEYS)
+    if unknown:
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor options the zoo featurizer does not know: {unknown}")
+    checks = {"log": True, "frame_splicing": 1, "exact_pad": False, "stft_exact_pad": False, "stft_conv": False,
+              "use_torchaudio": False}
     for key, expected in checks.items():
-        if key in pre and pre[key] != expected:
-            raise NemoImportError(f"{CONFIG_NAME}: preprocessor.{key} = {pre[key]!r} is not supported (zoo: {expected!r})")
-    if pre.get("log_zero_guard_value", 2**-24) != 2**-24:
-        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.log_zero_guard_value must be 2**-24")
+        if pre.get(key, expected) != expected:
+            raise NemoImportError(
+                f"{CONFIG_NAME}: preprocessor.{key} = {pre[key]!r} is not supported (zoo: {expected!r})"
+            )
+    window = pre.get("window", "hann")
+    if window not in WINDOWS:
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.window = {window!r} is not supported ({sorted(WINDOWS)})")
     sample_rate = int(pre.get("sample_rate", 16000))
-    if pre.get("highfreq") not in (None, sample_rate / 2):
-        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.highfreq = {pre['highfreq']!r} is not supported (zoo: sample_rate / 2)")
+    win_length = _window(pre, "window_size", "n_window_size", 0.02, sample_rate)
+    hop_length = _window(pre, "window_stride", "n_window_stride", 0.01, sample_rate)
+    n_fft = int(pre.get("n_fft") or 2 ** math.ceil(math.log2(win_length)))
+    if n_fft < win_length:
+        raise NemoImportError(
+            f"{CONFIG_NAME}: preprocessor.n_fft = {n_fft} is shorter than the window ({win_length} samples)"
+        )
     normalize = pre.get("normalize", "per_feature")
-    if normalize not in ("per_feature", None, "none"):
-        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.normalize = {normalize!r} is not supported (per_feature or none)")
+    if isinstance(normalize, dict):
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.normalize with fixed_mean/fixed_std is not supported "
+                              "(per_feature, all_features or none)")
+    guard_type = pre.get("log_zero_guard_type", "add")
+    if guard_type not in ("add", "clamp"):
+        raise NemoImportError(
+            f"{CONFIG_NAME}: preprocessor.log_zero_guard_type = {guard_type!r} is not supported (add, clamp)"
+        )
+    guard = pre.get("log_zero_guard_value", 2**-24)
+    named_guards = {"tiny": torch.finfo(torch.float32).tiny, "eps": torch.finfo(torch.float32).eps}
+    if isinstance(guard, str) and guard not in named_guards:
+        raise NemoImportError(
+            f"{CONFIG_NAME}: preprocessor.log_zero_guard_value = {guard!r}; NeMo takes a number, 'tiny' or 'eps'"
+        )
+    mel_norm = pre.get("mel_norm", "slaney")
+    if mel_norm not in ("slaney", None):
+        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.mel_norm = {mel_norm!r} is not supported (slaney or null)")
+    stft_pad, frame_count = nemo_conventions(nemo_version)
     return FeaturizerConfig(
         kind="logmel", sample_rate=sample_rate, n_mels=int(pre.get("features", pre.get("nfilt", 64))),
-        n_fft=pre.get("n_fft"), window_ms=float(pre.get("window_size", 0.02)) * 1000,
-        hop_ms=float(pre.get("window_stride", 0.01)) * 1000, dither=float(pre.get("dither", 1e-5)),
-        preemphasis=float(pre.get("preemph", 0.97) or 0.0), normalize="per_feature" if normalize == "per_feature" else "none",
+        n_fft=n_fft, window_ms=win_length / sample_rate * 1000, hop_ms=hop_length / sample_rate * 1000,
+        win_length=win_length, hop_length=hop_length, window=window,
+        dither=float(pre.get("dither", 1e-5) or 0.0), preemphasis=float(pre.get("preemph", 0.97) or 0.0),
+        # NeMo normalises for these two values only; any other (null, "none", ...) leaves the log-mels as they are
+        normalize=normalize if normalize in ("per_feature", "all_features") else "none",
+        mag_power=float(pre.get("mag_power", 2.0)), mel_norm=mel_norm,
+        f_min=float(pre.get("lowfreq") or 0.0), f_max=float(pre.get("highfreq") or sample_rate / 2),
+        log_guard=guard_type, log_guard_value=float(named_guards.get(guard, guard)),
+        stft_pad=stft_pad, frame_count=frame_count,
     )
 
 
@@ -169,7 +267,8 @@ def tokenizer_config(vocabulary: list[str]) -> TokenizerConfig:
     return TokenizerConfig(alphabet="".join(vocabulary), numbers="spell" if " " in vocabulary else "drop")
 
 
-def _block(cfg: dict[str, Any], index: int) -> dict[str, Any]:
+def _block(cfg: dict[str, Any], index: int, mode: str, mode_from: str) -> dict[str, Any]:
+    """One NeMo block's options; ``mode`` is its effective residual mode, set at ``mode_from``."""
     unknown = set(cfg) - _BLOCK_KEYS
     if unknown:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has options the zoo Jasper lacks: {sorted(unknown)}")
@@ -184,9 +283,10 @@ def _block(cfg: dict[str, Any], index: int) -> dict[str, Any]:
                  separable=bool(cfg.get("separable", False)))
     if block["kernel"] % 2 == 0:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}].kernel = {block['kernel']} is even; the zoo needs odd kernels")
-    mode = cfg.get("residual_mode", "add")
-    if block["residual"] and not (mode == "add" or (mode == "stride_add" and block["stride"] == 1)):
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}].residual_mode = {mode!r} is not supported (zoo: 'add')")
+    if block["residual"] and not (mode in ("add", "max") or (mode == "stride_add" and block["stride"] == 1)):
+        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has residual_mode {mode!r} (from {mode_from}); "
+                              "the zoo Jasper supports 'add' and 'max' ('stride_add' without stride)")
+    block["mode"], block["mode_from"] = ("add" if mode == "stride_add" else mode), mode_from
     if block["dense"] and not block["residual"]:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has residual_dense without residual")
     return block
@@ -194,6 +294,9 @@ def _block(cfg: dict[str, Any], index: int) -> dict[str, Any]:
 
 def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConfig, list[dict[str, Any]]]:
     """``ConvASREncoder`` options -> :class:`JasperConfig` and the parsed NeMo blocks."""
+    unknown = sorted(set(encoder) - _ENCODER_KEYS)
+    if unknown:
+        raise NemoImportError(f"{CONFIG_NAME}: encoder options the zoo Jasper does not know: {unknown}")
     if str(encoder.get("activation", "relu")) != "relu":
         raise NemoImportError(f"{CONFIG_NAME}: encoder.activation = {encoder['activation']!r}; the zoo Jasper uses relu")
     if not encoder.get("conv_mask", True):
@@ -201,7 +304,13 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
     for key, expected in (("normalization_mode", "batch"), ("frame_splicing", 1), ("quantize", False)):
         if encoder.get(key, expected) != expected:
             raise NemoImportError(f"{CONFIG_NAME}: encoder.{key} = {encoder[key]!r} is not supported (zoo: {expected!r})")
-    blocks = [_block(b, i) for i, b in enumerate(encoder.get("jasper") or [])]
+    blocks, mode, mode_from = [], encoder.get("residual_mode", "add"), "encoder.residual_mode"
+    for i, cfg in enumerate(encoder.get("jasper") or []):
+        if not isinstance(cfg, dict):
+            raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{i}] is not a mapping")
+        if "residual_mode" in cfg:  # NeMo's ConvASREncoder carries it on to the later blocks
+            mode, mode_from = cfg["residual_mode"], f"encoder.jasper[{i}].residual_mode"
+        blocks.append(_block(cfg, i, mode, mode_from))
     if len(blocks) < 2:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper needs a prologue block and at least one more block")
     prologue = blocks[0]
@@ -214,6 +323,15 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
     kinds = {"dense" if b["dense"] else "plain" if b["residual"] else "none" for b in middle}
     if len(kinds) > 1:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper mixes residual kinds {sorted(kinds)}; the zoo Jasper uses one")
+    modes: dict[str, tuple[int, str]] = {}  # mode -> the first block using it, and where it was set
+    for i, b in enumerate(middle, start=1):
+        if b["residual"]:
+            modes.setdefault(b["mode"], (i, b["mode_from"]))
+    if len(modes) > 1:
+        described = ", ".join(f"{m!r} in encoder.jasper[{i}] (from {src})" for m, (i, src) in modes.items())
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper mixes residual modes: {described}; the zoo Jasper uses one"
+        )
     for i, b in enumerate(middle, start=1):
         if b["stride"] != 1 or b["dilation"] != 1:
             raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{i}] strides or dilates; zoo Jasper blocks cannot")
@@ -232,6 +350,7 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
         blocks=tuple((b["filters"], b["kernel"], b["repeat"], b["dropout"]) for b in middle),
         epilogue=tuple((b["filters"], b["kernel"], b["dilation"], b["dropout"]) for b in epilogue),
         residual=kinds.pop() if kinds else "none", norm="batchnorm", separable=separable.pop() if separable else False,
+        residual_mode=next(iter(modes), "add"),
     )
     return config, blocks
 
@@ -293,8 +412,13 @@ def convert_state_dict(state: dict[str, Tensor], config: JasperConfig, blocks: l
     return out
 
 
-def import_nemo(path: str | Path) -> SpeechRecognizer:
+def import_nemo(path: str | Path, nemo_version: str | None = None) -> SpeechRecognizer:
     """Convert a NeMo Jasper/QuartzNet ``.nemo`` file into a zoo :class:`SpeechRecognizer` (eval mode).
+
+    Args:
+        path: the ``.nemo`` file.
+        nemo_version: the NeMo release whose featurizer (STFT padding, frame count) to reproduce;
+            ``None``: the ``nemo_version`` recorded in the file, or the current convention if none is.
 
     Raises:
         NemoImportError: naming the file and the option or key that prevents an exact conversion.
@@ -306,11 +430,14 @@ def import_nemo(path: str | Path) -> SpeechRecognizer:
     vocabulary = list(decoder.get("vocabulary") or config.get("labels") or [])
     if not vocabulary:
         raise NemoImportError(f"{path}: {CONFIG_NAME} has no decoder.vocabulary")
-    tokenizer = tokenizer_config(vocabulary)
     pre = config.get("preprocessor") or {}
     pre = {**pre, **(pre.get("params") or {})}
-    featurizer = featurizer_config(pre)
-    jasper, blocks = jasper_config(encoder, len(vocabulary) + 1)
+    try:
+        tokenizer = tokenizer_config(vocabulary)
+        featurizer = featurizer_config(pre, nemo_version or config.get("nemo_version"))
+        jasper, blocks = jasper_config(encoder, len(vocabulary) + 1)
+    except NemoImportError as error:
+        raise NemoImportError(f"{path}: {error}") from None
     if featurizer.n_mels != jasper.in_features:
         raise NemoImportError(f"{path}: preprocessor.features = {featurizer.n_mels} but encoder.feat_in = {jasper.in_features}")
     weights = convert_state_dict(state, jasper, blocks, path)
