@@ -73,10 +73,11 @@ def main() -> int:
     console.print(real_speech_table(results, f"{checkpoint.name}: WER % on real human speech"))
     rows = [{"source": r.source, "clips": r.clips, "words": r.words, "minutes": r.minutes,
              "greedy": 100 * r.greedy_wer, "beam": None if r.beam_wer is None else 100 * r.beam_wer,
-             "pocketsphinx": None if r.pocketsphinx_wer is None else 100 * r.pocketsphinx_wer} for r in results]
+             "pocketsphinx": None if r.pocketsphinx_wer is None else 100 * r.pocketsphinx_wer,
+             "oov": None if r.lexicon_oov is None else 100 * r.lexicon_oov} for r in results]
     columns = [("source", "source"), ("clips", "clips"), ("words", "words"), ("minutes", "minutes", ".1f"),
                ("greedy", "greedy WER %", ".1f"), ("beam", "beam WER %", ".1f"),
-               ("pocketsphinx", "pocketsphinx WER %", ".1f")]
+               ("pocketsphinx", "pocketsphinx WER %", ".1f"), ("oov", "words not in the beam lexicon %", ".1f")]
     notes = (f"checkpoint {checkpoint}; {'all clips' if args.max_clips is None else f'at most {args.max_clips} clips per source (evenly spaced)'}; beam: {'lexicon + LM, lm_weight %s, word_score %s' % (beam.lm_weight, beam.word_score) if beam else 'none'}; "
              f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files")
     write_result(args.name, [table("Real human speech: WER per source", columns, rows, notes)], env,

@@ -231,7 +231,15 @@ def test_real_speech_wer_per_source_with_a_reference(tmp_path):
     # reference hypotheses normalised like the references: "Front, left!" and "press 1 now" match
     assert result.pocketsphinx_wer == pytest.approx(1 / 7)
     assert [e["pocketsphinx"] for e in result.examples] == ["front left", "rear centre", "press one now"]
-    assert result.beam_wer is None
+    assert result.beam_wer is None and result.lexicon_oov is None
+    # with a lexicon: the share of reference words the beam search cannot produce
+    from zoo.speech.decoding import BeamSearchConfig
+
+    (tmp_path / "words.txt").write_text("front\nleft\npress\none\n")
+    module.beam_search_config = BeamSearchConfig(lexicon=str(tmp_path / "words.txt"))
+    module.beam_decoder = lambda: None
+    [result] = evaluate_real_speech(module, {"alsa": PreparedSource("alsa", manifest, {})})
+    assert result.lexicon_oov == pytest.approx(3 / 7)  # rear, center, now
 
 
 def test_pocketsphinx_reference_decodes_16k_files(tmp_path):

@@ -38,6 +38,7 @@ class SourceResult:
     greedy_wer: float
     beam_wer: float | None = None
     pocketsphinx_wer: float | None = None
+    lexicon_oov: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     speakers: list[str] = field(default_factory=list)
     licences: list[str] = field(default_factory=list)
@@ -128,6 +129,11 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
     import tempfile
 
     normal = CharTokenizer(TokenizerConfig(unknown="drop"))
+    beam_config = getattr(module, "beam_search_config", None)
+    lexicon = None
+    if beam_config is not None and beam_config.lexicon:
+        lexicon = {line.split()[0] for line in Path(beam_config.lexicon).read_text(encoding="utf-8").splitlines()
+                   if line.strip()}
     results = []
     for source, prepared_source in prepared.items():
         root = prepared_source.manifest.parent
@@ -149,6 +155,9 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
                               round(sum(r["duration"] for r in records) / 60, 2), word_error_rate(references, greedy))
         if beam is not None:
             result.beam_wer = word_error_rate(references, beam)
+        if lexicon is not None:
+            words = [w for t in references for w in t.split()]
+            result.lexicon_oov = sum(w not in lexicon for w in words) / max(len(words), 1)
         sphinx = None
         if reference is not None:
             started = time.perf_counter()
@@ -175,11 +184,11 @@ def _percent(value: float | None) -> str:
 
 def real_speech_table(results: list[SourceResult], title: str = "real human speech: WER % per source") -> Table:
     table = Table(title=title)
-    for column in ("source", "clips", "words", "minutes", "greedy", "beam", "pocketsphinx"):
+    for column in ("source", "clips", "words", "minutes", "greedy", "beam", "pocketsphinx", "words not in lexicon"):
         table.add_column(column, justify="left" if column == "source" else "right")
     for r in results:
         table.add_row(r.source, str(r.clips), str(r.words), f"{r.minutes:.1f}", _percent(r.greedy_wer),
-                      _percent(r.beam_wer), _percent(r.pocketsphinx_wer))
+                      _percent(r.beam_wer), _percent(r.pocketsphinx_wer), _percent(r.lexicon_oov))
     table.caption = "pocketsphinx: its bundled en-us model, dictionary and LM, on the same recordings in the same run"
     return table
 

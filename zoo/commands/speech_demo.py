@@ -268,7 +268,7 @@ def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict
         results = score(module, prepared, reference)
     table = real_speech_table(results, "test WER % per source: real human speech next to the synthetic test voices")
     table.add_row("synthetic (held-out voices)", "", "", "", f"{100 * metrics['test/wer']:.1f}",
-                  f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "", "", style="dim")
+                  f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "", "", "", style="dim")
     console.print(table)
     return results_json(results)
 
