@@ -1,0 +1,51 @@
+"""The peer benchmarks' own translation code, offline: the zoo configs written as NeMo block lists
+(bench/jasper_vs_nemo.py) read back by the zoo's importer, and the DeepRecommender data files."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import bench/harness.py as `harness`
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.mark.parametrize("name", ["jasper-demo", "quartznet-small", "quartznet-15x5", "jasper-10x5dr", "jasper-5x3"])
+def test_nemo_block_list_reads_back_as_the_zoo_config(name: str) -> None:
+    from zoo.speech.nemo_import import jasper_config
+
+    bench = _load("jasper_vs_nemo")
+    config = bench.zoo_config(name)
+    blocks = bench.nemo_blocks(config)
+    assert blocks[0]["stride"] == [config.prologue_stride] and not blocks[0]["residual"]
+    assert sum(b["residual"] for b in blocks) == len(config.blocks) * (config.residual != "none")
+    assert all(b["residual_dense"] == (config.residual == "dense" and b["residual"]) for b in blocks)
+    imported, parsed = jasper_config({"feat_in": config.in_features, "activation": "relu", "jasper": blocks}, 29)
+    assert asdict(imported) == asdict(replace(config, num_classes=29))
+    assert len(parsed) == len(blocks)
+
+
+def test_peer_rating_file_round_trip(tmp_path: Path) -> None:
+    from zoo.datamodules.ratings import RatingMatrix
+
+    bench = _load("recsys_vs_deeprecommender")
+    rows, cols = np.array([0, 0, 2, 3]), np.array([5, 1, 0, 5])
+    matrix = RatingMatrix.from_coo(rows, cols, np.array([4.0, 3.5, 1.0, 5.0]), num_users=4, num_items=6)
+    bench.write_peer_file(matrix, tmp_path / "train")
+    lines = (tmp_path / "train" / "ratings.txt").read_text().splitlines()
+    assert lines == ["0\t1\t3.5", "0\t5\t4", "2\t0\t1", "3\t5\t5"]  # user <TAB> item <TAB> rating, user 1 has none
