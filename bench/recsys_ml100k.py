@@ -33,7 +33,7 @@ def coo(matrix: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def baselines(data: RatingsDataModule) -> dict[str, tuple[float, float]]:
     """Name -> (validation RMSE, test RMSE)."""
     s = data.load()
-    train, valid, test = coo(s.train), coo(s.valid), coo(s.test)
+    train, valid, test = coo(s.train), coo(s.val), coo(s.test)
     mean = train[2].mean()
     results = {"global mean": (rmse(np.full(len(valid[2]), mean), valid[2]), rmse(np.full(len(test[2]), mean), test[2]))}
     fits = {reg: fit_biases(*train, s.train.num_users, s.num_items, reg, reg) for reg in (1.0, 3.0, 10.0, 25.0)}

@@ -23,7 +23,9 @@ the largest batches are split (or, when nothing can be split, the smallest merge
 does, so every utterance is counted exactly once and batches may be uneven.
 
 ``state_dict()`` records the epoch and how many of this epoch's batches were consumed;
-after ``load_state_dict()`` the next iteration resumes with the following batch.
+after ``load_state_dict()`` the next iteration resumes with the following batch (the zoo's one
+resume rule, :class:`~zoo.datamodules.resumable.ResumePosition`: a position at the end of the
+epoch continues with the next one; the skip is dropped when another epoch is selected).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from zoo.datamodules.resumable import ResumePosition
 
 
 class BucketingBatchSampler(Sampler[list[int]]):
@@ -84,9 +88,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.seed = seed
         self.pool_batches = pool_batches
-        self.epoch = 0
-        self._resume_batch = 0
-        self.batches_yielded = 0
+        self.position = ResumePosition()  # counts the batches this sampler yields
 
     # ------------------------------------------------------------ distributed context
     def _world(self) -> tuple[int, int]:
@@ -100,14 +102,21 @@ class BucketingBatchSampler(Sampler[list[int]]):
     # ------------------------------------------------------------ epochs and modes
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (called by Lightning before each epoch). A new epoch starts from its first batch."""
-        if epoch != self.epoch:
-            self._resume_batch = 0
-        self.epoch = epoch
+        self.position.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
 
     @property
     def start_batch(self) -> int:
         """The batch the next iteration starts at (non-zero only right after ``load_state_dict``)."""
-        return self._resume_batch
+        return self.position.start
+
+    @property
+    def batches_yielded(self) -> int:
+        """Batches of this epoch the sampler has yielded (the skipped ones included)."""
+        return self.position.delivered
 
     @property
     def sampler(self) -> BucketingBatchSampler:
@@ -189,11 +198,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
     # ------------------------------------------------------------ Sampler protocol
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
-        start, self._resume_batch = self._resume_batch, 0
-        self.batches_yielded = start
-        for batch in batches[start:]:
-            self.batches_yielded += 1
-            yield batch
+        yield from self.position.track(batches[self.position.begin():])
 
     def __len__(self) -> int:
         """Batches per rank in a whole epoch (a resumed epoch yields the remaining ones)."""
@@ -209,16 +214,12 @@ class BucketingBatchSampler(Sampler[list[int]]):
         """``{"epoch", "seed", "batches_done"}``; ``batches_done`` defaults to the batches this
         sampler has yielded in the current epoch (a DataLoader with workers passes the number it
         has actually delivered, since workers prefetch)."""
-        done = self.batches_yielded if batches_done is None else batches_done
+        done = self.position.consumed() if batches_done is None else batches_done
         return {"epoch": self.epoch, "seed": self.seed, "batches_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration starts after its ``batches_done`` batches
         (or with the next epoch when that epoch was complete)."""
         self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        done = int(state["batches_done"])
-        if done >= len(self):
-            self.epoch, done = self.epoch + 1, 0
-        self._resume_batch = done
-        self.batches_yielded = done
+        self.position.epoch = int(state["epoch"])  # the epoch's own length
+        self.position.restore(int(state["epoch"]), int(state["batches_done"]), len(self))

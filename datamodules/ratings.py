@@ -7,7 +7,8 @@
   (arXiv 1708.01715 §3, after Wu et al. 2017), ``user`` (per user in time order, the first
   ``train_fraction`` of their ratings train) and ``global`` (the first ``train_fraction`` of all
   ratings in time order train). The held-out part is split 50/50 into validation and test by a
-  **seeded** coin flip. Held-out ratings of users or items unseen in training are dropped and counted.
+  **seeded** coin flip; the parts are ``train``, ``val``, ``test`` (:mod:`zoo.datamodules.splits`).
+  Held-out ratings of users or items unseen in training are dropped and counted.
 * Duplicate (user, item) ratings: the latest is kept (:func:`~zoo.datamodules.rating_files.keep_latest`).
 * :class:`RatingsDataModule`: training batches are ``{"inputs"}`` (the user's training vector, which is
   also the target); evaluation batches are ``{"inputs": training vector, "targets": held-out ratings}``,
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.rating_files import RatingTable, embedded_ml100k, guess_format, keep_latest, read_ratings
 from zoo.datamodules.resumable import ResumableDataLoader
+from zoo.datamodules.splits import TEST, TRAIN, VAL
 
 #: Netflix time splits of the paper: (train first day, train last day, test first day, test last day).
 NETFLIX_SPLITS: dict[str, tuple[str, str, str, str]] = {
@@ -101,7 +103,7 @@ class RatingSplits:
     """Train / validation / test matrices sharing one user and item index."""
 
     train: RatingMatrix
-    valid: RatingMatrix
+    val: RatingMatrix
     test: RatingMatrix
     user_ids: np.ndarray  # raw user id of each row
     item_ids: np.ndarray  # raw item id of each column
@@ -164,7 +166,7 @@ def split_ratings(table: RatingTable, split: str = "user", *, train_fraction: fl
         return RatingMatrix.from_coo(rows, cols, part.ratings, len(user_ids), len(item_ids))
 
     stats = {"ratings": n, "duplicates_dropped": duplicates, "skipped_lines": table.skipped,
-             "train": len(train), "valid": int(coin.sum()), "test": int((~coin).sum()),
+             TRAIN: len(train), VAL: int(coin.sum()), TEST: int((~coin).sum()),
              "held_out_unseen_dropped": int((~known).sum()), "outside_windows": int((~is_train & ~is_held).sum())}
     return RatingSplits(matrix(train), matrix(held.select(coin)), matrix(held.select(~coin)), user_ids, item_ids, stats)
 
@@ -276,7 +278,7 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         s = self.load()
-        return self._loader(UserBatches(s.train, s.valid), self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(UserBatches(s.train, s.val), self.hparams.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         s = self.load()

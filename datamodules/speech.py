@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, read_manifests, report_skipped
+from zoo.datamodules.resumable import ResumePosition
+from zoo.datamodules.splits import ALL_SPLITS as SPLITS, STAGE_SPLITS
 from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
 from zoo.config import as_config
 from zoo.speech.audio import AudioError, load_audio
@@ -39,7 +41,6 @@ from zoo.speech.ctc import ctc_min_frames
 from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
-SPLITS = ("train", "val", "test", "predict")
 
 
 class SpeechDataset(Dataset):
@@ -179,7 +180,10 @@ class SpeechDataLoader(DataLoader):
     """A DataLoader over a :class:`BucketingBatchSampler` that Lightning can resume mid-epoch.
 
     It counts the batches it has delivered (workers prefetch, so the sampler alone runs ahead)
-    and exposes ``state_dict``/``load_state_dict``, which Lightning stores in checkpoints. It
+    and exposes ``state_dict``/``load_state_dict``, which Lightning stores in checkpoints: the
+    zoo's one resume rule (:class:`~zoo.datamodules.resumable.ResumePosition`), with the position
+    in the sampler's batches, counted as they leave the loader (a batch left empty counts, though
+    the trainer never sees it; Lightning does not prefetch from a loader with a length). It
     also collects the messages of utterances skipped with ``skip_bad`` (and, in training, those
     too short for CTC) and never delivers a batch left empty by them.
     """
@@ -190,7 +194,7 @@ class SpeechDataLoader(DataLoader):
         # A private generator for the workers' base seed (see __iter__), not the global RNG.
         kwargs.setdefault("generator", torch.Generator())
         super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate_speech, **kwargs)
-        self.batches_delivered = 0
+        self.position = ResumePosition()  # the batches delivered (the sampler keeps the epoch and the skip)
         self.skipped: list[str] = []
         self.infeasible = 0
 
@@ -198,20 +202,24 @@ class SpeechDataLoader(DataLoader):
         # Seeded by (seed, epoch): a resumed epoch gets the same worker seeds, and creating the iterator
         # lazily (after ResumableRNG restored the global RNG on resume) draws nothing from the global RNG.
         self.generator.manual_seed(1_000_003 * self.batch_sampler.seed + self.batch_sampler.epoch)
-        self.batches_delivered = self.batch_sampler.start_batch
-        for batch in super().__iter__():
-            self.batches_delivered += 1
+        self._follow_sampler()
+        self.position.begin()  # the batches the sampler will skip count as delivered
+        for batch in self.position.track(super().__iter__()):
             self.skipped += batch.pop("skipped")
             self.infeasible += len(batch.pop("infeasible"))
             if batch["ids"]:
                 yield batch
 
+    def _follow_sampler(self) -> None:
+        """Take the sampler's epoch and pending skip (the sampler applies it)."""
+        self.position.restore(self.batch_sampler.epoch, self.batch_sampler.start_batch)
+
     def state_dict(self) -> dict[str, Any]:
-        return self.batch_sampler.state_dict(batches_done=self.batches_delivered)
+        return self.batch_sampler.state_dict(batches_done=self.position.consumed())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batch_sampler.load_state_dict(state)
-        self.batches_delivered = self.batch_sampler.batches_yielded
+        self._follow_sampler()
 
 
 class SpeechDataModule(pl.LightningDataModule):
@@ -320,12 +328,11 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read (and check) the manifests the stage needs; ``None``: every split that has some."""
-        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         available = [
             s for s in SPLITS if self.uses_corpus(s) or self.manifests[s] or (s == "predict" and self.manifests["test"])
         ]
         # fit without validation data is allowed (validation is then requested only if the model has a validation_step)
-        splits = available if stage is None else [s for s in stages[stage] if s in available or s != "val"]
+        splits = available if stage is None else [s for s in STAGE_SPLITS[stage] if s in available or s != "val"]
         for split in splits:
             if split not in self.data:
                 self.data[split] = self._read(split)

@@ -61,9 +61,9 @@ from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
 from zoo.datamodules.piper import PIPER_VOICES, Piper
 from zoo.datamodules.sentences import command_sentences, english_sentences
+from zoo.datamodules.splits import SPLITS
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 ESPEAK = "espeak-ng"
 #: Other synthesizer families: prefix -> (engine class, its English voices, label, how to install it).
 ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {

@@ -1,16 +1,17 @@
 """Text corpora -> vocabularies -> truncated-BPTT batches for the language models.
 
-Corpora (``corpus=``), each with a train / valid / test split:
+Corpora (``corpus=``), each with a train / val / test split (the zoo's split names,
+:mod:`zoo.datamodules.splits`; the files keep their ``valid`` spelling):
 
 * ``fortunes`` (the embedded default): Debian's ``fortunes`` package (plain English text under
   ``/usr/share/games/fortunes``), prepared by :func:`prepare_fortunes` with a **fixed split**: the
   files are read in sorted order (``ascii-art`` excluded), split into fortunes at ``%`` lines, and
-  fortune number ``i`` goes to valid if ``i % 20 == 18``, to test if ``i % 20 == 19``, else to train
+  fortune number ``i`` goes to val if ``i % 20 == 18``, to test if ``i % 20 == 19``, else to train
   (90 / 5 / 5 %).
 * ``ptb``: the Mikolov PTB layout: ``ptb.{train,valid,test}.txt`` (word level) or
   ``ptb.char.{train,valid,test}.txt`` (character level: characters are already separated by spaces,
   ``_`` marks word boundaries, so these are split on whitespace).
-* ``text8``: one file ``text8``; the paper split: first 90M characters train, next 5M valid, last 5M
+* ``text8``: one file ``text8``; the paper split: first 90M characters train, next 5M val, last 5M
   test (1603.09025 §5.3); a smaller file is split 90 / 5 / 5 % by the same rule.
 * ``1b``: One Billion Word: training from
   ``training-monolingual.tokenized.shuffled/news.en-000NN-of-00100``, validation and test from
@@ -49,10 +50,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from zoo.cache import cache_root
+from zoo.datamodules.resumable import ResumePosition
+from zoo.datamodules.splits import SPLITS, TEST, TRAIN, VAL, file_stem
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIALS = (UNK, BOS, EOS)
-SPLITS = ("train", "valid", "test")
 CORPORA = ("fortunes", "ptb", "text8", "1b", "files")
 FORTUNES_SOURCE = "/usr/share/games/fortunes"
 FORTUNES_VERSION = "fortunes-v1"
@@ -144,7 +146,7 @@ class Vocabulary:
 def prepare_fortunes(target: Path, source: Path = Path(FORTUNES_SOURCE)) -> Path:
     """Write ``target/fortunes-v1/{train,valid,test}.txt`` from the fortunes files (fixed split, see module doc)."""
     out = Path(target) / FORTUNES_VERSION
-    if all((out / f"{s}.txt").is_file() for s in SPLITS):
+    if all((out / f"{file_stem(s)}.txt").is_file() for s in SPLITS):
         return out
     files = sorted(
         p for p in Path(source).iterdir()
@@ -159,7 +161,7 @@ def prepare_fortunes(target: Path, source: Path = Path(FORTUNES_SOURCE)) -> Path
         for line in [*read_lines(path), "%"]:
             if line.strip() == "%":
                 if any(x.strip() for x in fortune):
-                    split = "valid" if index % 20 == 18 else "test" if index % 20 == 19 else "train"
+                    split = VAL if index % 20 == 18 else TEST if index % 20 == 19 else TRAIN
                     splits[split].extend(fortune)
                     index += 1
                 fortune = []
@@ -167,26 +169,26 @@ def prepare_fortunes(target: Path, source: Path = Path(FORTUNES_SOURCE)) -> Path
                 fortune.append(line)
     out.mkdir(parents=True, exist_ok=True)
     for split, lines in splits.items():
-        tmp = out / f"{split}.txt.tmp"
+        tmp = out / f"{file_stem(split)}.txt.tmp"
         tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        tmp.replace(out / f"{split}.txt")
+        tmp.replace(out / f"{file_stem(split)}.txt")
     return out
 
 
 def corpus_files(corpus: str, data_dir: Path, level: str) -> dict[str, list[Path]]:
-    """The files of each split for a corpus layout (existence checked)."""
+    """The files of each split (``train``, ``val``, ``test``) for a corpus layout (existence checked)."""
     if corpus == "ptb":
         stem = "ptb.char" if level == "char" else "ptb"
-        files = {s: [data_dir / f"{stem}.{s}.txt"] for s in SPLITS}
+        files = {s: [data_dir / f"{stem}.{file_stem(s)}.txt"] for s in SPLITS}
     elif corpus in ("files", "fortunes"):
-        files = {s: [data_dir / f"{s}.txt"] for s in SPLITS}
+        files = {s: [data_dir / f"{file_stem(s)}.txt"] for s in SPLITS}
     elif corpus == "text8":
         files = {s: [data_dir / "text8"] for s in SPLITS}
     elif corpus == "1b":
         shards = sorted((data_dir / ONE_BILLION_TRAIN).glob("news.en-*-of-00100"))
         if not shards:
             raise TextDataError(f"{data_dir / ONE_BILLION_TRAIN}: no news.en-*-of-00100 training shards")
-        files = {"train": shards, "valid": [data_dir / ONE_BILLION_HELDOUT], "test": [data_dir / ONE_BILLION_HELDOUT]}
+        files = {TRAIN: shards, VAL: [data_dir / ONE_BILLION_HELDOUT], TEST: [data_dir / ONE_BILLION_HELDOUT]}
     else:
         raise TextDataError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
     for paths in files.values():
@@ -201,7 +203,7 @@ def text8_split(path: Path, split: str) -> str:
     text = "".join(read_lines(path))
     total = sum(TEXT8_SPLIT)
     n_train, n_valid = (TEXT8_SPLIT[0], TEXT8_SPLIT[1]) if len(text) >= total else (len(text) * 90 // 100, len(text) * 5 // 100)
-    bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, len(text))}
+    bounds = {TRAIN: (0, n_train), VAL: (n_train, n_train + n_valid), TEST: (n_train + n_valid, len(text))}
     start, end = bounds[split]
     return text[start:end]
 
@@ -279,14 +281,14 @@ class StreamingBPTTBatches(IterableDataset):
 class ResumableWindows(DataLoader):
     """The training windows in their fixed order, with Lightning's ``state_dict`` / ``load_state_dict``.
 
-    Lightning 2.6 resumes mid-epoch only with a stateful loader (as
-    :class:`zoo.datamodules.resumable.ResumableDataLoader`, for map-style data): the saved position
-    is the trainer's count of processed batches in the epoch (the loader itself runs one batch
-    ahead: Lightning prefetches), and on resume the dataset skips that many windows (free for the
-    in-memory corpora; the streamed one reads and drops them). Every epoch has the same windows,
-    so only the position matters. A checkpoint written at the end of an epoch restarts at window 0.
-    The carried hidden state of truncated BPTT is the task module's to save
-    (:class:`zoo.lightning_modules.language_model.LanguageModel` does).
+    The position follows the zoo's one resume rule (:class:`zoo.datamodules.resumable.ResumePosition`):
+    the saved position is the trainer's count of processed batches in the epoch (the loader itself
+    runs one batch ahead when Lightning prefetches, as it does for the streamed corpus, which has no
+    length), and on resume the dataset skips that many windows (free for the in-memory corpora; the
+    streamed one reads and drops them). Every epoch has the same windows, so only the position
+    matters: ``{"batches", "epoch_done"}``, where ``epoch_done`` marks a checkpoint written at the end
+    of an epoch, which restarts at window 0. The carried hidden state of truncated BPTT is the task
+    module's to save (:class:`zoo.lightning_modules.language_model.LanguageModel` does).
 
     Args:
         dataset: :class:`BPTTBatches` or :class:`StreamingBPTTBatches`.
@@ -298,30 +300,20 @@ class ResumableWindows(DataLoader):
         # a private generator: creating the iterator must not draw from the global RNG (it would shift the
         # model's random draws after a resume, which creates it at a different point of the RNG stream)
         super().__init__(dataset, batch_size=None, generator=torch.Generator())
-        self.trainer = trainer
-        self._yielded = 0
-        self._exhausted = False
+        self.position = ResumePosition(trainer)
+
+    def _length(self) -> int | None:
+        return len(self.dataset) if isinstance(self.dataset, BPTTBatches) else None
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        self._yielded, self._exhausted = self.dataset.start, False
-        for batch in super().__iter__():
-            self._yielded += 1
-            yield batch
-        self._exhausted = True
-
-    def _consumed(self) -> int:
-        if self.trainer is not None:
-            return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        return self._yielded
+        self.dataset.start = self.position.begin()
+        yield from self.position.track(super().__iter__())
 
     def state_dict(self) -> dict[str, int]:
-        consumed = self._consumed()
-        return {"batches": consumed, "epoch_done": int(self._exhausted and consumed >= self._yielded)}
+        return {"batches": self.position.consumed(), "epoch_done": int(self.position.epoch_done(self._length()))}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        batches = int(state["batches"])
-        done = bool(state.get("epoch_done")) or (isinstance(self.dataset, BPTTBatches) and batches >= len(self.dataset))
-        self.dataset.start = 0 if done else batches
+        self.position.restore(self.position.epoch, int(state["batches"]), self._length(), bool(state.get("epoch_done")))
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -405,7 +397,7 @@ class TextDataModule(pl.LightningDataModule):
             self.vocab = Vocabulary.from_file(Path(self.vocab_file))
         else:
             counts: Counter = Counter()
-            for line in self._split_lines("train"):
+            for line in self._split_lines(TRAIN):
                 counts.update(tokenize(line, level))
             self.vocab = Vocabulary.from_counts(counts, self.min_count, self.max_vocab)
         if self.corpus != "1b":
@@ -421,15 +413,15 @@ class TextDataModule(pl.LightningDataModule):
         else:
             rank, world = _distributed()
             dataset = BPTTBatches(self.ids[split], batch_size, self.bptt, rank, world)
-        if split == "train":  # resumable mid-epoch (`zoo fit --ckpt_path last`)
+        if split == TRAIN:  # resumable mid-epoch (`zoo fit --ckpt_path last`)
             return ResumableWindows(dataset, trainer=self.trainer)
         return DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
+        return self._loader(TRAIN, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", self.eval_batch_size)
+        return self._loader(VAL, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._loader(TEST, self.eval_batch_size)

@@ -102,13 +102,13 @@ def test_netflix_time_windows_seeded_coin_and_unseen_dropped(tmp_path):
     s = split_ratings(table, "N3M", seed=3)
     assert s.stats["held_out_unseen_dropped"] == 2
     assert s.stats["outside_windows"] == 12
-    assert s.stats["train"] == 3 * 29 + 2 * 10 + 1 and s.stats["valid"] + s.stats["test"] == 2 * 24
+    assert s.stats["train"] == 3 * 29 + 2 * 10 + 1 and s.stats["val"] + s.stats["test"] == 2 * 24
     assert 7 in s.item_ids and 6 not in s.item_ids and 99 not in s.user_ids
     again = split_ratings(table, "N3M", seed=3)
-    np.testing.assert_array_equal(again.valid.indptr, s.valid.indptr)
+    np.testing.assert_array_equal(again.val.indptr, s.val.indptr)
     other = split_ratings(table, "N3M", seed=4)
-    assert not np.array_equal(other.valid.indices, s.valid.indices) or \
-        not np.array_equal(other.valid.indptr, s.valid.indptr)
+    assert not np.array_equal(other.val.indices, s.val.indices) or \
+        not np.array_equal(other.val.indptr, s.val.indptr)
     # N1Y has no training ratings here
     with pytest.raises(ValueError, match="training part is empty"):
         split_ratings(table, "N1Y")
@@ -131,7 +131,7 @@ def test_user_split_time_order_and_global_split():
     s = split_ratings(t, "user", train_fraction=0.7, seed=0)
     assert set(s.item_ids[s.train.row(0)[0]]) == set(range(3, 10))
     assert set(s.item_ids[s.train.row(1)[0]]) == set(range(7))
-    held = set(s.item_ids[np.r_[s.valid.row(0)[0], s.test.row(0)[0]]])
+    held = set(s.item_ids[np.r_[s.val.row(0)[0], s.test.row(0)[0]]])
     assert held == {0, 1, 2}
     # global: the first ratings in time order train, whoever made them
     g_table = RatingTable(np.array([1, 2, 1, 2, 1, 2, 1, 2, 3]), np.array([0, 2, 1, 3, 2, 0, 3, 1, 0]),
@@ -139,7 +139,7 @@ def test_user_split_time_order_and_global_split():
     g = split_ratings(g_table, "global", train_fraction=0.44, seed=0)
     assert g.stats["train"] == 4 and list(g.user_ids) == [1, 2]
     assert g.stats["held_out_unseen_dropped"] == 1  # user 3 rated only after the cut
-    assert g.valid.nnz + g.test.nnz == 4
+    assert g.val.nnz + g.test.nnz == 4
     with pytest.raises(ValueError, match="empty"):
         split_ratings(t.select(np.zeros(20, bool)), "user")
 
@@ -180,11 +180,11 @@ def test_datamodule_batches_train_vector_in_heldout_target_no_drop(tmp_path):
     assert all(set(b) == {"inputs", "users"} for b in train)
     val = list(dm.val_dataloader())
     val_users = np.concatenate([b["users"].numpy() for b in val])
-    assert len(val_users) == int((s.valid.row_counts() > 0).sum())  # no batch dropped
-    assert sum(int((b["targets"] > 0).sum()) for b in val) == s.valid.nnz
+    assert len(val_users) == int((s.val.row_counts() > 0).sum())  # no batch dropped
+    assert sum(int((b["targets"] > 0).sum()) for b in val) == s.val.nnz
     for b in val:
         torch.testing.assert_close(b["inputs"], naive_dense(s.train, b["users"].tolist()))
-        torch.testing.assert_close(b["targets"], naive_dense(s.valid, b["users"].tolist()))
+        torch.testing.assert_close(b["targets"], naive_dense(s.val, b["users"].tolist()))
     assert sum(int((b["targets"] > 0).sum()) for b in dm.test_dataloader()) == s.test.nnz
     assert dm.num_items == len(s.item_ids)
     assert dm.dataset_card == "movielens" and RatingsDataModule(None).dataset_card == "movielens"

@@ -51,7 +51,7 @@ def test_ptb_word_layout_vocabulary_and_oov(tmp_path: Path) -> None:
     vocab = dm.vocabulary
     assert vocab[:3] == ["<unk>", "<s>", "</s>"]
     assert vocab[3:5] == ["the", "sat"]  # by decreasing count: the x3, sat x2 (</s> is a special)
-    valid = dm.vocab.decode(dm.ids["valid"].tolist())
+    valid = dm.vocab.decode(dm.ids["val"].tolist())
     assert valid == ["the", "<unk>", "sat", EOS]  # zebra is out of vocabulary
     batch = next(iter(dm.val_dataloader()))
     assert batch["inputs"].tolist() == [dm.vocab.encode(["the", "<unk>", "sat"])]
@@ -68,8 +68,8 @@ def test_text8_split_and_char_level(tmp_path: Path) -> None:
     _write(tmp_path / "text8", "abcdefghij" * 20)  # 200 chars -> 180 / 10 / 10
     dm = TextDataModule(corpus="text8", data_dir=str(tmp_path), batch_size=1)
     dm.setup()
-    assert [len(dm.ids[s]) for s in ("train", "valid", "test")] == [181, 11, 11]  # + </s>
-    assert "".join(dm.vocab.decode(dm.ids["valid"][:10].tolist())) == "abcdefghij"
+    assert [len(dm.ids[s]) for s in ("train", "val", "test")] == [181, 11, 11]  # + </s>
+    assert "".join(dm.vocab.decode(dm.ids["val"][:10].tolist())) == "abcdefghij"
 
 
 def test_one_billion_word_layout_is_streamed(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_one_billion_word_layout_is_streamed(tmp_path: Path) -> None:
     assert dm.vocab.decode(first["inputs"][1].tolist()) == ["d", "e"]
     second = batches[1]
     assert dm.vocab.decode(second["inputs"][0].tolist()) == ["c", EOS]  # row 0 continues itself
-    valid = next(iter(StreamingBPTTBatches(dm.files["valid"], dm.vocab, "word", 1, 2)))
+    valid = next(iter(StreamingBPTTBatches(dm.files["val"], dm.vocab, "word", 1, 2)))
     assert dm.vocab.decode(valid["inputs"][0].tolist()) == ["a", "<unk>"]
 
 
@@ -130,8 +130,8 @@ def test_fortunes_prepared_with_fixed_split(tmp_path: Path) -> None:
 def test_embedded_fortunes_corpus_is_real_text(tmp_path: Path) -> None:
     dm = TextDataModule(data_dir=str(tmp_path), batch_size=4, bptt=16)
     dm.setup()
-    sizes = {s: len(dm.ids[s]) for s in ("train", "valid", "test")}
-    assert sizes["train"] > 2_000_000 and 0.03 < sizes["valid"] / sizes["train"] < 0.08
+    sizes = {s: len(dm.ids[s]) for s in ("train", "val", "test")}
+    assert sizes["train"] > 2_000_000 and 0.03 < sizes["val"] / sizes["train"] < 0.08
     assert {"e", " ", "t"} <= set(dm.vocabulary)
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"].shape == (4, 16)

@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
-from zoo.registry import count_parameters, create, list_models, register
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoo.registry import count_parameters, create, list_models, register
+
+_REGISTRY_NAMES = ("count_parameters", "create", "list_models", "register")
 
 __version__ = "0.1.0"
 
@@ -19,3 +24,12 @@ def load(name_or_repo_or_path: str, revision: str | None = None, **kwargs):
     from zoo.loading import load as hub_load
 
     return hub_load(name_or_repo_or_path, revision=revision, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """The registry functions (and ``zoo.registry``) on first use: ``import zoo`` (``zoo --help``) needs no torch."""
+    if name in _REGISTRY_NAMES or name == "registry":
+        import zoo.registry as registry
+
+        return registry if name == "registry" else getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
