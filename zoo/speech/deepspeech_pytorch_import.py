@@ -1,4 +1,4 @@
-"""Convert deepspeech.pytorch checkpoints (SeanNaren/deepspeech.pytorch) into a zoo DeepSpeech2 :class:`SpeechRecognizer`.
+"""Convert deepspeech.pytorch checkpoints (SeanNaren/deepspeech.pytorch) into a zoo DeepSpeech2 recognizer.
 
 Their model (fixed architecture): input spectrogram ``(N, 1, D, T)``; ``conv.seq_module`` = Conv2d(1, 32,
 (41, 11) over (freq, time), stride (2, 2), pad (20, 5)) + BatchNorm2d + Hardtanh(0, 20), Conv2d(32, 32,
@@ -20,17 +20,21 @@ Mapping onto :class:`~zoo.speech.deepspeech2.DeepSpeech2` (computes the same fun
 * the Hardtanh after the lookahead is represented by a zoo FC layer initialised to the identity
   (``fc_hidden = hidden_size``, ``hardtanh(I h + 0)``), followed by the folded output layer.
 
-Features: deepspeech.pytorch computes ``log1p(|STFT|)`` with a Hamming window and normalises each
-utterance by one scalar mean and std; the zoo featurizer (``kind="spectrogram"``) computes
-``log(|STFT|^2 + 2^-24)`` with a Hann window and per-feature normalisation. The importer sets the zoo's
-closest settings (same sample rate, window, hop and FFT size, no pre-emphasis, no dither), so the
-encoder is exact on given features but transcripts from raw audio are *not* those of deepspeech.pytorch.
+Features: the recognizer's featurizer is ``kind="deepspeech_pytorch"`` (:mod:`zoo.speech.peer_features`), their
+``SpectrogramParser``: ``log1p(|STFT|)`` with their window function, window and hop, normalised by one mean and
+std per utterance; from raw audio the features, outputs and greedy transcripts equal theirs
+(``docs/import-deepspeech-pytorch.md``, ``tests/test_import_deepspeech_fixtures.py``).
+
+Loading: checkpoints written by their training (``@hydra.main`` + Lightning ``ModelCheckpoint``) pickle OmegaConf
+``DictConfig`` hyper-parameters; :func:`read_checkpoint` reads them with ``torch.load(weights_only=True)``,
+rebuilding exactly those classes as inert placeholders, and refuses any other pickled class.
 """
 
 from __future__ import annotations
 
-import math
+import enum
 import pickle
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from zoo.registry import network_dict
 from zoo.speech.deepspeech2 import DeepSpeech2, DeepSpeech2Config
 from zoo.speech.features import FeaturizerConfig
 from zoo.speech.nemo_import import representable
+from zoo.speech.peer_features import PAD_MODES, PERIODIC_WINDOWS
 from zoo.speech.recognizer import SpeechRecognizer
 from zoo.speech.tokenizer import TokenizerConfig
 
@@ -57,8 +62,8 @@ class DeepSpeechImportError(ValueError):
 
 class _Placeholder:
     """Inert stand-in for a class pickled in a checkpoint (OmegaConf containers and nodes, config
-    dataclasses, enums): records its constructor arguments and pickled state, never runs its code.
-    (Dict *subclasses* cannot be rebuilt under ``weights_only``; such files need ``trust_pickle``.)"""
+    dataclasses, enums, typing forms): records its constructor arguments and pickled state, never
+    runs its code."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
         instance = super().__new__(cls)
@@ -69,37 +74,76 @@ class _Placeholder:
         self.state = state
 
 
+def _inert_defaultdict(*args: Any) -> dict:
+    """``collections.defaultdict(factory)`` as a plain dict (OmegaConf's ``resolver_cache``, filled with
+    the ``${now:...}`` results of hydra's run): the default factory is dropped, never called."""
+    return {}
+
+
+#: What deepspeech.pytorch's training pickles besides tensors (``@hydra.main`` config -> ``DictConfig``
+#: hyper-parameters whose parents reach the whole ``DeepSpeechConfig``): OmegaConf containers, nodes and
+#: metadata, the peer's config dataclasses and enums (``RNNType`` holds the ``torch.nn`` RNN classes),
+#: the typing forms of OmegaConf's ``ref_type`` (``Tuple[Any, ...]`` = ``getitem(Tuple, (Any, Ellipsis))``)
+#: and the builtin types in its metadata. Each loads as an inert :class:`_Placeholder`.
+_INERT_MODULES = ("omegaconf.", "deepspeech_pytorch.configs.", "deepspeech_pytorch.enums.")
+_INERT_NAMES = frozenset({
+    *(f"typing.{name}" for name in ("Any", "Tuple", "List", "Dict", "Optional", "Union")),
+    "_operator.getitem", "operator.getitem", "builtins.getattr", "builtins.Ellipsis", "builtins.type",
+    *(f"builtins.{name}" for name in ("object", "bool", "int", "float", "str", "bytes", "list", "tuple", "dict")),
+    *(f"torch.nn.modules.rnn.{name}" for name in ("LSTM", "GRU", "RNN")),
+})
+
+
 def _plain(node: Any) -> Any:
-    """Placeholders (OmegaConf ``_content``/``_val``, object state, enum value) and mappings -> plain
-    dicts, lists and values."""
-    if isinstance(node, _Placeholder):
-        state = node.state if isinstance(node.state, dict) else {}
-        if "_content" in state:
-            return _plain(state["_content"])
-        if "_val" in state:
-            return _plain(state["_val"])
-        if state:
-            return _plain(state)
-        return _plain(node.args[0]) if node.args else None
-    if isinstance(node, dict):
+    """Placeholders and OmegaConf-like objects (``_content``/``_val`` state), enums (their value), classes
+    (their dotted name) and mappings -> plain dicts, lists and values."""
+    if isinstance(node, Tensor):
+        return node
+    if isinstance(node, type):  # a class as a value (RNNType.lstm = torch.nn.LSTM) -> its pickled name
+        return getattr(node, "pickled_name", f"{node.__module__}.{node.__qualname__}")
+    if isinstance(node, enum.Enum):
+        return _plain(node.value)
+    if isinstance(node, Mapping):
         return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
         return [_plain(v) for v in node]
-    return node
+    if isinstance(node, _Placeholder):
+        state = node.state if isinstance(node.state, dict) else {}
+    else:  # --trust-pickle: real objects; OmegaConf nodes keep their value in ``_val``
+        state = vars(node) if hasattr(node, "__dict__") else {}
+        if "_content" not in state and "_val" not in state:
+            return node
+    if "_content" in state:
+        return _plain(state["_content"])
+    if "_val" in state:
+        return _plain(state["_val"])
+    if state:
+        return _plain(state)
+    return _plain(node.args[0]) if node.args else None
 
 
 def _load(path: Path, trust_pickle: bool) -> Any:
-    """``torch.load`` with ``weights_only=True``; classes it refuses (OmegaConf objects in
-    ``hyper_parameters``, deepspeech.pytorch's config dataclasses and enums) load as inert
-    :class:`_Placeholder` objects, so neither omegaconf nor deepspeech_pytorch is needed and no
-    pickled code runs. ``trust_pickle`` loads with ``weights_only=False`` instead."""
+    """``torch.load`` with ``weights_only=True``. The classes of a deepspeech.pytorch checkpoint that it
+    refuses (:data:`_INERT_NAMES`, :data:`_INERT_MODULES`) load as inert :class:`_Placeholder` objects and
+    ``collections.defaultdict`` as a plain dict, so neither omegaconf nor deepspeech_pytorch is needed
+    and no pickled code runs; any other class is refused. ``trust_pickle`` loads with
+    ``weights_only=False`` instead."""
     if trust_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    stubs = [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {}), name) for name in names]
+    foreign = sorted(n for n in names if n not in _INERT_NAMES and n != "collections.defaultdict"
+                     and not n.startswith(_INERT_MODULES))
+    if foreign:
+        raise DeepSpeechImportError(
+            f"{path}: pickles objects other than tensors and deepspeech.pytorch/OmegaConf configuration "
+            f"({', '.join(foreign)}); --trust-pickle loads it with weights_only=False, for files you trust"
+        )
+    stubs: list[Any] = [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {"pickled_name": name}), name)
+                        for name in names if name != "collections.defaultdict"]
+    stubs.append((_inert_defaultdict, "collections.defaultdict"))
     with torch.serialization.safe_globals(stubs):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -111,10 +155,14 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
         raise DeepSpeechImportError(f"{path}: no such file")
     try:
         checkpoint = _load(path, trust_pickle)
+    except DeepSpeechImportError:
+        raise
     except pickle.UnpicklingError as error:
+        lines = str(error).splitlines()
+        reason = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
         raise DeepSpeechImportError(
             f"{path}: torch.load(weights_only=True) refused it even with placeholders for its classes "
-            f"({str(error).splitlines()[0]}); --trust-pickle loads it with weights_only=False, for files you trust"
+            f"({reason}); --trust-pickle loads it with weights_only=False, for files you trust"
         ) from error
     except (ModuleNotFoundError, AttributeError) as error:
         raise DeepSpeechImportError(f"{path}: unpickling needs a missing module or class ({error})") from error
@@ -156,13 +204,19 @@ def tokenizer_config(labels: list[str], path: Path) -> tuple[TokenizerConfig, li
     return TokenizerConfig(alphabet="".join(chars), numbers="spell" if " " in chars else "drop"), [blank, *rest]
 
 
-def featurizer_config(spect: dict[str, Any]) -> FeaturizerConfig:
-    """Their ``spect_cfg`` -> the closest zoo spectrogram featurizer (see the module docstring)."""
+def featurizer_config(spect: dict[str, Any], stft_pad: str = "constant") -> FeaturizerConfig:
+    """Their ``spect_cfg`` -> the zoo featurizer that reproduces their ``SpectrogramParser``
+    (``kind="deepspeech_pytorch"``, :mod:`zoo.speech.peer_features`): the same sample rate, window
+    function, window and hop in samples (``int(sample_rate * seconds)``, as theirs). ``stft_pad``: zeros
+    (librosa >= 0.10) or ``"reflect"`` (librosa <= 0.9), which the checkpoint does not record."""
     sample_rate = int(spect.get("sample_rate", 16000))
-    window = float(spect.get("window_size", 0.02))
-    return FeaturizerConfig(kind="spectrogram", sample_rate=sample_rate, window_ms=window * 1000,
-                            hop_ms=float(spect.get("window_stride", 0.01)) * 1000, n_fft=int(sample_rate * window),
-                            dither=0.0, preemphasis=0.0, normalize="per_feature")
+    window_size, window_stride = float(spect.get("window_size", 0.02)), float(spect.get("window_stride", 0.01))
+    window = spect.get("window", "hamming")
+    win_length, hop_length = int(sample_rate * window_size), int(sample_rate * window_stride)
+    return FeaturizerConfig(kind="deepspeech_pytorch", sample_rate=sample_rate, window_ms=window_size * 1000,
+                            hop_ms=window_stride * 1000, win_length=win_length, hop_length=hop_length,
+                            n_fft=win_length, window=str(window), dither=0.0, preemphasis=0.0, mag_power=1.0,
+                            normalize="all_features", stft_pad=stft_pad)
 
 
 class _State:
@@ -180,9 +234,10 @@ class _State:
         return scale, self(f"{prefix}.bias") - self(f"{prefix}.running_mean") * scale
 
 
-def import_deepspeech(path: str | Path, trust_pickle: bool = False) -> SpeechRecognizer:
+def import_deepspeech(path: str | Path, trust_pickle: bool = False, stft_pad: str = "constant") -> SpeechRecognizer:
     """Convert a deepspeech.pytorch ``.ckpt`` (Lightning ``hyper_parameters`` or the older top-level
-    ``labels``/``audio_conf`` layout) into a zoo DeepSpeech2 :class:`SpeechRecognizer` (eval mode)."""
+    ``labels``/``audio_conf`` layout) into a zoo DeepSpeech2 :class:`SpeechRecognizer` (eval mode) with
+    their featurizer (:func:`featurizer_config`)."""
     path = Path(path)
     checkpoint = read_checkpoint(path, trust_pickle)
     hp = checkpoint.get("hyper_parameters") or {}
@@ -192,7 +247,13 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False) -> SpeechRec
     if not labels:
         raise DeepSpeechImportError(f"{path}: no labels (hyper_parameters.labels)")
     tokenizer, order = tokenizer_config(list(labels), path)
-    featurizer = featurizer_config(hp.get("spect_cfg") or checkpoint.get("audio_conf") or {})
+    spect = hp.get("spect_cfg") or checkpoint.get("audio_conf") or {}
+    if str(spect.get("window", "hamming")) not in PERIODIC_WINDOWS:
+        raise DeepSpeechImportError(f"{path}: spect_cfg.window {spect.get('window')!r} is not one of "
+                                    f"deepspeech.pytorch's windows {sorted(PERIODIC_WINDOWS)}")
+    if stft_pad not in PAD_MODES:
+        raise DeepSpeechImportError(f"stft_pad must be one of {PAD_MODES}, got {stft_pad!r}")
+    featurizer = featurizer_config(spect, stft_pad)
 
     for index, (channels, kernel, _, _) in enumerate(FRONT_END):
         weight = get(f"conv.seq_module.{3 * index}.weight")
@@ -222,11 +283,13 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False) -> SpeechRec
             raise DeepSpeechImportError(f"{path}: a unidirectional model without lookahead weights")
         context = get(lookahead_key).shape[-1]
         if context < 2:
-            raise DeepSpeechImportError(f"{path}: lookahead context {context} < 2 is not supported (zoo: context - 1 >= 1)")
+            raise DeepSpeechImportError(
+                f"{path}: lookahead context {context} < 2 is not supported (zoo: context - 1 >= 1)"
+            )
 
     sample_rate, window = featurizer.sample_rate, featurizer.window_ms / 1000
     config = DeepSpeech2Config(
-        in_features=int(math.floor(sample_rate * window / 2) + 1), num_classes=len(labels),
+        in_features=featurizer.n_fft // 2 + 1, num_classes=len(labels),
         conv_channels=tuple(c for c, _, _, _ in FRONT_END),
         conv_kernels=tuple((k[1], k[0]) for _, k, _, _ in FRONT_END),
         conv_strides=tuple((s[1], s[0]) for _, _, s, _ in FRONT_END),
