@@ -79,6 +79,23 @@ def test_masked_batchnorm2d_matches_batchnorm2d_over_valid_frames():
     torch.testing.assert_close(ours(x, frame_mask(lengths, 7)), ref(x))
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batchnorm2d_without_padding_is_batchnorm2d(momentum):
+    torch.manual_seed(1)
+    x = (torch.randn(2, 3, 5, 6) * 2 + 1).requires_grad_()
+    ours, ref = MaskedBatchNorm2d(3, momentum=momentum), nn.BatchNorm2d(3, momentum=momentum)
+    nn.init.normal_(ours.weight), nn.init.normal_(ours.bias)
+    ref.load_state_dict(ours.state_dict())
+    for time_dim in (2, 3, 2):
+        mask = torch.ones(2, x.shape[time_dim], dtype=torch.bool)
+        out, expected = ours(x, mask, time_dim=time_dim), ref(x)
+        torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), x)[0], torch.autograd.grad((expected * g).sum(), x)[0])
+    for name, buffer in ref.named_buffers():
+        torch.testing.assert_close(getattr(ours, name), buffer)
+
+
 def naive_layer(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
     """Per-utterance, per-step loop of DS2's equations with BN from nn.BatchNorm1d over valid frames."""
     dirs, H, kind = layer.directions, layer.hidden_size, layer.rnn_type

@@ -19,9 +19,19 @@ Amodei et al., *Deep Speech 2*, arXiv 1512.02595. Layers, bottom to top:
 * A fully connected layer (clipped ReLU) and the output layer (logits over the characters + CTC
   blank; optionally + all character bigrams, §6.1).
 
-How the batch norm of ``W x`` is computed exactly with a fused RNN kernel
--------------------------------------------------------------------------
-A fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
+How the batch norm of ``W x`` is computed exactly
+-------------------------------------------------
+**On the CPU** (default, :meth:`DeepSpeech2.recurrent_packed`): the recurrent stack runs on the valid
+frames only, packed utterance after utterance (``N`` rows). Each layer computes ``z = W x`` as one
+product over the ``N`` frames, ``B(z)`` with ATen's batch norm over those rows (exactly the statistics
+of the equation, with its fused backward; running averages as ``nn.BatchNorm1d``), and hands ``B(z)``
+to a C++ loop (``csrc/ds2_recurrence.cpp``, :class:`PackedRecurrence`) that per step only adds
+``U h_{t-1}`` (one product over the utterances still running) and applies the gates; its backward is
+hand-written back-propagation through time with ``dL/dU`` as one product over all steps. Under bf16
+autocast the products run in bfloat16, statistics, gates and states in float32.
+
+**With PyTorch's fused kernels** (GPUs; ``kernel="fused"``; where the extension cannot be built): a
+fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
 ``B`` is affine per output unit once its statistics are known, ``B(W x) = W' x + b'`` with
 ``W' = diag(gamma / sigma) W`` and ``b' = beta - gamma * mu / sigma``. The statistics of ``W x``
 follow from the masked mean ``m`` and covariance ``C`` of the layer input ``x`` over valid frames:
@@ -33,6 +43,10 @@ through the batch statistics as in ordinary batch norm, at the cost of one ``D x
 instead of a second input projection (or of the centred projection when that is cheaper: few frames,
 wide layers; see :meth:`SequenceBatchNorm.fold`). The running averages track ``mu`` and the unbiased
 ``sigma^2`` just like :class:`torch.nn.BatchNorm1d` applied to the valid frames of ``W x``.
+
+The conv front end computes its convolutions on the (B, C, F, T) layout, the weights keeping their
+``(time, freq)`` layout (transposed on the fly; oneDNN's backward is several times faster so).
+Batch statistics are taken in float32 under mixed precision and in float64 for a double model.
 
 Padding never changes an utterance's outputs: the conv front end masks padded frames to zero
 before every convolution (exactly zero padding) and uses masked batch statistics; the backward
@@ -158,6 +172,13 @@ class MaskedBatchNorm2d(_MaskedStatistics):
     def forward(self, x: Tensor, mask: Tensor, time_dim: int = 2) -> Tensor:  # type: ignore[override]
         if not self._use_batch_statistics():
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if bool(mask.all()) and x.numel() > x.shape[1]:  # no padding: ATen's kernel (float32 accumulation)
+            factor = 0.0
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+            return torch.batch_norm(x, self.weight, self.bias, *running, True, factor, self.eps, False)
         with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under mixed precision
             dtype = statistics_dtype(x.dtype)
             m = mask[:, None, :, None] if time_dim == 2 else mask[:, None, None, :]

@@ -101,10 +101,9 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight_t, const 
         if (kind == kLstm) {
           const T* c_prev = s == 0 ? nullptr : cp - batch * hidden + r * hidden;
           T* c = cp + r * hidden;
-          for (int64_t j = 0; j < gates; ++j) {
-            const T v = static_cast<T>(x[j]) + static_cast<T>(u[j]);
-            a[j] = (j >= 2 * hidden && j < 3 * hidden) ? std::tanh(v) : sigmoid(v);
-          }
+          for (int64_t j = 0; j < 2 * hidden; ++j) a[j] = sigmoid(static_cast<T>(x[j]) + static_cast<T>(u[j]));
+          for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) a[j] = std::tanh(static_cast<T>(x[j]) + static_cast<T>(u[j]));
+          for (int64_t j = 3 * hidden; j < gates; ++j) a[j] = sigmoid(static_cast<T>(x[j]) + static_cast<T>(u[j]));
           for (int64_t k = 0; k < hidden; ++k) {
             c[k] = a[hidden + k] * (c_prev ? c_prev[k] : T(0)) + a[k] * a[2 * hidden + k];
             h[k] = a[3 * hidden + k] * std::tanh(c[k]);
