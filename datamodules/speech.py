@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, read_manifests, report_skipped
 from zoo.datamodules.resumable import ResumePosition
-from zoo.datamodules.splits import ALL_SPLITS as SPLITS, STAGE_SPLITS
+from zoo.datamodules.splits import ALL_SPLITS as SPLITS
+from zoo.datamodules.splits import STAGE_SPLITS
 from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
 from zoo.config import as_config
 from zoo.speech.audio import AudioError, load_audio

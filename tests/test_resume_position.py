@@ -18,7 +18,8 @@ from zoo.datamodules.text import BPTTBatches, ResumableWindows, StreamingBPTTBat
 def fake_trainer(processed: int = 0) -> SimpleNamespace:
     """The one trainer attribute the rule reads: the processed-batch count of the current epoch."""
     current = SimpleNamespace(processed=processed)
-    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=current))))
+    progress = SimpleNamespace(batch_progress=SimpleNamespace(current=current))
+    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=progress))
 
 
 def processed(trainer: SimpleNamespace, count: int) -> None:
@@ -85,7 +86,8 @@ class Utterances(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if i in self.bad:
             return {"error": f"utterance {i}"}
-        return {"features": torch.full((2, 3), float(i)), "length": 3, "tokens": torch.tensor([1]), "text": "a", "id": str(i)}
+        features = torch.full((2, 3), float(i))
+        return {"features": features, "length": 3, "tokens": torch.tensor([1]), "text": "a", "id": str(i)}
 
 
 def map_loader(trainer=None) -> ResumableDataLoader:
@@ -96,7 +98,7 @@ def window_loader(trainer=None) -> ResumableWindows:
     return ResumableWindows(BPTTBatches(torch.arange(200), batch_size=4, bptt=6), trainer=trainer)
 
 
-def speech_loader(trainer=None) -> SpeechDataLoader:
+def speech_loader() -> SpeechDataLoader:
     """7 batches of 2 in a shuffled order; utterances 3 and 4 (the shortest: one batch) are undecodable."""
     lengths = [1.0 if i in (3, 4) else 2.0 for i in range(14)]
     return SpeechDataLoader(Utterances(14, bad=(3, 4)), BucketingBatchSampler(lengths, batch_size=2, seed=1))
@@ -127,7 +129,8 @@ def test_the_bucketing_sampler_keeps_its_place_with_the_one_rule() -> None:
 
 
 def batches(loader) -> list:
-    return [b["ids"] if isinstance(b, dict) and "ids" in b else b["inputs"] if isinstance(b, dict) else b for b in loader]
+    """What identifies each batch: speech ids, text inputs, or the map-style batch itself."""
+    return [(b["ids"] if "ids" in b else b["inputs"]) if isinstance(b, dict) else b for b in loader]
 
 
 def same(a: list, b: list) -> bool:

@@ -17,10 +17,9 @@ from zoo.datamodules.text import TextDataModule, corpus_files
 
 def test_the_vocabulary_is_lightnings_stage_names() -> None:
     assert splits.SPLITS == ("train", "val", "test") and splits.ALL_SPLITS == (*splits.SPLITS, "predict")
-    hooks = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
     import pytorch_lightning as pl
 
-    assert all(hasattr(pl.LightningDataModule, hooks[s]) for s in splits.ALL_SPLITS)
+    assert all(hasattr(pl.LightningDataModule, f"{s}_dataloader") for s in splits.ALL_SPLITS)
     assert set(splits.STAGE_SPLITS) == {"fit", "validate", "test", "predict"}
     assert {s for stage in splits.STAGE_SPLITS.values() for s in stage} == set(splits.ALL_SPLITS)
 
