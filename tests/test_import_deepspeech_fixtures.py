@@ -147,6 +147,9 @@ def test_command_converts_the_real_checkpoint(tmp_path, recognizer):
     for loaded in (zoo.load(out), zoo.load(CHECKPOINT)):
         assert loaded.featurizer.config == recognizer.featurizer.config
         assert loaded.transcribe(wav)[0].text == " ".join(META["transcripts"]["fun"].lower().split())
+    reflect = tmp_path / "reflect"  # a model trained with librosa <= 0.9
+    assert zoo_main(["import-deepspeech", str(CHECKPOINT), str(reflect), "--stft-pad", "reflect"]) == 0
+    assert zoo.load(reflect).featurizer.config.stft_pad == "reflect"
 
 
 class Foreign:
