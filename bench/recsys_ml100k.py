@@ -1,7 +1,7 @@
-"""Results table for the README: test RMSE on the embedded MovieLens-100k, measured in one run.
+"""Results table of docs/recommender.md: test RMSE on the embedded MovieLens-100k, measured in one run.
 
 Rows: global mean, user + item biases (regularisation chosen on validation), and the deep
-autoencoder trained by the recipe ``configs/autorec_ml100k.yaml`` without and with dense
+autoencoder trained by the recipe ``autorec_ml100k`` without and with dense
 re-feeding (each evaluated at its best-validation epoch). Same split, same seed for all.
 
     python bench/recsys_ml100k.py [--epochs N] [--threads 1]
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from harness import environment, table, write_result
 
+from zoo import recipes
 from zoo.cli import ZooCLI, quiet_known_warnings
 from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule
 from zoo.recsys.baselines import fit_biases, rmse
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "autorec_ml100k.yaml"
+CONFIG = recipes.folder() / "autorec_ml100k.yaml"
 
 
 def coo(matrix: RatingMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

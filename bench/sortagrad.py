@@ -4,7 +4,7 @@
                               [--log-every 25] [--json results.json]
     python bench/sortagrad.py --report a.json [b.json ...]  # the table of earlier (possibly partial) runs
 
-Each seed trains ``ds2-demo`` (the ``configs/ds2_demo.yaml`` model, optimizer and augmentation:
+Each seed trains ``ds2-demo`` (the ``ds2_demo`` recipe's model, optimizer and augmentation:
 Adam 2e-3, linear warm-up then cosine decay over the run, gradient norm clipped to 400) for a
 fixed number of optimizer steps on the first ``--train-utterances`` utterances of the embedded
 synthetic corpus's training set, once with the :class:`~zoo.callbacks.sortagrad.SortaGrad`

@@ -1,7 +1,7 @@
 """A picture of what a CTC speech model hears: one validation utterance's features with the forced
 alignment of its transcript, and the per-frame posteriors, written at every validation run.
 
-``zoo fit --config configs/jasper_demo.yaml --trainer.callbacks+=zoo.callbacks.PlotCTCAlignment``
+``zoo fit --config jasper_demo --trainer.callbacks+=zoo.callbacks.PlotCTCAlignment``
 writes ``ctc_alignment-step<N>.png`` into ``output_dir`` (default ``<log dir>/plots``):
 
 * top: the utterance's features (log-mel or spectrogram, feature frames on x), with the output

@@ -1,6 +1,6 @@
 """PNG plots of the loss and metric curves at the end of fit, to look at instead of read.
 
-``zoo fit --config configs/X.yaml --trainer.callbacks+=zoo.callbacks.PlotMetrics`` writes
+``zoo fit --config RECIPE --trainer.callbacks+=zoo.callbacks.PlotMetrics`` writes
 ``curves.png`` (one panel per logged scalar, against the optimizer step; training values every
 ``log_every_n_steps``, validation values at each validation run) into ``output_dir`` (default:
 ``<log dir>/plots``). Positive losses are drawn on a log scale. Only global rank 0 plots.

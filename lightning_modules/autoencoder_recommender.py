@@ -13,7 +13,7 @@
 * Optimizer: SGD with momentum 0.9 as in the paper unless ``optimizer`` is given (e.g. Adam from YAML).
   Weight decay skips biases (the project-wide parameter groups) unless ``decay_biases`` is set: with
   Adam on MovieLens-100k, decaying the biases too (as ``torch.optim`` does over ``parameters()``) is
-  worth ~0.01 RMSE, almost all of it from the output biases (README, "Deep autoencoder recommender").
+  worth ~0.01 RMSE, almost all of it from the output biases (docs/experiments.md, Recommender).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ reloaded with the same transcripts."""
 import json
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 import zoo
+from zoo import recipes
 from zoo.datamodules.speech import SpeechDataModule, ctc_min_frames
 from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, write_lexicon
@@ -170,7 +170,7 @@ def test_tiny_ds2_with_bigram_outputs_trains_from_yaml_and_exports(tmp_path):
 def test_ds2_paper_recipe_uses_bigrams_at_stride_3(capsys):
     from zoo.cli import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "ds2_paper_librispeech.yaml"
+    config = recipes.folder() / "ds2_paper_librispeech.yaml"
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)

@@ -4,7 +4,6 @@ step on tiny synthetic manifests (ds2-large swapped for ds2-tiny, which has the 
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,10 @@ import soundfile
 import torch
 import yaml
 
+from zoo import recipes
 from zoo.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = recipes.folder()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ fast_dev_run step on tiny synthetic manifests; the big encoders' parameter count
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,10 @@ import torch
 import yaml
 
 import zoo
+from zoo import recipes
 from zoo.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = recipes.folder()
 RECIPES = {  # config -> (encoder, parameter count)
     "jasper_demo.yaml": ("jasper-demo", None),
     "jasper_english.yaml": ("jasper-demo", None),

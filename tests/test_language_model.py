@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -11,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo import recipes
 from zoo.datamodules.text import BPTTBatches, TextDataModule
 from zoo.lightning_modules.language_model import LanguageModel, VocabularyMismatchError
 from zoo.text.pipeline import LanguageModelPipeline
 from zoo.text.softmax import LogUniformSampler, chunked_nll, sampled_softmax_nll
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -198,7 +197,7 @@ def test_pipeline_export_score_and_generate(tmp_path) -> None:
 
 
 # -- the recipes ----------------------------------------------------------------------------------
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = recipes.folder()
 LM_CONFIGS = ["bnlstm_demo.yaml", "lstm_demo.yaml", "flstm_demo.yaml", "biglstm_1b.yaml"]
 
 

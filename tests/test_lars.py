@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from zoo import recipes
 from zoo.lightning_modules.optimization import parameter_groups
 from zoo.optim import LARS
 
@@ -118,14 +119,12 @@ def test_invalid_arguments() -> None:
 
 def test_usable_from_yaml_for_a_zoo_model(tmp_path, monkeypatch) -> None:
     """LightningCLI builds LARS from the command line / YAML and a training step runs with it."""
-    from pathlib import Path
-
     from zoo.cli import main
 
     monkeypatch.chdir(tmp_path)
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.txt").write_text("abc abd abe\n" * 40)
-    config = Path(__file__).resolve().parent.parent / "configs" / "lstm_demo.yaml"
+    config = recipes.folder() / "lstm_demo.yaml"
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "2",
             "--model.init_args.network_overrides", '{"embedding_size": 8, "hidden_size": 8}',
             "--data.init_args.corpus", "files", "--data.init_args.data_dir", str(tmp_path),

@@ -13,9 +13,10 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from zoo_toys import ToyData, ToyModule
 
+from zoo import recipes
 from zoo.callbacks import ResumableCheckpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = recipes.folder()
 
 
 class WorseEveryValidation(ToyModule):

@@ -3,8 +3,12 @@
 import dataclasses
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,3 +105,44 @@ def test_model_dict_round_trip():
     data = json.loads(json.dumps(registry.model_to_dict(model)))
     rebuilt = registry.model_from_dict(data)
     assert type(rebuilt) is Tiny and rebuilt.config == model.config
+
+
+@pytest.mark.slow
+def test_wheel_installs_without_the_checkout_and_finds_its_recipes(tmp_path):
+    """`pip wheel` of a copy of the sources, installed (no dependencies) into a fresh venv that borrows the
+    project venv's packages but not its editable zoo; `zoo list` and the recipes work from another folder."""
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy(root / name, source / name)
+    for name in ["zoo", "lightning_modules", "datamodules", "callbacks"]:
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist",
+                    source], check=True)
+    wheel = next((tmp_path / "dist").glob("zoo-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "zoo/recipes/jasper_demo.yaml" in archive.namelist()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    # The project venv's site-packages as a plain path: its packages import, its .pth files (the editable
+    # zoo) are not run, so `zoo` can only come from the wheel.
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([*pip, "--python", venv / "bin" / "python", "install", "--no-deps", "--no-index", wheel],
+                   check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = dict(cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    lookup = subprocess.run([venv / "bin" / "python", "-c", "import zoo, zoo.recipes as r; "
+                             "print(zoo.__file__); print(r.path('jasper_demo')); print(len(r.names()))"], **run)
+    assert lookup.returncode == 0, lookup.stderr
+    module, recipe, count = lookup.stdout.split()
+    assert Path(module).is_relative_to(site) and Path(recipe) == site / "zoo" / "recipes" / "jasper_demo.yaml"
+    assert int(count) == len(list((root / "zoo" / "recipes").glob("*.yaml")))
+    listed = subprocess.run([venv / "bin" / "zoo", "list"], **run)
+    assert listed.returncode == 0 and "jasper-demo" in listed.stdout, listed.stderr
+    printed = subprocess.run([venv / "bin" / "zoo", "fit", "--config", "jasper_demo", "--print_config"], **run)
+    assert printed.returncode == 0 and "CTCSpeechRecognizer" in printed.stdout, printed.stderr

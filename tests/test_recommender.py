@@ -14,13 +14,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import zoo
+from zoo import recipes
 from zoo.cli import main as zoo_main
 from zoo.lightning_modules.autoencoder_recommender import AutoEncoderRecommender
 from zoo.recsys.baselines import fit_biases
 from zoo.recsys.losses import drop_ratings, masked_mse
 from zoo.recsys.recommender import Recommender
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def trainer(**kwargs) -> pl.Trainer:
@@ -171,7 +170,7 @@ def write_ml100k(tmp_path, n_users=30, n_items=25, per_user=10, seed=0) -> Path:
 
 def fit_with_cli(tmp_path, config="autorec_ml100k.yaml", extra=()):
     data = write_ml100k(tmp_path)
-    args = ["fit", "--config", str(ROOT / "configs" / config), "--data.init_args.path", str(data),
+    args = ["fit", "--config", str(recipes.folder() / config), "--data.init_args.path", str(data),
             "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path),
             *extra]
     assert zoo_main(args) == 0
@@ -221,7 +220,7 @@ def test_netflix_config_print_and_fast_dev_run(tmp_path, capsys):
         text = f"{movie}:\n" + "".join(f"{c},{rng.integers(1, 6)},{days[(c + movie) % len(days)]}\n"
                                        for c in range(1, 40))
         (root / f"mv_{movie:07d}.txt").write_text(text)
-    config = str(ROOT / "configs" / "autorec_netflix.yaml")
+    config = str(recipes.folder() / "autorec_netflix.yaml")
     with pytest.raises(SystemExit):
         zoo_main(["fit", "--config", config, "--print_config"])
     printed = capsys.readouterr().out
@@ -258,7 +257,7 @@ def test_ml100k_config_resolves_to_the_recipe(tmp_path, capsys):
     from zoo.callbacks import ResumableCheckpoint
     from zoo.cli import ZooCLI
 
-    path = ROOT / "configs" / "autorec_ml100k.yaml"
+    path = recipes.folder() / "autorec_ml100k.yaml"
     recipe = yaml.safe_load(path.read_text())
     with pytest.raises(SystemExit) as exit_:
         zoo_main(["fit", "--config", str(path), "--print_config"])
@@ -273,7 +272,7 @@ def test_ml100k_config_resolves_to_the_recipe(tmp_path, capsys):
     model_args = recipe["model"]["init_args"]
     for key in ("input_noise", "refeed_steps", "decay_biases"):
         assert model.hparams[key] == model_args[key], key
-    assert model_args["decay_biases"] is True  # the recipe's choice (see the README)
+    assert model_args["decay_biases"] is True  # the recipe's choice (docs/experiments.md)
     optimizer = model.configure_optimizers()
     module, _, name = model_args["optimizer"]["class_path"].rpartition(".")
     assert type(optimizer) is getattr(importlib.import_module(module), name)

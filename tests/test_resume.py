@@ -13,6 +13,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from zoo import recipes
 from zoo.callbacks.resume import AtomicCheckpointIO
 from zoo.cli import main as zoo_main
 from zoo.hub import CheckpointError
@@ -197,7 +198,7 @@ def test_speech_model_resumes_mid_epoch_after_kill_9(tmp_path):
                             max_steps=15)
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("recipe", sorted((recipes.folder()).glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_recipe_keeps_a_last_checkpoint(recipe):
     """`zoo fit --ckpt_path last` needs `last.ckpt`: every recipe's ModelCheckpoint has save_last."""

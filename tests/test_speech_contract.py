@@ -1,14 +1,14 @@
 """The speech model <-> data contract is stated once (zoo.cli.ZooCLI links): recipes cannot make the
 DataModule's CTC length rule, featurizer or tokenizer disagree with the model's."""
 
-from pathlib import Path
 
 import pytest
 
+from zoo import recipes
 from zoo.cli import ZooCLI
 from zoo.lightning_modules.ctc_speech_recognizer import encoder_time_reduction
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = recipes.folder()
 
 
 def instantiate(tmp_path, recipe: str, *args: str) -> ZooCLI:

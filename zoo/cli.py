@@ -1,6 +1,6 @@
 """The ``zoo`` command line.
 
-``zoo fit|validate|test|predict --config configs/X.yaml`` is Lightning's own CLI
+``zoo fit|validate|test|predict --config NAME`` (a recipe of :mod:`zoo.recipes`, or a YAML path) is Lightning's own CLI
 (:class:`zoo.lightning_cli.ZooCLI`), so every hyperparameter of the model, the data and the
 trainer can be overridden on the command line (``--model.lr 0.01``, ``--trainer.max_epochs 3``).
 It is imported only for those subcommands, so ``zoo``, ``zoo --help`` and the zoo's own commands
@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from zoo import recipes
+
 #: ``zoo NAME ...`` -> ``"module:function"``; the function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
     "list": "zoo.commands.list_models:main",
@@ -35,7 +37,7 @@ COMMANDS: dict[str, str] = {
 
 #: Lightning's subcommands with their one-line descriptions (``zoo fit --help`` lists every option).
 LIGHTNING_SUBCOMMANDS: dict[str, str] = {
-    "fit": "train a recipe: --config configs/X.yaml (--ckpt_path last resumes)",
+    "fit": "train a recipe: --config jasper_demo (a recipe name or a YAML path; --ckpt_path last resumes)",
     "validate": "evaluate a checkpoint on the validation set (--config, --ckpt_path)",
     "test": "evaluate a checkpoint on the test set (--config, --ckpt_path)",
     "predict": "run the model's predict_step over the data module's predict set",
@@ -89,9 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = ", ".join([*LIGHTNING_SUBCOMMANDS, *COMMANDS])
         print(f"zoo: unknown command {args[0]!r}; commands: {names}", file=sys.stderr)
         return 2
+    try:
+        args = recipes.config_args(args)  # --config jasper_demo -> the recipe file inside the package
+    except recipes.RecipeError as error:
+        print(f"zoo: {error}", file=sys.stderr)
+        return 2
     from zoo.lightning_cli import ZooCLI  # Lightning (and torch) only for a Lightning subcommand
 
     # args=None from the shell: LightningCLI reads sys.argv itself (and does not warn that both were given)
+    if argv is None:
+        sys.argv[1:] = args
     ZooCLI(args=None if argv is None else args)
     return 0
 

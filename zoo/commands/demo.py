@@ -10,12 +10,14 @@ it with ``zoo.load`` and transcribes a few test files (see :mod:`zoo.commands.sp
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from zoo import recipes
 from zoo.datamodules.synthetic_speech import (
     CorpusManifests,
     SyntheticCorpusConfig,
@@ -140,13 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--real-speech", action=argparse.BooleanOptionalAction, default=None,
                         help="report test WER per real human speech source (zoo prepare-real-speech) next to "
                         "pocketsphinx's (default: on with --text english, off with commands)")
-    parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one, "
-                        "e.g. configs/ds2_demo.yaml (trained, evaluated, exported and reloaded the same way)")
+    parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one: "
+                        "a recipe name (ds2_demo) or a YAML path (trained, evaluated, exported and reloaded the "
+                        "same way)")
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        recipe = recipes.path(args.recipe) if args.recipe else None
+    except recipes.RecipeError as error:
+        print(f"zoo demo: {error}", file=sys.stderr)
+        return 2
     console = Console()
     _, info = build_demo_corpus(corpus_config(args), num_workers=args.workers, console=console)
     print_corpus_table(info, console)
@@ -156,7 +164,6 @@ def main(argv: list[str]) -> int:
 
     from zoo.commands.speech_demo import run
 
-    recipe = Path(args.recipe) if args.recipe else None
     real_speech = args.text == "english" if args.real_speech is None else args.real_speech
     return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe,
                real_speech=real_speech)

@@ -4,7 +4,7 @@ Prints one row per source (clips, minutes, speakers, licence, manifest) and the 
 their reasons; a source whose package is missing is one line saying how to install it. The
 manifests are ready as test sets of any speech recipe::
 
-    zoo test --config configs/jasper_english.yaml --ckpt_path CKPT \\
+    zoo test --config jasper_english --ckpt_path CKPT \\
         --data.init_args.test_manifests '[MANIFEST]'
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from zoo import recipes
 from zoo.cards import CardInfo
 from zoo.checkpoints import card_info_from_checkpoint, export_checkpoint
 from zoo.hub import is_repo_id, push
@@ -32,7 +33,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or the cached login)")
     parser.add_argument("--export-dir", default=None, help="keep the exported folder here (default: a temporary one)")
-    parser.add_argument("--recipe", default=None, help="training config YAML to show in the model card")
+    parser.add_argument("--recipe", default=None,
+                        help="training recipe to show in the model card: a name such as jasper_demo, or a YAML path")
     parser.add_argument("--dataset", action="append", default=[], help="training data key for the model card "
                         "(movielens, netflix, librispeech, synthetic-speech, ptb); repeatable")
     parser.add_argument("--seed", type=int, default=None, help="training seed for the model card")
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> int:
             else:
                 overrides = {"datasets": args.dataset, "seed": args.seed, "title": args.repo, "command": args.command}
                 if args.recipe:
-                    overrides["recipe"] = Path(args.recipe).read_text()
+                    overrides["recipe"] = recipes.path(args.recipe).read_text()
                 info: CardInfo = card_info_from_checkpoint(source, **overrides)
                 folder = export_checkpoint(source, args.export_dir or tmp, info, load_name=args.repo,
                                            prepare=lambda pipeline: set_decoder(pipeline, args))

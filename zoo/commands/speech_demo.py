@@ -27,13 +27,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from zoo import recipes
 from zoo.speech.decoding import BeamSearchConfig
 
-RECIPES = {"commands": "jasper_demo.yaml", "english": "jasper_english.yaml"}
+RECIPES = {"commands": "jasper_demo", "english": "jasper_english"}
 
 
 def recipe_path(text: str) -> Path:
-    return Path(__file__).resolve().parents[2] / "configs" / RECIPES[text]
+    return recipes.path(RECIPES[text])
 
 
 class WallClockCurve(pl.Callback):
@@ -188,7 +189,8 @@ def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dic
         command = shlex.join(["zoo", *sys.argv[1:]])
     else:
         command = f"zoo demo --text {text}" + (f" --minutes {max_minutes:g}" if max_minutes is not None else "")
-        command += "" if recipe == recipe_path(text) else f" --recipe {recipe}"
+        named = recipe.stem if recipe.parent == recipes.folder() else recipe  # a recipe name where it is one
+        command += "" if recipe == recipe_path(text) else f" --recipe {named}"
     corpus_spec = json.dumps(dataclasses.asdict(corpus), default=list) if dataclasses.is_dataclass(corpus) else ""
     seed = (yaml.safe_load(recipe.read_text()) or {}).get("seed_everything")
     return CardInfo(
@@ -278,7 +280,7 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
     ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``);
     ``recipe``: another speech recipe on the synthetic corpus (default: the Jasper recipe for ``text``),
-    e.g. ``configs/ds2_demo.yaml``; ``real_speech``: also report WER per real-speech source
+    e.g. ``zoo.recipes.path("ds2_demo")``; ``real_speech``: also report WER per real-speech source
     (:func:`evaluate_real_speech`)."""
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ Presets follow the paper's Table 2 / §3: ``autorec-netflix-full`` (n,512,512,10
 ``autorec-netflix-3m`` (n,128,256,256,dp 0.65,…), with n = 17,768 Netflix items, plus
 ``autorec-ml100k``, a small CPU net for MovieLens-100k (n = 1,682): with 943 users the paper's
 nets overfit, so it is narrower, uses ELU, a linear output layer whose biases start at the mean
-rating (3.5), and dropout 0.8 on the code (tuned on the validation split, see the README).
+rating (3.5), and dropout 0.8 on the code (tuned on the validation split, see docs/recommender.md).
 """
 
 from __future__ import annotations
