@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from zoo.datamodules.real_speech import (
     ALSA_SOUNDS,
     ASTERISK_SOUNDS,
     ASTERISK_TRANSCRIPTS,
+    SOURCES,
     TranscriptError,
     normalise_transcript,
     prepare_real_speech,
@@ -260,3 +263,54 @@ def test_subset_is_evenly_spaced_and_keeps_the_ends():
     records = [{"i": i} for i in range(10)]
     assert [r["i"] for r in subset(records, 4)] == [0, 3, 6, 9]
     assert subset(records, None) == records and subset(records, 20) == records
+
+
+FAKE_APT_GET = """#!/bin/sh
+# apt-get download PACKAGE: writes PACKAGE_1.0_all.deb (a text file naming the package) into the working folder
+[ "$1" = download ] || exit 1
+echo "$2" > "$2_1.0_all.deb"
+echo "$2" >> {log}
+"""
+FAKE_DPKG = """#!/bin/sh
+# dpkg -x DEB TARGET: copies the prepared tree of the package named in DEB into TARGET
+[ "$1" = -x ] || exit 1
+mkdir -p "$3" && cp -r {trees}/$(cat "$2")/. "$3"/
+"""
+FAKE_PIP = """#!{python}
+# python -m pip download ... -d FOLDER: copies the prepared sdist into FOLDER
+import shutil, sys
+args = sys.argv[1:]
+assert args[:3] == ["-m", "pip", "download"] and "--no-binary" in args, args
+shutil.copy({sdist!r}, args[args.index("-d") + 1])
+"""
+
+
+def test_missing_packages_are_fetched_into_the_cache(tmp_path, monkeypatch):
+    """apt-get download + dpkg -x for the Debian sources, pip download for the pocketsphinx sdist (all faked)."""
+    trees, bin_dir, log = tmp_path / "trees", tmp_path / "bin", tmp_path / "apt.log"
+    fake_asterisk(trees / "asterisk-core-sounds-en-wav")  # the prompts; their transcripts go to the other package
+    (trees / "asterisk-core-sounds-en" / "usr" / "share").mkdir(parents=True)
+    (trees / "asterisk-core-sounds-en-wav" / "usr" / "share" / "doc").rename(
+        trees / "asterisk-core-sounds-en" / "usr" / "share" / "doc")
+    fake_alsa(trees / "alsa-utils")
+    fake_pocketsphinx_sdist(tmp_path / "sdist")
+    bin_dir.mkdir()
+    for name, text in (("apt-get", FAKE_APT_GET.format(log=log)), ("dpkg", FAKE_DPKG.format(trees=trees)),
+                       ("python", FAKE_PIP.format(python=sys.executable,
+                                                  sdist=str(tmp_path / "sdist" / "pocketsphinx-9.9.9.tar.gz")))):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("zoo.datamodules.real_speech.sys.executable", str(bin_dir / "python"))
+    lines: list[str] = []
+    prepared = prepare_real_speech(SOURCES, tmp_path / "cache", roots=[tmp_path / "empty"], report=lines.append)
+    assert lines == [] and list(prepared) == list(SOURCES)
+    assert log.read_text().split() == ["asterisk-core-sounds-en-wav", "asterisk-core-sounds-en", "alsa-utils"]
+    assert [r["text"] for r in read(prepared["alsa"].manifest)] == ["front left", "rear center"]
+    assert len(read(prepared["asterisk"].manifest)) == 3 and len(read(prepared["pocketsphinx"].manifest)) == 3
+    unpacked = tmp_path / "cache" / "speech" / "real" / "debian" / "alsa-utils"
+    assert (unpacked / ".unpacked").is_file() and (unpacked / ALSA_SOUNDS / "Front_Left.wav").is_file()
+    # the next call finds everything in the cache: nothing is fetched again
+    log.unlink()
+    assert list(prepare_real_speech(SOURCES, tmp_path / "cache", roots=[tmp_path / "empty"])) == list(SOURCES)
+    assert not log.exists()
