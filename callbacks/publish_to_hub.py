@@ -20,16 +20,16 @@ only exports and says so.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from huggingface_hub import get_token
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from zoo import hub
+from zoo.checkpoints import card_info_from_trainer
 
 
 class PublishToHub(Callback):
@@ -59,23 +59,9 @@ class PublishToHub(Callback):
             return Path(self.export_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "export"
 
-    def _card_info(self, trainer: pl.Trainer, best_path: str) -> hub.CardInfo:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
-        callback = trainer.checkpoint_callback
-        if best_path and callback is not None and callback.monitor and callback.best_model_score is not None:
-            metrics[f"best_{callback.monitor}"] = float(callback.best_model_score)
-        recipe = None
-        for folder in {trainer.log_dir, trainer.default_root_dir} - {None}:
-            config = Path(folder) / "config.yaml"
-            if config.is_file():
-                recipe = config.read_text()
-                break
-        datasets = self.datasets or _as_list(getattr(trainer.datamodule, "dataset_card", None))
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        return hub.CardInfo(title=self.repo_id, metrics=metrics, recipe=recipe, datasets=datasets,
-                            seed=int(seed) if seed is not None else None, steps=trainer.global_step,
-                            epochs=trainer.current_epoch)
+    def _card_info(self, trainer: pl.Trainer) -> hub.CardInfo:
+        info = card_info_from_trainer(trainer)
+        return dataclasses.replace(info, title=self.repo_id, datasets=self.datasets or info.datasets)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # fail before training, not after it
@@ -87,7 +73,7 @@ class PublishToHub(Callback):
         callback = trainer.checkpoint_callback
         best = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
         folder = self._folder(trainer)
-        info = self._card_info(trainer, best)
+        info = self._card_info(trainer)
         final = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         try:
             if best:
@@ -107,8 +93,3 @@ class PublishToHub(Callback):
             reason = "no repo_id" if not self.repo_id else "no Hub token ($HF_TOKEN or `hf auth login`)"
             rank_zero_info(f"PublishToHub: exported {source} to {folder}; not pushed ({reason})")
 
-
-def _as_list(value: object) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
