@@ -78,7 +78,9 @@ def main() -> int:
     columns = [("source", "source"), ("clips", "clips"), ("words", "words"), ("minutes", "minutes", ".1f"),
                ("greedy", "greedy WER %", ".1f"), ("beam", "beam WER %", ".1f"),
                ("pocketsphinx", "pocketsphinx WER %", ".1f"), ("oov", "words not in the beam lexicon %", ".1f")]
-    notes = (f"checkpoint {checkpoint}; {'all clips' if args.max_clips is None else f'at most {args.max_clips} clips per source (evenly spaced)'}; beam: {'lexicon + LM, lm_weight %s, word_score %s' % (beam.lm_weight, beam.word_score) if beam else 'none'}; "
+    clips = "all clips" if args.max_clips is None else f"at most {args.max_clips} clips per source (evenly spaced)"
+    decoding = f"lexicon + LM, lm_weight {beam.lm_weight}, word_score {beam.word_score}" if beam else "none"
+    notes = (f"checkpoint {checkpoint}; {clips}; beam: {decoding}; "
              f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files")
     write_result(args.name, [table("Real human speech: WER per source", columns, rows, notes)], env,
                  checkpoint=str(checkpoint), beam_search=beam.__dict__ if beam else None,

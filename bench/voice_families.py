@@ -28,7 +28,8 @@ def main() -> int:
     env = environment()
     with tempfile.TemporaryDirectory() as cache:
         config = SyntheticCorpusConfig(train_utterances=args.utterances, val_utterances=4, test_utterances=4,
-                                       train_variants=VOICES, val_variants=["m5"], test_variants=["f4"], cache_dir=cache)
+                                       train_variants=VOICES, val_variants=["m5"], test_variants=["f4"],
+                                       cache_dir=cache)
         info = corpus_info(build_corpus(config, num_workers=args.workers, report=print))
     rows = [{"family": family, **stats} for family, stats in info["engines"].items()]
     for row in rows:

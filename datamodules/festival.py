@@ -71,7 +71,8 @@ class Festival:
         if name not in FESTIVAL_VOICES:
             raise FestivalError(f"unknown Festival voice {voice!r}; use one of {[PREFIX + v for v in FESTIVAL_VOICES]}")
         if name not in installed_voices():
-            raise FestivalError(f"the Festival voice {voice!r} is not installed: apt-get install {FESTIVAL_VOICES[name]}")
+            raise FestivalError(
+                f"the Festival voice {voice!r} is not installed: apt-get install {FESTIVAL_VOICES[name]}")
 
     def render(self, text: str, voicing: Voicing) -> np.ndarray:
         self.check_voice(voicing.voice)

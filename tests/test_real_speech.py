@@ -40,7 +40,7 @@ def tone(path: Path, rate: int, seconds: float, channels: int = 1) -> None:
         ("Call-Forward on Busy.", "call forward on busy"),
         ("at [@]", "at"),
         ("the 21st caller", "the twenty first caller"),
-        ("Please leave your message after the tone. (simple tone sound plays)", "please leave your message after the tone"),
+        ("Please leave your message. (simple tone sound plays)", "please leave your message"),
         ("   you're  Welcome...", "you're welcome"),
     ],
 )

@@ -29,9 +29,9 @@ from zoo.datamodules.synthetic_speech import (
     CorpusManifests,
     SyntheticCorpusConfig,
     build_corpus,
+    corpus_dir,
     corpus_info,
     corpus_statistics,
-    corpus_dir,
     read_manifest,
     split_leaks,
     voice_family,
@@ -209,7 +209,8 @@ def test_english_sentences_split_and_normalise_fortune_files(tmp_path):
         "is it over",
         "i paid one thousand two hundred dollars for the best seats in one thousand nine hundred eighty four",
     ]
-    assert english_sentences(tmp_path, min_words=4, max_words=6) == ["the three little pigs built houses", "wolves however don't knock"]
+    assert english_sentences(tmp_path, min_words=4, max_words=6) == ["the three little pigs built houses",
+                                                                     "wolves however don't knock"]
 
 
 def test_normalize_sentence_and_number_words():
@@ -269,7 +270,8 @@ def test_corpus_statistics_against_hand_counts(tmp_path):
     stats = corpus_statistics(manifests)
     assert stats["utterances"] == 5 and stats["hours"] == pytest.approx(10.0 / 3600, abs=1e-3)
     assert stats["splits"]["train"] == {"utterances": 2, "hours": round(4.0 / 3600, 3), "mean_seconds": 2.0,
-                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2, "families": ["espeak-ng"]}
+                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2,
+                                        "families": ["espeak-ng"]}
     assert stats["splits"]["test"]["voices"] == 2 and stats["splits"]["test"]["variants"] == 1
     assert stats["vocabulary"] == 9  # turn on the lights off fan play jazz radio
     assert stats["sentence_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 1}
@@ -337,7 +339,8 @@ def test_flite_voices_render_through_the_flite_program(tmp_path, monkeypatch):
     fake.write_text(FAKE_FLITE.format(python=sys.executable, log=str(log)))
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    config = tiny(tmp_path, train_utterances=4, val_utterances=2, test_utterances=3, test_variants=["flite:slt", "flite:awb"])
+    config = tiny(tmp_path, train_utterances=4, val_utterances=2, test_utterances=3,
+                  test_variants=["flite:slt", "flite:awb"])
     manifests = build_corpus(config, num_workers=1)
     test_rows = read_manifest(manifests.test)
     assert [r["voice"] for r in test_rows] != [] and {r["voice"] for r in test_rows} <= {"flite:slt", "flite:awb"}
@@ -360,7 +363,8 @@ def test_flite_voices_render_through_the_flite_program(tmp_path, monkeypatch):
 def test_plan_uses_each_split_variant_in_turn(tmp_path):
     config = tiny(tmp_path, train_utterances=200, val_utterances=20, test_utterances=30)
     plan = synthetic_speech.plan_corpus(config)
-    for split, variants in (("train", config.train_variants), ("val", config.val_variants), ("test", config.test_variants)):
+    for split in ("train", "val", "test"):
+        variants = getattr(config, f"{split}_variants")
         used = [u.voicing.voice.split("+")[1] for u in plan if u.split == split]
         counts = {v: used.count(v) for v in variants}
         assert set(used) <= set(variants)
@@ -375,7 +379,8 @@ import json, os, re, sys
 import numpy as np, soundfile
 args = sys.argv[1:]
 if os.path.basename(sys.argv[0]) == "festival":
-    print("festival: Festival Speech Synthesis System: " + os.environ.get("FAKE_VERSION", "9.9.9") + ":fake"); sys.exit(0)
+    print("festival: Festival Speech Synthesis System: " + os.environ.get("FAKE_VERSION", "9.9.9") + ":fake")
+    sys.exit(0)
 text = sys.stdin.read()
 voice = re.match(r"[(]voice_(\\w+)[)]", args[1])[1]
 stretch = float(args[3].rstrip(")").split()[-1])
@@ -431,7 +436,8 @@ def test_two_voices_three_prompts_with_an_unheard_festival_family(tmp_path, fake
     assert {r["voice"] for r in rows["test"]} == {"festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"}
     assert {r["voice"].split("+")[1] for r in rows["train"]} == {"f1", "m1"}
     texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
-    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["val"]) and not (texts["val"] & texts["test"])
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not texts[a] & texts[b], (a, b)
     calls = [json.loads(line) for line in fake_festival.read_text().splitlines()]
     assert [c[2] for c in calls] == [r["text"] for r in rows["test"]]
     for (voice, stretch, _), row in zip(calls, rows["test"]):

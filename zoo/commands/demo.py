@@ -110,8 +110,8 @@ def print_corpus_table(info: dict, console: Console | None = None) -> None:
             split, str(s["utterances"]), f"{s['hours']:.2f}", f"{s['mean_seconds']:.2f}", str(s["words"]),
             str(s["vocabulary"]), str(s["voices"]), str(s["variants"]), ", ".join(s.get("families", [])),
         )
-    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "", "",
-                  style="bold")
+    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "",
+                  "", style="bold")
     console = console or Console()
     console.print(table)
     overlap = ", ".join(f"{k} {v}" for k, v in stats["sentence_overlap"].items())
@@ -125,7 +125,8 @@ def print_corpus_table(info: dict, console: Console | None = None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo demo", description=__doc__)
     parser.add_argument("--text", choices=("commands", "english"), default="commands",
-                        help="commands: restricted-vocabulary voice-assistant sentences (default); english: fortunes sentences")
+                        help="commands: restricted-vocabulary voice-assistant sentences (default); "
+                        "english: fortunes sentences")
     parser.add_argument("--utterances", type=int, help="training utterances (default: the shared spec, 4000)")
     parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
     parser.add_argument("--test-variants", help="comma-separated held-out test voices, e.g. "

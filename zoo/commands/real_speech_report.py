@@ -51,7 +51,8 @@ def read_references(manifest: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def recognizer_hypotheses(module, manifest: Path, batch_size: int = 16) -> tuple[list[str], list[str], list[str] | None]:
+def recognizer_hypotheses(module, manifest: Path,
+                          batch_size: int = 16) -> tuple[list[str], list[str], list[str] | None]:
     """(audio ids, greedy texts, beam texts or None) of ``module`` (a CTCSpeechRecognizer in eval mode)
     over ``manifest``, in the manifest's order."""
     from zoo.datamodules.speech import SpeechDataModule

@@ -250,8 +250,8 @@ def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict
                          cache_dir: str | None = None) -> list[dict[str, Any]]:
     """WER per real-speech source (``zoo prepare-real-speech``), greedy and with the tuned beam search, next to
     the synthetic test set's and to pocketsphinx on the same recordings (see :mod:`zoo.commands.real_speech_report`)."""
-    from zoo.commands.real_speech_report import (Pocketsphinx, PocketsphinxMissing, evaluate_real_speech as score,
-                                                 real_speech_table, results_json)
+    from zoo.commands.real_speech_report import Pocketsphinx, PocketsphinxMissing, real_speech_table, results_json
+    from zoo.commands.real_speech_report import evaluate_real_speech as score
     from zoo.datamodules.real_speech import prepare_real_speech
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 
@@ -293,7 +293,9 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     words, arpa = language_model_files(datamodule, output)
     metrics, beam = evaluate(checkpoint, datamodule, words, arpa, console)
     console.print(results_table(metrics, minutes, f"{recipe.stem} ({text}): test WER/CER"))
-    real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None)) if real_speech else []
+    real = []
+    if real_speech:
+        real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None))
     curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")

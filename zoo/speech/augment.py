@@ -299,7 +299,9 @@ class FeatureAugmentation:
         self.config = config
         self.freq_masking = T.FrequencyMasking(config.freq_mask_width)
         self.time_masking = T.TimeMasking(config.time_mask_width, p=config.time_mask_ratio)
-        self.band_edge = band_edge_bin(featurizer or FeaturizerConfig(), config.band_limit_hz) if config.band_limit_prob > 0 else None
+        self.band_edge = None
+        if config.band_limit_prob > 0:
+            self.band_edge = band_edge_bin(featurizer or FeaturizerConfig(), config.band_limit_hz)
 
     def __call__(self, features: Tensor) -> Tensor:
         cfg = self.config
