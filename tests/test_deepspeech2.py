@@ -393,3 +393,23 @@ def test_float64_gradcheck_of_packed_gru_and_simple_rnn(rnn_type):
     features = (torch.randn(2, 12, 9, dtype=torch.float64) * frame_mask(lengths, 9)[:, None, :]).requires_grad_()
     valid = frame_mask(model.output_lengths(lengths), 5)[..., None]
     torch.autograd.gradcheck(lambda f: model(f, lengths)[0] * valid, (features,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
+    """Under CPU bf16 autocast the packed C++ path runs (products in bf16, statistics and states in fp32)."""
+    import zoo.speech.deepspeech2 as ds2
+
+    torch.manual_seed(11)
+    model = tiny(rnn_type="lstm", merge="sum")
+    lengths = torch.tensor([30, 22])
+    features = torch.randn(2, 24, 30) * frame_mask(lengths, 30)[:, None, :]
+    expected, out_lengths = model(features, lengths)
+    calls, original = [], ds2.PackedRecurrence.apply
+    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append(a[4]) or original(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = model(features, lengths)
+    assert calls == [torch.bfloat16] * 2
+    valid = frame_mask(out_lengths, got.shape[1])
+    assert (got.float() - expected)[valid].abs().max() < 0.1 * expected[valid].abs().max()
+    got.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

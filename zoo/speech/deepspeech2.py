@@ -661,7 +661,7 @@ class DeepSpeech2(nn.Module):
         (``kernel="fused"``, GPUs, or where the extension cannot be built)."""
         if self.kernel not in ("auto", "cpp", "fused"):
             raise ValueError(f"DeepSpeech2.kernel must be 'auto', 'cpp' or 'fused', got {self.kernel!r}")
-        if self.kernel == "fused" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        if self.kernel == "fused" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
             return False
         if not all(rnn.packed_supported() for rnn in self.rnns):
             return False
