@@ -14,7 +14,8 @@ Sources (``SOURCES``; nothing is committed to the repository, everything is buil
 * ``alsa`` -- Debian ``alsa-utils``: ``/usr/share/sounds/alsa/*.wav`` ("front left", ...; the
   ``Noise`` test signal is not speech and is left out); GPL-2.
 
-Each source becomes a NeMo manifest of 16 kHz mono 16-bit WAV files whose ``text`` is normalised the
+Each source becomes a NeMo manifest (also copied to ``<zoo cache>/speech/real/<source>.json``, a name that
+does not change) of 16 kHz mono 16-bit WAV files whose ``text`` is normalised the
 way the tokenizer needs (:func:`normalise_transcript`: lower case, numbers spelled, punctuation
 dropped) with per-clip ``source``, ``speaker`` and ``licence`` fields (plus ``original_text``).
 A clip whose transcript cannot be normalised faithfully (words spoken letter by letter, a ``*`` or
@@ -454,4 +455,21 @@ def prepare_real_speech(
             continue
         folder = cache / f"{source}-{source_key(source, found, tokenizer)}"
         prepared[source] = prepare_source(source, found, folder, tokenizer)
+        write_stable_manifest(prepared[source], cache / f"{source}.json")
     return prepared
+
+
+def write_stable_manifest(prepared: PreparedSource, path: Path) -> Path:
+    """A copy of the prepared manifest at a fixed name (``<cache>/speech/real/<source>.json``, audio paths
+    relative to it), so recipes can name the test set without its cache key; replaced atomically."""
+    folder = prepared.manifest.parent.name
+    lines = []
+    for line in prepared.manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            record["audio_filepath"] = f"{folder}/{record['audio_filepath']}"
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(lines), encoding="utf-8")
+    temporary.replace(path)
+    return path

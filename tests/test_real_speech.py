@@ -135,6 +135,14 @@ def test_asterisk_manifest_fields_audio_and_skips(tmp_path):
     assert set(skipped) == {"beep", "spy-sip", "not-recorded", "broken"}
     assert "no spoken words" in skipped["beep"] and "letter by letter" in skipped["spy-sip"]
     assert "no audio file" in skipped["not-recorded"] and "unreadable audio" in skipped["broken"]
+    # the same set under a fixed name, readable by the speech DataModule as a test manifest
+    from zoo.datamodules.manifest import read_manifests
+    from zoo.speech.tokenizer import CharTokenizer
+
+    stable = tmp_path / "cache" / "speech" / "real" / "asterisk.json"
+    data = read_manifests([stable], CharTokenizer())
+    assert [u.text for u in data.utterances] == [r["text"] for r in records]
+    assert [u.duration for u in data.utterances] == [r["duration"] for r in records]
     # prepared once: the second call reuses the cached set
     again = prepare_real_speech(["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"])
     assert again["asterisk"].manifest == prepared["asterisk"].manifest

@@ -5,7 +5,7 @@ their reasons; a source whose package is missing is one line saying how to insta
 manifests are ready as test sets of any speech recipe::
 
     zoo test --config jasper_english --ckpt_path CKPT \\
-        --data.init_args.test_manifests '[MANIFEST]'
+        --data.init_args.test_manifests "[$HOME/.cache/zoo/speech/real/asterisk.json]"
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def print_sources(prepared: dict[str, PreparedSource], console: Console, show_sk
                       ", ".join(i["speakers"]), "; ".join(i["licences"]))
     console.print(table)
     for source, p in prepared.items():
-        console.print(f"{source}: {p.manifest}", markup=False, soft_wrap=True)
+        stable = p.manifest.parent.parent / f"{source}.json"
+        console.print(f"{source}: {stable} (= {p.manifest})", markup=False, soft_wrap=True)
     for source, p in prepared.items():
         skipped = p.info["skipped"]
         for item in skipped[:show_skipped]:
