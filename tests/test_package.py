@@ -9,7 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,8 @@ def test_registry_create_overrides_and_meta_count():
     with pytest.raises(ValueError, match="already registered"):
         registry.register("tiny-test", Tiny, TinyConfig(width=9), task="test", description="clash")
     # lists from JSON become tuples again
-    rebuilt = registry.config_from_dict(TinyConfig, json.loads(json.dumps(dataclasses.asdict(TinyConfig(kernel=(5, 1))))))
+    saved = json.loads(json.dumps(dataclasses.asdict(TinyConfig(kernel=(5, 1)))))
+    rebuilt = registry.config_from_dict(TinyConfig, saved)
     assert rebuilt == TinyConfig(kernel=(5, 1))
 
 
