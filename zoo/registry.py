@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.config import config_from_dict, replace_fields
-
 from zoo import saved_names
+from zoo.config import config_from_dict, replace_fields
 
 #: Modules whose import registers the built-in presets. Add a module here when it defines presets.
 BUILTIN_MODULES: tuple[str, ...] = (
