@@ -1,6 +1,6 @@
-"""``zoo prepare-real-speech``: build the real-speech test sets (:mod:`zoo.datamodules.real_speech`).
+"""``zoo prepare-real-speech``: build the real human speech test sets (Asterisk prompts, pocketsphinx, ALSA).
 
-Prints one row per source (clips, minutes, speakers, licence, manifest) and the skipped clips with
+Module :mod:`zoo.datamodules.real_speech` does the work. Prints one row per source (clips, minutes, speakers, licence, manifest) and the skipped clips with
 their reasons; a source whose package is missing is one line saying how to install it. The
 manifests are ready as test sets of any speech recipe::
 
