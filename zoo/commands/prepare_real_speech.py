@@ -1,8 +1,9 @@
 """``zoo prepare-real-speech``: build the real human speech test sets (Asterisk prompts, pocketsphinx, ALSA).
 
-Module :mod:`zoo.datamodules.real_speech` does the work. Prints one row per source (clips, minutes, speakers, licence, manifest) and the skipped clips with
-their reasons; a source whose package is missing is one line saying how to install it. The
-manifests are ready as test sets of any speech recipe::
+Module :mod:`zoo.datamodules.real_speech` does the work. Prints one row per source (clips, minutes,
+speakers, licence, manifest) and the skipped clips with their reasons; a source whose package is
+missing is one line saying how to install it. The manifests are ready as test sets of any speech
+recipe::
 
     zoo test --config jasper_english --ckpt_path CKPT \\
         --data.init_args.test_manifests "[$HOME/.cache/zoo/speech/real/asterisk.json]"
