@@ -1,4 +1,4 @@
-"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Piper).
+"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Pico, Piper).
 
 Builds a small corpus in a temporary cache whose training voices mix every installed family (a family
 that is missing is left out with one line), and reports utterances per second of one worker's time per
@@ -17,12 +17,13 @@ from harness import environment, table, write_result
 
 from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, build_corpus, corpus_info
 
-VOICES = ["f1", "m1", "flite:rms", "flite:slt", "festival:kal_diphone", "festival:cmu_us_slt_arctic_hts", "piper:joe"]
+VOICES = ["f1", "m1", "flite:rms", "flite:slt", "festival:kal_diphone", "festival:cmu_us_slt_arctic_hts", "pico:en-US",
+          "pico:en-GB", "piper:joe"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--utterances", type=int, default=70, help="training utterances (shared by the voices in turn)")
+    parser.add_argument("--utterances", type=int, default=90, help="training utterances (shared by the voices in turn)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     env = environment()
