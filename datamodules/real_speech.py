@@ -316,7 +316,13 @@ def pocketsphinx_source(folder: Path, fetch: bool) -> Path:
     try:
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if m.isfile() and any(w in m.name for w in wanted)]
-            tar.extractall(folder, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: refuses links, absolute and ../ paths
+                tar.extractall(folder, members=members, filter="data")
+            else:
+                unsafe = [m.name for m in members if m.name.startswith("/") or ".." in Path(m.name).parts]
+                if unsafe:
+                    raise tarfile.TarError(f"unsafe paths {unsafe[:3]}")
+                tar.extractall(folder, members=members)
     except (tarfile.TarError, OSError) as error:
         raise RealSpeechError(f"pocketsphinx: cannot unpack {archive} ({error}); delete it and run again") from None
     if not target.is_dir():
