@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--real-speech", action=argparse.BooleanOptionalAction, default=None,
                         help="report test WER per real human speech source (zoo prepare-real-speech) next to "
                         "pocketsphinx's (default: on with --text english, off with commands)")
+    parser.add_argument("--real-speech-clips", type=int,
+                        help="at most this many clips per real-speech source, evenly spaced (default: all)")
     parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one: "
                         "a recipe name (ds2_demo) or a YAML path (trained, evaluated, exported and reloaded the "
                         "same way)")
@@ -167,4 +169,4 @@ def main(argv: list[str]) -> int:
 
     real_speech = args.text == "english" if args.real_speech is None else args.real_speech
     return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe,
-               real_speech=real_speech)
+               real_speech=real_speech, real_speech_clips=args.real_speech_clips)

@@ -247,7 +247,7 @@ def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: C
 
 
 def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict[str, float], console: Console,
-                         cache_dir: str | None = None) -> list[dict[str, Any]]:
+                         cache_dir: str | None = None, max_clips: int | None = None) -> list[dict[str, Any]]:
     """WER per real-speech source (``zoo prepare-real-speech``), greedy and with the tuned beam search, next to
     the synthetic test set's and to pocketsphinx on the same recordings (see :mod:`zoo.commands.real_speech_report`)."""
     from zoo.commands.real_speech_report import Pocketsphinx, PocketsphinxMissing, real_speech_table, results_json
@@ -267,7 +267,7 @@ def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict
         console.print(str(error))
         reference = None
     with console.status("decoding the real recordings (this model and pocketsphinx) ..."):
-        results = score(module, prepared, reference)
+        results = score(module, prepared, reference, max_clips=max_clips)
     table = real_speech_table(results, "test WER % per source: real human speech next to the synthetic test voices")
     table.add_row("synthetic (held-out voices)", "", "", "", f"{100 * metrics['test/wer']:.1f}",
                   f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "", "", "", style="dim")
@@ -276,12 +276,13 @@ def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict
 
 
 def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
-        overrides: list[str] | None = None, recipe: Path | None = None, real_speech: bool = False) -> int:
+        overrides: list[str] | None = None, recipe: Path | None = None, real_speech: bool = False,
+        real_speech_clips: int | None = None) -> int:
     """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
     ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``);
     ``recipe``: another speech recipe on the synthetic corpus (default: the Jasper recipe for ``text``),
     e.g. ``zoo.recipes.path("ds2_demo")``; ``real_speech``: also report WER per real-speech source
-    (:func:`evaluate_real_speech`)."""
+    (:func:`evaluate_real_speech`; ``real_speech_clips``: at most that many clips per source)."""
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     recipe = recipe or recipe_path(text)
@@ -295,7 +296,8 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     console.print(results_table(metrics, minutes, f"{recipe.stem} ({text}): test WER/CER"))
     real = []
     if real_speech:
-        real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None))
+        real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None),
+                                    real_speech_clips)
     curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
