@@ -49,7 +49,9 @@ class Tiny(nn.Module):
         self.layers = nn.Sequential(*[nn.Linear(config.width, config.width) for _ in range(config.depth)])
 
 
-def test_registry_create_overrides_and_meta_count():
+def test_registry_create_overrides_and_meta_count(monkeypatch):
+    registry.list_models()  # the built-in presets, before the registry is copied for this test alone
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     registry.register("tiny-test", Tiny, TinyConfig(width=8), task="test", description="unit test model")
     model = zoo.create("tiny-test", depth=3)
     assert model.config == TinyConfig(width=8, depth=3)
