@@ -413,3 +413,32 @@ def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
     assert (got.float() - expected)[valid].abs().max() < 0.1 * expected[valid].abs().max()
     got.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_recurrence_same_on_one_and_two_threads(threads):
+    """Bidirectional layers run one direction per thread; the result does not depend on the thread count."""
+    torch.manual_seed(12)
+    layer = RecurrentLayer(5, 6, "lstm", True, batch_norm=True)
+    lengths = torch.tensor([4, 7, 5])
+    x = torch.randn(int(lengths.sum()), 5, requires_grad=True)
+    plan = PackedPlan.from_lengths(lengths)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y = layer.forward_packed(x, plan)
+        grads = torch.autograd.grad((y * torch.sin(y)).sum(), (x, layer.weight_hh))
+    finally:
+        torch.set_num_threads(before)
+    padded = torch.zeros(3, 7, 5)
+    padded[frame_mask(lengths, 7)] = x.detach()
+    expected = torch.cat(naive_layer(layer, padded, lengths))
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    torch.set_num_threads(1)
+    try:
+        y1 = layer.forward_packed(x, plan)
+        grads1 = torch.autograd.grad((y1 * torch.sin(y1)).sum(), (x, layer.weight_hh))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(grads, grads1):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

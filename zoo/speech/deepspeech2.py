@@ -436,7 +436,7 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         load_recurrence().forward(_KIND_CODES[rnn_type], gx.contiguous(), weight_hh.transpose(1, 2).to(mm_dtype).contiguous(),
-                                  *plan, y, states, states_mm, acts, cells, new(batch, gates, dtype=mm_dtype))
+                                  *plan, y, states, states_mm, acts, cells, new(dirs, batch, gates, dtype=mm_dtype))
         ctx.plan, ctx.rnn_type, ctx.mm_dtype = plan, rnn_type, mm_dtype
         ctx.save_for_backward(weight_hh, states, states_mm, acts, cells)
         return y
@@ -451,7 +451,7 @@ class PackedRecurrence(torch.autograd.Function):
         grad_pre = acts.new_zeros(dirs, steps, batch, gates, dtype=ctx.mm_dtype)  # dL/d(U h_{s-1}), all steps
         load_recurrence().backward(_KIND_CODES[ctx.rnn_type], grad_y.to(acts.dtype).contiguous(),
                                    weight_hh.to(ctx.mm_dtype).contiguous(), *ctx.plan, states, acts, cells, grad_gx,
-                                   grad_pre, acts.new_zeros(batch, hidden), acts.new_zeros(batch, hidden))
+                                   grad_pre, acts.new_zeros(dirs, batch, hidden), acts.new_zeros(dirs, batch, hidden))
         grad_weight = torch.bmm(grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
                                 states_mm[:, :-1].reshape(dirs, steps * batch, hidden))
         return grad_gx, grad_weight.to(weight_hh.dtype), None, None, None

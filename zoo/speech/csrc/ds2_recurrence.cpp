@@ -68,7 +68,8 @@ struct Plan {  // where state row r reads and writes at step s
 // gx (N, dirs·G) in T; weight_t (dirs, H, G) in M (U^T); y (N, dirs, H) in T.
 // states (dirs, S + 1, B, H) in T (states[d][s] = h_{s−1} of row r), states_mm the same in M (may alias),
 // acts (dirs, S, B, G) in T: LSTM σ(i), σ(f), tanh(g), σ(o); GRU σ(r), σ(z), tanh(n); RNN h.
-// cells (dirs, S, B, H) in T: the LSTM cell, the GRU's U_n h_{s−1} (unused by the simple RNN). pre (B, G) in M: scratch for U h.
+// cells (dirs, S, B, H) in T: the LSTM cell, the GRU's U_n h_{s−1} (unused by the simple RNN).
+// pre (dirs, B, G) in M: scratch for U h.
 template <typename T, typename M>
 void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight_t, const Plan& plan, const Tensor& y,
                   const Tensor& states, const Tensor& states_mm, const Tensor& acts, const Tensor& cells,
@@ -78,14 +79,17 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight_t, const 
   const bool low = !states_mm.is_same(states);
   const T* gxp = ptr<T>(gx);
   T* yp = ptr<T>(y);
-  for (int64_t d = 0; d < dirs; ++d) {
+  // The two directions are independent: one thread each (their products and passes then stay on that
+  // thread), so a step costs no synchronisation; a forward-only layer spreads each step over the threads.
+  at::parallel_for(0, dirs, 1, [&](int64_t d_begin, int64_t d_end) {
+  for (int64_t d = d_begin; d < d_end; ++d) {
     const Tensor w = weight_t[d];
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t n = plan.active[s];
       if (n == 0) break;
-      Tensor out = pre.narrow(0, 0, n);
+      Tensor out = pre[d].narrow(0, 0, n);
       torch::mm_out(out, states_mm[d][s].narrow(0, 0, n), w);
-      const M* pp = ptr<M>(pre);
+      const M* pp = ptr<M>(pre) + d * batch * gates;
       const T* h_prev = ptr<T>(states) + (d * (steps + 1) + s) * batch * hidden;
       T* h_next = ptr<T>(states) + (d * (steps + 1) + s + 1) * batch * hidden;
       M* hm_next = ptr<M>(states_mm) + (d * (steps + 1) + s + 1) * batch * hidden;
@@ -134,11 +138,12 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight_t, const 
       });
     }
   }
+  });
 }
 
 // grad_y (N, dirs, H) in T -> grad_gx (N, dirs·G) in T (every valid frame is written) and grad_pre
 // (dirs, S, B, G) in M, ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped stay 0),
-// from which the caller takes ∂L/∂U in one product. weight (dirs, G, H) in M. dh (B, H), dc (B, H): scratch.
+// from which the caller takes ∂L/∂U in one product. weight (dirs, G, H) in M. dh, dc (dirs, B, H): zeros.
 template <typename T, typename M>
 void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Plan& plan, const Tensor& states,
                    const Tensor& acts, const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre,
@@ -147,11 +152,10 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, con
   const int64_t steps = acts.size(1), batch = acts.size(2);
   const T* gyp = ptr<T>(grad_y);
   T* ggp = ptr<T>(grad_gx);
-  for (int64_t d = 0; d < dirs; ++d) {
-    dh.zero_();
-    dc.zero_();
-    T* dhp = ptr<T>(dh);
-    T* dcp = ptr<T>(dc);
+  at::parallel_for(0, dirs, 1, [&](int64_t d_begin, int64_t d_end) {  // one thread per direction
+  for (int64_t d = d_begin; d < d_end; ++d) {
+    T* dhp = ptr<T>(dh) + d * batch * hidden;
+    T* dcp = ptr<T>(dc) + d * batch * hidden;
     const Tensor w = weight[d];
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t n = plan.active[s];
@@ -225,6 +229,7 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, con
       });
     }
   }
+  });
 }
 
 template <typename F>
