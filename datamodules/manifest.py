@@ -182,6 +182,12 @@ def report_skipped(errors: Iterable[Exception], what: str, show: int = 5) -> Non
     log.warning("skipped %d bad %s:\n  %s%s", len(errors), what, lines, more)
 
 
+def read_manifest(path: str | Path) -> list[dict]:
+    """A manifest's JSON-lines entries as they are (no checks; :func:`read_manifests` validates them)."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_manifest(path: str | Path, entries: Iterable[dict]) -> Path:
     """Write entries as JSON lines (UTF-8, one object per line). Returns the path."""
     path = Path(path)

@@ -48,6 +48,7 @@ import soundfile
 
 from zoo.cache import cache_root
 from zoo.datamodules.espeak import resample
+from zoo.datamodules.manifest import write_manifest
 from zoo.speech.tokenizer import CharTokenizer, UnknownCharacterError
 
 #: Part of every prepared set's cache key: bump it when the normalisation rules change.
@@ -412,8 +413,7 @@ def prepare_source(source: str, found: SourceClips, folder: Path,
             records.append({"audio_filepath": relative, "duration": round(pcm.shape[0] / SAMPLE_RATE, 6), "text": text,
                             "source": source, "speaker": clip.speaker, "licence": clip.licence,
                             "original_text": clip.transcript, "original_file": str(clip.audio)})
-        with (temporary / "manifest.json").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_manifest(temporary / "manifest.json", records)
         info = {"source": source, "version": found.version, "clips": len(records),
                 "minutes": round(sum(r["duration"] for r in records) / 60, 2),
                 "words": sum(len(r["text"].split()) for r in records),

@@ -59,6 +59,7 @@ from zoo.cache import cache_root
 from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
 from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
+from zoo.datamodules.manifest import read_manifest, write_manifest
 from zoo.datamodules.pico import PICO_VOICES, Pico
 from zoo.datamodules.piper import PIPER_VOICES, Piper
 from zoo.datamodules.sentences import command_sentences, english_sentences
@@ -242,7 +243,9 @@ class CorpusManifests:
 
 
 @dataclass(frozen=True)
-class Utterance:
+class PlannedUtterance:
+    """One sentence of the corpus plan and the voice that will render it (before any audio exists)."""
+
     split: str
     index: int
     text: str
@@ -331,7 +334,7 @@ def resolve_voices(config: SyntheticCorpusConfig) -> tuple[SyntheticCorpusConfig
     return replace(config, **lists), missing
 
 
-def plan_corpus(config: SyntheticCorpusConfig) -> list[Utterance]:
+def plan_corpus(config: SyntheticCorpusConfig) -> list[PlannedUtterance]:
     """Every utterance of the corpus: split, sentence and voicing. Variants are used in turn
     (balanced within a split); accent, rate, pitch and word gap are drawn per utterance."""
     config.validate()
@@ -349,7 +352,7 @@ def plan_corpus(config: SyntheticCorpusConfig) -> list[Utterance]:
                 pitch=rng.randint(*config.pitch),
                 word_gap=rng.randint(*config.word_gap),
             )
-            plan.append(Utterance(split, index, text, voicing))
+            plan.append(PlannedUtterance(split, index, text, voicing))
     return plan
 
 
@@ -381,7 +384,7 @@ class Rendered:
     error: str | None = None
 
 
-def _render(utterance: Utterance) -> Rendered:
+def _render(utterance: PlannedUtterance) -> Rendered:
     """Render one utterance into its WAV file. A synthesizer error or a silent rendering is returned
     as ``error`` (the utterance is then skipped) instead of stopping the build."""
     started = time.perf_counter()
@@ -409,7 +412,7 @@ def _render(utterance: Utterance) -> Rendered:
 
 
 def _render_all(
-    plan: list[Utterance], root: Path, sample_rate: int, num_workers: int, backend: str,
+    plan: list[PlannedUtterance], root: Path, sample_rate: int, num_workers: int, backend: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Rendered]:
     """Render the plan into ``root`` (``progress(done, total)`` after each utterance) -> one :class:`Rendered` each."""
@@ -448,12 +451,6 @@ def engine_statistics(results: list[Rendered]) -> dict[str, dict]:
         s["utterances_per_second_per_worker"] = round(s["utterances"] / max(s["seconds"], 1e-9), 2)
         s["seconds"] = round(s["seconds"], 2)
     return stats
-
-
-def _write_manifest(path: Path, records: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
 
 
 def _manifests(root: Path) -> CorpusManifests:
@@ -514,7 +511,7 @@ def build_corpus(
                 for u in plan
                 if u.split == split and (split, u.index) in frames
             ]
-            _write_manifest(path, records)
+            write_manifest(path, records)
         statistics = corpus_statistics(manifests)
         if leaks := split_leaks(statistics):
             raise ValueError(f"the corpus splits are not disjoint: {'; '.join(leaks)}")
@@ -553,11 +550,6 @@ def corpus_info(manifests: CorpusManifests) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
-
-
-def read_manifest(path: Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def corpus_statistics(manifests: CorpusManifests) -> dict:

@@ -19,6 +19,7 @@ import soundfile
 import torch
 from rich.table import Table
 
+from zoo.datamodules.manifest import read_manifest
 from zoo.datamodules.real_speech import PreparedSource
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
@@ -43,12 +44,6 @@ class SourceResult:
     speakers: list[str] = field(default_factory=list)
     licences: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
-
-
-def read_references(manifest: Path) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def recognizer_hypotheses(module, manifest: Path,
@@ -139,7 +134,7 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
     for source, prepared_source in prepared.items():
         root = prepared_source.manifest.parent
         records = [{**r, "audio_filepath": str((root / r["audio_filepath"]).resolve())}
-                   for r in subset(read_references(prepared_source.manifest), max_clips)]
+                   for r in subset(read_manifest(prepared_source.manifest), max_clips)]
         if not records:
             continue
         references = [r["text"] for r in records]
