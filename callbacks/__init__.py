@@ -1,8 +1,19 @@
 """callbacks of zoo (installed as zoo.callbacks)."""
 
+from zoo.callbacks.ctc_alignment import PlotCTCAlignment
 from zoo.callbacks.layerwise_monitor import LayerwiseMonitor
 from zoo.callbacks.loss_scaling import LossScaling
+from zoo.callbacks.plots import PlotMetrics
 from zoo.callbacks.publish_to_hub import PublishToHub
 from zoo.callbacks.resume import AtomicCheckpointIO, ResumableCheckpoint, ResumableRNG
-from zoo.callbacks.plots import PlotMetrics
-from zoo.callbacks.ctc_alignment import PlotCTCAlignment
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "LayerwiseMonitor",
+    "LossScaling",
+    "PlotCTCAlignment",
+    "PlotMetrics",
+    "PublishToHub",
+    "ResumableCheckpoint",
+    "ResumableRNG",
+]

@@ -38,8 +38,15 @@ def _shown(label: str) -> str:
     return "_" if label == " " else label
 
 
-def plot_ctc_alignment(features: Tensor, log_probs: Tensor, tokens: Tensor, labels: list[str], path: str | Path,
-                       blank: int = 0, title: str = "") -> list[AlignedToken] | None:
+def plot_ctc_alignment(
+    features: Tensor,
+    log_probs: Tensor,
+    tokens: Tensor,
+    labels: list[str],
+    path: str | Path,
+    blank: int = 0,
+    title: str = "",
+) -> list[AlignedToken] | None:
     """Draw the figure described in the module docstring into ``path`` (PNG, 1000 x 600).
 
     Args:
@@ -67,23 +74,44 @@ def plot_ctc_alignment(features: Tensor, log_probs: Tensor, tokens: Tensor, labe
     centres = (torch.arange(num_outputs) + 0.5) * scale
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=FIGSIZE, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    top.imshow(features.numpy(), origin="lower", aspect="auto", interpolation="nearest", cmap="magma",
-               extent=(0, num_frames, 0, features.shape[0]))
+    top.imshow(
+        features.numpy(),
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma",
+        extent=(0, num_frames, 0, features.shape[0]),
+    )
     top.set_ylabel("feature bin")
     for token in aligned or []:
         start, end = token.start * scale, token.end * scale
         top.axvline(start, color="white", linewidth=0.6, alpha=0.7)
-        top.text((start + end) / 2, features.shape[0] * 0.98, _shown(labels[token.label]), ha="center", va="top",
-                 color="white", fontsize=10, fontweight="bold",
-                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "edgecolor": "none"})
+        top.text(
+            (start + end) / 2,
+            features.shape[0] * 0.98,
+            _shown(labels[token.label]),
+            ha="center",
+            va="top",
+            color="white",
+            fontsize=10,
+            fontweight="bold",
+            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "edgecolor": "none"},
+        )
     top.set_title(title + ("" if aligned is not None else "  (no CTC path: too few output frames)"), fontsize=10)
 
     best = probs.argmax(dim=1)
     bottom.plot(centres, probs[:, blank], color="0.6", label="blank")
     bottom.plot(centres, probs.max(dim=1).values, color="tab:blue", linewidth=1, label="argmax")
     for t in (best != blank).nonzero().squeeze(1).tolist():
-        bottom.text(float(centres[t]), float(probs[t, best[t]]) + 0.03, _shown(labels[int(best[t])]), ha="center",
-                    va="bottom", fontsize=7, color="tab:blue")
+        bottom.text(
+            float(centres[t]),
+            float(probs[t, best[t]]) + 0.03,
+            _shown(labels[int(best[t])]),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="tab:blue",
+        )
     if path_labels is not None:
         on_path = probs.gather(1, path_labels[:, None]).squeeze(1)
         bottom.step(centres, on_path, where="mid", color="tab:orange", linewidth=1, label="aligned label")
@@ -100,9 +128,9 @@ def plot_ctc_alignment(features: Tensor, log_probs: Tensor, tokens: Tensor, labe
 
 class PlotCTCAlignment(Callback):
     """Args:
-        output_dir: where to write the PNGs (default ``<trainer.log_dir or default_root_dir>/plots``).
-        utterance: which utterance of the first validation batch to draw.
-        every_n_validations: draw at every n-th validation run.
+    output_dir: where to write the PNGs (default ``<trainer.log_dir or default_root_dir>/plots``).
+    utterance: which utterance of the first validation batch to draw.
+    every_n_validations: draw at every n-th validation run.
     """
 
     def __init__(self, output_dir: str | None = None, utterance: int = 0, every_n_validations: int = 1) -> None:
@@ -116,11 +144,19 @@ class PlotCTCAlignment(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "tokenizer"):
-            raise TypeError(f"PlotCTCAlignment needs a CTC speech module with a `tokenizer`, "
-                            f"got {type(pl_module).__name__}")
+            raise TypeError(
+                f"PlotCTCAlignment needs a CTC speech module with a `tokenizer`, got {type(pl_module).__name__}"
+            )
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
             return
         self.validations += 1
@@ -134,7 +170,9 @@ class PlotCTCAlignment(Callback):
         tokens = batch["targets"][i, : int(batch["target_lengths"][i])]
         tokenizer = pl_module.tokenizer
         hypothesis = tokenizer.decode(greedy_decode(log_probs[None], out_lengths[:1], tokenizer.blank)[0])
-        folder = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "plots"
+        folder = (
+            Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "plots"
+        )
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"ctc_alignment-step{trainer.global_step:06d}.png"
         title = f"step {trainer.global_step}   reference: {batch['texts'][i]!r}   greedy: {hypothesis!r}"

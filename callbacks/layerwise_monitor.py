@@ -43,8 +43,9 @@ class LayerwiseMonitor(Callback):
         self.every_n_steps = every_n_steps
         self.prefix = prefix
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         if not self.every_n_steps or trainer.global_step % self.every_n_steps or trainer.global_rank != 0:
             return
         if not trainer.loggers:
@@ -53,8 +54,13 @@ class LayerwiseMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _trust_ratios(self, optimizer: Optimizer, names: dict[int, str], weight_norms: dict[int, torch.Tensor],
-                      grad_norms: dict[int, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
+    def _trust_ratios(
+        self,
+        optimizer: Optimizer,
+        names: dict[int, str],
+        weight_norms: dict[int, torch.Tensor],
+        grad_norms: dict[int, torch.Tensor],
+    ) -> tuple[list[str], list[torch.Tensor]]:
         """LARS local learning rate (arXiv 1708.03888, eq. 6), eta * ||w|| / (||grad|| + beta * ||w|| + eps),
         for groups of an optimizer with a ``trust_coefficient`` (not for excluded groups)."""
         keys, values = [], []
@@ -79,8 +85,9 @@ class LayerwiseMonitor(Callback):
         keys += [f"{self.prefix}/{names[id(p)]}/grad_norm" for p in with_grad]
         grad_norms = list(torch._foreach_norm([p.grad.detach() for p in with_grad])) if with_grad else []
         values = weight_norms + grad_norms
-        keys_ratio, ratios = self._trust_ratios(optimizer, names, dict(zip(map(id, params), weight_norms)),
-                                                dict(zip(map(id, with_grad), grad_norms)))
+        keys_ratio, ratios = self._trust_ratios(
+            optimizer, names, dict(zip(map(id, params), weight_norms)), dict(zip(map(id, with_grad), grad_norms))
+        )
         keys += keys_ratio
         values += ratios
         for p in params:

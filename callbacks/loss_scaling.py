@@ -164,19 +164,26 @@ class LossScaling(Callback):
             )
         else:
             rank_zero_warn(
-                f"LossScaling: precision {precision!r} needs no loss scaling (only fp16 does); the callback does nothing"
+                f"LossScaling: precision {precision!r} needs no loss scaling (only fp16 does); "
+                "the callback does nothing"
             )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.scaler is None or self.scaler._scale is None:
             return
         # One host sync per step, as GradScaler.step already makes to decide whether to skip.
         scale = self.scaler.get_scale()
         if self.log_scale:
             pl_module.log("loss_scale", scale, on_step=True, on_epoch=False, rank_zero_only=True)
-            pl_module.log("loss_scale_skipped_steps", float(self.scaler.skipped_steps), on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "loss_scale_skipped_steps",
+                float(self.scaler.skipped_steps),
+                on_step=True,
+                on_epoch=False,
+                rank_zero_only=True,
+            )
         if scale < self.collapse_threshold and not self._collapsed:
             rank_zero_warn(
                 f"loss scale collapsed to {scale:g} (< {self.collapse_threshold:g}) at step {trainer.global_step} "

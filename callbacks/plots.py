@@ -18,14 +18,17 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)
+    }
 
 
 class PlotMetrics(Callback):
     """Args:
-        output_dir: where to write ``curves.png`` (default ``<trainer.log_dir or default_root_dir>/plots``).
-        max_panels: at most this many metrics (in order of first appearance) are drawn.
+    output_dir: where to write ``curves.png`` (default ``<trainer.log_dir or default_root_dir>/plots``).
+    max_panels: at most this many metrics (in order of first appearance) are drawn.
     """
 
     def __init__(self, output_dir: str | None = None, max_panels: int = 12) -> None:
@@ -43,8 +46,9 @@ class PlotMetrics(Callback):
         else:
             points.append((step, value))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if trainer.sanity_checking or trainer.global_step % max(trainer.log_every_n_steps, 1):
             return
         for name, value in _scalars(trainer.callback_metrics).items():
@@ -86,7 +90,7 @@ class PlotMetrics(Callback):
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
         fig.tight_layout()
         default = Path(trainer.log_dir or trainer.default_root_dir) / "plots"

@@ -34,16 +34,21 @@ from zoo.checkpoints import card_info_from_trainer
 
 class PublishToHub(Callback):
     """Args:
-        repo_id: Hub repository ``org/name`` to push to (``None``: export only).
-        export_dir: folder to export to (default: ``<trainer.log_dir or default_root_dir>/export``).
-        datasets: training data for the model card: keys of :data:`zoo.hub.DATASETS` or dicts.
-        private: create the repository as private.
-        branch: branch to push to (default ``main``).
+    repo_id: Hub repository ``org/name`` to push to (``None``: export only).
+    export_dir: folder to export to (default: ``<trainer.log_dir or default_root_dir>/export``).
+    datasets: training data for the model card: keys of :data:`zoo.hub.DATASETS` or dicts.
+    private: create the repository as private.
+    branch: branch to push to (default ``main``).
     """
 
-    def __init__(self, repo_id: str | None = None, export_dir: str | None = None,
-                 datasets: list[str | dict[str, str]] | None = None, private: bool = False,
-                 branch: str | None = None) -> None:
+    def __init__(
+        self,
+        repo_id: str | None = None,
+        export_dir: str | None = None,
+        datasets: list[str | dict[str, str]] | None = None,
+        private: bool = False,
+        branch: str | None = None,
+    ) -> None:
         if repo_id is not None and not hub.is_repo_id(repo_id):
             raise ValueError(f"PublishToHub: repo_id must look like org/name, got {repo_id!r}")
         self.repo_id = repo_id
@@ -92,4 +97,3 @@ class PublishToHub(Callback):
         else:
             reason = "no repo_id" if not self.repo_id else "no Hub token ($HF_TOKEN or `hf auth login`)"
             rank_zero_info(f"PublishToHub: exported {source} to {folder}; not pushed ({reason})")
-

@@ -22,6 +22,7 @@ CHECKPOINT_KEY = "zoo_module"
 class RecordSavedName(Callback):
     """Writes ``checkpoint["zoo_module"]``: the task module's stable name (its class path if it has none)."""
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[CHECKPOINT_KEY] = saved_name(type(pl_module))

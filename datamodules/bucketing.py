@@ -198,7 +198,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
     # ------------------------------------------------------------ Sampler protocol
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
-        yield from self.position.track(batches[self.position.begin():])
+        yield from self.position.track(batches[self.position.begin() :])
 
     def __len__(self) -> int:
         """Batches per rank in a whole epoch (a resumed epoch yields the remaining ones)."""

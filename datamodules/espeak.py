@@ -84,8 +84,14 @@ class _Library:
         library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         library.espeak_SetSynthCallback.argtypes = [SynthCallback]
         library.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         rate = library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_DONT_EXIT)
         if rate <= 0:
@@ -108,7 +114,11 @@ class _Library:
         library = self.library
         if library.espeak_SetVoiceByName(voicing.voice.encode()) != EE_OK:
             raise EspeakError(f"espeak-ng has no voice {voicing.voice!r} (see `espeak-ng --voices=en`)")
-        for parameter, value in ((PARAM_RATE, voicing.rate), (PARAM_PITCH, voicing.pitch), (PARAM_WORDGAP, voicing.word_gap)):
+        for parameter, value in (
+            (PARAM_RATE, voicing.rate),
+            (PARAM_PITCH, voicing.pitch),
+            (PARAM_WORDGAP, voicing.word_gap),
+        ):
             library.espeak_SetParameter(parameter, int(value), 0)
         data = text.encode("utf-8") + b"\0"
         self._chunks = []
@@ -168,7 +178,9 @@ class Espeak:
         """Raise :class:`EspeakError` for an unknown variant: espeak-ng would silently speak the base voice."""
         _, _, variant = voice.partition("+")
         if variant and self.variants is not None and variant not in self.variants:
-            raise EspeakError(f"espeak-ng has no voice variant {variant!r} in {voice!r} (see `espeak-ng --voices=variant`)")
+            raise EspeakError(
+                f"espeak-ng has no voice variant {variant!r} in {voice!r} (see `espeak-ng --voices=variant`)"
+            )
 
     def render(self, text: str, voicing: Voicing) -> np.ndarray:
         """Speak ``text`` -> int16 samples (S,) at :attr:`sample_rate`."""
@@ -180,8 +192,18 @@ class Espeak:
 
     def _render_program(self, text: str, voicing: Voicing) -> np.ndarray:
         command = [
-            PROGRAM, "--stdout", "-v", voicing.voice, "-s", str(voicing.rate), "-p", str(voicing.pitch),
-            "-g", str(voicing.word_gap), "--", text,
+            PROGRAM,
+            "--stdout",
+            "-v",
+            voicing.voice,
+            "-s",
+            str(voicing.rate),
+            "-p",
+            str(voicing.pitch),
+            "-g",
+            str(voicing.word_gap),
+            "--",
+            text,
         ]
         result = subprocess.run(command, capture_output=True, check=False)
         if result.returncode != 0 or not result.stdout:

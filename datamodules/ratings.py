@@ -65,8 +65,9 @@ class RatingMatrix:
         return self.indptr.nbytes + self.indices.nbytes + self.values.nbytes
 
     @classmethod
-    def from_coo(cls, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, num_users: int,
-                 num_items: int) -> RatingMatrix:
+    def from_coo(
+        cls, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, num_users: int, num_items: int
+    ) -> RatingMatrix:
         order = np.lexsort((cols, rows))
         counts = np.bincount(rows, minlength=num_users)
         indptr = np.zeros(num_users + 1, dtype=np.int64)
@@ -93,8 +94,9 @@ class RatingMatrix:
             out = torch.zeros(len(users), self.num_items)
         else:
             out.zero_()
-        out[torch.from_numpy(row_of), torch.from_numpy(self.indices[positions].astype(np.int64))] = \
-            torch.from_numpy(self.values[positions])
+        out[torch.from_numpy(row_of), torch.from_numpy(self.indices[positions].astype(np.int64))] = torch.from_numpy(
+            self.values[positions]
+        )
         return out
 
 
@@ -118,8 +120,9 @@ def _day(text: str) -> int:
     return int(np.datetime64(text, "D").astype("datetime64[s]").astype(np.int64))
 
 
-def split_ratings(table: RatingTable, split: str = "user", *, train_fraction: float = 0.7,
-                  seed: int = 0) -> RatingSplits:
+def split_ratings(
+    table: RatingTable, split: str = "user", *, train_fraction: float = 0.7, seed: int = 0
+) -> RatingSplits:
     """Split a rating table (see the module docstring), index users and items seen in training."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
@@ -157,17 +160,26 @@ def split_ratings(table: RatingTable, split: str = "user", *, train_fraction: fl
     coin = np.random.default_rng(seed).random(len(held)) < 0.5
     for part, count in (("validation", int(coin.sum())), ("test", int((~coin).sum()))):
         if count == 0:
-            raise ValueError(f"split {split!r}: the {part} part is empty ({len(held)} held-out ratings of "
-                             "users and items seen in training)")
+            raise ValueError(
+                f"split {split!r}: the {part} part is empty ({len(held)} held-out ratings of "
+                "users and items seen in training)"
+            )
 
     def matrix(part: RatingTable) -> RatingMatrix:
         rows = np.searchsorted(user_ids, part.users)
         cols = np.searchsorted(item_ids, part.items)
         return RatingMatrix.from_coo(rows, cols, part.ratings, len(user_ids), len(item_ids))
 
-    stats = {"ratings": n, "duplicates_dropped": duplicates, "skipped_lines": table.skipped,
-             TRAIN: len(train), VAL: int(coin.sum()), TEST: int((~coin).sum()),
-             "held_out_unseen_dropped": int((~known).sum()), "outside_windows": int((~is_train & ~is_held).sum())}
+    stats = {
+        "ratings": n,
+        "duplicates_dropped": duplicates,
+        "skipped_lines": table.skipped,
+        TRAIN: len(train),
+        VAL: int(coin.sum()),
+        TEST: int((~coin).sum()),
+        "held_out_unseen_dropped": int((~known).sum()),
+        "outside_windows": int((~is_train & ~is_held).sum()),
+    }
     return RatingSplits(matrix(train), matrix(held.select(coin)), matrix(held.select(~coin)), user_ids, item_ids, stats)
 
 
@@ -212,10 +224,19 @@ class RatingsDataModule(pl.LightningDataModule):
         skip_bad: skip and count malformed lines instead of raising.
     """
 
-    def __init__(self, path: str | None = None, format: str = "auto", split: str = "user",
-                 train_fraction: float = 0.7, seed: int = 0, rating_scale: tuple[float, float] = (1.0, 5.0),
-                 skip_bad: bool = False, batch_size: int = 128, eval_batch_size: int = 1024,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "auto",
+        split: str = "user",
+        train_fraction: float = 0.7,
+        seed: int = 0,
+        rating_scale: tuple[float, float] = (1.0, 5.0),
+        skip_bad: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
@@ -260,21 +281,40 @@ class RatingsDataModule(pl.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the data source (stored in exported recommenders)."""
         h = self.hparams
-        return {"path": h.path, "format": h.format, "split": h.split, "train_fraction": h.train_fraction,
-                "seed": h.seed, "rating_scale": list(h.rating_scale)}
+        return {
+            "path": h.path,
+            "format": h.format,
+            "split": h.split,
+            "train_fraction": h.train_fraction,
+            "seed": h.seed,
+            "rating_scale": list(h.rating_scale),
+        }
 
     def _loader(self, dataset: UserBatches, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
-                          collate_fn=dataset.collate, num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            collate_fn=dataset.collate,
+            num_workers=self.hparams.num_workers,
+        )
 
     def train_dataloader(self) -> DataLoader:
         train = UserBatches(self.load().train)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             return self._loader(train, self.hparams.batch_size, shuffle=True)
-        return ResumableDataLoader(train, batch_size=self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
-                                   trainer=trainer, collate_fn=train.collate, drop_last=False,
-                                   num_workers=self.hparams.num_workers)
+        return ResumableDataLoader(
+            train,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            seed=self.hparams.seed,
+            trainer=trainer,
+            collate_fn=train.collate,
+            drop_last=False,
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         s = self.load()

@@ -212,8 +212,10 @@ def alsa_clips(roots: Sequence[Path]) -> SourceClips:
     folder = _find(ALSA_SOUNDS, roots)
     files = sorted(folder.glob("*.wav")) if folder else []
     if not files:
-        raise RealSpeechError(f"alsa: no WAV files in /{ALSA_SOUNDS}; install the Debian package {ALSA_PACKAGE} "
-                              f"(apt-get install {ALSA_PACKAGE})")
+        raise RealSpeechError(
+            f"alsa: no WAV files in /{ALSA_SOUNDS}; install the Debian package {ALSA_PACKAGE} "
+            f"(apt-get install {ALSA_PACKAGE})"
+        )
     clips, skipped = [], []
     for path in files:
         if path.stem in ALSA_NOT_SPEECH:
@@ -259,8 +261,16 @@ def pocketsphinx_clips(source: Path) -> SourceClips:
     goforward, test = data / "goforward.raw", source / "cython" / "test" / "decoder_test.py"
     match = _GOFORWARD_ASSERT.search(test.read_text(errors="replace")) if test.is_file() else None
     if goforward.is_file() and match:
-        clips.append(Clip("goforward", goforward, match["text"], "pocketsphinx-goforward", LICENCES["pocketsphinx"],
-                          raw_rate=16000))
+        clips.append(
+            Clip(
+                "goforward",
+                goforward,
+                match["text"],
+                "pocketsphinx-goforward",
+                LICENCES["pocketsphinx"],
+                raw_rate=16000,
+            )
+        )
     elif goforward.is_file():
         skipped.append(("goforward", f"no transcript (the assertion in {test} was not found)"))
     return SourceClips(clips, skipped, source.name)
@@ -298,22 +308,43 @@ def pocketsphinx_source(folder: Path, fetch: bool) -> Path:
         return unpacked[-1]
     folder.mkdir(parents=True, exist_ok=True)
     archives = sorted(folder.glob("pocketsphinx-*.tar.gz"))
-    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
-               "--no-binary", POCKETSPHINX, POCKETSPHINX, "-d", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        POCKETSPHINX,
+        POCKETSPHINX,
+        "-d",
+        str(folder),
+    ]
     if not archives and fetch:
         result = subprocess.run(command, capture_output=True, text=True)
         archives = sorted(folder.glob("pocketsphinx-*.tar.gz"))
         if not archives:
             last = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
-            raise RealSpeechError(f"pocketsphinx: `pip download --no-deps --no-binary pocketsphinx pocketsphinx` "
-                                  f"failed ({last}); or put the sdist pocketsphinx-*.tar.gz into {folder}")
+            raise RealSpeechError(
+                f"pocketsphinx: `pip download --no-deps --no-binary pocketsphinx pocketsphinx` "
+                f"failed ({last}); or put the sdist pocketsphinx-*.tar.gz into {folder}"
+            )
     if not archives:
-        raise RealSpeechError(f"pocketsphinx: no source distribution in {folder}; run: pip download --no-deps "
-                              f"--no-binary pocketsphinx pocketsphinx -d {folder}")
+        raise RealSpeechError(
+            f"pocketsphinx: no source distribution in {folder}; run: pip download --no-deps "
+            f"--no-binary pocketsphinx pocketsphinx -d {folder}"
+        )
     archive = archives[-1]
     target = folder / archive.name.removesuffix(".tar.gz")
-    wanted = ("/test/data/librivox/", "/test/data/cards/", "/test/data/goforward.raw", "/cython/test/decoder_test.py",
-              "/LICENSE")
+    wanted = (
+        "/test/data/librivox/",
+        "/test/data/cards/",
+        "/test/data/goforward.raw",
+        "/cython/test/decoder_test.py",
+        "/LICENSE",
+    )
     try:
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if m.isfile() and any(w in m.name for w in wanted)]
@@ -340,8 +371,11 @@ def find_clips(source: str, cache: Path, fetch: bool = True, roots: Sequence[Pat
     if source == "pocketsphinx":
         return pocketsphinx_clips(pocketsphinx_source(cache / "pypi", fetch))
     packages = {"asterisk": (ASTERISK_AUDIO_PACKAGE, ASTERISK_TEXT_PACKAGE), "alsa": (ALSA_PACKAGE,)}[source]
-    needed = {ASTERISK_AUDIO_PACKAGE: ASTERISK_SOUNDS, ASTERISK_TEXT_PACKAGE: ASTERISK_TRANSCRIPTS,
-              ALSA_PACKAGE: ALSA_SOUNDS}
+    needed = {
+        ASTERISK_AUDIO_PACKAGE: ASTERISK_SOUNDS,
+        ASTERISK_TEXT_PACKAGE: ASTERISK_TRANSCRIPTS,
+        ALSA_PACKAGE: ALSA_SOUNDS,
+    }
     for package in packages:
         if _find(needed[package], roots) is None:
             root = debian_package_root(package, debian, fetch)
@@ -374,13 +408,19 @@ class PreparedSource:
 
 
 def source_key(source: str, found: SourceClips, tokenizer: CharTokenizer) -> str:
-    description = {"format": FORMAT_VERSION, "source": source, "version": found.version,
-                   "tokenizer": repr(tokenizer.config), "rate": SAMPLE_RATE}
+    description = {
+        "format": FORMAT_VERSION,
+        "source": source,
+        "version": found.version,
+        "tokenizer": repr(tokenizer.config),
+        "rate": SAMPLE_RATE,
+    }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare_source(source: str, found: SourceClips, folder: Path,
-                   tokenizer: CharTokenizer | None = None) -> PreparedSource:
+def prepare_source(
+    source: str, found: SourceClips, folder: Path, tokenizer: CharTokenizer | None = None
+) -> PreparedSource:
     """Normalise the transcripts, convert the audio and write ``folder/manifest.json`` + ``info.json``
     (atomically: into a temporary folder renamed when complete). Reuses a finished ``folder``."""
     if (folder / "info.json").is_file():
@@ -410,16 +450,29 @@ def prepare_source(source: str, found: SourceClips, folder: Path,
             soundfile.write(buffer, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
             relative = f"audio/{clip.name}.wav"
             (temporary / relative).write_bytes(buffer.getbuffer())
-            records.append({"audio_filepath": relative, "duration": round(pcm.shape[0] / SAMPLE_RATE, 6), "text": text,
-                            "source": source, "speaker": clip.speaker, "licence": clip.licence,
-                            "original_text": clip.transcript, "original_file": str(clip.audio)})
+            records.append(
+                {
+                    "audio_filepath": relative,
+                    "duration": round(pcm.shape[0] / SAMPLE_RATE, 6),
+                    "text": text,
+                    "source": source,
+                    "speaker": clip.speaker,
+                    "licence": clip.licence,
+                    "original_text": clip.transcript,
+                    "original_file": str(clip.audio),
+                }
+            )
         write_manifest(temporary / "manifest.json", records)
-        info = {"source": source, "version": found.version, "clips": len(records),
-                "minutes": round(sum(r["duration"] for r in records) / 60, 2),
-                "words": sum(len(r["text"].split()) for r in records),
-                "speakers": sorted({r["speaker"] for r in records}),
-                "licences": sorted({r["licence"] for r in records}),
-                "skipped": [{"clip": name, "reason": reason} for name, reason in skipped]}
+        info = {
+            "source": source,
+            "version": found.version,
+            "clips": len(records),
+            "minutes": round(sum(r["duration"] for r in records) / 60, 2),
+            "words": sum(len(r["text"].split()) for r in records),
+            "speakers": sorted({r["speaker"] for r in records}),
+            "licences": sorted({r["licence"] for r in records}),
+            "skipped": [{"clip": name, "reason": reason} for name, reason in skipped],
+        }
         (temporary / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         try:
             temporary.rename(folder)

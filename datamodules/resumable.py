@@ -114,8 +114,9 @@ class ResumableSampler(Sampler[int]):
         position: the epoch's :class:`ResumePosition` (shared with the loader; a new one if ``None``).
     """
 
-    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0,
-                 position: ResumePosition | None = None) -> None:
+    def __init__(
+        self, num_samples: int, shuffle: bool = True, seed: int = 0, position: ResumePosition | None = None
+    ) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
@@ -154,15 +155,26 @@ class ResumableDataLoader(DataLoader):
         **kwargs: other ``DataLoader`` arguments (``num_workers``, ``collate_fn``, ``drop_last``, ...).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 trainer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        trainer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(dataset, Sized):
             raise TypeError("ResumableDataLoader needs a map-style dataset with a length")
         self.seed = seed
         self.position = ResumePosition(trainer)
-        super().__init__(dataset, batch_size=batch_size,
-                         sampler=ResumableSampler(len(dataset), shuffle, seed, self.position),
-                         generator=torch.Generator(), **kwargs)
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=ResumableSampler(len(dataset), shuffle, seed, self.position),
+            generator=torch.Generator(),
+            **kwargs,
+        )
 
     def __iter__(self):
         self.generator.manual_seed(1_000_003 * self.seed + self.position.epoch)  # worker seeds: same on resume

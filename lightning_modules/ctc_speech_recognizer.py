@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.config import as_config
+from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.registry import build_config, model_to_dict
 from zoo.speech.ctc import ctc_feasible
 from zoo.speech.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
@@ -104,8 +104,10 @@ class CTCSpeechRecognizer(LightningModule):
         _, defaults = build_config(self.hparams.encoder)
         if self.tokenizer_config.bigrams:
             if not hasattr(defaults, "bigram_outputs"):
-                raise ValueError(f"tokenizer.bigrams needs an encoder with bigram outputs (e.g. DeepSpeech2); "
-                                 f"{self.hparams.encoder} has none")
+                raise ValueError(
+                    f"tokenizer.bigrams needs an encoder with bigram outputs (e.g. DeepSpeech2); "
+                    f"{self.hparams.encoder} has none"
+                )
             from_data["bigram_outputs"] = True
         elif hasattr(defaults, "bigram_outputs"):
             from_data["bigram_outputs"] = False
@@ -116,14 +118,19 @@ class CTCSpeechRecognizer(LightningModule):
         self.encoder = cls(config)
         outputs = getattr(self.encoder, "num_outputs", config.num_classes)
         if outputs != self.tokenizer.vocab_size:
-            raise ValueError(f"encoder {self.hparams.encoder} has {outputs} outputs, the tokenizer {self.tokenizer.vocab_size} labels")
+            raise ValueError(
+                f"encoder {self.hparams.encoder} has {outputs} outputs, "
+                f"the tokenizer {self.tokenizer.vocab_size} labels"
+            )
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.encoder is None:
             if dm is None or not hasattr(dm, "featurizer_config") or not hasattr(dm, "tokenizer_config"):
-                raise ValueError("CTCSpeechRecognizer needs `featurizer` and `tokenizer` settings, "
-                                 "either as init args or from a speech DataModule")
+                raise ValueError(
+                    "CTCSpeechRecognizer needs `featurizer` and `tokenizer` settings, "
+                    "either as init args or from a speech DataModule"
+                )
             self.featurizer_config = self.featurizer_config or dm.featurizer_config
             self.tokenizer_config = self.tokenizer_config or dm.tokenizer_config
             self.hparams["featurizer"] = dataclasses.asdict(self.featurizer_config)
@@ -131,14 +138,18 @@ class CTCSpeechRecognizer(LightningModule):
             self._build()
         reduction = getattr(dm, "time_reduction", None)
         if reduction is not None and reduction != self.encoder.time_reduction:
-            raise ValueError(f"DataModule time_reduction={reduction} but encoder {self.hparams.encoder} "
-                             f"reduces time by {self.encoder.time_reduction}; set data.time_reduction accordingly")
+            raise ValueError(
+                f"DataModule time_reduction={reduction} but encoder {self.hparams.encoder} "
+                f"reduces time by {self.encoder.time_reduction}; set data.time_reduction accordingly"
+            )
         theirs = getattr(dm, "tokenizer_config", None)
         labels = ("alphabet", "bigrams")  # what fixes the target ids
         if theirs is not None and any(getattr(theirs, k) != getattr(self.tokenizer_config, k) for k in labels):
-            raise ValueError(f"the DataModule's tokenizer (alphabet={theirs.alphabet!r}, bigrams={theirs.bigrams}) "
-                             f"differs from the model's (alphabet={self.tokenizer_config.alphabet!r}, "
-                             f"bigrams={self.tokenizer_config.bigrams}): the targets would not match the outputs")
+            raise ValueError(
+                f"the DataModule's tokenizer (alphabet={theirs.alphabet!r}, bigrams={theirs.bigrams}) "
+                f"differs from the model's (alphabet={self.tokenizer_config.alphabet!r}, "
+                f"bigrams={self.tokenizer_config.bigrams}): the targets would not match the outputs"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = checkpoint.get("hyper_parameters", {})
@@ -148,9 +159,12 @@ class CTCSpeechRecognizer(LightningModule):
         theirs = (hp["encoder"], hp.get("encoder_overrides") or {})
         strip = ("in_features", "num_classes", "bigram_outputs")
         if (mine[0], {k: v for k, v in mine[1].items() if k not in strip}) != (
-                theirs[0], {k: v for k, v in theirs[1].items() if k not in strip}):
-            raise ValueError(f"checkpoint was trained with encoder {theirs[0]} {theirs[1]}, "
-                             f"but this module is {mine[0]} {mine[1]}")
+            theirs[0],
+            {k: v for k, v in theirs[1].items() if k not in strip},
+        ):
+            raise ValueError(
+                f"checkpoint was trained with encoder {theirs[0]} {theirs[1]}, but this module is {mine[0]} {mine[1]}"
+            )
 
     def to_pipeline(self) -> SpeechRecognizer:
         """The exported unit: featurizer settings + a copy of the encoder + tokenizer settings
@@ -179,8 +193,9 @@ class CTCSpeechRecognizer(LightningModule):
 
     def beam_decoder(self) -> BeamSearchDecoder | None:
         if self.beam_search_config is not None and self._beam is None:
-            self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search_config, self.tokenizer.blank,
-                                           spell=self.tokenizer.segment)
+            self._beam = BeamSearchDecoder(
+                self.tokenizer.labels, self.beam_search_config, self.tokenizer.blank, spell=self.tokenizer.segment
+            )
         return self._beam
 
     def greedy_texts(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
@@ -202,8 +217,14 @@ class CTCSpeechRecognizer(LightningModule):
         if not self.skip_bad:
             raise ValueError(f"non-finite (NaN/inf) features in {bad}; fix the audio or set skip_bad: true")
         rank_zero_warn(f"{stage}: skipping {len(bad)} utterance(s) with non-finite features: {bad}")
-        self.log(f"{stage}/skipped_utterances", float(len(bad)), reduce_fx="sum", on_step=False, on_epoch=True,
-                 batch_size=len(bad))
+        self.log(
+            f"{stage}/skipped_utterances",
+            float(len(bad)),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(bad),
+        )
         keep = finite.nonzero().squeeze(1)
         if keep.numel() == 0:
             return None
@@ -217,18 +238,38 @@ class CTCSpeechRecognizer(LightningModule):
             return None
         log_probs, out_lengths = self(batch["features"], batch["feature_lengths"])
         targets, target_lengths = batch["targets"], batch["target_lengths"]
-        losses = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
-                            blank=self.tokenizer.blank, reduction="none", zero_infinity=True)
+        losses = F.ctc_loss(
+            log_probs.transpose(0, 1),
+            targets,
+            out_lengths,
+            target_lengths,
+            blank=self.tokenizer.blank,
+            reduction="none",
+            zero_infinity=True,
+        )
         feasible = ctc_feasible(out_lengths, targets, target_lengths)
         n_bad = int((~feasible).sum())
         if n_bad:
-            self.log(f"{stage}/infeasible", float(n_bad), reduce_fx="sum", on_step=False, on_epoch=True,
-                     batch_size=len(targets))
+            self.log(
+                f"{stage}/infeasible",
+                float(n_bad),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(targets),
+            )
         loss = None
         if bool(feasible.any()):
             loss = (losses[feasible] / target_lengths[feasible].clamp(min=1)).mean()
-            self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage == "train",
-                     batch_size=int(feasible.sum()), sync_dist=stage != "train")
+            self.log(
+                f"{stage}/loss",
+                loss,
+                on_step=stage == "train",
+                on_epoch=True,
+                prog_bar=stage == "train",
+                batch_size=int(feasible.sum()),
+                sync_dist=stage != "train",
+            )
         return loss, log_probs, out_lengths, batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -277,4 +318,3 @@ class CTCSpeechRecognizer(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.val_wer.total and self.trainer is not None and not self.trainer.sanity_checking:
             rank_zero_warn("validation set produced no utterances: val/wer not computed")
-

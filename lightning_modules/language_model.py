@@ -61,14 +61,14 @@ def vocabulary_difference(a: list[str], b: list[str]) -> str:
 
 class LanguageModel(pl.LightningModule):
     """Args:
-        network: registry name of an LM preset (``bnlstm-char-small``, ``flstm-1b``, ...).
-        network_overrides: config fields to override (``hidden_size``, ``max_length``, ...).
-        softmax: ``full`` or ``sampled`` (training only; evaluation is always the full softmax).
-        num_sampled: candidates of the sampled softmax (8192 for One Billion Word).
-        eval_block_elements: logits computed at once during evaluation (rows × vocabulary block).
-        optimizer, lr_scheduler: factories (LightningCLI: ``class_path: torch.optim.Adagrad`` ...).
-        vocabulary, level: leave unset for training (taken from the datamodule at ``setup``); they are
-            written into the checkpoint's hyperparameters, so a checkpoint rebuilds the network alone.
+    network: registry name of an LM preset (``bnlstm-char-small``, ``flstm-1b``, ...).
+    network_overrides: config fields to override (``hidden_size``, ``max_length``, ...).
+    softmax: ``full`` or ``sampled`` (training only; evaluation is always the full softmax).
+    num_sampled: candidates of the sampled softmax (8192 for One Billion Word).
+    eval_block_elements: logits computed at once during evaluation (rows × vocabulary block).
+    optimizer, lr_scheduler: factories (LightningCLI: ``class_path: torch.optim.Adagrad`` ...).
+    vocabulary, level: leave unset for training (taken from the datamodule at ``setup``); they are
+        written into the checkpoint's hyperparameters, so a checkpoint rebuilds the network alone.
     """
 
     def __init__(
@@ -106,7 +106,9 @@ class LanguageModel(pl.LightningModule):
         tokens = list(tokens)
         if self.vocabulary is None:
             self.vocabulary = tokens
-            self.net = create(self.hparams.network, **{**(self.hparams.network_overrides or {}), "vocab_size": len(tokens)})
+            self.net = create(
+                self.hparams.network, **{**(self.hparams.network_overrides or {}), "vocab_size": len(tokens)}
+            )
             if self.hparams.softmax == "sampled":
                 self.sampler = LogUniformSampler(len(tokens), min(self.hparams.num_sampled, len(tokens)))
         elif tokens != self.vocabulary:
@@ -126,7 +128,9 @@ class LanguageModel(pl.LightningModule):
             if config.cell == "bnlstm" and datamodule.bptt > config.max_length:
                 raise ValueError(f"bptt={datamodule.bptt} exceeds the BN-LSTM's max_length={config.max_length} (T_max)")
         if self.net is None:
-            raise ValueError("LanguageModel needs a datamodule with a `vocabulary` (or a checkpoint) to build its network")
+            raise ValueError(
+                "LanguageModel needs a datamodule with a `vocabulary` (or a checkpoint) to build its network"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.setdefault("hyper_parameters", {})
@@ -176,8 +180,13 @@ class LanguageModel(pl.LightningModule):
         if self.sampler is not None:
             candidates = self.sampler.sample(device=h.device)
             return sampled_softmax_nll(
-                h, y, weight, bias, candidates,
-                self.sampler.log_expected_count(candidates).to(h.device), self.sampler.log_expected_count(y).to(h.device),
+                h,
+                y,
+                weight,
+                bias,
+                candidates,
+                self.sampler.log_expected_count(candidates).to(h.device),
+                self.sampler.log_expected_count(y).to(h.device),
             )
         return F.cross_entropy(F.linear(h, weight, bias), y, reduction="none")
 
@@ -203,7 +212,9 @@ class LanguageModel(pl.LightningModule):
         if count == 0:
             return
         loss = self.nll_sum[stage].compute() / count
-        self.log_dict({f"{stage}_loss": loss, f"{stage}_ppl": torch.exp(loss), f"{stage}_bpc": loss / math.log(2)}, prog_bar=True)
+        self.log_dict(
+            {f"{stage}_loss": loss, f"{stage}_ppl": torch.exp(loss), f"{stage}_bpc": loss / math.log(2)}, prog_bar=True
+        )
         self.nll_sum[stage].reset()
         self.token_count[stage].reset()
 

@@ -32,8 +32,9 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def parameter_groups(model: nn.Module, weight_decay: float | None = None,
-                     decay_biases: bool = False) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float | None = None, decay_biases: bool = False
+) -> list[dict[str, Any]]:
     """Split parameters into decayed weights and undecayed biases / normalisation parameters.
 
     The second group is marked ``exclude_from_layer_adaptation=True`` and ``weight_decay=0``;

@@ -52,9 +52,18 @@ class SpeechProbe(CTCSpeechRecognizer):
         self.hypotheses += self._decoded
 
     def on_fit_end(self):
-        _write(self, "speech", {"seen_train": self.seen_train, "seen_val": self.seen_val,
-                                "references": self.references, "hypotheses": self.hypotheses,
-                                "val_wer": _metric(self, "val/wer"), "val_cer": _metric(self, "val/cer")})
+        _write(
+            self,
+            "speech",
+            {
+                "seen_train": self.seen_train,
+                "seen_val": self.seen_val,
+                "references": self.references,
+                "hypotheses": self.hypotheses,
+                "val_wer": _metric(self, "val/wer"),
+                "val_cer": _metric(self, "val/cer"),
+            },
+        )
 
 
 class LanguageModelProbe(LanguageModel):
@@ -79,6 +88,15 @@ class LanguageModelProbe(LanguageModel):
     def on_fit_end(self):
         if self.global_rank == 0:
             torch.save(self.net.state_dict(), Path(os.environ["ZOO_DDP_REPORT_DIR"]) / "lm-net.pt")
-        _write(self, "lm", {"train_windows": self.train_windows, "local_nll": self.local_nll,
-                            "local_tokens": self.local_tokens, "vocabulary": self.vocabulary,
-                            "val_loss": _metric(self, "val_loss"), "val_ppl": _metric(self, "val_ppl")})
+        _write(
+            self,
+            "lm",
+            {
+                "train_windows": self.train_windows,
+                "local_nll": self.local_nll,
+                "local_tokens": self.local_tokens,
+                "vocabulary": self.vocabulary,
+                "val_loss": _metric(self, "val_loss"),
+                "val_ppl": _metric(self, "val_ppl"),
+            },
+        )

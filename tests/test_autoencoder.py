@@ -18,12 +18,15 @@ def tied_count(sizes):
     return sum(i * o + o for i, o in zip(sizes, sizes[1:])) + sum(sizes[:-1])
 
 
-@pytest.mark.parametrize("name,sizes", [
-    ("autorec-netflix-full", (17768, 512, 512, 1024)),
-    ("autorec-netflix-6m", (17768, 256, 256, 512)),
-    ("autorec-netflix-3m", (17768, 128, 256, 256)),
-    ("autorec-ml100k", (1682, 128, 128)),
-])
+@pytest.mark.parametrize(
+    "name,sizes",
+    [
+        ("autorec-netflix-full", (17768, 512, 512, 1024)),
+        ("autorec-netflix-6m", (17768, 256, 256, 512)),
+        ("autorec-netflix-3m", (17768, 128, 256, 256)),
+        ("autorec-ml100k", (1682, 128, 128)),
+    ],
+)
 def test_preset_parameter_counts(name, sizes):
     assert zoo.count_parameters(name) == dense_count(sizes)
     assert zoo.count_parameters(name, constrained=True) == tied_count(sizes)
@@ -31,8 +34,14 @@ def test_preset_parameter_counts(name, sizes):
 
 def test_full_netflix_count_by_hand():
     n = 17768
-    expected = (n * 512 + 512) + (512 * 512 + 512) + (512 * 1024 + 1024) \
-        + (1024 * 512 + 512) + (512 * 512 + 512) + (512 * n + n)
+    expected = (
+        (n * 512 + 512)
+        + (512 * 512 + 512)
+        + (512 * 1024 + 1024)
+        + (1024 * 512 + 512)
+        + (512 * 512 + 512)
+        + (512 * n + n)
+    )
     assert zoo.count_parameters("autorec-netflix-full") == expected == 19_788_136
 
 
@@ -45,8 +54,9 @@ def test_forward_matches_manual_layers_untied_and_tied():
     torch.manual_seed(0)
     x = torch.randn(3, 7)
     for constrained in (False, True):
-        net = DeepAutoEncoder(AutoEncoderConfig(num_items=7, encoder_sizes=(5, 4), activation="elu",
-                                                constrained=constrained)).eval()
+        net = DeepAutoEncoder(
+            AutoEncoderConfig(num_items=7, encoder_sizes=(5, 4), activation="elu", constrained=constrained)
+        ).eval()
         we, be = list(net.encoder_weights), list(net.encoder_biases)
         bd = list(net.decoder_biases)
         wd = [w.t() for w in we] if constrained else list(net.decoder_weights)
@@ -71,18 +81,24 @@ def test_tied_decoder_shares_encoder_weights_in_gradients():
     x = torch.rand(2, 6)
     net(x).sum().backward()
     untied = DeepAutoEncoder(AutoEncoderConfig(num_items=6, encoder_sizes=(3,)))
-    untied.load_state_dict({**{k: v for k, v in net.state_dict().items()},
-                            "decoder_weights.0": net.encoder_weights[0].detach().t().clone()})
+    untied.load_state_dict(
+        {
+            **{k: v for k, v in net.state_dict().items()},
+            "decoder_weights.0": net.encoder_weights[0].detach().t().clone(),
+        }
+    )
     untied(x).sum().backward()
-    torch.testing.assert_close(net.encoder_weights[0].grad,
-                               untied.encoder_weights[0].grad + untied.decoder_weights[0].grad.t())
+    torch.testing.assert_close(
+        net.encoder_weights[0].grad, untied.encoder_weights[0].grad + untied.decoder_weights[0].grad.t()
+    )
 
 
 def test_linear_last_layer_and_activations():
     torch.manual_seed(1)
     x = torch.randn(4, 5)
-    linear = DeepAutoEncoder(AutoEncoderConfig(num_items=5, encoder_sizes=(3,), activation="sigmoid",
-                                               last_layer_activation=False))
+    linear = DeepAutoEncoder(
+        AutoEncoderConfig(num_items=5, encoder_sizes=(3,), activation="sigmoid", last_layer_activation=False)
+    )
     with torch.no_grad():
         linear.decoder_biases[0].fill_(-10.0)
     assert (linear(x) < 0).all()  # no sigmoid on the output
@@ -137,7 +153,7 @@ def test_xavier_init():
     w = net.encoder_weights[0]
     bound = (6 / (1000 + 500)) ** 0.5
     assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
-    assert abs(w.std().item() - bound / 3 ** 0.5) < 0.01 * bound
+    assert abs(w.std().item() - bound / 3**0.5) < 0.01 * bound
     assert all((b == 0).all() for b in net.decoder_biases)
     shifted = DeepAutoEncoder(AutoEncoderConfig(num_items=10, encoder_sizes=(4, 3), output_bias_init=3.5))
     assert (shifted.decoder_biases[0] == 3.5).all() and (shifted.decoder_biases[1] == 0).all()

@@ -10,8 +10,17 @@ from zoo.datamodules.espeak import resample
 from zoo.speech.augment import AugmentationConfig, FeatureAugmentation, band_edge_bin, band_limit
 from zoo.speech.features import Featurizer, FeaturizerConfig
 
-ONLY_BAND_LIMIT = dict(speed_prob=0.0, pitch_prob=0.0, eq_prob=0.0, reverb_prob=0.0, noise_prob=0.0,
-                       spec_augment_prob=0.0, cutout_prob=0.0, band_limit_prob=1.0, band_limit_hz=4000.0)
+ONLY_BAND_LIMIT = dict(
+    speed_prob=0.0,
+    pitch_prob=0.0,
+    eq_prob=0.0,
+    reverb_prob=0.0,
+    noise_prob=0.0,
+    spec_augment_prob=0.0,
+    cutout_prob=0.0,
+    band_limit_prob=1.0,
+    band_limit_hz=4000.0,
+)
 
 
 @pytest.mark.parametrize("kind", ["logmel", "spectrogram"])
@@ -58,6 +67,7 @@ def test_feature_augmentation_uses_the_featurizers_edge():
 def test_speech_dataset_passes_its_featurizer_to_the_band_limit():
     from zoo.datamodules.speech import SpeechDataset
 
-    dataset = SpeechDataset([], FeaturizerConfig(kind="spectrogram"), train=True,
-                            augmentation=AugmentationConfig(**ONLY_BAND_LIMIT))
+    dataset = SpeechDataset(
+        [], FeaturizerConfig(kind="spectrogram"), train=True, augmentation=AugmentationConfig(**ONLY_BAND_LIMIT)
+    )
     assert dataset.feature_augmentation.band_edge == 80

@@ -24,14 +24,17 @@ BIGRAMS = CharTokenizer(TokenizerConfig(bigrams=True))
 ALPHABET = TokenizerConfig().alphabet  # "a".."z", space, apostrophe: n = 28
 
 
-@pytest.mark.parametrize("text,units", [
-    ("the cat sat", ["th", "e", " ", "ca", "t", " ", "sa", "t"]),  # the paper's example
-    ("don't stop", ["do", "n'", "t", " ", "st", "op"]),
-    ("a", ["a"]),
-    ("ab", ["ab"]),
-    ("hello world", ["he", "ll", "o", " ", "wo", "rl", "d"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text,units",
+    [
+        ("the cat sat", ["th", "e", " ", "ca", "t", " ", "sa", "t"]),  # the paper's example
+        ("don't stop", ["do", "n'", "t", " ", "st", "op"]),
+        ("a", ["a"]),
+        ("ab", ["ab"]),
+        ("hello world", ["he", "ll", "o", " ", "wo", "rl", "d"]),
+        ("", []),
+    ],
+)
 def test_hand_computed_segmentations(text, units):
     assert BIGRAMS.segment(text) == units
     assert BIGRAMS.decode(BIGRAMS.encode(text)) == text
@@ -86,7 +89,9 @@ def test_beam_search_lexicon_is_spelled_in_bigrams(tmp_path):
     frames = [i for c in ids for i in (c, 0)]
     log_probs = torch.nn.functional.one_hot(torch.tensor([frames]), BIGRAMS.vocab_size).float().mul(20).log_softmax(-1)
     lengths = torch.tensor([len(frames)])
-    with_lexicon = BeamSearchDecoder(BIGRAMS.labels, BeamSearchConfig(lexicon=str(words), beam_size=10), spell=BIGRAMS.segment)
+    with_lexicon = BeamSearchDecoder(
+        BIGRAMS.labels, BeamSearchConfig(lexicon=str(words), beam_size=10), spell=BIGRAMS.segment
+    )
     assert with_lexicon(log_probs, lengths) == ["the cat"]
     assert BeamSearchDecoder(BIGRAMS.labels, BeamSearchConfig(beam_size=10))(log_probs, lengths) == ["the cat"]
 
@@ -120,13 +125,21 @@ def test_datamodule_keeps_what_only_bigrams_can_align(tmp_path):
     manifest = write_manifest(tmp_path, [(0.2, word), (1.0, "go left")])
     kept = {}
     for bigrams in (False, True):
-        data = SpeechDataModule(train_manifests=[str(manifest)], val_manifests=[str(manifest)],
-                                featurizer={"kind": "spectrogram"}, tokenizer={"bigrams": bigrams},
-                                augmentation={"enabled": False}, time_reduction=2, num_workers=0)
+        data = SpeechDataModule(
+            train_manifests=[str(manifest)],
+            val_manifests=[str(manifest)],
+            featurizer={"kind": "spectrogram"},
+            tokenizer={"bigrams": bigrams},
+            augmentation={"enabled": False},
+            time_reduction=2,
+            num_workers=0,
+        )
         data.setup("fit")
         kept[bigrams] = [u.text for u in data.data["train"].utterances]
         batch = next(iter(data.val_dataloader()))
-        assert [data.tokenizer.decode(t[:n]) for t, n in zip(batch["targets"], batch["target_lengths"])] == batch["texts"]
+        assert [data.tokenizer.decode(t[:n]) for t, n in zip(batch["targets"], batch["target_lengths"])] == batch[
+            "texts"
+        ]
     assert kept == {False: ["go left"], True: [word, "go left"]}
 
 
@@ -137,16 +150,32 @@ def test_tiny_ds2_with_bigram_outputs_trains_from_yaml_and_exports(tmp_path):
     manifest = write_manifest(tmp_path, [(1.0, "yes"), (1.2, "go left"), (0.9, "stop now"), (1.1, "the cat sat")])
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 4, "logger": False,
-                    "num_sanity_val_steps": 0, "use_distributed_sampler": False,
-                    "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [{"class_path": "zoo.callbacks.sortagrad.SortaGrad"}]},
-        "model": {"class_path": "zoo.lightning_modules.ctc_speech_recognizer.CTCSpeechRecognizer",
-                  "init_args": {"encoder": "ds2-tiny"}},
-        "data": {"class_path": "zoo.datamodules.speech.SpeechDataModule",
-                 "init_args": {"train_manifests": [str(manifest)], "val_manifests": [str(manifest)],
-                               "featurizer": {"kind": "spectrogram"}, "tokenizer": {"bigrams": True},
-                               "time_reduction": 2, "batch_size": 2, "num_workers": 0}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "logger": False,
+            "num_sanity_val_steps": 0,
+            "use_distributed_sampler": False,
+            "default_root_dir": str(tmp_path / "run"),
+            "callbacks": [{"class_path": "zoo.callbacks.sortagrad.SortaGrad"}],
+        },
+        "model": {
+            "class_path": "zoo.lightning_modules.ctc_speech_recognizer.CTCSpeechRecognizer",
+            "init_args": {"encoder": "ds2-tiny"},
+        },
+        "data": {
+            "class_path": "zoo.datamodules.speech.SpeechDataModule",
+            "init_args": {
+                "train_manifests": [str(manifest)],
+                "val_manifests": [str(manifest)],
+                "featurizer": {"kind": "spectrogram"},
+                "tokenizer": {"bigrams": True},
+                "time_reduction": 2,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+        },
     }
     (tmp_path / "bigram.yaml").write_text(yaml.safe_dump(config))
     main(["fit", "--config", str(tmp_path / "bigram.yaml")])
@@ -186,10 +215,18 @@ def test_ds2_paper_recipe_uses_bigrams_at_stride_3(capsys):
 
 def test_model_and_datamodule_tokenizers_must_agree(tmp_path):
     manifest = write_manifest(tmp_path, [(1.0, "go left")])
-    data = SpeechDataModule(train_manifests=[str(manifest)], featurizer={"kind": "spectrogram"}, time_reduction=2,
-                            num_workers=0)
+    data = SpeechDataModule(
+        train_manifests=[str(manifest)], featurizer={"kind": "spectrogram"}, time_reduction=2, num_workers=0
+    )
     model = CTCSpeechRecognizer("ds2-tiny", featurizer={"kind": "spectrogram"}, tokenizer={"bigrams": True})
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     with pytest.raises(ValueError, match="differs from the model's"):
         trainer.fit(model, datamodule=data)

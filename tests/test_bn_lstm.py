@@ -10,7 +10,6 @@ from zoo.text import bn_recurrence_cpp
 from zoo.text.bn_lstm import BNLSTM, BNLSTMConfig, BNLSTMLayer, StepwiseBatchNorm
 from zoo.text.bn_recurrence import bn_lstm_recurrence
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -43,7 +42,9 @@ class NaiveBNLSTM(nn.Module):
         outs = []
         for t in range(x.shape[0]):
             # γ shared over time, β_x = β_h = 0 (eq. 6), β_c learned (eq. 8).
-            def bn(norm: nn.BatchNorm1d, v: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+            def bn(
+                norm: nn.BatchNorm1d, v: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None
+            ) -> torch.Tensor:
                 return torch.nn.functional.batch_norm(
                     v, norm.running_mean, norm.running_var, gamma, beta, self.training, 0.1, 1e-5
                 )
@@ -282,11 +283,21 @@ def test_kernel_choice_is_honoured_and_checked(kernel: str) -> None:
     wx = torch.randn(5, 2, 16)
     state = torch.zeros(2, 4)
     with pytest.raises(ValueError, match="expected one of auto, cpp, python"):
-        bn_lstm_recurrence(wx, state, state, layer.weight_h, layer.bias, layer.bn_x, layer.bn_h, layer.bn_c,
-                           kernel="fast")
+        bn_lstm_recurrence(
+            wx, state, state, layer.weight_h, layer.bias, layer.bn_x, layer.bn_h, layer.bn_c, kernel="fast"
+        )
     with pytest.raises(ValueError, match="float32 / float64 on the CPU"):
-        bn_lstm_recurrence(wx.half(), state.half(), state.half(), layer.weight_h.half(), layer.bias.half(),
-                           layer.bn_x, layer.bn_h, layer.bn_c, kernel="cpp")
+        bn_lstm_recurrence(
+            wx.half(),
+            state.half(),
+            state.half(),
+            layer.weight_h.half(),
+            layer.bias.half(),
+            layer.bn_x,
+            layer.bn_h,
+            layer.bn_c,
+            kernel="cpp",
+        )
 
 
 def test_auto_falls_back_to_python_when_the_extension_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,7 +386,9 @@ def test_cpp_and_python_kernels_agree_under_bf16_autocast(masked: bool) -> None:
     (measured: at most 0.94 % over 20 seeds; a wrong term is off by tens of per cent)."""
     steps, batch = 9, 12
     torch.manual_seed(7)
-    models = {kernel: BNLSTM(BNLSTMConfig(input_size=16, hidden_size=32, max_length=steps)) for kernel in ("cpp", "python")}
+    models = {
+        kernel: BNLSTM(BNLSTMConfig(input_size=16, hidden_size=32, max_length=steps)) for kernel in ("cpp", "python")
+    }
     models["python"].load_state_dict(models["cpp"].state_dict())
     x = torch.randn(steps, batch, 16)
     mask = (torch.arange(steps)[:, None] < torch.randint(5, steps + 1, (batch,))[None, :]) if masked else None

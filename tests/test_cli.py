@@ -14,8 +14,16 @@ from zoo.cli import COMMANDS, LIGHTNING_SUBCOMMANDS, ZooCLI, describe
 from zoo.cli import main as zoo_main
 
 ZOO = Path(sys.executable).parent / "zoo"
-TOY = ["--model", "zoo_toys.ToyModule", "--data", "zoo_toys.ToyData", "--trainer.accelerator", "cpu",
-       "--trainer.logger", "false"]
+TOY = [
+    "--model",
+    "zoo_toys.ToyModule",
+    "--data",
+    "zoo_toys.ToyData",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.logger",
+    "false",
+]
 
 
 def test_help_lists_every_command_with_one_line_each(capsys):
@@ -23,8 +31,17 @@ def test_help_lists_every_command_with_one_line_each(capsys):
     out = capsys.readouterr().out
     listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert set(listed) == {*LIGHTNING_SUBCOMMANDS, *COMMANDS}
-    for name in ("demo", "transcribe", "list", "publish", "download", "import-nemo", "import-deepspeech",
-                 "recommend", "prepare-librispeech"):
+    for name in (
+        "demo",
+        "transcribe",
+        "list",
+        "publish",
+        "download",
+        "import-nemo",
+        "import-deepspeech",
+        "recommend",
+        "prepare-librispeech",
+    ):
         assert len(listed[name].split(maxsplit=1)) == 2, f"{name} has no description"
     assert describe(COMMANDS["list"]).startswith("a table of the zoo's named models")  # "``zoo list``: " dropped
 
@@ -53,8 +70,14 @@ def test_defaults_give_a_progress_bar_and_a_model_summary():
     assert [c._max_depth for c in callbacks if isinstance(c, ModelSummary)] == [2]
 
 
-@pytest.mark.parametrize("flag, kind", [("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary),
-                                        ("enable_checkpointing", ModelCheckpoint)])
+@pytest.mark.parametrize(
+    "flag, kind",
+    [
+        ("enable_progress_bar", ProgressBar),
+        ("enable_model_summary", ModelSummary),
+        ("enable_checkpointing", ModelCheckpoint),
+    ],
+)
 def test_a_trainer_flag_turns_its_feature_off(flag, kind):
     recipe_callback = ["--trainer.callbacks+=ModelCheckpoint"] if kind is ModelCheckpoint else []
     callbacks = trainer_callbacks(*recipe_callback, f"--trainer.{flag}", "false")
@@ -66,8 +89,18 @@ def test_fit_runs_without_progress_bar_and_summary(capsys):
     RichProgressBar), and `enable_model_summary false` still printed the summary."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zoo_main(["fit", *TOY, "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false",
-                  "--trainer.enable_model_summary", "false"])
+        zoo_main(
+            [
+                "fit",
+                *TOY,
+                "--trainer.fast_dev_run",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
     out = capsys.readouterr().out
     assert "params" not in out.lower()
 

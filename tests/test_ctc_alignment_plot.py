@@ -28,9 +28,20 @@ def emissions(rows: list[dict[int, float]], vocab: int = 4) -> torch.Tensor:
 
 def test_alignment_puts_each_character_where_the_emissions_do():
     blank = {0: 0.9}
-    rows = [blank, blank, {1: 0.8}, {1: 0.7}, blank,
-            {3: 0.5, 2: 0.4},  # greedy would say "c"; the transcript says "b": the alignment must put b here
-            blank, blank, {1: 0.9}, {1: 0.6}, blank, blank]
+    rows = [
+        blank,
+        blank,
+        {1: 0.8},
+        {1: 0.7},
+        blank,
+        {3: 0.5, 2: 0.4},  # greedy would say "c"; the transcript says "b": the alignment must put b here
+        blank,
+        blank,
+        {1: 0.9},
+        {1: 0.6},
+        blank,
+        blank,
+    ]
     path, aligned = ctc_forced_alignment(emissions(rows), torch.tensor([1, 2, 1]))
     assert path.tolist() == [0, 0, 1, 1, 0, 2, 0, 0, 1, 1, 0, 0]
     assert [(a.label, a.start, a.end) for a in aligned] == [(1, 2, 4), (2, 5, 6), (1, 8, 10)]
@@ -73,14 +84,19 @@ def test_plot_is_a_png_of_the_expected_size(tmp_path):
 
     rows = [{0: 0.9}, {1: 0.8}, {0: 0.9}, {2: 0.7}, {0: 0.9}]
     features = torch.randn(20, 10)  # 10 feature frames, time reduction 2
-    aligned = plot_ctc_alignment(features, emissions(rows), torch.tensor([1, 2]), LABELS, tmp_path / "a.png",
-                                 title="test")
-    assert aligned == [AlignedToken(1, 1, 2, pytest.approx(float(torch.tensor(0.8).log()), abs=1e-5)),
-                       AlignedToken(2, 3, 4, pytest.approx(float(torch.tensor(0.7).log()), abs=1e-5))]
+    aligned = plot_ctc_alignment(
+        features, emissions(rows), torch.tensor([1, 2]), LABELS, tmp_path / "a.png", title="test"
+    )
+    assert aligned == [
+        AlignedToken(1, 1, 2, pytest.approx(float(torch.tensor(0.8).log()), abs=1e-5)),
+        AlignedToken(2, 3, 4, pytest.approx(float(torch.tensor(0.7).log()), abs=1e-5)),
+    ]
     image = matplotlib.image.imread(tmp_path / "a.png")
     assert image.shape[:2] == (600, 1000) and image.std() > 0.05
     # no CTC path (3 labels, 2 frames): the posteriors are still drawn
-    assert plot_ctc_alignment(features, emissions(rows[:2]), torch.tensor([1, 2, 3]), LABELS, tmp_path / "b.png") is None
+    assert (
+        plot_ctc_alignment(features, emissions(rows[:2]), torch.tensor([1, 2, 3]), LABELS, tmp_path / "b.png") is None
+    )
     assert matplotlib.image.imread(tmp_path / "b.png").shape[:2] == (600, 1000)
 
 
@@ -106,16 +122,30 @@ def test_callback_writes_one_png_per_validation_run(tmp_path):
     write_manifest(tmp_path / "train.json", 4, seed=0)
     write_manifest(tmp_path / "val.json", 3, seed=1)
     pl.seed_everything(0)
-    data = SpeechDataModule(train_manifests=[str(tmp_path / "train.json")], val_manifests=[str(tmp_path / "val.json")],
-                            time_reduction=2, batch_size=2, num_workers=0)
+    data = SpeechDataModule(
+        train_manifests=[str(tmp_path / "train.json")],
+        val_manifests=[str(tmp_path / "val.json")],
+        time_reduction=2,
+        batch_size=2,
+        num_workers=0,
+    )
     model = CTCSpeechRecognizer("jasper-tiny")
     callback = PlotCTCAlignment(utterance=1)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         callbacks=[callback])  # (the sanity check validation is not drawn)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )  # (the sanity check validation is not drawn)
     trainer.fit(model, data)
-    assert callback.paths == [tmp_path / "plots" / "ctc_alignment-step000002.png",
-                              tmp_path / "plots" / "ctc_alignment-step000004.png"]
+    assert callback.paths == [
+        tmp_path / "plots" / "ctc_alignment-step000002.png",
+        tmp_path / "plots" / "ctc_alignment-step000004.png",
+    ]
     for path in callback.paths:
         assert matplotlib.image.imread(path).shape[:2] == (600, 1000)
 

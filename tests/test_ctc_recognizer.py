@@ -86,8 +86,15 @@ class FakeSpeechData(pl.LightningDataModule):
 
 def trainer(**kwargs):
     kwargs.setdefault("max_epochs", 1)
-    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def adam(params):
@@ -100,8 +107,15 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     data = FakeSpeechData(make_items(48, 0), make_items(16, 1), batch_size=16)
     model = CTCSpeechRecognizer("jasper-tiny", optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
-    t = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   max_epochs=5, num_sanity_val_steps=0, default_root_dir=tmp_path_factory.mktemp("ckpt"))
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=5,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path_factory.mktemp("ckpt"),
+    )
     t.fit(model, data)
     return model, data, t
 
@@ -217,12 +231,16 @@ def test_tune_beam_search_picks_the_lm_weight_that_fixes_an_acoustic_confusion(t
     emissions = [(_spelled_emissions(tok, "go lift", {4: ("e", 0.6)}), torch.tensor([14]))]
     references = ["go left"]
     base = BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=10)
-    best, trials = tune_beam_search(emissions, references, tok.labels, base, lm_weights=(0.0, 4.0), word_scores=(0.0,),
-                                    blank=tok.blank)
+    best, trials = tune_beam_search(
+        emissions, references, tok.labels, base, lm_weights=(0.0, 4.0), word_scores=(0.0,), blank=tok.blank
+    )
     assert [(t.lm_weight, t.word_score) for t in trials] == [(0.0, 0.0), (4.0, 0.0)]
     for trial in trials:  # each trial's WER is jiwer's on that configuration's decoding
-        decoder = BeamSearchDecoder(tok.labels, BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=10,
-                                                                 lm_weight=trial.lm_weight), tok.blank)
+        decoder = BeamSearchDecoder(
+            tok.labels,
+            BeamSearchConfig(lexicon=str(words), lm=str(lm), beam_size=10, lm_weight=trial.lm_weight),
+            tok.blank,
+        )
         assert trial.wer == pytest.approx(jiwer.wer(references, decoder(*emissions[0])))
     assert [t.wer for t in trials] == [0.5, 0.0]
     assert (best.lm_weight, best.word_score, best.lexicon, best.beam_size) == (4.0, 0.0, str(words), 10)
@@ -355,7 +373,6 @@ def test_kneser_ney_normalises_and_arpa_back_off_reproduces_it(tmp_path, discoun
 
 # ---------------------------------------------------------------- exported SpeechRecognizer
 def test_export_reload_fuse_and_transcribe(trained, tmp_path):
-    import dataclasses
 
     import zoo
     from zoo.speech.recognizer import SpeechRecognizer
@@ -413,8 +430,11 @@ def test_long_audio_chunks_stitch_to_the_unchunked_output(trained):
     from zoo.speech.recognizer import SpeechRecognizer
 
     model, _, _ = trained
-    common = dict(featurizer={"normalize": "none"}, encoder=model_to_dict(model.encoder),
-                  tokenizer=dataclasses.asdict(model.tokenizer_config))
+    common = dict(
+        featurizer={"normalize": "none"},
+        encoder=model_to_dict(model.encoder),
+        tokenizer=dataclasses.asdict(model.tokenizer_config),
+    )
     whole = SpeechRecognizer(**common, chunk_seconds=100.0)
     chunked = SpeechRecognizer(**common, chunk_seconds=2.0, chunk_overlap_seconds=0.8)
     for rec in (whole, chunked):
@@ -452,7 +472,9 @@ def test_zoo_transcribe_command(trained, tmp_path, capsys):
     wave = (torch.randn(24000, generator=torch.Generator().manual_seed(3)) * 0.1).numpy()
     soundfile.write(tmp_path / "a.wav", wave, 16000)
     soundfile.write(tmp_path / "b.flac", wave[:8000], 8000)  # resampled on load
-    assert main(["transcribe", "--model", str(tmp_path / "rec"), str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]) == 0
+    assert (
+        main(["transcribe", "--model", str(tmp_path / "rec"), str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]) == 0
+    )
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
     assert [line.split("\t")[0] for line in lines] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]

@@ -1,4 +1,5 @@
-"""DDP through Lightning (gloo, 2 CPU processes, launched by `zoo fit`): disjoint samplers, metrics reduced across ranks."""
+"""DDP through Lightning (gloo, 2 CPU processes, launched by `zoo fit`): disjoint samplers, metrics reduced across
+ranks."""
 
 import json
 import math
@@ -20,12 +21,37 @@ ZOO = Path(sys.executable).parent / "zoo"
 def test_two_process_ddp_disjoint_data_and_synced_metrics(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "ZOO_TOY_REPORT_DIR": str(tmp_path)}
     out = subprocess.run(
-        [str(ZOO), "fit", "--model", "zoo_toys.DDPProbe", "--model.dropout", "0", "--data", "zoo_toys.IndexedToyData",
-         "--seed_everything", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-         "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-         "--trainer.enable_checkpointing", "false", "--trainer.num_sanity_val_steps", "0",
-         f"--trainer.default_root_dir={tmp_path}"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(ZOO),
+            "fit",
+            "--model",
+            "zoo_toys.DDPProbe",
+            "--model.dropout",
+            "0",
+            "--data",
+            "zoo_toys.IndexedToyData",
+            "--seed_everything",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -47,15 +73,29 @@ def test_two_process_ddp_disjoint_data_and_synced_metrics(tmp_path):
 def zoo_fit_ddp(tmp_path: Path, config: dict) -> None:
     """`zoo fit` with 2 gloo processes on CPU (Lightning's ddp strategy launches the second one)."""
     config["trainer"] = {
-        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1, "logger": False,
-        "enable_checkpointing": False, "enable_model_summary": False,
-        "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path), **config.get("trainer", {})}
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(tmp_path),
+        **config.get("trainer", {}),
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"seed_everything": 0, **config}))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "ZOO_DDP_REPORT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     # its own session: on a timeout the whole group goes (rank 1 would otherwise keep the pipe open)
-    process = subprocess.Popen([str(ZOO), "fit", "--config", str(path)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [str(ZOO), "fit", "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -92,15 +132,29 @@ def test_two_process_ddp_speech_model(tmp_path):
 
     train_ids = write_manifest(tmp_path / "train.json", 24, seed=0)
     val_ids = write_manifest(tmp_path / "val.json", 11, seed=1)
-    zoo_fit_ddp(tmp_path, {
-        "model": {"class_path": "ddp_probes.SpeechProbe", "init_args": {
-            "encoder": "jasper-tiny",
-            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-5}}}},  # near-random output: CERs differ by rank
-        "data": {"class_path": "zoo.datamodules.speech.SpeechDataModule", "init_args": {
-            "train_manifests": [str(tmp_path / "train.json")], "val_manifests": [str(tmp_path / "val.json")],
-            "time_reduction": 2, "batch_size": 4, "num_workers": 0}},
-        "trainer": {"use_distributed_sampler": False},
-    })
+    zoo_fit_ddp(
+        tmp_path,
+        {
+            "model": {
+                "class_path": "ddp_probes.SpeechProbe",
+                "init_args": {
+                    "encoder": "jasper-tiny",
+                    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-5}},
+                },
+            },  # near-random output: CERs differ by rank
+            "data": {
+                "class_path": "zoo.datamodules.speech.SpeechDataModule",
+                "init_args": {
+                    "train_manifests": [str(tmp_path / "train.json")],
+                    "val_manifests": [str(tmp_path / "val.json")],
+                    "time_reduction": 2,
+                    "batch_size": 4,
+                    "num_workers": 0,
+                },
+            },
+            "trainer": {"use_distributed_sampler": False},
+        },
+    )
     reports = [json.loads((tmp_path / f"speech-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
     train = [r["seen_train"] for r in reports]
@@ -145,14 +199,30 @@ def test_two_process_ddp_language_model(tmp_path):
     valid = write_text(tmp_path / "valid.txt", 5, seed=1)
     write_text(tmp_path / "test.txt", 2, seed=2)
     overrides = {"embedding_size": 16, "hidden_size": 32}
-    zoo_fit_ddp(tmp_path, {
-        "model": {"class_path": "ddp_probes.LanguageModelProbe", "init_args": {
-            "network": "lstm-char-small", "network_overrides": overrides,
-            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "zoo.datamodules.text.TextDataModule", "init_args": {
-            "corpus": "files", "data_dir": str(tmp_path), "level": "char", "batch_size": 2, "bptt": 16,
-            "eval_batch_size": 2}},
-    })
+    zoo_fit_ddp(
+        tmp_path,
+        {
+            "model": {
+                "class_path": "ddp_probes.LanguageModelProbe",
+                "init_args": {
+                    "network": "lstm-char-small",
+                    "network_overrides": overrides,
+                    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+                },
+            },
+            "data": {
+                "class_path": "zoo.datamodules.text.TextDataModule",
+                "init_args": {
+                    "corpus": "files",
+                    "data_dir": str(tmp_path),
+                    "level": "char",
+                    "batch_size": 2,
+                    "bptt": 16,
+                    "eval_batch_size": 2,
+                },
+            },
+        },
+    )
     reports = [json.loads((tmp_path / f"lm-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
     vocabulary = reports[0]["vocabulary"]
@@ -167,7 +237,7 @@ def test_two_process_ddp_language_model(tmp_path):
     # validation: the logged perplexity is the one of all 4 rows (both ranks), not of a rank's 2 rows
     stream = encode(valid, vocabulary)
     length = (len(stream) - 1) // 4
-    inputs, targets = stream[: 4 * length].view(4, length), stream[1: 4 * length + 1].view(4, length)
+    inputs, targets = stream[: 4 * length].view(4, length), stream[1 : 4 * length + 1].view(4, length)
     net = create("lstm-char-small", **overrides, vocab_size=len(vocabulary)).eval()
     net.load_state_dict(torch.load(tmp_path / "lm-net.pt", weights_only=True))
     with torch.no_grad():

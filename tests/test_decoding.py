@@ -39,7 +39,8 @@ def test_lexicon_free_character_lm_scores_the_right_characters(tmp_path, order):
 
     def decode(weight: float) -> str:
         return BeamSearchDecoder(tok.labels, BeamSearchConfig(lm=str(lm), lm_weight=weight, beam_size=20))(
-            log_probs, lengths)[0]
+            log_probs, lengths
+        )[0]
 
     assert decode(0.0) == "go lift"
     assert decode(2.0) == "go left"
@@ -63,4 +64,5 @@ def test_decoder_accepts_the_paths_build_arpa_returns(tmp_path):
     assert BeamSearchDecoder(tok.labels, config)(log_probs, torch.tensor([log_probs.shape[1]])) == ["go left"]
     chars = build_arpa(["go left"], tmp_path / "chars.arpa", order=3, unit="char")
     assert BeamSearchDecoder(tok.labels, BeamSearchConfig(lm=chars, beam_size=5))(
-        log_probs, torch.tensor([log_probs.shape[1]])) in (["go left"], ["go lift"])
+        log_probs, torch.tensor([log_probs.shape[1]])
+    ) in (["go left"], ["go lift"])

@@ -59,6 +59,7 @@ def test_generic_module_with_example_inputs_and_detected_mismatch(tmp_path):
     class Spec(ShapeBaking):
         def export_spec(self):
             from zoo.export import ExportSpec
+
             return ExportSpec(self, (torch.ones(2, 3),), ["x"], ["y"], check_inputs=[(torch.ones(2, 5),)])
 
     with pytest.raises(ExportError, match=r"inputs 1\): output 0 differs from eager by 2"):

@@ -9,7 +9,6 @@ import zoo
 from zoo.text.factorized_lstm import FactorizedLSTM, FactorizedLSTMConfig, LSTMPLayer
 from zoo.text.lm import LanguageModelConfig, RNNLanguageModel
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -34,7 +33,9 @@ def test_lstmp_matches_equations() -> None:
     layer = LSTMPLayer(6, 8, 4)
     torch.nn.init.normal_(layer.bias)
     W = torch.cat([layer.weight_x[0], layer.weight_h[0]]).T  # (4n, d + p)
-    ref, h_ref, c_ref = naive_lstmp(x, h0, c0, lambda xt, h: (torch.cat([xt, h], 1) @ W.T + layer.bias).chunk(4, 1), layer.projection)
+    ref, h_ref, c_ref = naive_lstmp(
+        x, h0, c0, lambda xt, h: (torch.cat([xt, h], 1) @ W.T + layer.bias).chunk(4, 1), layer.projection
+    )
     out, (h, c) = layer(x, (h0, c0))
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(c, c_ref)
@@ -45,7 +46,9 @@ def test_flstm_is_lstmp_with_w_equal_w2_w1() -> None:
     flstm = LSTMPLayer(6, 8, 4, factor_size=3)
     W1 = torch.cat([flstm.w1_x, flstm.w1_h], 1)  # (r, d + p), no bias
     W = flstm.w2 @ W1  # (4n, d + p), rank r
-    ref, _, _ = naive_lstmp(x, h0, c0, lambda xt, h: (torch.cat([xt, h], 1) @ W.T + flstm.bias).chunk(4, 1), flstm.projection)
+    ref, _, _ = naive_lstmp(
+        x, h0, c0, lambda xt, h: (torch.cat([xt, h], 1) @ W.T + flstm.bias).chunk(4, 1), flstm.projection
+    )
     torch.testing.assert_close(flstm(x, (h0, c0))[0], ref)
 
 
@@ -113,9 +116,21 @@ def test_forget_bias_one_and_stack_shapes() -> None:
     assert torch.all(b[256:512] == 1.0)
 
 
-@pytest.mark.parametrize("cell, extra", [("lstm", {}), ("bnlstm", {}), ("lstmp", {}), ("flstm", {"factor_size": 4}), ("glstm", {"groups": 2})])
+@pytest.mark.parametrize(
+    "cell, extra",
+    [("lstm", {}), ("bnlstm", {}), ("lstmp", {}), ("flstm", {"factor_size": 4}), ("glstm", {"groups": 2})],
+)
 def test_language_model_network_runs_every_cell(cell, extra) -> None:
-    config = LanguageModelConfig(vocab_size=11, embedding_size=8, cell=cell, hidden_size=8, projection_size=4, num_layers=2, max_length=6, **extra)
+    config = LanguageModelConfig(
+        vocab_size=11,
+        embedding_size=8,
+        cell=cell,
+        hidden_size=8,
+        projection_size=4,
+        num_layers=2,
+        max_length=6,
+        **extra,
+    )
     net = RNNLanguageModel(config)
     tokens = torch.randint(0, 11, (3, 6))
     hidden, state = net(tokens)

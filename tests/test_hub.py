@@ -21,14 +21,34 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint written by `zoo fit` (LightningCLI: hyper_parameters carry the class path)."""
     tmp_path = tmp_path_factory.mktemp("fit")
     ckpt_dir = tmp_path / "ckpt"
-    code = zoo_main([
-        "fit", "--model", "zoo_toys.ToyModule", "--model.hidden", "6", "--data", "zoo_toys.ToyData",
-        "--data.n", "24", "--seed_everything", "3", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
-        "--trainer.logger", "false", "--trainer.limit_val_batches", "1",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpt_dir}",
-        "--trainer.callbacks.monitor=val_mse", "--trainer.callbacks.save_last=true",
-    ])
+    code = zoo_main(
+        [
+            "fit",
+            "--model",
+            "zoo_toys.ToyModule",
+            "--model.hidden",
+            "6",
+            "--data",
+            "zoo_toys.ToyData",
+            "--data.n",
+            "24",
+            "--seed_everything",
+            "3",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.limit_val_batches",
+            "1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={ckpt_dir}",
+            "--trainer.callbacks.monitor=val_mse",
+            "--trainer.callbacks.save_last=true",
+        ]
+    )
     assert code == 0
     return ckpt_dir / "last.ckpt"
 
@@ -47,8 +67,15 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_export_folder_round_trip_and_model_card(tmp_path, monkeypatch):
     monkeypatch.setitem(hub.PAPERS, "zoo_toys", "Toy et al., *A toy network*, arXiv:0000.00000")
     pipe = pipeline()
-    info = hub.CardInfo(title="toy", metrics={"val_mse": 0.125}, metrics_date="2026-11-22", datasets=["movielens"],
-                        seed=7, steps=3, recipe="model:\n  class_path: zoo_toys.ToyModule\n")
+    info = hub.CardInfo(
+        title="toy",
+        metrics={"val_mse": 0.125},
+        metrics_date="2026-11-22",
+        datasets=["movielens"],
+        seed=7,
+        steps=3,
+        recipe="model:\n  class_path: zoo_toys.ToyModule\n",
+    )
     folder = hub.export(pipe, tmp_path / "out", info, load_name="zoo-models/toy")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = zoo.load(str(folder))
@@ -57,10 +84,20 @@ def test_export_folder_round_trip_and_model_card(tmp_path, monkeypatch):
     assert torch.equal(pipe.eval()(x), loaded.eval()(x))
     card = (folder / "README.md").read_text()
     n_params = sum(p.numel() for p in pipe.parameters())
-    for expected in ["Toy et al., *A toy network*", "non-commercial", "may not be redistributed",
-                     "Measured on 2026-11-22", "| val_mse | 0.125 |", f"Parameters: {n_params:,}", "Seed: 7",
-                     f"torch {importlib.metadata.version('torch')}", "pytorch-lightning", "class_path: zoo_toys.ToyModule",
-                     'zoo.load("zoo-models/toy")', "library_name: zoo"]:
+    for expected in [
+        "Toy et al., *A toy network*",
+        "non-commercial",
+        "may not be redistributed",
+        "Measured on 2026-11-22",
+        "| val_mse | 0.125 |",
+        f"Parameters: {n_params:,}",
+        "Seed: 7",
+        f"torch {importlib.metadata.version('torch')}",
+        "pytorch-lightning",
+        "class_path: zoo_toys.ToyModule",
+        'zoo.load("zoo-models/toy")',
+        "library_name: zoo",
+    ]:
         assert expected in card, expected
     assert "zoo git commit: " in card and "unknown" not in card.split("zoo git commit: ")[1].splitlines()[0]
     with pytest.raises(KeyError, match="unknown dataset 'imagenet'"):
@@ -96,8 +133,14 @@ def test_checkpoint_to_pipeline_and_errors(tmp_path, trained_checkpoint):
         zoo.load(str(pickled))
     # a checkpoint written without the CLI names no class: module_class is required
     plain = tmp_path / "plain.ckpt"
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(ToyModule(hidden=3), ToyData(n=16))
     trainer.save_checkpoint(plain)
     with pytest.raises(hub.CheckpointError, match="pass module_class"):
@@ -136,7 +179,9 @@ def test_load_org_repo_from_hf_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr("zoo.registry._REGISTRY", dict(zoo.registry._REGISTRY))
     zoo.register("toy-hub-test", type(pipe.network), pipe.network.config, task="test", description="toy")
     monkeypatch.setenv("ZOO_HUB_ORG", "my-org")
-    with pytest.raises(hub.HubError, match="no published weights for the registry model 'toy-hub-test'.*my-org/toy-hub-test"):
+    with pytest.raises(
+        hub.HubError, match="no published weights for the registry model 'toy-hub-test'.*my-org/toy-hub-test"
+    ):
         zoo.load("toy-hub-test")
     fake_hf_cache(cache, "my-org/toy-hub-test", folder, sha)
     assert same_weights(zoo.load("toy-hub-test"), pipe)
@@ -173,15 +218,36 @@ def test_publish_uploads_the_exported_files(tmp_path, monkeypatch, trained_check
 
         def upload_folder(self, repo_id, folder_path, revision=None, allow_patterns=None, commit_message=None):
             folder = Path(folder_path)
-            uploads.append(("upload", repo_id, sorted(p.name for p in folder.iterdir()),
-                            json.loads((folder / "config.json").read_text())["zoo_pipeline"],
-                            (folder / "README.md").read_text(), self.token))
+            uploads.append(
+                (
+                    "upload",
+                    repo_id,
+                    sorted(p.name for p in folder.iterdir()),
+                    json.loads((folder / "config.json").read_text())["zoo_pipeline"],
+                    (folder / "README.md").read_text(),
+                    self.token,
+                )
+            )
             return "https://huggingface.co/org/toy/commit/abc"
 
     monkeypatch.setattr(hub, "HfApi", FakeApi)
     export_dir = tmp_path / "exported"
-    code = zoo_main(["publish", str(ckpt), "--repo", "org/toy", "--token", "secret", "--dataset", "movielens",
-                     "--seed", "3", "--export-dir", str(export_dir)])
+    code = zoo_main(
+        [
+            "publish",
+            str(ckpt),
+            "--repo",
+            "org/toy",
+            "--token",
+            "secret",
+            "--dataset",
+            "movielens",
+            "--seed",
+            "3",
+            "--export-dir",
+            str(export_dir),
+        ]
+    )
     assert code == 0
     assert uploads[0] == ("create", "org/toy", None)
     _, repo, files, pipeline_class, card, token = uploads[1]
@@ -204,13 +270,19 @@ def test_publish_to_hub_callback_exports_best_checkpoint(tmp_path, monkeypatch):
     from zoo.callbacks.publish_to_hub import PublishToHub
 
     pushed = []
-    monkeypatch.setattr(hub, "push", lambda folder, repo_id, **kw: pushed.append((sorted(
-        p.name for p in Path(folder).iterdir()), repo_id)) or "https://hub/commit/1")
+    monkeypatch.setattr(
+        hub,
+        "push",
+        lambda folder, repo_id, **kw: (
+            pushed.append((sorted(p.name for p in Path(folder).iterdir()), repo_id)) or "https://hub/commit/1"
+        ),
+    )
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     torch.manual_seed(0)
     module = ToyModule(hidden=4)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_mse", save_top_k=1,
-                                 mode="max")  # "best" = the first epoch, so best and final weights differ
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val_mse", save_top_k=1, mode="max"
+    )  # "best" = the first epoch, so best and final weights differ
     publish = PublishToHub(repo_id="org/toy", export_dir=str(tmp_path / "export"), datasets=["movielens"])
     final = {}
 
@@ -218,8 +290,13 @@ def test_publish_to_hub_callback_exports_best_checkpoint(tmp_path, monkeypatch):
         def on_fit_end(self, trainer, pl_module):
             final.update({k: v.clone() for k, v in pl_module.state_dict().items()})
 
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[Snapshot(), checkpoint, publish])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Snapshot(), checkpoint, publish],
+    )
     trainer.fit(module, ToyData(n=24))
     best = torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"]
     exported = zoo.load(str(tmp_path / "export"))
@@ -235,8 +312,14 @@ def test_publish_to_hub_callback_exports_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr("zoo.callbacks.publish_to_hub.get_token", lambda: None)
     quiet = PublishToHub(repo_id="org/toy", export_dir=str(tmp_path / "export2"))
-    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, callbacks=[quiet]).fit(ToyModule(), ToyData(n=24))
+    pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[quiet],
+    ).fit(ToyModule(), ToyData(n=24))
     assert len(pushed) == 1 and (tmp_path / "export2" / "model.safetensors").is_file()
 
 
@@ -247,13 +330,35 @@ def test_recommender_checkpoint_exports_and_loads(tmp_path):
     from zoo.recsys.recommender import Recommender
 
     ratings = write_ratings(tmp_path / "u.data")
-    assert zoo_main([
-        "fit", "--model", "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
-        "--model.network", "autorec-ml100k", "--model.network_overrides", '{"encoder_sizes": [16, 8]}',
-        "--data", "zoo.datamodules.ratings.RatingsDataModule", "--data.path", str(ratings), "--data.format", "ml-100k",
-        "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.logger", "false",
-        "--trainer.limit_val_batches", "1", f"--trainer.default_root_dir={tmp_path}",
-    ]) == 0
+    assert (
+        zoo_main(
+            [
+                "fit",
+                "--model",
+                "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
+                "--model.network",
+                "autorec-ml100k",
+                "--model.network_overrides",
+                '{"encoder_sizes": [16, 8]}',
+                "--data",
+                "zoo.datamodules.ratings.RatingsDataModule",
+                "--data.path",
+                str(ratings),
+                "--data.format",
+                "ml-100k",
+                "--data.batch_size",
+                "4",
+                "--trainer.max_steps",
+                "3",
+                "--trainer.logger",
+                "false",
+                "--trainer.limit_val_batches",
+                "1",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
+        == 0
+    )
     ckpt = next(tmp_path.rglob("*.ckpt"))
     recommender = zoo.load(str(ckpt))
     assert isinstance(recommender, Recommender)
@@ -273,8 +378,9 @@ def test_publish_to_hub_needs_to_pipeline_before_training():
         to_pipeline = None
 
     with pytest.raises(TypeError, match="no to_pipeline"):
-        pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   callbacks=[PublishToHub()]).fit(NoExport(), ToyData(n=8))
+        pl.Trainer(
+            max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[PublishToHub()]
+        ).fit(NoExport(), ToyData(n=8))
 
 
 def test_plain_save_pretrained_writes_the_zoo_card_and_replaces_a_stale_one(tmp_path):
@@ -302,5 +408,7 @@ def test_download_fetches_config_first_then_the_assets_it_names(tmp_path, monkey
 
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
     assert hub.download("org/rec", revision="v1") == snapshot
-    assert calls == [("org/rec", ["config.json"], "v1"),
-                     ("org/rec", ["config.json", "model.safetensors", "README.md", "lexicon.txt", "lm.arpa"], "v1")]
+    assert calls == [
+        ("org/rec", ["config.json"], "v1"),
+        ("org/rec", ["config.json", "model.safetensors", "README.md", "lexicon.txt", "lm.arpa"], "v1"),
+    ]

@@ -71,8 +71,11 @@ def test_real_training_checkpoint_loads_without_trust():
     filled ``collections.defaultdict`` (``${now:...}`` of hydra's run folder): plain weights_only refuses it,
     the importer reads it with inert placeholders."""
     unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(CHECKPOINT))
-    assert {"collections.defaultdict", "omegaconf.dictconfig.DictConfig",
-            "deepspeech_pytorch.configs.train_config.DeepSpeechConfig"} <= unsafe
+    assert {
+        "collections.defaultdict",
+        "omegaconf.dictconfig.DictConfig",
+        "deepspeech_pytorch.configs.train_config.DeepSpeechConfig",
+    } <= unsafe
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(CHECKPOINT, weights_only=True)
     caches = _resolver_caches(_load(CHECKPOINT, trust_pickle=False))
@@ -111,9 +114,18 @@ def test_featurizer_options_equal_the_peers(record):
     """Every window type, another window/stride, and librosa <= 0.9's reflection padding (16 kHz WAV)."""
     rate = record["sample_rate"]
     window, hop = int(rate * record["window_size"]), int(rate * record["window_stride"])
-    config = FeaturizerConfig(kind="deepspeech_pytorch", sample_rate=rate, win_length=window, hop_length=hop,
-                              window=record["window"], stft_pad=record["pad_mode"] or "constant", dither=0.0,
-                              preemphasis=0.0, mag_power=1.0, normalize="all_features")
+    config = FeaturizerConfig(
+        kind="deepspeech_pytorch",
+        sample_rate=rate,
+        win_length=window,
+        hop_length=hop,
+        window=record["window"],
+        stft_pad=record["pad_mode"] or "constant",
+        dither=0.0,
+        preemphasis=0.0,
+        mag_power=1.0,
+        normalize="all_features",
+    )
     wave = load_audio(FIXTURES / "wav" / "features_16k.wav", rate)
     features, frames = Featurizer(config)(wave[None], torch.tensor([len(wave)]))
     reference = load_file(FIXTURES / "features.safetensors")[record["key"]]
@@ -169,8 +181,11 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("make,name", [(lambda tmp: Foreign(3), "Foreign"),
-                                       (lambda tmp: Payload(tmp / "ran"), "system")], ids=["class", "code"])
+@pytest.mark.parametrize(
+    "make,name",
+    [(lambda tmp: Foreign(3), "Foreign"), (lambda tmp: Payload(tmp / "ran"), "system")],
+    ids=["class", "code"],
+)
 def test_foreign_objects_still_need_trust(tmp_path, capsys, make, name):
     checkpoint = read_checkpoint(CHECKPOINT)
     checkpoint["hyper_parameters"]["extra"] = make(tmp_path)
@@ -188,5 +203,8 @@ def test_featurizer_refuses_settings_the_peer_lacks():
     with pytest.raises(ValueError, match="deepspeech_pytorch.*'preemphasis': 0.97"):
         Featurizer(FeaturizerConfig(kind="deepspeech_pytorch", dither=0.0, mag_power=1.0, normalize="none"))
     with pytest.raises(ValueError, match="'n_fft': 512"):
-        Featurizer(FeaturizerConfig(kind="deepspeech_pytorch", n_fft=512, dither=0.0, preemphasis=0.0,
-                                    mag_power=1.0, normalize="none"))
+        Featurizer(
+            FeaturizerConfig(
+                kind="deepspeech_pytorch", n_fft=512, dither=0.0, preemphasis=0.0, mag_power=1.0, normalize="none"
+            )
+        )

@@ -25,8 +25,13 @@ def installed_layout(target: Path) -> Path:
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-                          cwd=tree, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_import_contracts_hold(tmp_path):
@@ -35,11 +40,18 @@ def test_the_import_contracts_hold(tmp_path):
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, line, broken", [
-    ("zoo/speech/jasper.py", "import pytorch_lightning", "zoo.speech.jasper -> pytorch_lightning"),
-    ("zoo/datamodules/speech.py", "import zoo.speech.deepspeech2", "zoo.datamodules.speech -> zoo.speech.deepspeech2"),
-    ("zoo/callbacks/sortagrad.py", "import zoo.loading", "zoo.callbacks.sortagrad -> zoo.loading"),
-])
+@pytest.mark.parametrize(
+    "module, line, broken",
+    [
+        ("zoo/speech/jasper.py", "import pytorch_lightning", "zoo.speech.jasper -> pytorch_lightning"),
+        (
+            "zoo/datamodules/speech.py",
+            "import zoo.speech.deepspeech2",
+            "zoo.datamodules.speech -> zoo.speech.deepspeech2",
+        ),
+        ("zoo/callbacks/sortagrad.py", "import zoo.loading", "zoo.callbacks.sortagrad -> zoo.loading"),
+    ],
+)
 def test_a_violation_is_caught(tmp_path, module, line, broken):
     tree = installed_layout(tmp_path)
     path = tree / module

@@ -66,8 +66,10 @@ def zoo_outputs(recognizer, stems=STEMS) -> dict[str, tuple[torch.Tensor, int, t
         logits, out_lengths = recognizer.encoder(feats, frames)
     log_probs = logits.log_softmax(-1)
     log_probs = torch.cat([log_probs[..., 1:], log_probs[..., :1]], dim=-1)  # zoo blank 0 -> NeMo's last
-    return {s: (feats[i, :, : frames[i]], int(frames[i]), log_probs[i, : out_lengths[i]], int(out_lengths[i]))
-            for i, s in enumerate(stems)}
+    return {
+        s: (feats[i, :, : frames[i]], int(frames[i]), log_probs[i, : out_lengths[i]], int(out_lengths[i]))
+        for i, s in enumerate(stems)
+    }
 
 
 def assert_matches_nemo(recognizer, expected: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -77,8 +79,9 @@ def assert_matches_nemo(recognizer, expected: dict[str, dict[str, torch.Tensor]]
         assert frames == int(ref["feature_length"]), stem
         assert out_frames == int(ref["encoded_length"]), stem
         torch.testing.assert_close(feats, ref["features"], atol=FEATURE_ATOL, rtol=0, msg=f"{stem} features")
-        torch.testing.assert_close(log_probs, ref["log_probs"], atol=LOG_PROB_ATOL, rtol=LOG_PROB_RTOL,
-                                   msg=f"{stem} log-probs")
+        torch.testing.assert_close(
+            log_probs, ref["log_probs"], atol=LOG_PROB_ATOL, rtol=LOG_PROB_RTOL, msg=f"{stem} log-probs"
+        )
         zoo_order = torch.cat([log_probs[:, -1:], log_probs[:, :-1]], dim=-1)
         path = greedy(recognizer, zoo_order)
         assert path == text(ref["greedy_path"]), stem  # NeMo's best path, spaces as they are
@@ -145,8 +148,9 @@ def test_nemo_conventions_by_version():
 
 def test_window_in_samples():
     """``n_window_size``/``n_window_stride`` (samples) with ``window_size: null``; NeMo's n_fft = 2^ceil(log2(win))."""
-    config = featurizer_config({"window_size": None, "window_stride": None, "n_window_size": 400,
-                                "n_window_stride": 160, "features": 64})
+    config = featurizer_config(
+        {"window_size": None, "window_stride": None, "n_window_size": 400, "n_window_stride": 160, "features": 64}
+    )
     assert (config.win_length, config.hop_length, config.n_fft) == (400, 160, 512)
     config = featurizer_config({"window_size": 0.025, "window_stride": 0.01, "sample_rate": 8000})
     assert (config.win_length, config.hop_length, config.n_fft) == (200, 80, 256)
@@ -194,9 +198,11 @@ REFUSED = {
     "unknown encoder option": (lambda c: c["encoder"].update(se_everywhere=True), "'se_everywhere'"),
     "unknown residual mode": (set_block(2, residual_mode="concat"), "residual_mode 'concat' (from encoder.jasper[2]"),
     # a block-level max on the last residual block only: blocks 1-2 add, block 3 max (NeMo allows the mix)
-    "mixed residual modes": (set_block(3, residual_mode="max"),
-                             "mixes residual modes: 'add' in encoder.jasper[1] (from encoder.residual_mode), "
-                             "'max' in encoder.jasper[3] (from encoder.jasper[3].residual_mode)"),
+    "mixed residual modes": (
+        set_block(3, residual_mode="max"),
+        "mixes residual modes: 'add' in encoder.jasper[1] (from encoder.residual_mode), "
+        "'max' in encoder.jasper[3] (from encoder.jasper[3].residual_mode)",
+    ),
 }
 
 

@@ -33,7 +33,9 @@ def nemo_blocks(separable: bool, dense: bool) -> list[dict]:
         dict(filters=12, repeat=2, kernel=[7], stride=[1], dilation=[1], **residual, **common),
         dict(filters=16, repeat=1, kernel=[7], stride=[1], dilation=[2], residual=False, **common),
         # QuartzNet keeps its last 1x1 conv ordinary; a separable one exercises the depthwise fold
-        dict(filters=16, repeat=1, kernel=[1], stride=[1], dilation=[1], residual=False, dropout=0.0, separable=separable),
+        dict(
+            filters=16, repeat=1, kernel=[1], stride=[1], dilation=[1], residual=False, dropout=0.0, separable=separable
+        ),
     ]
 
 
@@ -41,14 +43,32 @@ def nemo_config(blocks: list[dict], feat_in: int = 16) -> dict:
     return {
         "sample_rate": 16000,
         "labels": VOCAB,
-        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-                         "sample_rate": "${sample_rate}", "window_size": 0.02, "window_stride": 0.01,
-                         "window": "hann", "features": feat_in, "n_fft": 512, "normalize": "per_feature",
-                         "dither": 1e-5, "pad_to": 16, "frame_splicing": 1},
-        "encoder": {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": feat_in,
-                    "activation": "relu", "conv_mask": True, "jasper": blocks},
-        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": blocks[-1]["filters"],
-                    "num_classes": len(VOCAB), "vocabulary": "${labels}"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": "${sample_rate}",
+            "window_size": 0.02,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": feat_in,
+            "n_fft": 512,
+            "normalize": "per_feature",
+            "dither": 1e-5,
+            "pad_to": 16,
+            "frame_splicing": 1,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConvASREncoder",
+            "feat_in": feat_in,
+            "activation": "relu",
+            "conv_mask": True,
+            "jasper": blocks,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+            "feat_in": blocks[-1]["filters"],
+            "num_classes": len(VOCAB),
+            "vocabulary": "${labels}",
+        },
     }
 
 
@@ -109,7 +129,9 @@ def write_nemo(path, config: dict | None, state: dict | None) -> None:
             archive.addfile(info, buffer)
 
 
-def nemo_reference(state: dict, blocks: list[dict], x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nemo_reference(
+    state: dict, blocks: list[dict], x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NeMo's ConvASREncoder + ConvASRDecoder forward in eval mode, from the raw state dict:
     masked convs, BN, residual sums before ReLU, dense residual lists; blank last."""
 
@@ -117,8 +139,16 @@ def nemo_reference(state: dict, blocks: list[dict], x: torch.Tensor, lengths: to
         return t * (torch.arange(t.shape[-1])[None, :] < lens[:, None])[:, None, :]
 
     def bn(t, p):
-        return F.batch_norm(t, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
-                            state[f"{p}.bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            t,
+            state[f"{p}.running_mean"],
+            state[f"{p}.running_var"],
+            state[f"{p}.weight"],
+            state[f"{p}.bias"],
+            False,
+            0.0,
+            1e-3,
+        )
 
     xs, lens = [x], lengths
     for i, block in enumerate(blocks):
@@ -195,8 +225,15 @@ def test_zoo_load_nemo_and_import_command(tmp_path):
     assert zoo_main(["import-nemo", str(tmp_path / "missing.nemo"), str(tmp_path / "o2")]) == 1
 
 
-def nemo_logmel_reference(wave: torch.Tensor, sr: int = 16000, n_fft: int = 512, win: int = 320, hop: int = 160,
-                          n_mels: int = 64, preemph: float = 0.97) -> torch.Tensor:
+def nemo_logmel_reference(
+    wave: torch.Tensor,
+    sr: int = 16000,
+    n_fft: int = 512,
+    win: int = 320,
+    hop: int = 160,
+    n_mels: int = 64,
+    preemph: float = 0.97,
+) -> torch.Tensor:
     """NeMo's AudioToMelSpectrogramPreprocessor in eval mode for one utterance, with librosa's Slaney mel
     filterbank (``librosa.filters.mel(norm="slaney")``) written out from its formulas."""
     f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
@@ -213,12 +250,21 @@ def nemo_logmel_reference(wave: torch.Tensor, sr: int = 16000, n_fft: int = 512,
     fft_f = torch.linspace(0, sr / 2, n_fft // 2 + 1, dtype=torch.float64)
     ramps = mel_f[:, None] - fft_f[None, :]
     fdiff = mel_f.diff()
-    fb = torch.stack([torch.clamp(torch.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]), min=0)
-                      for i in range(n_mels)])
+    fb = torch.stack(
+        [torch.clamp(torch.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]), min=0) for i in range(n_mels)]
+    )
     fb = fb * (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
     x = torch.cat([wave[:1], wave[1:] - preemph * wave[:-1]]).double()
-    spec = torch.stft(x, n_fft, hop_length=hop, win_length=win, window=torch.hann_window(win, periodic=False, dtype=torch.float64),
-                      center=True, pad_mode="constant", return_complex=True)
+    spec = torch.stft(
+        x,
+        n_fft,
+        hop_length=hop,
+        win_length=win,
+        window=torch.hann_window(win, periodic=False, dtype=torch.float64),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
     feats = torch.log(fb @ spec.abs().pow(2) + 2.0**-24)[:, : len(wave) // hop]  # NeMo >= 2.5: S // hop frames
     mean, std = feats.mean(1, keepdim=True), feats.std(1, keepdim=True)  # unbiased, as NeMo
     return ((feats - mean) / (std + 1e-5)).float()
@@ -240,8 +286,15 @@ def test_nemo_full_size_configs_map_onto_the_zoo_presets():
     from zoo.speech.nemo_import import jasper_config
 
     def block(filters, kernel, repeat=5, dropout=0.0, **kw):
-        return dict(filters=filters, repeat=repeat, kernel=[kernel], stride=[kw.pop("stride", 1)],
-                    dilation=[kw.pop("dilation", 1)], dropout=dropout, **kw)
+        return dict(
+            filters=filters,
+            repeat=repeat,
+            kernel=[kernel],
+            stride=[kw.pop("stride", 1)],
+            dilation=[kw.pop("dilation", 1)],
+            dropout=dropout,
+            **kw,
+        )
 
     quartznet = [block(256, 33, 1, stride=2, residual=False, separable=True)]
     for filters, kernel in [(256, 33), (256, 39), (512, 51), (512, 63), (512, 75)]:
@@ -264,12 +317,19 @@ def test_nemo_errors(tmp_path):
     with pytest.raises(NemoImportError, match="noconfig.nemo.*model_config.yaml"):
         import_nemo(no_config)
 
-    conformer = {**config, "encoder": {**config["encoder"], "_target_": "nemo.collections.asr.modules.ConformerEncoder"}}
+    conformer = {
+        **config,
+        "encoder": {**config["encoder"], "_target_": "nemo.collections.asr.modules.ConformerEncoder"},
+    }
     write_nemo(tmp_path / "conformer.nemo", conformer, state)
     with pytest.raises(NemoImportError, match="ConformerEncoder"):
         import_nemo(tmp_path / "conformer.nemo")
 
-    german = {**config, "labels": [*VOCAB, "ß", "<unk>"], "decoder": {**config["decoder"], "vocabulary": [*VOCAB, "<unk>"]}}
+    german = {
+        **config,
+        "labels": [*VOCAB, "ß", "<unk>"],
+        "decoder": {**config["decoder"], "vocabulary": [*VOCAB, "<unk>"]},
+    }
     write_nemo(tmp_path / "vocab.nemo", german, state)
     with pytest.raises(NemoImportError, match="<unk>"):
         import_nemo(tmp_path / "vocab.nemo")
@@ -292,13 +352,16 @@ DS_LABELS = ["_", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", " "]
 SPECT = {"sample_rate": 1600, "window_size": 0.02, "window_stride": 0.01, "window": "hamming"}  # 17 bins
 
 
-def deepspeech_checkpoint(rnn: str, bidirectional: bool, hidden: int = 12, layers: int = 2, context: int = 4,
-                          seed: int = 0) -> dict:
+def deepspeech_checkpoint(
+    rnn: str, bidirectional: bool, hidden: int = 12, layers: int = 2, context: int = 4, seed: int = 0
+) -> dict:
     """A Lightning-style deepspeech.pytorch checkpoint with random weights in its key layout."""
     gen = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for i, (c_in, c_out, k) in enumerate([(1, 32, (41, 11)), (32, 32, (21, 11))]):
-        state[f"conv.seq_module.{3 * i}.weight"] = torch.randn(c_out, c_in, *k, generator=gen) / (c_in * k[0] * k[1]) ** 0.5
+        state[f"conv.seq_module.{3 * i}.weight"] = (
+            torch.randn(c_out, c_in, *k, generator=gen) / (c_in * k[0] * k[1]) ** 0.5
+        )
         state[f"conv.seq_module.{3 * i}.bias"] = 0.2 * torch.randn(c_out, generator=gen)
         random_bn(state, f"conv.seq_module.{3 * i + 1}", c_out, gen)
     gates = {"lstm": 4, "gru": 3}[rnn] * hidden
@@ -320,8 +383,13 @@ def deepspeech_checkpoint(rnn: str, bidirectional: bool, hidden: int = 12, layer
     model_cfg = {"rnn_type": rnn, "hidden_size": hidden, "hidden_layers": layers}
     if not bidirectional:
         model_cfg["lookahead_context"] = context
-    return {"epoch": 3, "global_step": 100, "pytorch-lightning_version": "1.1.0", "state_dict": state,
-            "hyper_parameters": {"labels": DS_LABELS, "model_cfg": model_cfg, "spect_cfg": SPECT, "precision": 32}}
+    return {
+        "epoch": 3,
+        "global_step": 100,
+        "pytorch-lightning_version": "1.1.0",
+        "state_dict": state,
+        "hyper_parameters": {"labels": DS_LABELS, "model_cfg": model_cfg, "spect_cfg": SPECT, "precision": 32},
+    }
 
 
 def deepspeech_reference(ckpt: dict, rnn: str, bidirectional: bool, spect: torch.Tensor, lengths: torch.Tensor):
@@ -329,8 +397,16 @@ def deepspeech_reference(ckpt: dict, rnn: str, bidirectional: bool, spect: torch
     state = ckpt["state_dict"]
 
     def bn(x, p):
-        return F.batch_norm(x, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
-                            state[f"{p}.bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            x,
+            state[f"{p}.running_mean"],
+            state[f"{p}.running_var"],
+            state[f"{p}.weight"],
+            state[f"{p}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
 
     out_lengths = lengths
     for (kf, kt), (sf, st), (pf, pt) in [((41, 11), (2, 2), (20, 5)), ((21, 11), (2, 1), (10, 5))]:
@@ -350,8 +426,9 @@ def deepspeech_reference(ckpt: dict, rnn: str, bidirectional: bool, spect: torch
             x = bn(x.reshape(-1, x.shape[-1]), f"rnns.{layer}.batch_norm.module").reshape(x.shape)
         cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[rnn]
         module = cls(x.shape[-1], hidden, bidirectional=bidirectional)
-        module.load_state_dict({k.removeprefix(f"rnns.{layer}.rnn."): v for k, v in state.items()
-                                if k.startswith(f"rnns.{layer}.rnn.")})
+        module.load_state_dict(
+            {k.removeprefix(f"rnns.{layer}.rnn."): v for k, v in state.items() if k.startswith(f"rnns.{layer}.rnn.")}
+        )
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, out_lengths, enforce_sorted=False)
         x, _ = torch.nn.utils.rnn.pad_packed_sequence(module(packed)[0], total_length=t)
         if bidirectional:
@@ -456,7 +533,9 @@ def test_deepspeech_checkpoint_with_pickled_config_objects(tmp_path):
     plain = import_deepspeech_from(ckpt, tmp_path / "plain.ckpt", import_deepspeech)
     hp = ckpt["hyper_parameters"]
     ckpt["hyper_parameters"] = dict(  # Lightning saves dict(hparams) holding DictConfigs
-        labels=hp["labels"], spect_cfg=FakeDictConfig(hp["spect_cfg"]), precision=32,
+        labels=hp["labels"],
+        spect_cfg=FakeDictConfig(hp["spect_cfg"]),
+        precision=32,
         model_cfg=FakeDictConfig({**hp["model_cfg"], "rnn_type": RNNType.gru}),
         optim_cfg=FakeDictConfig({"learning_rate": 3e-4, "betas": [0.9, 0.999]}),
     )

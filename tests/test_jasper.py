@@ -50,10 +50,17 @@ def test_quartznet_uses_separable_convs():
     assert model.epilogue[0].depthwise.dilation == (2,)
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"separable": True}, {"norm": "layernorm"}, {"norm": "weightnorm"}, {"residual": "plain"},
-    {"prologue_stride": 3},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"separable": True},
+        {"norm": "layernorm"},
+        {"norm": "weightnorm"},
+        {"residual": "plain"},
+        {"prologue_stride": 3},
+    ],
+)
 def test_padding_never_changes_an_utterance_output(overrides):
     torch.manual_seed(0)
     model = randomize_norms(zoo.create("jasper-tiny", **overrides)).eval()
@@ -90,16 +97,26 @@ def test_unmasked_conv_would_leak_padding():
 
 def test_layers_follow_conv_norm_relu_dropout_with_residual_before_relu():
     """One block checked against a hand-written forward pass of the same weights."""
-    cfg = JasperConfig(in_features=4, num_classes=3, prologue_filters=6, prologue_kernel=3, prologue_stride=1,
-                       prologue_dropout=0.0, blocks=((6, 3, 2, 0.0),), epilogue=(), residual="plain")
+    cfg = JasperConfig(
+        in_features=4,
+        num_classes=3,
+        prologue_filters=6,
+        prologue_kernel=3,
+        prologue_stride=1,
+        prologue_dropout=0.0,
+        blocks=((6, 3, 2, 0.0),),
+        epilogue=(),
+        residual="plain",
+    )
     model = randomize_norms(Jasper(cfg)).eval()
     x = torch.randn(1, 4, 9)
     with torch.no_grad():
         out, _ = model(x, torch.tensor([9]))
 
         def cn(m: ConvNorm, h):
-            return torch.nn.functional.batch_norm(m.conv(h), m.norm.running_mean, m.norm.running_var,
-                                                  m.norm.weight, m.norm.bias, False, 0.0, m.norm.eps)
+            return torch.nn.functional.batch_norm(
+                m.conv(h), m.norm.running_mean, m.norm.running_var, m.norm.weight, m.norm.bias, False, 0.0, m.norm.eps
+            )
 
         p = torch.relu(cn(model.prologue, x))
         block = model.blocks[0]
@@ -168,9 +185,18 @@ def test_forward_matches_a_per_utterance_functional_reference(residual, separabl
     """The batched, masked forward equals the functional reference run on each utterance alone (no padding),
     whatever sits in the padding; padded output frames are zero."""
     torch.manual_seed(0)
-    config = JasperConfig(in_features=12, num_classes=7, prologue_filters=10, prologue_kernel=5, prologue_stride=2,
-                          prologue_dropout=0.0, blocks=((10, 5, 2, 0.0), (14, 7, 3, 0.0), (12, 3, 2, 0.0)),
-                          epilogue=((16, 5, 2, 0.0), (16, 1, 1, 0.0)), residual=residual, separable=separable)
+    config = JasperConfig(
+        in_features=12,
+        num_classes=7,
+        prologue_filters=10,
+        prologue_kernel=5,
+        prologue_stride=2,
+        prologue_dropout=0.0,
+        blocks=((10, 5, 2, 0.0), (14, 7, 3, 0.0), (12, 3, 2, 0.0)),
+        epilogue=((16, 5, 2, 0.0), (16, 1, 1, 0.0)),
+        residual=residual,
+        separable=separable,
+    )
     model = randomize_norms(Jasper(config)).eval()
     assert [len(b.residuals) for b in model.blocks] == ([1, 2, 3] if residual == "dense" else [1, 1, 1])
     lengths = torch.tensor([41, 23, 32, 8])
@@ -182,7 +208,7 @@ def test_forward_matches_a_per_utterance_functional_reference(residual, separabl
         logits, out_lengths = model(padded, lengths)
         assert out_lengths.tolist() == [(n + 1) // 2 for n in lengths.tolist()]
         for b, n in enumerate(lengths.tolist()):
-            expected = reference_jasper(model, features[b:b + 1, :, :n], dense=residual == "dense")
+            expected = reference_jasper(model, features[b : b + 1, :, :n], dense=residual == "dense")
             assert expected.shape[0] == out_lengths[b]
-            torch.testing.assert_close(logits[b, :out_lengths[b]], expected, rtol=1e-4, atol=1e-4)
-            assert (logits[b, out_lengths[b]:] == 0).all()
+            torch.testing.assert_close(logits[b, : out_lengths[b]], expected, rtol=1e-4, atol=1e-4)
+            assert (logits[b, out_lengths[b] :] == 0).all()

@@ -55,16 +55,37 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
         assert printed["data"]["init_args"]["batch_size"] == 32
     # one step on tiny data: the big encoders are swapped for jasper-tiny (same stride 2)
     override = [] if count is None else ["--model.init_args.encoder", "jasper-tiny"]
-    main([
-        "fit", "--config", str(CONFIGS / config), *override,
-        "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
-        # every split given: nothing falls back to building the (large) embedded corpus
-        "--data.init_args.test_manifests", f"[{manifest}]",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-        "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1",
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            *override,
+            "--data.init_args.train_manifests",
+            f"[{manifest}]",
+            "--data.init_args.val_manifests",
+            f"[{manifest}]",
+            # every split given: nothing falls back to building the (large) embedded corpus
+            "--data.init_args.test_manifests",
+            f"[{manifest}]",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -73,13 +94,29 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
 def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
     """The cluster recipes with their own encoder (333M / 19M), precision (16-mixed + LossScaling) and
     DDP strategy, on one GPU: one fast_dev_run step on the tiny manifest."""
-    main([
-        "fit", "--config", str(CONFIGS / config),
-        "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
-        "--data.init_args.test_manifests", f"[{manifest}]",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.devices", "1", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            "--data.init_args.train_manifests",
+            f"[{manifest}]",
+            "--data.init_args.val_manifests",
+            f"[{manifest}]",
+            "--data.init_args.test_manifests",
+            f"[{manifest}]",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.devices",
+            "1",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -94,8 +131,16 @@ def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path, recipe, encoder):
 
     corpus = SyntheticCorpusConfig(train_utterances=8, val_utterances=3, test_utterances=3, cache_dir=str(tmp_path))
     out = tmp_path / "demo"
-    overrides = ["--trainer.val_check_interval", "1.0", "--trainer.max_epochs", "1",
-                 "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
+    overrides = [
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+    ]
     recipe_file = CONFIGS / recipe if recipe else None
     assert run("commands", corpus, out, 0.5, Console(width=120), overrides, recipe=recipe_file) == 0
     results = json.loads((out / "results.json").read_text())

@@ -32,7 +32,9 @@ def test_sampled_softmax_with_every_class_once_is_the_full_softmax() -> None:
     loss = sampled_softmax_nll(hidden, targets, weight, bias, everything, torch.zeros(v), torch.zeros(len(targets)))
     torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.T + bias, targets, reduction="none"))
     # with a constant log Q the correction cancels
-    loss_c = sampled_softmax_nll(hidden, targets, weight, bias, everything, torch.full((v,), 2.5), torch.full((len(targets),), 2.5))
+    loss_c = sampled_softmax_nll(
+        hidden, targets, weight, bias, everything, torch.full((v,), 2.5), torch.full((len(targets),), 2.5)
+    )
     torch.testing.assert_close(loss_c, loss)
 
 
@@ -46,7 +48,9 @@ def test_sampled_softmax_by_hand_with_logq_and_accidental_hit() -> None:
     # Q(k) = 2 · log((k+2)/(k+1)) / log 4
     q = [2 * math.log((k + 2) / (k + 1)) / math.log(4) for k in range(3)]
     torch.testing.assert_close(log_q, torch.tensor([math.log(q[0]), math.log(q[2]), math.log(q[1])]))
-    loss = sampled_softmax_nll(hidden, torch.tensor([1]), weight, bias, candidates, log_q, sampler.log_expected_count(torch.tensor([1])))
+    loss = sampled_softmax_nll(
+        hidden, torch.tensor([1]), weight, bias, candidates, log_q, sampler.log_expected_count(torch.tensor([1]))
+    )
     true = 2.0 - math.log(q[1])
     others = [0.5 - math.log(q[0]), -1.0 - math.log(q[2])]
     expected = -true + math.log(math.exp(true) + sum(math.exp(o) for o in others))
@@ -86,12 +90,21 @@ def _corpus(tmp_path, text=TEXT):
 
 
 def _data(tmp_path, **kw):
-    return TextDataModule(corpus="files", data_dir=str(_corpus(tmp_path)), batch_size=3, bptt=8, eval_batch_size=2, **kw)
+    return TextDataModule(
+        corpus="files", data_dir=str(_corpus(tmp_path)), batch_size=3, bptt=8, eval_batch_size=2, **kw
+    )
 
 
 def _trainer(tmp_path, **kw):
-    defaults = dict(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    enable_checkpointing=False, gradient_clip_val=1.0, accelerator="cpu")
+    defaults = dict(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        gradient_clip_val=1.0,
+        accelerator="cpu",
+    )
     return pl.Trainer(**{**defaults, **kw})
 
 
@@ -115,13 +128,19 @@ def test_state_is_carried_across_batches_and_reset_at_run_start(network) -> None
         torch.testing.assert_close(nll, ref)
         fresh = lm._nll(b1, 0, "val").view(2, 8)  # batch_idx 0: zero state again
         h_fresh, _ = lm.net(b1["inputs"])
-        torch.testing.assert_close(fresh, F.cross_entropy(lm.net.logits(h_fresh).transpose(1, 2), b1["targets"], reduction="none"))
+        torch.testing.assert_close(
+            fresh, F.cross_entropy(lm.net.logits(h_fresh).transpose(1, 2), b1["targets"], reduction="none")
+        )
 
 
 def test_sampled_softmax_training_step_and_full_softmax_eval() -> None:
     torch.manual_seed(0)
-    lm = LanguageModel("lstmp-small", network_overrides={"embedding_size": 8, "hidden_size": 16, "projection_size": 8},
-                       softmax="sampled", num_sampled=5)
+    lm = LanguageModel(
+        "lstmp-small",
+        network_overrides={"embedding_size": 8, "hidden_size": 16, "projection_size": 8},
+        softmax="sampled",
+        num_sampled=5,
+    )
     lm.attach_vocabulary(["<unk>", "<s>", "</s>", *[f"w{i}" for i in range(40)]], "test")
     batch = {"inputs": torch.randint(0, 43, (2, 6)), "targets": torch.randint(0, 43, (2, 6))}
     sampled = lm._nll(batch, 0, "fit")
@@ -135,8 +154,7 @@ def test_sampled_softmax_training_step_and_full_softmax_eval() -> None:
 def test_fit_logs_perplexity_from_mean_nll_and_checkpoint_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
     data = _data(tmp_path / "data")
-    lm = LanguageModel("bnlstm-char-small", network_overrides=TINY,
-                       optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    lm = LanguageModel("bnlstm-char-small", network_overrides=TINY, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     trainer = _trainer(tmp_path, max_epochs=2, limit_train_batches=10, num_sanity_val_steps=0)
     trainer.fit(lm, data)
     metrics = trainer.callback_metrics
@@ -165,7 +183,9 @@ def test_fit_logs_perplexity_from_mean_nll_and_checkpoint_round_trip(tmp_path) -
 
     pipeline = pipeline_from_checkpoint(path, LanguageModel)
     assert pipeline.vocabulary == lm.vocabulary and pipeline.level == "char"
-    other = TextDataModule(corpus="files", data_dir=str(_corpus(tmp_path / "other", "xyz qrs\n" * 50)), batch_size=3, bptt=8)
+    other = TextDataModule(
+        corpus="files", data_dir=str(_corpus(tmp_path / "other", "xyz qrs\n" * 50)), batch_size=3, bptt=8
+    )
     with pytest.raises(VocabularyMismatchError, match="vocabulary mismatch"):
         _trainer(tmp_path).validate(restored, other)
 
@@ -219,9 +239,23 @@ def test_config_fast_dev_run(name, tmp_path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     tiny = '{"embedding_size": 8, "hidden_size": 16, "projection_size": 8, "max_length": 8}'
-    args = ["fit", "--config", str(CONFIGS / name), "--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu",
-            "--model.init_args.network_overrides", tiny, "--data.init_args.bptt", "8", "--data.init_args.batch_size", "4",
-            "--data.init_args.eval_batch_size", "2"]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / name),
+        "--trainer.fast_dev_run",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--model.init_args.network_overrides",
+        tiny,
+        "--data.init_args.bptt",
+        "8",
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.eval_batch_size",
+        "2",
+    ]
     if name == "biglstm_1b.yaml":  # the One Billion Word layout, in miniature, streamed
         root = tmp_path / "1b"
         train = root / "training-monolingual.tokenized.shuffled"
@@ -231,10 +265,27 @@ def test_config_fast_dev_run(name, tmp_path, monkeypatch) -> None:
         heldout.mkdir()
         (heldout / "news.en.heldout-00000-of-00050").write_text("the dog sat .\n" * 20)
         (root / "vocab.txt").write_text("the\ncat\nsat\non\nmat\n.\n")
-        args += ["--data.init_args.data_dir", str(root), "--data.init_args.vocab_file", str(root / "vocab.txt"),
-                 "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true",
-                 "--model.init_args.num_sampled", "4"]
+        args += [
+            "--data.init_args.data_dir",
+            str(root),
+            "--data.init_args.vocab_file",
+            str(root / "vocab.txt"),
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "32-true",
+            "--model.init_args.num_sampled",
+            "4",
+        ]
     else:
-        args += ["--data.init_args.corpus", "files", "--data.init_args.data_dir", str(_corpus(tmp_path / "data")),
-                 "--data.init_args.min_count", "1"]
+        args += [
+            "--data.init_args.corpus",
+            "files",
+            "--data.init_args.data_dir",
+            str(_corpus(tmp_path / "data")),
+            "--data.init_args.min_count",
+            "1",
+        ]
     assert main(args) == 0

@@ -38,7 +38,10 @@ def naive_lars(weights, grads_per_step, lrs, m, betas, eta, mode, excluded, eps=
 def test_matches_naive_equations(mode, eta) -> None:
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.zeros(5)), nn.Parameter(torch.randn(2))]
-    groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0, "exclude_from_layer_adaptation": True}]
+    groups = [
+        {"params": params[:2]},
+        {"params": params[2:], "weight_decay": 0.0, "exclude_from_layer_adaptation": True},
+    ]
     opt = LARS(groups, lr=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=eta, mode=mode)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / 10) ** 2)  # the paper's polynomial decay
     start = [p.detach().clone() for p in params]
@@ -93,8 +96,11 @@ def test_decay_biases_decays_the_excluded_group(decay_biases) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))  # non-zero biases, so their decay shows
-    opt = configure_optimizers(model, lambda params: LARS(params, lr=0.5, momentum=0.9, weight_decay=0.1,
-                                                          trust_coefficient=0.01), decay_biases=decay_biases)
+    opt = configure_optimizers(
+        model,
+        lambda params: LARS(params, lr=0.5, momentum=0.9, weight_decay=0.1, trust_coefficient=0.01),
+        decay_biases=decay_biases,
+    )
     params = [p for group in opt.param_groups for p in group["params"]]
     excluded = [group["exclude_from_layer_adaptation"] for group in opt.param_groups for _ in group["params"]]
     assert excluded == [False, True, True, True]  # Linear weight | Linear bias, LayerNorm weight and bias
@@ -125,13 +131,29 @@ def test_usable_from_yaml_for_a_zoo_model(tmp_path, monkeypatch) -> None:
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.txt").write_text("abc abd abe\n" * 40)
     config = recipes.folder() / "lstm_demo.yaml"
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "2",
-            "--model.init_args.network_overrides", '{"embedding_size": 8, "hidden_size": 8}',
-            "--data.init_args.corpus", "files", "--data.init_args.data_dir", str(tmp_path),
-            "--data.init_args.bptt", "8", "--data.init_args.batch_size", "2",
-            "--model.init_args.optimizer", "zoo.optim.LARS",
-            "--model.init_args.optimizer.init_args.lr", "0.5",
-            "--model.init_args.optimizer.init_args.mode", "clip"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run",
+        "2",
+        "--model.init_args.network_overrides",
+        '{"embedding_size": 8, "hidden_size": 8}',
+        "--data.init_args.corpus",
+        "files",
+        "--data.init_args.data_dir",
+        str(tmp_path),
+        "--data.init_args.bptt",
+        "8",
+        "--data.init_args.batch_size",
+        "2",
+        "--model.init_args.optimizer",
+        "zoo.optim.LARS",
+        "--model.init_args.optimizer.init_args.lr",
+        "0.5",
+        "--model.init_args.optimizer.init_args.mode",
+        "clip",
+    ]
     assert main(args) == 0
     # the same arguments give the task module a LARS over the bias/norm-excluding parameter groups
     from zoo.cli import ZooCLI

@@ -36,8 +36,15 @@ def fit(tmp_path: Path, checkpoint_class: type, **trainer_args) -> dict:
     """Train the toy (12 batches per epoch) and return the contents of last.ckpt."""
     pl.seed_everything(0)
     checkpoint = checkpoint_class(dirpath=tmp_path, monitor="val_rank", mode="min", save_last=True)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[checkpoint], num_sanity_val_steps=0, **trainer_args)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )
     trainer.fit(WorseEveryValidation(), ToyData())
     assert trainer.global_step == trainer_args.get("max_steps", 12 * trainer_args.get("max_epochs", 0))
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
@@ -45,9 +52,11 @@ def fit(tmp_path: Path, checkpoint_class: type, **trainer_args) -> dict:
     return state
 
 
-@pytest.mark.parametrize("schedule", [dict(max_epochs=4), dict(max_steps=30, val_check_interval=5,
-                                                                check_val_every_n_epoch=None)],
-                         ids=["per-epoch", "every-5-steps"])
+@pytest.mark.parametrize(
+    "schedule",
+    [dict(max_epochs=4), dict(max_steps=30, val_check_interval=5, check_val_every_n_epoch=None)],
+    ids=["per-epoch", "every-5-steps"],
+)
 def test_last_checkpoint_is_the_final_state_although_the_metric_got_worse(tmp_path, schedule):
     state = fit(tmp_path, ResumableCheckpoint, **schedule)
     best = torch.load(next(tmp_path.glob("epoch=0-step=*.ckpt")), weights_only=False)

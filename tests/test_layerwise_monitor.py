@@ -53,8 +53,10 @@ class Toy(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # independent reference: plain Python sums of squares
         self.reference[self.global_step] = {
-            name: (math.sqrt(sum(v * v for v in p.flatten().tolist())),
-                   math.sqrt(sum(v * v for v in p.grad.flatten().tolist())))
+            name: (
+                math.sqrt(sum(v * v for v in p.flatten().tolist())),
+                math.sqrt(sum(v * v for v in p.grad.flatten().tolist())),
+            )
             for name, p in self.named_parameters()
         }
 
@@ -72,9 +74,16 @@ def test_csv_logger_gets_per_layer_norms_and_optimizer_scalars(tmp_path):
     torch.manual_seed(0)
     model = Toy()
     logger = CSVLogger(tmp_path, name="run", version=0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=5, logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                         callbacks=[LayerwiseMonitor(every_n_steps=2)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=5,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[LayerwiseMonitor(every_n_steps=2)],
+    )
     trainer.fit(model, data())
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
     logged = {int(r["step"]): r for r in rows if r.get("layerwise/net.0.weight/weight_norm")}
@@ -98,15 +107,23 @@ def test_csv_logger_gets_per_layer_norms_and_optimizer_scalars(tmp_path):
 def test_off_means_nothing_is_computed(tmp_path, monkeypatch):
     monitor = LayerwiseMonitor(every_n_steps=0)
     monkeypatch.setattr(monitor, "collect", lambda *a: pytest.fail("collect called while off"))
-    pl.Trainer(accelerator="cpu", max_steps=3, logger=CSVLogger(tmp_path), enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[monitor]).fit(Toy(), data())
+    pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[monitor],
+    ).fit(Toy(), data())
     with pytest.raises(ValueError, match="every_n_steps"):
         LayerwiseMonitor(every_n_steps=-1)
 
 
 def test_novograd_second_moment_and_lars_trust_ratio():
-    from zoo.optim import LARS, NovoGrad
     from zoo.lightning_modules.optimization import parameter_groups
+    from zoo.optim import LARS, NovoGrad
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))

@@ -33,21 +33,37 @@ def test_training_windows_restore_position() -> None:
 
 
 def write_config(folder: Path, data_dir: Path) -> Path:
-    model = {"class_path": "zoo.lightning_modules.language_model.LanguageModel", "init_args": {
-        "network": "bnlstm-char-small",
-        "network_overrides": {"embedding_size": 8, "hidden_size": 16, "max_length": 8},
-        "softmax": "sampled", "num_sampled": 8,  # draws candidates from the global RNG at every step
-        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}}
-    data = {"class_path": "zoo.datamodules.text.TextDataModule", "init_args": {
-        "corpus": "files", "data_dir": str(data_dir), "batch_size": 4, "bptt": 8}}
+    model = {
+        "class_path": "zoo.lightning_modules.language_model.LanguageModel",
+        "init_args": {
+            "network": "bnlstm-char-small",
+            "network_overrides": {"embedding_size": 8, "hidden_size": 16, "max_length": 8},
+            "softmax": "sampled",
+            "num_sampled": 8,  # draws candidates from the global RNG at every step
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+        },
+    }
+    data = {
+        "class_path": "zoo.datamodules.text.TextDataModule",
+        "init_args": {"corpus": "files", "data_dir": str(data_dir), "batch_size": 4, "bptt": 8},
+    }
     config = {
-        "seed_everything": 0, "model": model, "data": data,
+        "seed_everything": 0,
+        "model": model,
+        "data": data,
         "trainer": {
-            "max_steps": 16, "accelerator": "cpu", "devices": 1, "logger": False, "limit_val_batches": 0,
-            "enable_model_summary": False, "default_root_dir": str(folder),
+            "max_steps": 16,
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "limit_val_batches": 0,
+            "enable_model_summary": False,
+            "default_root_dir": str(folder),
             "callbacks": [
-                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 4, "save_last": True}},
+                {
+                    "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 4, "save_last": True},
+                },
                 {"class_path": "zoo_toys.FreezeAtStep"},
             ],
         },
@@ -59,8 +75,13 @@ def write_config(folder: Path, data_dir: Path) -> Path:
 
 def start_fit(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([str(ZOO), "fit", "--config", str(config), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(ZOO), "fit", "--config", str(config), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> None:

@@ -65,10 +65,18 @@ def loader(n=64, batch_size=8):
 
 def fp16_trainer(callbacks, max_steps=8, accelerator="cpu", **kwargs):
     return pl.Trainer(
-        accelerator=accelerator, devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, log_every_n_steps=1,
+        accelerator=accelerator,
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        log_every_n_steps=1,
         # plain precision="16-mixed" silently becomes bf16 on CPU: pass the fp16 plugin explicitly
-        plugins=[MixedPrecision("16-mixed", accelerator, torch.amp.GradScaler(accelerator))], **kwargs,
+        plugins=[MixedPrecision("16-mixed", accelerator, torch.amp.GradScaler(accelerator))],
+        **kwargs,
     )
 
 
@@ -76,8 +84,7 @@ def fp16_trainer(callbacks, max_steps=8, accelerator="cpu", **kwargs):
 def test_dynamic_scale_skips_overflow_step_and_backs_off(accelerator):
     torch.manual_seed(0)
     model = Regression(inject_inf_at=3)
-    callback = LossScaling(mode="dynamic", init_scale=1024.0, growth_factor=2.0, backoff_factor=0.25,
-                           growth_interval=2)
+    callback = LossScaling(mode="dynamic", init_scale=1024.0, growth_factor=2.0, backoff_factor=0.25, growth_interval=2)
     trainer = fp16_trainer([callback], accelerator=accelerator)
     trainer.fit(model, loader())
     scaler = trainer.precision_plugin.scaler
@@ -109,8 +116,14 @@ def test_static_scale_stays_constant_and_gradients_are_unscaled(accelerator):
     trainer.fit(fp16, loader())
     assert callback.scaler.get_scale() == 128.0 and not callback.scaler.dynamic
     # step 0: the unscaled fp16 gradient equals the fp32 gradient up to fp16 rounding (not 128x it)
-    fp32 = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    fp32 = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     fp32.fit(reference, loader())
     g16, g32 = fp16.unscaled_grads[0].cpu(), reference.unscaled_grads[0]
     assert torch.allclose(g16, g32, rtol=2e-2, atol=2e-3), (g16 - g32).abs().max()
@@ -139,15 +152,29 @@ def test_collapsing_scale_warns():
 
 def test_bf16_and_fp32_need_no_scaling_and_bad_arguments():
     with pytest.warns(UserWarning, match="'bf16-mixed' needs no loss scaling"):
-        pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False,
-                   callbacks=[LossScaling()]).fit(Regression(), loader())
+        pl.Trainer(
+            accelerator="cpu",
+            precision="bf16-mixed",
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[LossScaling()],
+        ).fit(Regression(), loader())
     with pytest.raises(ValueError, match="mode: static"):
         LossScaling(growth_factor=1.0)
     with pytest.raises(ValueError, match="needs precision='16-mixed'"):
-        pl.Trainer(accelerator="cpu", precision="16-true", max_steps=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False,
-                   callbacks=[LossScaling()]).fit(Regression(), loader())
+        pl.Trainer(
+            accelerator="cpu",
+            precision="16-true",
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[LossScaling()],
+        ).fit(Regression(), loader())
 
 
 def test_scaler_state_round_trip():
@@ -177,12 +204,18 @@ def test_real_speech_model_in_fp16_backs_off_from_a_too_large_scale(accelerator)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             after = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-            steps.append((callback.scaler.last_step_skipped, not torch.equal(self.before, after),
-                          {p.dtype for p in pl_module.parameters()}))
+            steps.append(
+                (
+                    callback.scaler.last_step_skipped,
+                    not torch.equal(self.before, after),
+                    {p.dtype for p in pl_module.parameters()},
+                )
+            )
 
     callback = LossScaling(init_scale=2.0**20, growth_interval=1000)
-    fp16_trainer([callback, Watch()], max_steps=8, accelerator=accelerator, num_sanity_val_steps=0,
-                 limit_val_batches=0).fit(model, data)
+    fp16_trainer(
+        [callback, Watch()], max_steps=8, accelerator=accelerator, num_sanity_val_steps=0, limit_val_batches=0
+    ).fit(model, data)
     skipped = callback.scaler.skipped_steps
     assert 1 <= skipped < 8 and callback.scaler.get_scale() == 2.0**20 * 0.5**skipped
     assert all(changed != was_skipped for was_skipped, changed, _ in steps)  # skipped <=> weights unchanged

@@ -9,9 +9,26 @@ import pytest
 from zoo.speech.ngram import KneserNeyLM, build_arpa
 
 CORPUS = [
-    "go left", "go left", "go left now", "go right", "go right now", "turn left", "turn left now please",
-    "turn right", "stop", "stop now", "go", "left left right", "go left now", "please go left now",
-    "now go right", "go right now please", "turn left now", "stop now please", "go left", "turn right now",
+    "go left",
+    "go left",
+    "go left now",
+    "go right",
+    "go right now",
+    "turn left",
+    "turn left now please",
+    "turn right",
+    "stop",
+    "stop now",
+    "go",
+    "left left right",
+    "go left now",
+    "please go left now",
+    "now go right",
+    "go right now please",
+    "turn left now",
+    "stop now please",
+    "go left",
+    "turn right now",
 ]
 
 
@@ -123,7 +140,7 @@ def read_arpa(path):
         if not line.strip() or line == "\\data\\" or line == "\\end\\":
             continue
         if line.startswith("ngram "):
-            k, count = line[len("ngram "):].split("=")
+            k, count = line[len("ngram ") :].split("=")
             declared[int(k)] = int(count)
         elif line.startswith("\\") and line.endswith("-grams:"):
             section = int(line[1:].split("-")[0])

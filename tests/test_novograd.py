@@ -29,14 +29,16 @@ def naive_novograd(params, grads_per_step, lr, beta1, beta2, eps, wd, grad_avera
     return w
 
 
-@pytest.mark.parametrize("grad_averaging,amsgrad,wd", [(False, False, 0.0), (False, False, 0.01),
-                                                       (True, False, 0.001), (False, True, 0.001)])
+@pytest.mark.parametrize(
+    "grad_averaging,amsgrad,wd", [(False, False, 0.0), (False, False, 0.01), (True, False, 0.001), (False, True, 0.001)]
+)
 def test_matches_paper_equations(grad_averaging, amsgrad, wd):
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
     start = [p.detach().clone() for p in params]
-    opt = NovoGrad(params, lr=0.05, betas=(0.9, 0.5), eps=1e-8, weight_decay=wd,
-                   grad_averaging=grad_averaging, amsgrad=amsgrad)
+    opt = NovoGrad(
+        params, lr=0.05, betas=(0.9, 0.5), eps=1e-8, weight_decay=wd, grad_averaging=grad_averaging, amsgrad=amsgrad
+    )
     # decreasing-then-growing gradient scales exercise amsgrad's running max
     steps = [[torch.randn_like(p) * s for p in params] for s in (3.0, 0.5, 0.1, 2.0, 0.2)]
     for grads in steps:
@@ -63,8 +65,10 @@ def test_does_not_modify_grad_in_place_and_skips_params_without_grad():
 def test_param_groups_and_state_dict_round_trip():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    groups = [{"params": [model[0].weight, model[1].weight]},
-              {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0, "lr": 0.02}]
+    groups = [
+        {"params": [model[0].weight, model[1].weight]},
+        {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0, "lr": 0.02},
+    ]
     opt = NovoGrad(groups, lr=0.01, weight_decay=0.1)
     x = torch.randn(8, 3)
 
@@ -75,8 +79,13 @@ def test_param_groups_and_state_dict_round_trip():
 
     step(opt, model)
     twin = copy.deepcopy(model)
-    opt2 = NovoGrad([{"params": [twin[0].weight, twin[1].weight]},
-                     {"params": [twin[0].bias, twin[1].bias], "weight_decay": 0.0, "lr": 0.02}], lr=0.01)
+    opt2 = NovoGrad(
+        [
+            {"params": [twin[0].weight, twin[1].weight]},
+            {"params": [twin[0].bias, twin[1].bias], "weight_decay": 0.0, "lr": 0.02},
+        ],
+        lr=0.01,
+    )
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # as after torch.save / torch.load
     assert opt2.param_groups[0]["weight_decay"] == 0.1 and opt2.param_groups[1]["lr"] == 0.02
     step(opt, model)

@@ -23,13 +23,21 @@ from zoo.pipeline import Pipeline, PipelineLoadError, load_folder
 
 def test_task_folders_install_as_zoo_subpackages():
     root = Path(__file__).resolve().parents[1]
-    for name, folder in [("zoo.lightning_modules", "lightning_modules"), ("zoo.datamodules", "datamodules"),
-                         ("zoo.callbacks", "callbacks")]:
+    for name, folder in [
+        ("zoo.lightning_modules", "lightning_modules"),
+        ("zoo.datamodules", "datamodules"),
+        ("zoo.callbacks", "callbacks"),
+    ]:
         spec = importlib.util.find_spec(name)
         assert spec is not None and Path(spec.origin).parent == root / folder
     # the generic top-level names are not importable from an installed environment outside the repo
-    out = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('callbacks'))"],
-                         cwd="/", capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('callbacks'))"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "None"
 
 
@@ -122,8 +130,9 @@ def test_wheel_installs_without_the_checkout_and_finds_its_recipes(tmp_path):
     for name in ["zoo", "lightning_modules", "datamodules", "callbacks"]:
         shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist",
-                    source], check=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist", source], check=True
+    )
     wheel = next((tmp_path / "dist").glob("zoo-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert "zoo/recipes/jasper_demo.yaml" in archive.namelist()
@@ -133,14 +142,19 @@ def test_wheel_installs_without_the_checkout_and_finds_its_recipes(tmp_path):
     # zoo) are not run, so `zoo` can only come from the wheel.
     site = next(venv.glob("lib/python*/site-packages"))
     (site / "project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([*pip, "--python", venv / "bin" / "python", "install", "--no-deps", "--no-index", wheel],
-                   check=True)
+    subprocess.run([*pip, "--python", venv / "bin" / "python", "install", "--no-deps", "--no-index", wheel], check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = dict(cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
-    lookup = subprocess.run([venv / "bin" / "python", "-c", "import zoo, zoo.recipes as r; "
-                             "print(zoo.__file__); print(r.path('jasper_demo')); print(len(r.names()))"], **run)
+    lookup = subprocess.run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import zoo, zoo.recipes as r; print(zoo.__file__); print(r.path('jasper_demo')); print(len(r.names()))",
+        ],
+        **run,
+    )
     assert lookup.returncode == 0, lookup.stderr
     module, recipe, count = lookup.stdout.split()
     assert Path(module).is_relative_to(site) and Path(recipe) == site / "zoo" / "recipes" / "jasper_demo.yaml"

@@ -24,9 +24,15 @@ class Recorder(pl.Callback):
 def test_curves_png_and_history(tmp_path):
     torch.manual_seed(0)
     plots, recorder = PlotMetrics(output_dir=str(tmp_path / "plots")), Recorder()
-    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, log_every_n_steps=1,
-               callbacks=[recorder, plots]).fit(ToyModule(), ToyData(n=24))
+    pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[recorder, plots],
+    ).fit(ToyModule(), ToyData(n=24))
     png = tmp_path / "plots" / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert plots.history["val_mse"] == recorder.val and len(recorder.val) == 2

@@ -9,9 +9,15 @@ import torch
 
 from zoo.cache import cache_root
 from zoo.datamodules import rating_files
-from zoo.datamodules.rating_files import (EMBEDDED_MEMBER, RatingsFormatError, RatingTable, embedded_ml100k,
-                                          keep_latest, read_ratings)
-from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule, UserBatches, split_ratings
+from zoo.datamodules.rating_files import (
+    EMBEDDED_MEMBER,
+    RatingsFormatError,
+    RatingTable,
+    embedded_ml100k,
+    keep_latest,
+    read_ratings,
+)
+from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule, split_ratings
 
 ROWS = [(1, 10, 4, 100), (1, 20, 3, 200), (2, 10, 5, 150), (3, 30, 1, 50), (2, 30, 2, 300)]
 
@@ -26,8 +32,9 @@ def write_format(tmp_path: Path, fmt: str, rows=ROWS) -> Path:
         text = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows)
     else:
         path = tmp_path / "x.inter"
-        text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + \
-            "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+        text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+            f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows
+        )
     path.write_text(text)
     return path
 
@@ -45,15 +52,18 @@ def test_movielens_formats_read_identically(tmp_path, fmt):
         assert len(read_ratings(tmp_path)) == len(ROWS)
 
 
-@pytest.mark.parametrize("line,reason", [
-    ("7\t8\t4", "expected 4 fields"),
-    ("x7\t8\t4\t100", "user id is not an integer"),
-    ("7\t8.5\t4\t100", "item id is not an integer"),
-    ("7\t8\t6\t100", "rating outside the declared scale"),
-    ("7\t8\t0\t100", "rating outside the declared scale"),
-    ("7\t8\tfour\t100", "rating is not a number"),
-    ("7\t8\t4\tyesterday", "timestamp is not a number"),
-])
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        ("7\t8\t4", "expected 4 fields"),
+        ("x7\t8\t4\t100", "user id is not an integer"),
+        ("7\t8.5\t4\t100", "item id is not an integer"),
+        ("7\t8\t6\t100", "rating outside the declared scale"),
+        ("7\t8\t0\t100", "rating outside the declared scale"),
+        ("7\t8\tfour\t100", "rating is not a number"),
+        ("7\t8\t4\tyesterday", "timestamp is not a number"),
+    ],
+)
 def test_malformed_lines_name_file_and_line_or_are_skipped(tmp_path, line, reason):
     path = tmp_path / "u.data"
     path.write_text("1\t10\t4\t100\n\n2\t10\t3\t100\n" + line + "\n3\t10\t5\t100\n")
@@ -73,8 +83,7 @@ def write_netflix(root: Path, movies: dict[int, list[tuple[int, int, str]]]) -> 
 
 
 def test_netflix_layout_dates_and_errors(tmp_path):
-    root = write_netflix(tmp_path / "nf", {1: [(6, 3, "2005-09-06"), (7, 5, "2005-12-01")],
-                                           2: [(6, 4, "2004-01-31")]})
+    root = write_netflix(tmp_path / "nf", {1: [(6, 3, "2005-09-06"), (7, 5, "2005-12-01")], 2: [(6, 4, "2004-01-31")]})
     table = read_ratings(root)
     assert sorted(zip(table.items, table.users, table.ratings)) == [(1, 6, 3), (1, 7, 5), (2, 6, 4)]
     # calendar dates -> midnight UTC, independent of the local time zone
@@ -107,16 +116,16 @@ def test_netflix_time_windows_seeded_coin_and_unseen_dropped(tmp_path):
     again = split_ratings(table, "N3M", seed=3)
     np.testing.assert_array_equal(again.val.indptr, s.val.indptr)
     other = split_ratings(table, "N3M", seed=4)
-    assert not np.array_equal(other.val.indices, s.val.indices) or \
-        not np.array_equal(other.val.indptr, s.val.indptr)
+    assert not np.array_equal(other.val.indices, s.val.indices) or not np.array_equal(other.val.indptr, s.val.indptr)
     # N1Y has no training ratings here
     with pytest.raises(ValueError, match="training part is empty"):
         split_ratings(table, "N1Y")
 
 
 def test_duplicates_keep_latest():
-    t = RatingTable(np.array([1, 1, 1, 2]), np.array([5, 5, 5, 5]), np.array([1, 4, 2, 3], np.float32),
-                    np.array([10, 30, 30, 5]))
+    t = RatingTable(
+        np.array([1, 1, 1, 2]), np.array([5, 5, 5, 5]), np.array([1, 4, 2, 3], np.float32), np.array([10, 30, 30, 5])
+    )
     kept, dropped = keep_latest(t)
     assert dropped == 2
     assert list(zip(kept.users, kept.items, kept.ratings)) == [(1, 5, 2.0), (2, 5, 3.0)]  # equal times: later line
@@ -134,8 +143,12 @@ def test_user_split_time_order_and_global_split():
     held = set(s.item_ids[np.r_[s.val.row(0)[0], s.test.row(0)[0]]])
     assert held == {0, 1, 2}
     # global: the first ratings in time order train, whoever made them
-    g_table = RatingTable(np.array([1, 2, 1, 2, 1, 2, 1, 2, 3]), np.array([0, 2, 1, 3, 2, 0, 3, 1, 0]),
-                          np.full(9, 4.0, np.float32), np.arange(1, 10))
+    g_table = RatingTable(
+        np.array([1, 2, 1, 2, 1, 2, 1, 2, 3]),
+        np.array([0, 2, 1, 3, 2, 0, 3, 1, 0]),
+        np.full(9, 4.0, np.float32),
+        np.arange(1, 10),
+    )
     g = split_ratings(g_table, "global", train_fraction=0.44, seed=0)
     assert g.stats["train"] == 4 and list(g.user_ids) == [1, 2]
     assert g.stats["held_out_unseen_dropped"] == 1  # user 3 rated only after the cut
@@ -201,8 +214,10 @@ def test_embedded_data_read_from_a_wheel_without_network(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     rows = "".join(f"{u}\t{i}\t{(u + i) % 5 + 1}\t{u * 100 + (u + i) % 7}\n" for u in range(1, 6) for i in range(1, 8))
     (cache / "wheels").mkdir(parents=True)
-    fake_wheel(cache / "wheels" / "recbole-1.2.1-py3-none-any.whl",
-               "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + rows)
+    fake_wheel(
+        cache / "wheels" / "recbole-1.2.1-py3-none-any.whl",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + rows,
+    )
 
     def no_network(*args, **kwargs):
         raise AssertionError("pip must not run when the wheel is cached")

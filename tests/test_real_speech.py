@@ -118,8 +118,9 @@ def read(path: Path) -> list[dict]:
 def test_asterisk_manifest_fields_audio_and_skips(tmp_path):
     fake_asterisk(tmp_path / "root")
     lines: list[str] = []
-    prepared = prepare_real_speech(["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"],
-                                   report=lines.append)
+    prepared = prepare_real_speech(
+        ["asterisk"], tmp_path / "cache", fetch=False, roots=[tmp_path / "root"], report=lines.append
+    )
     assert lines == []
     records = read(prepared["asterisk"].manifest)
     assert [r["text"] for r in records] == ["hello world", "press one to continue", "seven"]
@@ -171,8 +172,13 @@ def test_alsa_and_pocketsphinx_sources(tmp_path):
 def test_missing_packages_are_one_line_each_and_the_rest_builds(tmp_path):
     fake_alsa(tmp_path / "root")
     lines: list[str] = []
-    prepared = prepare_real_speech(["asterisk", "pocketsphinx", "alsa"], tmp_path / "cache", fetch=False,
-                                   roots=[tmp_path / "root"], report=lines.append)
+    prepared = prepare_real_speech(
+        ["asterisk", "pocketsphinx", "alsa"],
+        tmp_path / "cache",
+        fetch=False,
+        roots=[tmp_path / "root"],
+        report=lines.append,
+    )
     assert list(prepared) == ["alsa"]
     assert len(lines) == 2 and all("\n" not in line for line in lines)
     assert "apt-get install asterisk-core-sounds-en-wav" in lines[0]
@@ -228,8 +234,9 @@ def test_real_speech_wer_per_source_with_a_reference(tmp_path):
         tone(tmp_path / f"{name}.wav", 16000, seconds)
     manifest = tmp_path / "manifest.json"
     rows = [("a", 0.6, "front left"), ("b", 0.2, "rear center"), ("c", 0.4, "press one now")]
-    manifest.write_text("".join(json.dumps({"audio_filepath": f"{n}.wav", "duration": d, "text": t}) + "\n"
-                                for n, d, t in rows))
+    manifest.write_text(
+        "".join(json.dumps({"audio_filepath": f"{n}.wav", "duration": d, "text": t}) + "\n" for n, d, t in rows)
+    )
     module = CTCSpeechRecognizer("jasper-tiny", featurizer={}, tokenizer={})
     # greedy "hypotheses" that reveal which clip they belong to: its number of output frames
     module.greedy_texts = lambda log_probs, lengths: [str(int(n)) for n in lengths]
@@ -299,13 +306,16 @@ def test_missing_packages_are_fetched_into_the_cache(tmp_path, monkeypatch):
     fake_asterisk(trees / "asterisk-core-sounds-en-wav")  # the prompts; their transcripts go to the other package
     (trees / "asterisk-core-sounds-en" / "usr" / "share").mkdir(parents=True)
     (trees / "asterisk-core-sounds-en-wav" / "usr" / "share" / "doc").rename(
-        trees / "asterisk-core-sounds-en" / "usr" / "share" / "doc")
+        trees / "asterisk-core-sounds-en" / "usr" / "share" / "doc"
+    )
     fake_alsa(trees / "alsa-utils")
     fake_pocketsphinx_sdist(tmp_path / "sdist")
     bin_dir.mkdir()
-    for name, text in (("apt-get", FAKE_APT_GET.format(log=log)), ("dpkg", FAKE_DPKG.format(trees=trees)),
-                       ("python", FAKE_PIP.format(python=sys.executable,
-                                                  sdist=str(tmp_path / "sdist" / "pocketsphinx-9.9.9.tar.gz")))):
+    for name, text in (
+        ("apt-get", FAKE_APT_GET.format(log=log)),
+        ("dpkg", FAKE_DPKG.format(trees=trees)),
+        ("python", FAKE_PIP.format(python=sys.executable, sdist=str(tmp_path / "sdist" / "pocketsphinx-9.9.9.tar.gz"))),
+    ):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

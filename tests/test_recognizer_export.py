@@ -50,9 +50,13 @@ def measured(tmp_path_factory):
     module = CTCSpeechRecognizer("jasper-tiny", featurizer={}, tokenizer={})
     with torch.no_grad():
         module.encoder.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
-    data = SpeechDataModule(val_manifests=[str(write_manifest(root, 6, 1))],
-                            test_manifests=[str(write_manifest(root, 8, 2))], time_reduction=2, batch_size=4,
-                            num_workers=0)
+    data = SpeechDataModule(
+        val_manifests=[str(write_manifest(root, 6, 1))],
+        test_manifests=[str(write_manifest(root, 8, 2))],
+        time_reduction=2,
+        batch_size=4,
+        num_workers=0,
+    )
     data.setup("validate")
     data.setup("test")
     texts = [u.text for u in data.data["val"].utterances]
@@ -66,40 +70,81 @@ def measured(tmp_path_factory):
         for batch in data.val_dataloader():
             emissions.append(module(batch["features"], batch["feature_lengths"]))
             references += batch["texts"]
-    tuned, _ = tune_beam_search(emissions, references, module.tokenizer.labels,
-                                BeamSearchConfig(lexicon=words, lm=arpa, beam_size=16), lm_weights=(0.5, 2.0),
-                                word_scores=(0.0, 3.0), blank=module.tokenizer.blank)
+    tuned, _ = tune_beam_search(
+        emissions,
+        references,
+        module.tokenizer.labels,
+        BeamSearchConfig(lexicon=words, lm=arpa, beam_size=16),
+        lm_weights=(0.5, 2.0),
+        word_scores=(0.0, 3.0),
+        blank=module.tokenizer.blank,
+    )
     module.set_beam_search(tuned)
-    tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    tester = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics = tester.test(module, datamodule=data, verbose=False)[0]
     module.before = {}  # audio path -> the module's beam and greedy transcripts before export
     with torch.no_grad():
         for batch in data.test_dataloader():
             log_probs, lengths = module(batch["features"], batch["feature_lengths"])
-            for path, beam, greedy in zip(batch["ids"], module.beam_decoder()(log_probs, lengths),
-                                          module.greedy_texts(log_probs, lengths), strict=True):
+            for path, beam, greedy in zip(
+                batch["ids"],
+                module.beam_decoder()(log_probs, lengths),
+                module.greedy_texts(log_probs, lengths),
+                strict=True,
+            ):
                 module.before[path] = (beam, greedy)
     return module, data, tuned, metrics, root
 
 
 def test_export_folder_holds_the_decoder_and_a_zoo_model_card(measured, tmp_path):
     module, _, tuned, metrics, _ = measured
-    info = hub.CardInfo(title="tiny", metrics={"test_wer_beam": metrics["test/wer_beam"]},
-                        datasets=["synthetic-speech"], command="zoo demo --minutes 1", steps=0)
+    info = hub.CardInfo(
+        title="tiny",
+        metrics={"test_wer_beam": metrics["test/wer_beam"]},
+        datasets=["synthetic-speech"],
+        command="zoo demo --minutes 1",
+        steps=0,
+    )
     folder = hub.export(module.to_pipeline(), tmp_path / "rec", info, load_name="org/tiny")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "lexicon.txt", "lm.arpa",
-                                                         "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "lexicon.txt",
+        "lm.arpa",
+        "model.safetensors",
+    ]
     assert (folder / "lexicon.txt").read_text() == Path(tuned.lexicon).read_text()
     assert (folder / "lm.arpa").read_text() == Path(tuned.lm).read_text()
     config = json.loads((folder / "config.json").read_text())
     assert config["assets"] == ["lexicon.txt", "lm.arpa"]
-    assert config["beam_search"] == {**config["beam_search"], "lexicon": "lexicon.txt", "lm": "lm.arpa",
-                                     "lm_weight": tuned.lm_weight, "word_score": tuned.word_score, "beam_size": 16}
+    assert config["beam_search"] == {
+        **config["beam_search"],
+        "lexicon": "lexicon.txt",
+        "lm": "lm.arpa",
+        "lm_weight": tuned.lm_weight,
+        "word_score": tuned.word_score,
+        "beam_size": 16,
+    }
     card = (folder / "README.md").read_text()
-    for expected in ["## Decoding", "`lexicon.txt`, 8 words", "word 3-gram Kneser–Ney", "beam size 16",
-                     f"LM weight {tuned.lm_weight:g}", f"word score {tuned.word_score:g}", "--greedy",
-                     "Trained with: `zoo demo --minutes 1`", "| test_wer_beam |", "espeak-ng", 'zoo.load("org/tiny")']:
+    for expected in [
+        "## Decoding",
+        "`lexicon.txt`, 8 words",
+        "word 3-gram Kneser–Ney",
+        "beam size 16",
+        f"LM weight {tuned.lm_weight:g}",
+        f"word score {tuned.word_score:g}",
+        "--greedy",
+        "Trained with: `zoo demo --minutes 1`",
+        "| test_wer_beam |",
+        "espeak-ng",
+        'zoo.load("org/tiny")',
+    ]:
         assert expected in card, expected
     assert "More Information Needed" not in card
     # the plain save_pretrained of to_pipeline() writes the same files and a zoo card, not the mixin's
@@ -113,8 +158,9 @@ def test_export_folder_holds_the_decoder_and_a_zoo_model_card(measured, tmp_path
 
 def reloaded_transcripts(recognizer, data, **kwargs):
     utterances = data.data["test"].utterances
-    return [t.text for t in recognizer.transcribe([u.audio_filepath for u in utterances], **kwargs)], \
-        [u.text for u in utterances]
+    return [t.text for t in recognizer.transcribe([u.audio_filepath for u in utterances], **kwargs)], [
+        u.text for u in utterances
+    ]
 
 
 def test_reloaded_export_decodes_the_test_set_at_the_measured_wer(measured, tmp_path):
@@ -189,8 +235,13 @@ def test_zoo_transcribe_uses_the_exported_decoder_unless_greedy(measured, tmp_pa
 
 def save_checkpoint(module, data, path):
     """The module as a `zoo fit` checkpoint (hyper_parameters naming the class)."""
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.test(module, datamodule=data, verbose=False)
     trainer.save_checkpoint(path)
     raw = torch.load(path, weights_only=True)
@@ -203,10 +254,34 @@ def test_publish_checkpoint_with_its_decoder(measured, tmp_path, monkeypatch):
     module, data, tuned, _, _ = measured
     checkpoint = save_checkpoint(module, data, tmp_path / "tiny.ckpt")
     folder = tmp_path / "published"
-    assert zoo_main(["publish", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--export-dir", str(folder),
-                     "--lexicon", tuned.lexicon, "--lm", tuned.lm, "--lm-weight", str(tuned.lm_weight),
-                     "--word-score", str(tuned.word_score), "--beam-size", "16",
-                     "--command", "zoo fit --config tiny.yaml", "--dataset", "synthetic-speech"]) == 0
+    assert (
+        zoo_main(
+            [
+                "publish",
+                str(checkpoint),
+                "--repo",
+                "org/tiny",
+                "--dry-run",
+                "--export-dir",
+                str(folder),
+                "--lexicon",
+                tuned.lexicon,
+                "--lm",
+                tuned.lm,
+                "--lm-weight",
+                str(tuned.lm_weight),
+                "--word-score",
+                str(tuned.word_score),
+                "--beam-size",
+                "16",
+                "--command",
+                "zoo fit --config tiny.yaml",
+                "--dataset",
+                "synthetic-speech",
+            ]
+        )
+        == 0
+    )
     card = (folder / "README.md").read_text()
     assert "Trained with: `zoo fit --config tiny.yaml`" in card and "## Decoding" in card
     beams, _ = reloaded_transcripts(zoo.load(folder), data)
@@ -230,8 +305,22 @@ def test_publish_checkpoint_with_its_decoder(measured, tmp_path, monkeypatch):
     assert sorted(uploaded) == ["README.md", "config.json", "lexicon.txt", "lm.arpa", "model.safetensors"]
     (folder / "lm.arpa").unlink()
     assert zoo_main(["publish", str(folder), "--repo", "org/tiny"]) == 1
-    assert zoo_main(["publish", str(checkpoint), "--repo", "org/tiny", "--dry-run", "--export-dir",
-                     str(tmp_path / "x"), "--lm", str(tmp_path / "missing.arpa")]) == 1
+    assert (
+        zoo_main(
+            [
+                "publish",
+                str(checkpoint),
+                "--repo",
+                "org/tiny",
+                "--dry-run",
+                "--export-dir",
+                str(tmp_path / "x"),
+                "--lm",
+                str(tmp_path / "missing.arpa"),
+            ]
+        )
+        == 1
+    )
 
 
 def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, tmp_path):
@@ -245,23 +334,35 @@ def test_demo_exports_the_tuned_decoder_and_reports_the_reloaded_wer(measured, t
 
     module, data, tuned, metrics, _ = measured
     checkpoint = save_checkpoint(module, data, tmp_path / "demo.ckpt")
-    trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams=SimpleNamespace(encoder="jasper-tiny")),
-                              global_step=12, current_epoch=1)
+    trainer = SimpleNamespace(
+        lightning_module=SimpleNamespace(hparams=SimpleNamespace(encoder="jasper-tiny")),
+        global_step=12,
+        current_epoch=1,
+    )
     recipe = speech_demo.recipe_path("commands")
-    info = speech_demo.card_info("commands", SyntheticCorpusConfig(test_variants=["flite:slt"]), recipe, trainer,
-                                 metrics, 2.0)
+    info = speech_demo.card_info(
+        "commands", SyntheticCorpusConfig(test_variants=["flite:slt"]), recipe, trainer, metrics, 2.0
+    )
     assert info.command == "zoo demo --text commands --minutes 2"
     assert info.datasets == ["synthetic-speech", "flite-speech", "voice-commands"]
     out = io.StringIO()
     folder = tmp_path / "jasper-tiny"
-    result = speech_demo.export_and_transcribe(checkpoint, data, folder, Console(file=out, width=200), tuned, info,
-                                               metrics)
+    result = speech_demo.export_and_transcribe(
+        checkpoint, data, folder, Console(file=out, width=200), tuned, info, metrics
+    )
     assert result["export_test_wer"] == pytest.approx(metrics["test/wer_beam"], abs=1e-7)
     assert f"test WER {100 * metrics['test/wer_beam']:.2f} %" in out.getvalue()
     card = (folder / "README.md").read_text()
-    for expected in ["| test_wer_beam_reloaded_export |", "| test_wer |", "CMU Flite", "voice-assistant command",
-                     "Trained with: `zoo demo --text commands --minutes 2`", "Steps / epochs: 12 / 1", "## Decoding",
-                     "Seed: 0",
-                     "class_path"]:
+    for expected in [
+        "| test_wer_beam_reloaded_export |",
+        "| test_wer |",
+        "CMU Flite",
+        "voice-assistant command",
+        "Trained with: `zoo demo --text commands --minutes 2`",
+        "Steps / epochs: 12 / 1",
+        "## Decoding",
+        "Seed: 0",
+        "class_path",
+    ]:
         assert expected in card, expected
     assert {"lexicon.txt", "lm.arpa"} <= {p.name for p in folder.iterdir()}

@@ -2,8 +2,6 @@
 the Recommender pipeline, `zoo recommend` and the configs."""
 
 import copy
-import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,15 @@ from zoo.recsys.recommender import Recommender
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    kwargs = {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "accelerator": "cpu", **kwargs}
+    kwargs = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        **kwargs,
+    }
     return pl.Trainer(**kwargs)
 
 
@@ -62,9 +67,13 @@ def test_input_noise_only_hides_observed_ratings():
 def tiny_module(refeed_steps=0, refeed_target="dense", n=12):
     torch.manual_seed(0)
     return AutoEncoderRecommender(
-        network="autorec-ml100k", network_overrides={"encoder_sizes": (5,), "dropout": 0.0}, num_items=n,
-        refeed_steps=refeed_steps, refeed_target=refeed_target,
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+        network="autorec-ml100k",
+        network_overrides={"encoder_sizes": (5,), "dropout": 0.0},
+        num_items=n,
+        refeed_steps=refeed_steps,
+        refeed_target=refeed_target,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+    )
 
 
 def sparse_batch(n=12, users=6, seed=1):
@@ -85,12 +94,16 @@ def test_refeeding_takes_extra_steps_with_the_right_targets(refeed_steps, refeed
     opt = torch.optim.SGD(reference.parameters(), lr=0.1)
     outputs = reference(x)
     loss = masked_mse(outputs, x)
-    opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+    opt.zero_grad()
+    loss.backward()
+    opt.step()  # noqa: E702
     for _ in range(refeed_steps):
         dense = outputs.detach()
         outputs = reference(dense)
         loss = F.mse_loss(outputs, dense) if refeed_target == "dense" else masked_mse(outputs, x)
-        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # noqa: E702
     for got, want in zip(module.net.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want)
     if refeed_steps:
@@ -112,11 +125,16 @@ def test_weight_decay_reaches_biases_only_with_decay_biases(decay_biases):
     trainer(max_epochs=2).fit(module, train_dataloaders=DataLoader([{"inputs": x}], batch_size=None))
     weights = [p for p in reference.parameters() if p.ndim == 2]
     biases = [p for p in reference.parameters() if p.ndim == 1]
-    opt = torch.optim.Adam([{"params": weights}, {"params": biases, "weight_decay": 0.5 if decay_biases else 0.0}],
-                           lr=0.01, weight_decay=0.5)
+    opt = torch.optim.Adam(
+        [{"params": weights}, {"params": biases, "weight_decay": 0.5 if decay_biases else 0.0}],
+        lr=0.01,
+        weight_decay=0.5,
+    )
     for _ in range(2):
         loss = masked_mse(reference(x), x)
-        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # noqa: E702
     for got, want in zip(module.net.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want)
     groups = module.optimizers().optimizer.param_groups
@@ -170,9 +188,18 @@ def write_ml100k(tmp_path, n_users=30, n_items=25, per_user=10, seed=0) -> Path:
 
 def fit_with_cli(tmp_path, config="autorec_ml100k.yaml", extra=()):
     data = write_ml100k(tmp_path)
-    args = ["fit", "--config", str(recipes.folder() / config), "--data.init_args.path", str(data),
-            "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path),
-            *extra]
+    args = [
+        "fit",
+        "--config",
+        str(recipes.folder() / config),
+        "--data.init_args.path",
+        str(data),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *extra,
+    ]
     assert zoo_main(args) == 0
     return data, sorted(tmp_path.rglob("*.ckpt"))
 
@@ -217,8 +244,9 @@ def test_netflix_config_print_and_fast_dev_run(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for movie in range(1, 9):
         days = ["2005-10-0" + str(d) for d in range(1, 10)] + ["2005-12-1" + str(d) for d in range(0, 6)]
-        text = f"{movie}:\n" + "".join(f"{c},{rng.integers(1, 6)},{days[(c + movie) % len(days)]}\n"
-                                       for c in range(1, 40))
+        text = f"{movie}:\n" + "".join(
+            f"{c},{rng.integers(1, 6)},{days[(c + movie) % len(days)]}\n" for c in range(1, 40)
+        )
         (root / f"mv_{movie:07d}.txt").write_text(text)
     config = str(recipes.folder() / "autorec_netflix.yaml")
     with pytest.raises(SystemExit):
@@ -226,9 +254,26 @@ def test_netflix_config_print_and_fast_dev_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "lr: 0.005" in printed and "momentum: 0.9" in printed and "batch_size: 128" in printed
     assert "refeed_steps: 1" in printed and "autorec-netflix-full" in printed
-    assert zoo_main(["fit", "--config", config, "--data.init_args.path", str(tmp_path / "netflix"),
-                     "--data.init_args.split", "N3M", "--trainer.fast_dev_run", "true",
-                     "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)]) == 0
+    assert (
+        zoo_main(
+            [
+                "fit",
+                "--config",
+                config,
+                "--data.init_args.path",
+                str(tmp_path / "netflix"),
+                "--data.init_args.split",
+                "N3M",
+                "--trainer.fast_dev_run",
+                "true",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
 
 
 def assert_recipe_within(recipe, resolved, where="config"):
@@ -264,11 +309,22 @@ def test_ml100k_config_resolves_to_the_recipe(tmp_path, capsys):
     assert exit_.value.code in (0, None)
     assert_recipe_within(recipe, yaml.safe_load(capsys.readouterr().out))
 
-    cli = ZooCLI(args=["--config", str(path), "--data.init_args.path", str(write_ml100k(tmp_path)),
-                       "--model.init_args.num_items", "25"], run=False)
+    cli = ZooCLI(
+        args=[
+            "--config",
+            str(path),
+            "--data.init_args.path",
+            str(write_ml100k(tmp_path)),
+            "--model.init_args.num_items",
+            "25",
+        ],
+        run=False,
+    )
     model = cli.model
-    assert isinstance(model, AutoEncoderRecommender) and model.net.config == zoo.create(
-        "autorec-ml100k", num_items=25).config
+    assert (
+        isinstance(model, AutoEncoderRecommender)
+        and model.net.config == zoo.create("autorec-ml100k", num_items=25).config
+    )
     model_args = recipe["model"]["init_args"]
     for key in ("input_noise", "refeed_steps", "decay_biases"):
         assert model.hparams[key] == model_args[key], key
@@ -279,10 +335,12 @@ def test_ml100k_config_resolves_to_the_recipe(tmp_path, capsys):
     lr, decay = (model_args["optimizer"]["init_args"][k] for k in ("lr", "weight_decay"))
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(lr, decay), (lr, decay)]
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
-        p.numel() for p in model.net.parameters())
+        p.numel() for p in model.net.parameters()
+    )
     checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ResumableCheckpoint)]
     assert [(c.monitor, c.mode, c.save_last) for c in checkpoints] == [("val/rmse", "min", True)]
     data = recipe["data"]["init_args"]
     assert cli.trainer.max_epochs == recipe["trainer"]["max_epochs"]
     assert {k: cli.datamodule.hparams[k] for k in ("split", "train_fraction", "seed", "batch_size")} == {
-        k: data[k] for k in ("split", "train_fraction", "seed", "batch_size")}
+        k: data[k] for k in ("split", "train_fraction", "seed", "batch_size")
+    }

@@ -1,4 +1,5 @@
-"""Resumable training: kill -9 mid-epoch, `zoo fit --ckpt_path last`, same final weights; atomic, checked checkpoints."""
+"""Resumable training: kill -9 mid-epoch, `zoo fit --ckpt_path last`, same final weights; atomic, checked
+checkpoints."""
 
 import os
 import signal
@@ -22,9 +23,13 @@ TESTS = Path(__file__).resolve().parent
 ZOO = Path(sys.executable).parent / "zoo"
 
 
-TOY_MODEL = {"class_path": "zoo_toys.ToyModule", "init_args": {
-    "dropout": 0.3,  # the model draws from the global RNG at every step
-    "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}}}}
+TOY_MODEL = {
+    "class_path": "zoo_toys.ToyModule",
+    "init_args": {
+        "dropout": 0.3,  # the model draws from the global RNG at every step
+        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}},
+    },
+}
 TOY_DATA = {"class_path": "zoo_toys.ToyData", "init_args": {"n": 96, "batch_size": 8}}  # 12 batches / epoch
 
 
@@ -34,11 +39,17 @@ def write_config(folder: Path, model: dict = TOY_MODEL, data: dict = TOY_DATA, m
         "model": model,
         "data": data,
         "trainer": {
-            "max_steps": max_steps, "accelerator": "cpu", "devices": 1, "logger": False, "limit_val_batches": 0,
+            "max_steps": max_steps,
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "limit_val_batches": 0,
             "default_root_dir": str(folder),
             "callbacks": [
-                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 5, "save_last": True}},
+                {
+                    "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(folder / "ckpt"), "every_n_train_steps": 5, "save_last": True},
+                },
                 {"class_path": "zoo_toys.FreezeAtStep"},  # (ResumableRNG is a `zoo fit` default)
             ],
         },
@@ -51,8 +62,13 @@ def write_config(folder: Path, model: dict = TOY_MODEL, data: dict = TOY_DATA, m
 
 def zoo_fit(config: Path, *extra: str, env: dict | None = None, wait: bool = True):
     env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
-    process = subprocess.Popen([str(ZOO), "fit", "--config", str(config), *extra], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [str(ZOO), "fit", "--config", str(config), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if wait:
         out, _ = process.communicate(timeout=240)
         assert process.returncode == 0, out[-3000:]
@@ -67,8 +83,9 @@ def kill_resume_and_compare(tmp_path: Path, freeze_at: int, saved_step: int, sav
 
     interrupted = write_config(tmp_path / "interrupted", **config)
     marker = tmp_path / "frozen"
-    process = zoo_fit(interrupted, env={"ZOO_TOY_FREEZE_AT_STEP": str(freeze_at), "ZOO_TOY_FREEZE_MARKER": str(marker)},
-                      wait=False)
+    process = zoo_fit(
+        interrupted, env={"ZOO_TOY_FREEZE_AT_STEP": str(freeze_at), "ZOO_TOY_FREEZE_MARKER": str(marker)}, wait=False
+    )
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert process.poll() is None, process.communicate()[0][-3000:]
@@ -95,8 +112,14 @@ def test_saved_data_position_and_restore(tmp_path):
     from zoo.datamodules.resumable import ResumableDataLoader
 
     data = ToyData(n=96, batch_size=8)
-    trainer = pl.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)])
+    trainer = pl.Trainer(
+        max_steps=5,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)],
+    )
     trainer.fit(ToyModule(), data)
     state = torch.load(next(tmp_path.glob("*.ckpt")), weights_only=True)["loops"]["fit_loop"]["state_dict"]
     assert state["combined_loader"] == [{"epoch": 0, "batches": 5}]
@@ -125,11 +148,19 @@ def write_ratings(path: Path, users: int = 40, items: int = 30, per_user: int = 
 @pytest.mark.slow
 def test_recommender_resumes_mid_epoch(tmp_path):
     ratings = write_ratings(tmp_path / "u.data")
-    model = {"class_path": "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender", "init_args": {
-        "network": "autorec-ml100k", "network_overrides": {"encoder_sizes": [16, 8], "dropout": 0.5},
-        "input_noise": 0.2, "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}}
-    data = {"class_path": "zoo.datamodules.ratings.RatingsDataModule", "init_args": {
-        "path": str(ratings), "format": "ml-100k", "batch_size": 4}}  # 40 users -> 10 batches / epoch
+    model = {
+        "class_path": "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
+        "init_args": {
+            "network": "autorec-ml100k",
+            "network_overrides": {"encoder_sizes": [16, 8], "dropout": 0.5},
+            "input_noise": 0.2,
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+        },
+    }
+    data = {
+        "class_path": "zoo.datamodules.ratings.RatingsDataModule",
+        "init_args": {"path": str(ratings), "format": "ml-100k", "batch_size": 4},
+    }  # 40 users -> 10 batches / epoch
     # freeze at step 8 (epoch 0, batch 8): last.ckpt holds step 5 (epoch 0, batch 5), mid-epoch; 15 steps cross an epoch
     kill_resume_and_compare(tmp_path, freeze_at=8, saved_step=5, saved_epoch=0, model=model, data=data, max_steps=15)
 
@@ -188,18 +219,27 @@ def test_speech_model_resumes_mid_epoch_after_kill_9(tmp_path):
     epoch) through `zoo fit`: killed (-9) at step 13, resumed from the step-10 checkpoint (epoch 1, batch 4)
     -> the weights of the uninterrupted 15 steps."""
     manifest = write_speech_manifest(tmp_path / "audio")
-    model = {"class_path": "zoo.lightning_modules.ctc_speech_recognizer.CTCSpeechRecognizer", "init_args": {
-        "encoder": "jasper-tiny",
-        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}}}}
-    data = {"class_path": "zoo.datamodules.speech.SpeechDataModule", "init_args": {
-        "train_manifests": [str(manifest)], "time_reduction": 2, "batch_size": 4, "num_workers": 0,
-        "featurizer": {"dither": 1e-3}}}
-    kill_resume_and_compare(tmp_path, freeze_at=13, saved_step=10, saved_epoch=1, model=model, data=data,
-                            max_steps=15)
+    model = {
+        "class_path": "zoo.lightning_modules.ctc_speech_recognizer.CTCSpeechRecognizer",
+        "init_args": {
+            "encoder": "jasper-tiny",
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
+        },
+    }
+    data = {
+        "class_path": "zoo.datamodules.speech.SpeechDataModule",
+        "init_args": {
+            "train_manifests": [str(manifest)],
+            "time_reduction": 2,
+            "batch_size": 4,
+            "num_workers": 0,
+            "featurizer": {"dither": 1e-3},
+        },
+    }
+    kill_resume_and_compare(tmp_path, freeze_at=13, saved_step=10, saved_epoch=1, model=model, data=data, max_steps=15)
 
 
-@pytest.mark.parametrize("recipe", sorted((recipes.folder()).glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((recipes.folder()).glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_keeps_a_last_checkpoint(recipe):
     """`zoo fit --ckpt_path last` needs `last.ckpt`: every recipe's ModelCheckpoint has save_last."""
     callbacks = yaml.safe_load(recipe.read_text())["trainer"].get("callbacks", [])

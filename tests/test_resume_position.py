@@ -194,4 +194,3 @@ def test_streamed_windows_end_of_epoch_is_read_from_the_exhausted_loader(tmp_pat
     assert loader.state_dict() == {"batches": count - 1, "epoch_done": 0}  # the last batch is not processed yet
     processed(trainer, count)
     assert loader.state_dict() == {"batches": count, "epoch_done": 1}
-

@@ -45,10 +45,13 @@ def test_legacy_recommender_folder_loads_to_the_same_predictions():
     torch.testing.assert_close(recommender.predict({10: 4.0, 12: 2.0, 15: 5.0}), expected)
 
 
-@pytest.mark.parametrize(("name", "pipeline_class", "network_attribute"), [
-    ("autoencoder-recommender", Recommender, "net"),
-    ("ctc-speech-recognizer", SpeechRecognizer, "encoder"),
-])
+@pytest.mark.parametrize(
+    ("name", "pipeline_class", "network_attribute"),
+    [
+        ("autoencoder-recommender", Recommender, "net"),
+        ("ctc-speech-recognizer", SpeechRecognizer, "encoder"),
+    ],
+)
 def test_legacy_zoo_fit_checkpoint_loads_with_its_weights(name, pipeline_class, network_attribute):
     path = LEGACY / f"{name}.ckpt"
     pipeline = zoo.load(str(path))
@@ -131,13 +134,35 @@ def test_zoo_fit_checkpoint_records_the_module_name(tmp_path):
     from zoo.cli import main as zoo_main
 
     ratings = write_ratings(tmp_path / "u.data")
-    assert zoo_main([
-        "fit", "--model", "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
-        "--model.network", "autorec-ml100k", "--model.network_overrides", '{"encoder_sizes": [4, 3]}',
-        "--data", "zoo.datamodules.ratings.RatingsDataModule", "--data.path", str(ratings), "--data.format", "ml-100k",
-        "--data.batch_size", "4", "--trainer.max_steps", "1", "--trainer.logger", "false",
-        "--trainer.limit_val_batches", "0", f"--trainer.default_root_dir={tmp_path}",
-    ]) == 0
+    assert (
+        zoo_main(
+            [
+                "fit",
+                "--model",
+                "zoo.lightning_modules.autoencoder_recommender.AutoEncoderRecommender",
+                "--model.network",
+                "autorec-ml100k",
+                "--model.network_overrides",
+                '{"encoder_sizes": [4, 3]}',
+                "--data",
+                "zoo.datamodules.ratings.RatingsDataModule",
+                "--data.path",
+                str(ratings),
+                "--data.format",
+                "ml-100k",
+                "--data.batch_size",
+                "4",
+                "--trainer.max_steps",
+                "1",
+                "--trainer.logger",
+                "false",
+                "--trainer.limit_val_batches",
+                "0",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
+        == 0
+    )
     checkpoint = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
     assert checkpoint["zoo_module"] == "autoencoder-recommender"
 

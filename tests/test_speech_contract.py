@@ -1,7 +1,6 @@
 """The speech model <-> data contract is stated once (zoo.cli.ZooCLI links): recipes cannot make the
 DataModule's CTC length rule, featurizer or tokenizer disagree with the model's."""
 
-
 import pytest
 
 from zoo import recipes
@@ -12,33 +11,59 @@ CONFIGS = recipes.folder()
 
 
 def instantiate(tmp_path, recipe: str, *args: str) -> ZooCLI:
-    return ZooCLI(args=["--config", str(CONFIGS / recipe), "--trainer.logger", "false",
-                        "--trainer.default_root_dir", str(tmp_path), *args], run=False)
+    return ZooCLI(
+        args=[
+            "--config",
+            str(CONFIGS / recipe),
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *args,
+        ],
+        run=False,
+    )
 
 
-@pytest.mark.parametrize("encoder, overrides, expected", [
-    ("jasper-demo", None, 3), ("jasper-demo", {"prologue_stride": 2}, 2), ("quartznet-15x5", None, 2),
-    ("ds2-paper", None, 3), ("ds2-large", None, 2), ("ds2-paper", {"conv_strides": [[2, 2], [1, 2], [1, 2]]}, 2),
-])
+@pytest.mark.parametrize(
+    "encoder, overrides, expected",
+    [
+        ("jasper-demo", None, 3),
+        ("jasper-demo", {"prologue_stride": 2}, 2),
+        ("quartznet-15x5", None, 2),
+        ("ds2-paper", None, 3),
+        ("ds2-large", None, 2),
+        ("ds2-paper", {"conv_strides": [[2, 2], [1, 2], [1, 2]]}, 2),
+    ],
+)
 def test_encoder_time_reduction_is_the_built_encoders(encoder, overrides, expected):
     assert encoder_time_reduction(encoder, overrides) == expected
 
 
-@pytest.mark.parametrize("recipe, overrides, expected", [
-    ("jasper_demo.yaml", [], 3),
-    ("jasper_demo.yaml", ["--model.init_args.encoder_overrides", "{prologue_stride: 2}"], 2),
-    # a value given for the linked target is replaced by the encoder's: no mismatch is possible
-    ("jasper_demo.yaml", ["--data.init_args.time_reduction", "5"], 3),
-    ("ds2_demo.yaml", [], 3),
-])
+@pytest.mark.parametrize(
+    "recipe, overrides, expected",
+    [
+        ("jasper_demo.yaml", [], 3),
+        ("jasper_demo.yaml", ["--model.init_args.encoder_overrides", "{prologue_stride: 2}"], 2),
+        # a value given for the linked target is replaced by the encoder's: no mismatch is possible
+        ("jasper_demo.yaml", ["--data.init_args.time_reduction", "5"], 3),
+        ("ds2_demo.yaml", [], 3),
+    ],
+)
 def test_recipes_take_the_time_reduction_from_the_encoder(tmp_path, recipe, overrides, expected):
     cli = instantiate(tmp_path, recipe, *overrides)
     assert cli.datamodule.time_reduction == expected
 
 
 def test_the_model_gets_the_datamodules_featurizer_and_tokenizer(tmp_path):
-    cli = instantiate(tmp_path, "jasper_demo.yaml", "--data.init_args.featurizer.n_mels", "80",
-                      "--data.init_args.tokenizer", "{alphabet: \" abc'\"}")
+    cli = instantiate(
+        tmp_path,
+        "jasper_demo.yaml",
+        "--data.init_args.featurizer.n_mels",
+        "80",
+        "--data.init_args.tokenizer",
+        '{alphabet: " abc\'"}',
+    )
     assert cli.model.featurizer_config == cli.datamodule.featurizer_config
     assert cli.model.featurizer_config.n_mels == 80
     assert cli.model.tokenizer_config == cli.datamodule.tokenizer_config

@@ -118,7 +118,9 @@ def test_corrupt_audio_at_load_time_names_manifest_line(tmp_path):
     dm = SpeechDataModule(val_manifests=[str(manifest)], num_workers=0, audio_check="exists")
     with pytest.raises(ManifestError, match=f"{manifest}:2: .*manifest.json-1.wav: cannot decode"):
         list(dm.val_dataloader())
-    dm = SpeechDataModule(val_manifests=[str(manifest)], num_workers=0, audio_check="exists", skip_bad=True, batch_size=4)
+    dm = SpeechDataModule(
+        val_manifests=[str(manifest)], num_workers=0, audio_check="exists", skip_bad=True, batch_size=4
+    )
     loader = dm.val_dataloader()
     assert [b["texts"] for b in loader] == [["good one", "good three"]]
     assert len(loader.skipped) == 1 and f"{manifest}:2:" in loader.skipped[0]
@@ -264,7 +266,10 @@ def test_datamodule_end_to_end(tmp_path):
         assert set(batch) == {"features", "feature_lengths", "targets", "target_lengths", "texts", "ids"}
         b, f, t = batch["features"].shape
         assert f == 64 and batch["features"].dtype == torch.float32 and t == int(batch["feature_lengths"].max())
-        assert batch["targets"].dtype == torch.int64 and batch["targets"].shape == (b, int(batch["target_lengths"].max()))
+        assert batch["targets"].dtype == torch.int64 and batch["targets"].shape == (
+            b,
+            int(batch["target_lengths"].max()),
+        )
         for i in range(b):
             n = int(batch["target_lengths"][i])
             assert dm.tokenizer.decode(batch["targets"][i, :n].tolist()) == batch["texts"][i]
@@ -285,7 +290,10 @@ def test_datamodule_augmented_training_batches_and_errors(tmp_path):
     train = _corpus(tmp_path, SPECS[:5], "train.json")
     torch.manual_seed(0)
     dm = SpeechDataModule(
-        train_manifests=[str(train)], val_manifests=[str(train)], batch_size=5, num_workers=0,
+        train_manifests=[str(train)],
+        val_manifests=[str(train)],
+        batch_size=5,
+        num_workers=0,
         featurizer={"kind": "spectrogram"},
         augmentation=AugmentationConfig(speed_prob=1, noise_prob=1, reverb_prob=1, eq_prob=1, pitch_prob=1),
     )
@@ -347,12 +355,21 @@ def test_sortagrad_first_epoch_sorted_then_shuffled(tmp_path):
     specs = [(0.2 + 0.05 * ((7 * i) % 12), "go") for i in range(12)]
     train = _corpus(tmp_path, specs, "train.json")
     dm = SpeechDataModule(
-        train_manifests=[str(train)], batch_size=1, num_workers=0, augmentation=AugmentationConfig(enabled=False), seed=1,
+        train_manifests=[str(train)],
+        batch_size=1,
+        num_workers=0,
+        augmentation=AugmentationConfig(enabled=False),
+        seed=1,
     )
     recorder = _LengthRecorder()
     trainer = pl.Trainer(
-        max_epochs=2, callbacks=[SortaGrad(sorted_epochs=1)], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        max_epochs=2,
+        callbacks=[SortaGrad(sorted_epochs=1)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
         use_distributed_sampler=False,
     )
     trainer.fit(recorder, datamodule=dm)
@@ -505,8 +522,14 @@ def test_lightning_resume_mid_epoch_neither_repeats_nor_skips(tmp_path):
             train_manifests=[str(train)], batch_size=2, num_workers=0, augmentation=AugmentationConfig(enabled=False)
         )
         trainer = pl.Trainer(
-            max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", use_distributed_sampler=False, callbacks=list(callbacks),
+            max_epochs=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            use_distributed_sampler=False,
+            callbacks=list(callbacks),
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
@@ -558,16 +581,20 @@ def test_cached_features_equal_computed_ones(tmp_path, workers):
 
 def test_cached_training_features_get_fresh_feature_augmentation_each_epoch(tmp_path):
     manifest = _corpus(tmp_path, SPECS[:4], "train.json")
-    aug = _no_waveform_aug(stretch_prob=1.0, stretch_min=0.8, stretch_max=1.25, warp_prob=1.0, spec_augment_prob=0,
-                           cutout_prob=0)
-    dm = SpeechDataModule(train_manifests=[str(manifest)], num_workers=0, batch_size=4, cache_features=True,
-                          augmentation=aug, seed=3)
+    aug = _no_waveform_aug(
+        stretch_prob=1.0, stretch_min=0.8, stretch_max=1.25, warp_prob=1.0, spec_augment_prob=0, cutout_prob=0
+    )
+    dm = SpeechDataModule(
+        train_manifests=[str(manifest)], num_workers=0, batch_size=4, cache_features=True, augmentation=aug, seed=3
+    )
     loader = dm.train_dataloader()
     torch.manual_seed(0)
     first = {i: n for b in loader for i, n in zip(b["ids"], b["feature_lengths"].tolist())}
     second = {i: n for b in loader for i, n in zip(b["ids"], b["feature_lengths"].tolist())}
-    frames = {i: f.shape[-1] for i, f in zip((u.audio_filepath for u in dm.data["train"].utterances),
-                                              dm._feature_cache["train"])}
+    frames = {
+        i: f.shape[-1]
+        for i, f in zip((u.audio_filepath for u in dm.data["train"].utterances), dm._feature_cache["train"])
+    }
     assert first != second  # the stretch factor is drawn per item and epoch, not cached
     for lengths in (first, second):
         assert all(round(frames[i] / 1.25) <= n <= round(frames[i] / 0.8) for i, n in lengths.items())
@@ -575,8 +602,12 @@ def test_cached_training_features_get_fresh_feature_augmentation_each_epoch(tmp_
 
 def test_cache_features_refuses_waveform_augmentation_and_keeps_skip_bad(tmp_path):
     manifest = _corpus(tmp_path, SPECS[:3], "train.json")
-    dm = SpeechDataModule(train_manifests=[str(manifest)], num_workers=0, cache_features=True,
-                          augmentation=AugmentationConfig(speed_prob=1.0))
+    dm = SpeechDataModule(
+        train_manifests=[str(manifest)],
+        num_workers=0,
+        cache_features=True,
+        augmentation=AugmentationConfig(speed_prob=1.0),
+    )
     with pytest.raises(ValueError, match="cache_features needs the waveform augmentations off"):
         dm.train_dataloader()
     bad = _corpus(tmp_path / "bad", [(0.3, "good one"), (0.3, "good two"), (0.3, "good three")])
@@ -584,8 +615,9 @@ def test_cache_features_refuses_waveform_augmentation_and_keeps_skip_bad(tmp_pat
     dm = SpeechDataModule(val_manifests=[str(bad)], num_workers=0, audio_check="exists", cache_features=True)
     with pytest.raises(ManifestError, match=f"{bad}:2: .*cannot decode"):
         dm.val_dataloader()
-    dm = SpeechDataModule(val_manifests=[str(bad)], num_workers=0, audio_check="exists", cache_features=True,
-                          skip_bad=True, batch_size=4)
+    dm = SpeechDataModule(
+        val_manifests=[str(bad)], num_workers=0, audio_check="exists", cache_features=True, skip_bad=True, batch_size=4
+    )
     loader = dm.val_dataloader()
     assert [b["texts"] for b in loader] == [["good one", "good three"]]
     assert len(loader.skipped) == 1 and f"{bad}:2:" in loader.skipped[0]

@@ -141,8 +141,15 @@ def _slaney_filterbank(n_freqs: int, n_mels: int, rate: int) -> np.ndarray:
     return bank
 
 
-def _reference_features(x: np.ndarray, n_fft: int, win: int, hop: int, mel_bank: np.ndarray | None,
-                        pad_mode: str = "constant", n_frames: int | None = None) -> np.ndarray:
+def _reference_features(
+    x: np.ndarray,
+    n_fft: int,
+    win: int,
+    hop: int,
+    mel_bank: np.ndarray | None,
+    pad_mode: str = "constant",
+    n_frames: int | None = None,
+) -> np.ndarray:
     """Centred STFT frames ``0 .. n_frames - 1`` (default ``1 + S // hop``) of the signal padded by
     ``n_fft // 2`` (``np.pad`` mode), log power (mel), per-feature standardisation over those frames."""
     x = x.astype(np.float64)
@@ -346,8 +353,9 @@ def test_waveform_augmentation_switches():
 
 
 def test_spec_augment_mask_counts_and_widths():
-    cfg = AugmentationConfig(freq_masks=2, freq_mask_width=15, time_masks=2, time_mask_width=25,
-                             time_mask_ratio=1.0, cutout_prob=0.0)
+    cfg = AugmentationConfig(
+        freq_masks=2, freq_mask_width=15, time_masks=2, time_mask_width=25, time_mask_ratio=1.0, cutout_prob=0.0
+    )
     augment = FeatureAugmentation(cfg)
     torch.manual_seed(0)
     for _ in range(20):

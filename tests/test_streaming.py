@@ -14,8 +14,13 @@ LABELS = ["_"] + list("abcdefghijklmnopqrstuvwxyz '")
 
 def streaming_model(**overrides):
     torch.manual_seed(0)
-    config = dict(conv_channels=(3, 4), conv_kernels=((11, 41), (11, 21)), conv_strides=((2, 2), (1, 2)),
-                  rnn_hidden=24, fc_hidden=16)
+    config = dict(
+        conv_channels=(3, 4),
+        conv_kernels=((11, 41), (11, 21)),
+        conv_strides=((2, 2), (1, 2)),
+        rnn_hidden=24,
+        fc_hidden=16,
+    )
     config.update(overrides)
     model = zoo.create("ds2-streaming-demo", **config)
     model.train()
@@ -38,13 +43,25 @@ def chunks(total: int, sizes):
         start += size
 
 
-@pytest.mark.parametrize("overrides,sizes", [
-    (dict(), [20]),                                                      # 200 ms chunks, GRU, tau = 8
-    (dict(rnn_type="lstm", lookahead=0), [1]),                           # frame by frame
-    (dict(rnn_type="rnn_relu", conv_channels=(3, 4, 2), conv_kernels=((5, 7), (3, 5), (3, 3)),
-          conv_strides=((3, 2), (1, 2), (1, 1)), lookahead=3, rnn_layers=2), [7, 1, 13]),
-    (dict(conv_padding=((1, 20), (6, 10)), lookahead=19), [33]),           # asymmetric context, long lookahead
-])
+@pytest.mark.parametrize(
+    "overrides,sizes",
+    [
+        (dict(), [20]),  # 200 ms chunks, GRU, tau = 8
+        (dict(rnn_type="lstm", lookahead=0), [1]),  # frame by frame
+        (
+            dict(
+                rnn_type="rnn_relu",
+                conv_channels=(3, 4, 2),
+                conv_kernels=((5, 7), (3, 5), (3, 3)),
+                conv_strides=((3, 2), (1, 2), (1, 1)),
+                lookahead=3,
+                rnn_layers=2,
+            ),
+            [7, 1, 13],
+        ),
+        (dict(conv_padding=((1, 20), (6, 10)), lookahead=19), [33]),  # asymmetric context, long lookahead
+    ],
+)
 def test_streaming_logits_equal_offline(overrides, sizes):
     model = streaming_model(**overrides)
     features = torch.randn(161, 123)
@@ -62,8 +79,9 @@ def test_streaming_logits_equal_offline(overrides, sizes):
 @pytest.mark.parametrize("kind,bins", [("spectrogram", 161), ("logmel", 64)])
 def test_streaming_featurizer_equals_offline(kind, bins):
     torch.manual_seed(1)
-    featurizer = Featurizer(FeaturizerConfig(kind=kind, normalize="global", global_mean=[0.3] * bins,
-                                             global_std=[1.7] * bins))
+    featurizer = Featurizer(
+        FeaturizerConfig(kind=kind, normalize="global", global_mean=[0.3] * bins, global_std=[1.7] * bins)
+    )
     audio = torch.randn(16000 + 1234) * 0.1
     offline, _ = featurizer.eval()(audio[None], torch.tensor([audio.numel()]))
     stream = StreamingFeaturizer(featurizer)
@@ -76,10 +94,13 @@ def test_streaming_transcript_equals_offline_transcript():
     with torch.no_grad():
         model.output.weight.mul_(30)  # a random network with a varied argmax
     mean, std = [0.0] * 161, [4.0] * 161
-    featurizer = Featurizer(FeaturizerConfig(kind="spectrogram", normalize="global", global_mean=mean,
-                                             global_std=std, dither=0.5))  # dither must be off in eval
+    featurizer = Featurizer(
+        FeaturizerConfig(kind="spectrogram", normalize="global", global_mean=mean, global_std=std, dither=0.5)
+    )  # dither must be off in eval
     t = torch.arange(1600) / 16000  # 100 ms tones of random pitch and loudness: a varied spectrogram
-    audio = torch.cat([a * torch.sin(2 * torch.pi * f * t) for f, a in zip(torch.rand(20) * 4000 + 100, torch.rand(20))])
+    audio = torch.cat(
+        [a * torch.sin(2 * torch.pi * f * t) for f, a in zip(torch.rand(20) * 4000 + 100, torch.rand(20))]
+    )
     feats, lengths = featurizer.eval()(audio[None], torch.tensor([audio.numel()]))
     with torch.no_grad():
         logits, _ = model(feats, lengths)
@@ -131,7 +152,9 @@ def test_zoo_transcribe_stream_equals_offline(tmp_path, capsys):
     recognizer.save_pretrained(tmp_path / "model")
     t = torch.arange(1600) / 16000
     torch.manual_seed(3)
-    audio = torch.cat([a * torch.sin(2 * torch.pi * f * t) for f, a in zip(torch.rand(25) * 4000 + 100, torch.rand(25))])
+    audio = torch.cat(
+        [a * torch.sin(2 * torch.pi * f * t) for f, a in zip(torch.rand(25) * 4000 + 100, torch.rand(25))]
+    )
     soundfile.write(tmp_path / "a.wav", audio.numpy(), 16000)
     assert main(["transcribe", "--model", str(tmp_path / "model"), str(tmp_path / "a.wav")]) == 0
     offline = transcript_lines(capsys.readouterr().out)
@@ -139,7 +162,9 @@ def test_zoo_transcribe_stream_equals_offline(tmp_path, capsys):
     captured = capsys.readouterr()
     assert transcript_lines(captured.out) == offline and len(offline[0].split("\t")[1]) > 3
     assert "real-time factor" in captured.err
-    bidirectional = SpeechRecognizer(featurizer=featurizer, encoder=model_to_dict(zoo.create("ds2-tiny", num_classes=vocab)))
+    bidirectional = SpeechRecognizer(
+        featurizer=featurizer, encoder=model_to_dict(zoo.create("ds2-tiny", num_classes=vocab))
+    )
     bidirectional.save_pretrained(tmp_path / "bi")
     assert main(["transcribe", "--model", str(tmp_path / "bi"), "--stream", str(tmp_path / "a.wav")]) == 2
     assert "forward-only" in capsys.readouterr().err

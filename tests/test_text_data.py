@@ -18,7 +18,6 @@ from zoo.datamodules.text import (
     read_lines,
 )
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -78,7 +77,9 @@ def test_one_billion_word_layout_is_streamed(tmp_path: Path) -> None:
     _write(train / "news.en-00002-of-00100", "f g h i\na b\n")
     _write(tmp_path / "heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050", "a z\n")
     vocab_file = _write(tmp_path / "vocab.txt", "a\nb\nc\nd\ne\nf\ng\nh\ni\n")
-    dm = TextDataModule(corpus="1b", data_dir=str(tmp_path), level="word", batch_size=2, bptt=2, vocab_file=str(vocab_file))
+    dm = TextDataModule(
+        corpus="1b", data_dir=str(tmp_path), level="word", batch_size=2, bptt=2, vocab_file=str(vocab_file)
+    )
     dm.setup()
     assert not dm.ids  # nothing held in memory
     batches = list(dm.train_dataloader())

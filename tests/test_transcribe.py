@@ -59,9 +59,15 @@ def test_stream_skips_an_undecodable_file_too(tmp_path, capsys):
     from zoo.speech.tokenizer import CharTokenizer
 
     torch.manual_seed(0)
-    encoder = zoo.create("ds2-streaming-demo", conv_channels=(3, 4), conv_kernels=((11, 41), (11, 21)),
-                         conv_strides=((2, 2), (1, 2)), rnn_hidden=24, fc_hidden=16,
-                         num_classes=CharTokenizer().vocab_size)
+    encoder = zoo.create(
+        "ds2-streaming-demo",
+        conv_channels=(3, 4),
+        conv_kernels=((11, 41), (11, 21)),
+        conv_strides=((2, 2), (1, 2)),
+        rnn_hidden=24,
+        fc_hidden=16,
+        num_classes=CharTokenizer().vocab_size,
+    )
     recognizer = SpeechRecognizer(featurizer=dict(kind="spectrogram", normalize="none"), encoder=model_to_dict(encoder))
     recognizer.save_pretrained(tmp_path / "rec")
     good = write_waves(tmp_path, 2)

@@ -36,8 +36,12 @@ class ToyNet(nn.Module):
     def __init__(self, config: ToyNetConfig):
         super().__init__()
         self.config = config
-        self.layers = nn.Sequential(nn.Linear(config.in_features, config.hidden), nn.Tanh(), nn.Dropout(config.dropout),
-                                    nn.Linear(config.hidden, 1))
+        self.layers = nn.Sequential(
+            nn.Linear(config.in_features, config.hidden),
+            nn.Tanh(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -66,8 +70,13 @@ class ToyPipeline(Pipeline):
 class ToyModule(pl.LightningModule):
     """Regression task module implementing the ``to_pipeline()`` protocol."""
 
-    def __init__(self, hidden: int = 8, dropout: float = 0.1, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None):
+    def __init__(
+        self,
+        hidden: int = 8,
+        dropout: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory = optimizer
@@ -110,8 +119,13 @@ class ToyData(pl.LightningDataModule):
         self.n, self.batch_size, self.seed = n, batch_size, seed
 
     def train_dataloader(self):
-        return ResumableDataLoader(toy_tensors(self.n, self.seed), batch_size=self.batch_size, shuffle=True,
-                                   seed=self.seed, trainer=self.trainer)
+        return ResumableDataLoader(
+            toy_tensors(self.n, self.seed),
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            trainer=self.trainer,
+        )
 
     def val_dataloader(self):
         return DataLoader(toy_tensors(32, self.seed + 1), batch_size=16)
@@ -171,8 +185,14 @@ class DDPProbe(ToyModule):
     def on_fit_end(self):
         import json
 
-        report = {"rank": self.global_rank, "world_size": self.trainer.world_size, "seen_train": self.seen_train,
-                  "seen_val": self.seen_val, "local_sq": self.local_sq, "local_n": self.local_n,
-                  "val_mse": float(self.trainer.callback_metrics["val_mse"])}
+        report = {
+            "rank": self.global_rank,
+            "world_size": self.trainer.world_size,
+            "seen_train": self.seen_train,
+            "seen_val": self.seen_val,
+            "local_sq": self.local_sq,
+            "local_n": self.local_n,
+            "val_mse": float(self.trainer.callback_metrics["val_mse"]),
+        }
         path = Path(os.environ["ZOO_TOY_REPORT_DIR"]) / f"rank{self.global_rank}.json"
         path.write_text(json.dumps(report))

@@ -164,12 +164,19 @@ def git_commit(folder: str | Path | None = None) -> str | None:
     """``HEAD`` of the git checkout holding ``folder`` (default: this package), ``+dirty`` if modified."""
     cwd = Path(folder) if folder else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10,
-                             check=False)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -201,11 +208,18 @@ def model_card(pipeline: Pipeline, info: CardInfo | None = None, load_name: str 
     datasets = [_dataset_entry(d) for d in info.datasets]
     date = info.metrics_date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(info.metrics.items()))
-    metrics = (f"Measured on {date}:\n\n| metric | value |\n|---|---|\n{metrics}" if info.metrics
-               else "No metrics were recorded for this export.")
-    dataset_lines = "\n".join(
-        f"- {d['name']}" + (f" ({d['url']})" if d.get("url") else "") + f". Licence: {d['licence']}." for d in datasets
-    ) or "Not recorded."
+    metrics = (
+        f"Measured on {date}:\n\n| metric | value |\n|---|---|\n{metrics}"
+        if info.metrics
+        else "No metrics were recorded for this export."
+    )
+    dataset_lines = (
+        "\n".join(
+            f"- {d['name']}" + (f" ({d['url']})" if d.get("url") else "") + f". Licence: {d['licence']}."
+            for d in datasets
+        )
+        or "Not recorded."
+    )
     versions = package_versions()
     recipe = f"## Recipe\n\n```yaml\n{info.recipe.rstrip()}\n```" if info.recipe else ""
     card_data = ModelCardData(

@@ -112,8 +112,11 @@ def card_info_from_trainer(trainer: Any) -> CardInfo:
     """What a live Lightning trainer knows for the model card: its logged scalar metrics, the best
     monitored score, steps and epochs, the seed, the DataModule's ``dataset_card``, the config that
     LightningCLI saved (``config.yaml`` in the log folder) and, under ``zoo fit``, the command line."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-               if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+    metrics = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)
+    }
     callback = getattr(trainer, "checkpoint_callback", None)
     if callback is not None and callback.monitor and callback.best_model_score is not None:
         metrics[f"best_{callback.monitor}"] = float(callback.best_model_score)
@@ -125,10 +128,15 @@ def card_info_from_trainer(trainer: Any) -> CardInfo:
     described = getattr(getattr(trainer, "datamodule", None), "dataset_card", None) or []
     seed = os.environ.get("PL_GLOBAL_SEED")
     command = shlex.join(["zoo", *sys.argv[1:]]) if Path(sys.argv[0]).name == "zoo" else None
-    return CardInfo(metrics=metrics, recipe=recipe,
-                    datasets=list(described) if isinstance(described, (list, tuple)) else [described],
-                    seed=int(seed) if seed is not None else None, steps=trainer.global_step,
-                    epochs=trainer.current_epoch, command=command)
+    return CardInfo(
+        metrics=metrics,
+        recipe=recipe,
+        datasets=list(described) if isinstance(described, (list, tuple)) else [described],
+        seed=int(seed) if seed is not None else None,
+        steps=trainer.global_step,
+        epochs=trainer.current_epoch,
+        command=command,
+    )
 
 
 def _recorded(checkpoint: dict[str, Any]) -> CardInfo:
@@ -140,16 +148,24 @@ def _recorded(checkpoint: dict[str, Any]) -> CardInfo:
     return CardInfo(metrics=metrics, steps=checkpoint.get("global_step"), epochs=checkpoint.get("epoch"))
 
 
-def export_checkpoint(checkpoint: str | Path, folder: str | Path, info: CardInfo | None = None,
-                      module_class: type | str | None = None, load_name: str | None = None,
-                      prepare: Callable[[Pipeline], Any] | None = None) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path,
+    folder: str | Path,
+    info: CardInfo | None = None,
+    module_class: type | str | None = None,
+    load_name: str | None = None,
+    prepare: Callable[[Pipeline], Any] | None = None,
+) -> Path:
     """``.ckpt`` -> pipeline folder with a model card; the fields ``info`` leaves empty come from the
     checkpoint's records (steps, epoch, best score). ``prepare`` adjusts the pipeline before it is
     written (e.g. gives a speech recognizer its beam-search decoder)."""
     recorded = card_info_from_checkpoint(checkpoint)
     if info is not None:
-        missing = {f.name: getattr(recorded, f.name) for f in dataclasses.fields(CardInfo)
-                   if getattr(info, f.name) in (None, [], {}) and getattr(recorded, f.name) not in (None, [], {})}
+        missing = {
+            f.name: getattr(recorded, f.name)
+            for f in dataclasses.fields(CardInfo)
+            if getattr(info, f.name) in (None, [], {}) and getattr(recorded, f.name) not in (None, [], {})
+        }
         recorded = dataclasses.replace(info, **missing)
     pipeline = pipeline_from_checkpoint(checkpoint, module_class)
     if prepare is not None:

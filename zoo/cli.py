@@ -71,8 +71,11 @@ def describe(spec: str) -> str:
 def usage() -> str:
     """``zoo --help``: every command with one line each."""
     width = max(map(len, [*LIGHTNING_SUBCOMMANDS, *COMMANDS])) + 2
-    lines = ["usage: zoo COMMAND [ARGS ...]    (zoo COMMAND --help: the command's options)", "",
-             "Training and evaluation (Lightning CLI; any --model.* / --data.* / --trainer.* flag):"]
+    lines = [
+        "usage: zoo COMMAND [ARGS ...]    (zoo COMMAND --help: the command's options)",
+        "",
+        "Training and evaluation (Lightning CLI; any --model.* / --data.* / --trainer.* flag):",
+    ]
     lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
     lines += ["", "Other commands:"]
     lines += [f"  {name:<{width}}{describe(spec)}" for name, spec in COMMANDS.items()]

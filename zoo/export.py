@@ -59,8 +59,12 @@ def export_spec(obj: nn.Module, example_inputs: tuple[Tensor, ...] | None = None
             example_inputs=_speech_inputs(in_features, 2, 160),
             input_names=["features", "lengths"],
             output_names=["logits", "out_lengths"],
-            dynamic_axes={"features": {0: "batch", 2: "frames"}, "lengths": {0: "batch"},
-                          "logits": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}},
+            dynamic_axes={
+                "features": {0: "batch", 2: "frames"},
+                "lengths": {0: "batch"},
+                "logits": {0: "batch", 1: "out_frames"},
+                "out_lengths": {0: "batch"},
+            },
             check_inputs=[_speech_inputs(in_features, 3, 97)],
         )
     if example_inputs is None:
@@ -91,8 +95,9 @@ def _compare(name: str, expected: tuple[Tensor, ...], actual: tuple[Any, ...], a
 
 
 @torch.no_grad()
-def export_torchscript(obj: nn.Module, path: str | Path, example_inputs: tuple[Tensor, ...] | None = None,
-                       atol: float = 1e-4) -> float:
+def export_torchscript(
+    obj: nn.Module, path: str | Path, example_inputs: tuple[Tensor, ...] | None = None, atol: float = 1e-4
+) -> float:
     """Trace ``obj`` (see :func:`export_spec`) to ``path``; returns the largest deviation from eager."""
     spec = export_spec(obj, example_inputs)
     module = spec.module.eval()
@@ -106,13 +111,20 @@ def export_torchscript(obj: nn.Module, path: str | Path, example_inputs: tuple[T
         traced = torch.jit.trace(module, spec.example_inputs, check_trace=False)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
-    return max(_compare(f"{path} (inputs {i})", _as_tuple(module(*inputs)), _as_tuple(loaded(*inputs)), atol)
-               for i, inputs in enumerate([spec.example_inputs, *spec.check_inputs]))
+    return max(
+        _compare(f"{path} (inputs {i})", _as_tuple(module(*inputs)), _as_tuple(loaded(*inputs)), atol)
+        for i, inputs in enumerate([spec.example_inputs, *spec.check_inputs])
+    )
 
 
 @torch.no_grad()
-def export_onnx(obj: nn.Module, path: str | Path, example_inputs: tuple[Tensor, ...] | None = None,
-                atol: float = 1e-4, opset_version: int = 17) -> float:
+def export_onnx(
+    obj: nn.Module,
+    path: str | Path,
+    example_inputs: tuple[Tensor, ...] | None = None,
+    atol: float = 1e-4,
+    opset_version: int = 17,
+) -> float:
     """Write ``obj`` (see :func:`export_spec`) as ONNX and check it with onnxruntime; returns the largest deviation."""
     import onnxruntime
 
@@ -122,8 +134,16 @@ def export_onnx(obj: nn.Module, path: str | Path, example_inputs: tuple[Tensor, 
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer warnings
-        torch.onnx.export(module, spec.example_inputs, str(path), dynamo=False, input_names=spec.input_names,
-                          output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset_version)
+        torch.onnx.export(
+            module,
+            spec.example_inputs,
+            str(path),
+            dynamo=False,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=opset_version,
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]
     worst = 0.0

@@ -57,10 +57,28 @@ from zoo.pipeline import (
 )
 
 __all__ = [
-    "CARD_NAME", "CARD_PACKAGES", "CARD_TEMPLATE", "DATASETS", "PAPERS", "CardInfo", "CheckpointError", "HubError",
-    "card_info_from_checkpoint", "checkpoint_error", "download", "export", "export_checkpoint", "git_commit",
-    "hub_org", "is_repo_id", "model_card", "module_from_checkpoint", "package_versions",
-    "pipeline_from_checkpoint", "push", "read_checkpoint",
+    "CARD_NAME",
+    "CARD_PACKAGES",
+    "CARD_TEMPLATE",
+    "DATASETS",
+    "PAPERS",
+    "CardInfo",
+    "CheckpointError",
+    "HubError",
+    "card_info_from_checkpoint",
+    "checkpoint_error",
+    "download",
+    "export",
+    "export_checkpoint",
+    "git_commit",
+    "hub_org",
+    "is_repo_id",
+    "model_card",
+    "module_from_checkpoint",
+    "package_versions",
+    "pipeline_from_checkpoint",
+    "push",
+    "read_checkpoint",
 ]  # and, lazily, load and resolve
 
 #: Environment variable naming the Hub organisation that publishes the registry's models.
@@ -94,8 +112,9 @@ def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and ".." not in name
 
 
-def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
-             token: str | None = None) -> Path:
+def download(
+    repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None
+) -> Path:
     """Snapshot folder of ``repo_id`` in the Hugging Face cache, fetched if needed (offline: cache only):
     config.json first, then the weights, the card and the assets that config.json names."""
     try:
@@ -129,8 +148,15 @@ def _assets(config: Path) -> list[str]:
     return [name for name in assets if isinstance(name, str) and "/" not in name and ".." not in name]
 
 
-def push(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
-         branch: str | None = None, commit_message: str | None = None) -> str:
+def push(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    branch: str | None = None,
+    commit_message: str | None = None,
+) -> str:
     """Upload an exported pipeline folder to ``repo_id`` (created if missing); returns the commit URL."""
     folder = Path(folder)
     read_config(folder)
@@ -143,7 +169,10 @@ def push(folder: str | Path, repo_id: str, *, token: str | None = None, private:
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, revision=branch, allow_patterns=[*PIPELINE_FILES, *assets],
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=branch,
+        allow_patterns=[*PIPELINE_FILES, *assets],
         commit_message=commit_message or f"zoo publish {read_config(folder)['zoo_pipeline']}",
     )
     return str(getattr(commit, "commit_url", commit))

@@ -55,8 +55,11 @@ class ZooCLI(LightningCLI):
         the model's, and the DataModule's CTC length rule uses the encoder's own time reduction, so a recipe
         cannot make them disagree (a value given for a linked target is replaced by its source's). Links whose
         keys a recipe's classes lack (recommender, language models) do not apply."""
-        parser.link_arguments(("model.init_args.encoder", "model.init_args.encoder_overrides"),
-                              "data.init_args.time_reduction", compute_fn=encoder_time_reduction)
+        parser.link_arguments(
+            ("model.init_args.encoder", "model.init_args.encoder_overrides"),
+            "data.init_args.time_reduction",
+            compute_fn=encoder_time_reduction,
+        )
         parser.link_arguments("data.init_args.featurizer", "model.init_args.featurizer")
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
 

@@ -73,8 +73,9 @@ class Pipeline(nn.Module, PyTorchModelHubMixin, library_name="zoo", tags=["zoo"]
             config["assets"] = sorted(self.assets())
         return config
 
-    def save_pretrained(self, save_directory: str | Path, *, card: Any = None, load_name: str | None = None,
-                        **kwargs: Any) -> str | None:  # type: ignore[override]
+    def save_pretrained(
+        self, save_directory: str | Path, *, card: Any = None, load_name: str | None = None, **kwargs: Any
+    ) -> str | None:  # type: ignore[override]
         """Write weights, config.json, the assets and the zoo model card (``card``: a
         :class:`zoo.cards.CardInfo`, default :attr:`card_info`; ``load_name``: what the card's
         example passes to ``zoo.load``, default the folder)."""
@@ -102,8 +103,9 @@ class Pipeline(nn.Module, PyTorchModelHubMixin, library_name="zoo", tags=["zoo"]
         return model_card(self, info if info is not None else self.card_info, load_name)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = False,
-                         **kwargs: Any) -> Pipeline:
+    def _from_pretrained(
+        cls, *, model_id: str, map_location: str = "cpu", strict: bool = False, **kwargs: Any
+    ) -> Pipeline:
         if os.path.isdir(model_id):  # the mixin's own local branch, without its print to stdout
             model = cls(**{k: v for k, v in kwargs.items() if k not in _DOWNLOAD_ARGS})
             return cls._load_as_safetensor(model, os.path.join(model_id, WEIGHTS_NAME), map_location, strict)

@@ -67,10 +67,12 @@ def resolve(name: str) -> type:
     target = SAVED_NAMES.get(LEGACY_CLASS_PATHS.get(name, name), name)
     module_name, _, attr = target.rpartition(".")
     if not module_name:
-        raise ValueError(f"{name!r} is neither a saved model name ({', '.join(sorted(SAVED_NAMES))}) "
-                         "nor a dotted class path")
+        raise ValueError(
+            f"{name!r} is neither a saved model name ({', '.join(sorted(SAVED_NAMES))}) nor a dotted class path"
+        )
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import {name!r}" + (f" (at {target})" if target != name else "")
-                         + f": {error}") from error
+        raise ValueError(
+            f"cannot import {name!r}" + (f" (at {target})" if target != name else "") + f": {error}"
+        ) from error

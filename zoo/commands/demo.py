@@ -82,8 +82,12 @@ def build_demo_corpus(
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"rendering {total} utterances into {corpus_dir(config)}", total=total)
-            manifests = build_corpus(config, num_workers=num_workers, report=report,
-                                     progress=lambda done, _: progress.update(task, completed=done))
+            manifests = build_corpus(
+                config,
+                num_workers=num_workers,
+                report=report,
+                progress=lambda done, _: progress.update(task, completed=done),
+            )
     info = corpus_info(manifests)
     if cached:
         console.print(f"corpus found in the cache: {manifests.root} ({time.perf_counter() - started:.2f} s)")
@@ -93,8 +97,10 @@ def build_demo_corpus(
             f"{info['num_workers']} workers; {info['synthesizers']}): {manifests.root}"
         )
         for family, e in info.get("engines", {}).items():
-            console.print(f"  {family}: {e['utterances']} utterances, {e['utterances_per_second_per_worker']:.1f} "
-                          f"utterances/s per worker" + (f", {e['skipped']} skipped" if e["skipped"] else ""))
+            console.print(
+                f"  {family}: {e['utterances']} utterances, {e['utterances_per_second_per_worker']:.1f} "
+                f"utterances/s per worker" + (f", {e['skipped']} skipped" if e["skipped"] else "")
+            )
     return manifests, info
 
 
@@ -107,11 +113,28 @@ def print_corpus_table(info: dict, console: Console | None = None) -> None:
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, s in stats["splits"].items():
         table.add_row(
-            split, str(s["utterances"]), f"{s['hours']:.2f}", f"{s['mean_seconds']:.2f}", str(s["words"]),
-            str(s["vocabulary"]), str(s["voices"]), str(s["variants"]), ", ".join(s.get("families", [])),
+            split,
+            str(s["utterances"]),
+            f"{s['hours']:.2f}",
+            f"{s['mean_seconds']:.2f}",
+            str(s["words"]),
+            str(s["vocabulary"]),
+            str(s["voices"]),
+            str(s["variants"]),
+            ", ".join(s.get("families", [])),
         )
-    table.add_row("all", str(stats["utterances"]), f"{stats['hours']:.2f}", "", "", str(stats["vocabulary"]), "", "",
-                  "", style="bold")
+    table.add_row(
+        "all",
+        str(stats["utterances"]),
+        f"{stats['hours']:.2f}",
+        "",
+        "",
+        str(stats["vocabulary"]),
+        "",
+        "",
+        "",
+        style="bold",
+    )
     console = console or Console()
     console.print(table)
     overlap = ", ".join(f"{k} {v}" for k, v in stats["sentence_overlap"].items())
@@ -124,30 +147,49 @@ def print_corpus_table(info: dict, console: Console | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo demo", description=__doc__)
-    parser.add_argument("--text", choices=("commands", "english"), default="commands",
-                        help="commands: restricted-vocabulary voice-assistant sentences (default); "
-                        "english: fortunes sentences")
+    parser.add_argument(
+        "--text",
+        choices=("commands", "english"),
+        default="commands",
+        help="commands: restricted-vocabulary voice-assistant sentences (default); english: fortunes sentences",
+    )
     parser.add_argument("--utterances", type=int, help="training utterances (default: the shared spec, 4000)")
     parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
-    parser.add_argument("--test-variants", help="comma-separated held-out test voices, e.g. "
-                        "'flite:slt,flite:rms,flite:awb,flite:kal16' (another synthesizer; needs Debian's flite)")
-    parser.add_argument("--train-variants", help="training voices, comma-separated; 'default' is the shared spec's "
-                        "espeak-ng variants and NAME*N repeats a variant N times, e.g. "
-                        "'default,flite:rms*11,flite:awb*11' (train on a second synthesizer too)")
+    parser.add_argument(
+        "--test-variants",
+        help="comma-separated held-out test voices, e.g. "
+        "'flite:slt,flite:rms,flite:awb,flite:kal16' (another synthesizer; needs Debian's flite)",
+    )
+    parser.add_argument(
+        "--train-variants",
+        help="training voices, comma-separated; 'default' is the shared spec's "
+        "espeak-ng variants and NAME*N repeats a variant N times, e.g. "
+        "'default,flite:rms*11,flite:awb*11' (train on a second synthesizer too)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="rendering processes (default: every CPU)")
     parser.add_argument("--cache-dir", help="cache root (default: $ZOO_CACHE, $XDG_CACHE_HOME/zoo or ~/.cache/zoo)")
     parser.add_argument("--corpus-only", action="store_true", help="stop after building the corpus (no training)")
     parser.add_argument("--minutes", type=float, help="training budget (default: the recipe's trainer.max_time)")
     parser.add_argument("--output", default="runs/demo", help="folder for checkpoints, LM files, curve, export")
-    parser.add_argument("--real-speech", action=argparse.BooleanOptionalAction, default=None,
-                        help="report test WER per real human speech source (zoo prepare-real-speech) next to "
-                        "pocketsphinx's (default: on with --text english, off with commands)")
-    parser.add_argument("--real-speech-clips", type=int,
-                        help="at most this many clips per real-speech source, evenly spaced (default: all)")
-    parser.add_argument("--recipe", help="another speech recipe on the synthetic corpus instead of the Jasper one: "
-                        "a recipe name (ds2_demo) or a YAML path (trained, evaluated, exported and reloaded the "
-                        "same way)")
+    parser.add_argument(
+        "--real-speech",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="report test WER per real human speech source (zoo prepare-real-speech) next to "
+        "pocketsphinx's (default: on with --text english, off with commands)",
+    )
+    parser.add_argument(
+        "--real-speech-clips",
+        type=int,
+        help="at most this many clips per real-speech source, evenly spaced (default: all)",
+    )
+    parser.add_argument(
+        "--recipe",
+        help="another speech recipe on the synthetic corpus instead of the Jasper one: "
+        "a recipe name (ds2_demo) or a YAML path (trained, evaluated, exported and reloaded the "
+        "same way)",
+    )
     return parser
 
 
@@ -168,5 +210,13 @@ def main(argv: list[str]) -> int:
     from zoo.commands.speech_demo import run
 
     real_speech = args.text == "english" if args.real_speech is None else args.real_speech
-    return run(args.text, corpus_config(args), Path(args.output), args.minutes, console, recipe=recipe,
-               real_speech=real_speech, real_speech_clips=args.real_speech_clips)
+    return run(
+        args.text,
+        corpus_config(args),
+        Path(args.output),
+        args.minutes,
+        console,
+        recipe=recipe,
+        real_speech=real_speech,
+        real_speech_clips=args.real_speech_clips,
+    )

@@ -14,8 +14,9 @@ from zoo.pipeline import PipelineLoadError, read_config
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo download", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zoo download", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("repo", help="org/name on the Hub, or a registry name")
     parser.add_argument("--revision", default=None, help="branch, tag or commit to pin")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: $HF_HUB_CACHE)")

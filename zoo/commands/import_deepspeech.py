@@ -18,16 +18,24 @@ from zoo.speech.peer_features import PAD_MODES
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo import-deepspeech", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zoo import-deepspeech", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="a deepspeech.pytorch .ckpt / .pth file")
     parser.add_argument("out_dir", help="folder to write the zoo SpeechRecognizer to")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="load with weights_only=False (pickled classes other than OmegaConf/deepspeech.pytorch "
-                             "configuration); only for files you trust")
-    parser.add_argument("--stft-pad", choices=PAD_MODES, default="constant",
-                        help="STFT padding of the checkpoint's training: 'constant' (zeros, librosa >= 0.10, "
-                             "default) or 'reflect' (librosa <= 0.9)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load with weights_only=False (pickled classes other than OmegaConf/deepspeech.pytorch "
+        "configuration); only for files you trust",
+    )
+    parser.add_argument(
+        "--stft-pad",
+        choices=PAD_MODES,
+        default="constant",
+        help="STFT padding of the checkpoint's training: 'constant' (zeros, librosa >= 0.10, "
+        "default) or 'reflect' (librosa <= 0.9)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -38,8 +46,12 @@ def main(argv: list[str]) -> int:
     recognizer.save_pretrained(args.out_dir)
     config = recognizer.encoder.config
     shape = "bidirectional" if config.bidirectional else f"lookahead {config.lookahead}"
-    console.print(f"{args.checkpoint} -> {args.out_dir}: DeepSpeech2 {config.rnn_layers} x {config.rnn_type} "
-                  f"{config.rnn_hidden} ({shape}), {recognizer.tokenizer.vocab_size} outputs, featurizer "
-                  f"deepspeech_pytorch ({recognizer.featurizer.config.window}, stft_pad "
-                  f"{recognizer.featurizer.config.stft_pad})", soft_wrap=True, highlight=False)
+    console.print(
+        f"{args.checkpoint} -> {args.out_dir}: DeepSpeech2 {config.rnn_layers} x {config.rnn_type} "
+        f"{config.rnn_hidden} ({shape}), {recognizer.tokenizer.vocab_size} outputs, featurizer "
+        f"deepspeech_pytorch ({recognizer.featurizer.config.window}, stft_pad "
+        f"{recognizer.featurizer.config.stft_pad})",
+        soft_wrap=True,
+        highlight=False,
+    )
     return 0

@@ -19,12 +19,17 @@ from zoo.speech.nemo_import import NemoImportError, import_nemo, nemo_version
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo import-nemo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zoo import-nemo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("nemo", help="a NeMo .nemo file (tar with model_config.yaml + model_weights.ckpt)")
     parser.add_argument("out_dir", help="folder to write the zoo SpeechRecognizer to")
-    parser.add_argument("--nemo-version", metavar="X.Y", default=None,
-                        help="reproduce this NeMo release's featurizer (default: the file's nemo_version)")
+    parser.add_argument(
+        "--nemo-version",
+        metavar="X.Y",
+        default=None,
+        help="reproduce this NeMo release's featurizer (default: the file's nemo_version)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -35,9 +40,11 @@ def main(argv: list[str]) -> int:
     recognizer.save_pretrained(args.out_dir)
     config, features = recognizer.encoder.config, recognizer.featurizer.config
     release = args.nemo_version or nemo_version(args.nemo) or "current"
-    console.print(f"{escape(args.nemo)} -> {escape(args.out_dir)}: Jasper {len(config.blocks)} blocks, "
-                  f"residual={config.residual} ({config.residual_mode}), separable={config.separable}, "
-                  f"{recognizer.tokenizer.vocab_size} outputs; "
-                  f"NeMo {release} featurizer (STFT padding {features.stft_pad}, frame count {features.frame_count})",
-                  soft_wrap=True)
+    console.print(
+        f"{escape(args.nemo)} -> {escape(args.out_dir)}: Jasper {len(config.blocks)} blocks, "
+        f"residual={config.residual} ({config.residual_mode}), separable={config.separable}, "
+        f"{recognizer.tokenizer.vocab_size} outputs; "
+        f"NeMo {release} featurizer (STFT padding {features.stft_pad}, frame count {features.frame_count})",
+        soft_wrap=True,
+    )
     return 0

@@ -21,15 +21,21 @@ from zoo.datamodules.real_speech import SOURCES, PreparedSource, prepare_real_sp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo prepare-real-speech", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zoo prepare-real-speech", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, from {', '.join(SOURCES)}")
     parser.add_argument("--cache-dir", help="cache root (default: $ZOO_CACHE, $XDG_CACHE_HOME/zoo or ~/.cache/zoo)")
-    parser.add_argument("--no-fetch", action="store_true",
-                        help="use only installed packages (no `apt-get download`, no `pip download`)")
-    parser.add_argument("--root", action="append", default=None,
-                        help="look for the Debian packages' files under this folder (e.g. one unpacked with "
-                        "`dpkg -x`) instead of /; repeatable")
+    parser.add_argument(
+        "--no-fetch", action="store_true", help="use only installed packages (no `apt-get download`, no `pip download`)"
+    )
+    parser.add_argument(
+        "--root",
+        action="append",
+        default=None,
+        help="look for the Debian packages' files under this folder (e.g. one unpacked with "
+        "`dpkg -x`) instead of /; repeatable",
+    )
     parser.add_argument("--show-skipped", type=int, default=5, help="skipped clips listed per source (default 5)")
     return parser
 
@@ -40,8 +46,15 @@ def print_sources(prepared: dict[str, PreparedSource], console: Console, show_sk
         table.add_column(column, justify="right" if column in ("clips", "minutes", "words", "skipped") else "left")
     for source, p in prepared.items():
         i = p.info
-        table.add_row(source, str(i["clips"]), f"{i['minutes']:.1f}", str(i["words"]), str(len(i["skipped"])),
-                      ", ".join(i["speakers"]), "; ".join(i["licences"]))
+        table.add_row(
+            source,
+            str(i["clips"]),
+            f"{i['minutes']:.1f}",
+            str(i["words"]),
+            str(len(i["skipped"])),
+            ", ".join(i["speakers"]),
+            "; ".join(i["licences"]),
+        )
     console.print(table)
     for source, p in prepared.items():
         stable = p.manifest.parent.parent / f"{source}.json"
@@ -49,8 +62,9 @@ def print_sources(prepared: dict[str, PreparedSource], console: Console, show_sk
     for source, p in prepared.items():
         skipped = p.info["skipped"]
         for item in skipped[:show_skipped]:
-            console.print(f"  {source}: skipped {item['clip']}: {item['reason']}", overflow="ellipsis", no_wrap=True,
-                          markup=False)
+            console.print(
+                f"  {source}: skipped {item['clip']}: {item['reason']}", overflow="ellipsis", no_wrap=True, markup=False
+            )
         if len(skipped) > show_skipped:
             console.print(f"  {source}: ... and {len(skipped) - show_skipped} more (info.json beside the manifest)")
 
@@ -65,8 +79,13 @@ def main(argv: list[str]) -> int:
         return 2
     with console.status("preparing the real-speech test sets ..."):
         roots = [Path(r) for r in args.root] if args.root else None
-        prepared = prepare_real_speech(sources, args.cache_dir, fetch=not args.no_fetch, roots=roots,
-                                       report=lambda line: console.print(line, markup=False, soft_wrap=True))
+        prepared = prepare_real_speech(
+            sources,
+            args.cache_dir,
+            fetch=not args.no_fetch,
+            roots=roots,
+            report=lambda line: console.print(line, markup=False, soft_wrap=True),
+        )
     if prepared:
         print_sources(prepared, console, args.show_skipped)
     return 0 if prepared else 1

@@ -25,18 +25,27 @@ from zoo.speech.decoding import BeamSearchConfig
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo publish", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zoo publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="a Lightning .ckpt or an exported pipeline folder")
     parser.add_argument("--repo", required=True, help="Hub repository, org/name")
     parser.add_argument("--branch", default=None, help="branch to commit to (default: main)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or the cached login)")
     parser.add_argument("--export-dir", default=None, help="keep the exported folder here (default: a temporary one)")
-    parser.add_argument("--recipe", default=None,
-                        help="training recipe to show in the model card: a name such as jasper_demo, or a YAML path")
-    parser.add_argument("--dataset", action="append", default=[], help="training data key for the model card "
-                        "(movielens, netflix, librispeech, synthetic-speech, ptb); repeatable")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="training recipe to show in the model card: a name such as jasper_demo, or a YAML path",
+    )
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        help="training data key for the model card "
+        "(movielens, netflix, librispeech, synthetic-speech, ptb); repeatable",
+    )
     parser.add_argument("--seed", type=int, default=None, help="training seed for the model card")
     parser.add_argument("--command", default=None, help="the command that trained the model, for the model card")
     decoding = parser.add_argument_group("beam-search decoder of a speech checkpoint (written into the export)")
@@ -61,8 +70,13 @@ def main(argv: list[str]) -> int:
                 if args.recipe:
                     overrides["recipe"] = recipes.path(args.recipe).read_text()
                 info: CardInfo = card_info_from_checkpoint(source, **overrides)
-                folder = export_checkpoint(source, args.export_dir or tmp, info, load_name=args.repo,
-                                           prepare=lambda pipeline: set_decoder(pipeline, args))
+                folder = export_checkpoint(
+                    source,
+                    args.export_dir or tmp,
+                    info,
+                    load_name=args.repo,
+                    prepare=lambda pipeline: set_decoder(pipeline, args),
+                )
             files = sorted(p.name for p in folder.iterdir() if p.is_file())
             console.print(f"exported [bold]{folder}[/]: {', '.join(files)}")
             if args.dry_run:
@@ -81,5 +95,12 @@ def set_decoder(pipeline: Pipeline, args: argparse.Namespace) -> None:
         return
     if not callable(getattr(pipeline, "set_beam_search", None)):
         raise TypeError(f"--lexicon/--lm: a {type(pipeline).__name__} has no beam-search decoder")
-    pipeline.set_beam_search(BeamSearchConfig(lexicon=args.lexicon, lm=args.lm, beam_size=args.beam_size,
-                                              lm_weight=args.lm_weight, word_score=args.word_score))
+    pipeline.set_beam_search(
+        BeamSearchConfig(
+            lexicon=args.lexicon,
+            lm=args.lm,
+            beam_size=args.beam_size,
+            lm_weight=args.lm_weight,
+            word_score=args.word_score,
+        )
+    )

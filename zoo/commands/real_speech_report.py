@@ -46,14 +46,20 @@ class SourceResult:
     examples: list[dict[str, str]] = field(default_factory=list)
 
 
-def recognizer_hypotheses(module, manifest: Path,
-                          batch_size: int = 16) -> tuple[list[str], list[str], list[str] | None]:
+def recognizer_hypotheses(
+    module, manifest: Path, batch_size: int = 16
+) -> tuple[list[str], list[str], list[str] | None]:
     """(audio ids, greedy texts, beam texts or None) of ``module`` (a CTCSpeechRecognizer in eval mode)
     over ``manifest``, in the manifest's order."""
     from zoo.datamodules.speech import SpeechDataModule
 
-    datamodule = SpeechDataModule(test_manifests=[str(manifest)], featurizer=module.featurizer_config,
-                                  tokenizer=module.tokenizer_config, batch_size=batch_size, num_workers=0)
+    datamodule = SpeechDataModule(
+        test_manifests=[str(manifest)],
+        featurizer=module.featurizer_config,
+        tokenizer=module.tokenizer_config,
+        batch_size=batch_size,
+        num_workers=0,
+    )
     datamodule.setup("test")
     order = {u.audio_filepath: i for i, u in enumerate(datamodule.data["test"].utterances)}
     ids, greedy, beam = [], [], []
@@ -77,8 +83,9 @@ class Pocketsphinx:
         try:
             from pocketsphinx import Decoder
         except ImportError as error:
-            raise PocketsphinxMissing("the pocketsphinx reference needs the PyPI package pocketsphinx: "
-                                      "pip install pocketsphinx") from error
+            raise PocketsphinxMissing(
+                "the pocketsphinx reference needs the PyPI package pocketsphinx: pip install pocketsphinx"
+            ) from error
         import pocketsphinx
 
         self.version = getattr(pocketsphinx, "__version__", None) or _distribution_version("pocketsphinx")
@@ -116,8 +123,13 @@ def subset(records: list[dict[str, Any]], max_clips: int | None) -> list[dict[st
     return [records[round(i * (len(records) - 1) / max(max_clips - 1, 1))] for i in range(max_clips)]
 
 
-def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference: Pocketsphinx | None = None,
-                         examples: int = 3, max_clips: int | None = None) -> list[SourceResult]:
+def evaluate_real_speech(
+    module,
+    prepared: dict[str, PreparedSource],
+    reference: Pocketsphinx | None = None,
+    examples: int = 3,
+    max_clips: int | None = None,
+) -> list[SourceResult]:
     """Score ``module`` (greedy, and beam search when it has a beam-search config) and ``reference`` on every
     prepared source (``max_clips``: at most that many clips per source, evenly spaced); hypotheses are
     normalised like the references (lower case, numbers spelled...)."""
@@ -128,13 +140,18 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
     beam_config = getattr(module, "beam_search_config", None)
     lexicon = None
     if beam_config is not None and beam_config.lexicon:
-        lexicon = {line.split()[0] for line in Path(beam_config.lexicon).read_text(encoding="utf-8").splitlines()
-                   if line.strip()}
+        lexicon = {
+            line.split()[0]
+            for line in Path(beam_config.lexicon).read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        }
     results = []
     for source, prepared_source in prepared.items():
         root = prepared_source.manifest.parent
-        records = [{**r, "audio_filepath": str((root / r["audio_filepath"]).resolve())}
-                   for r in subset(read_manifest(prepared_source.manifest), max_clips)]
+        records = [
+            {**r, "audio_filepath": str((root / r["audio_filepath"]).resolve())}
+            for r in subset(read_manifest(prepared_source.manifest), max_clips)
+        ]
         if not records:
             continue
         references = [r["text"] for r in records]
@@ -147,8 +164,13 @@ def evaluate_real_speech(module, prepared: dict[str, PreparedSource], reference:
         expected = [r["audio_filepath"] for r in records]
         if [str(Path(i).resolve()) for i in ids] != expected:
             raise RuntimeError(f"{prepared_source.manifest}: the recognizer skipped or reordered clips")
-        result = SourceResult(source, len(records), sum(len(t.split()) for t in references),
-                              round(sum(r["duration"] for r in records) / 60, 2), word_error_rate(references, greedy))
+        result = SourceResult(
+            source,
+            len(records),
+            sum(len(t.split()) for t in references),
+            round(sum(r["duration"] for r in records) / 60, 2),
+            word_error_rate(references, greedy),
+        )
         if beam is not None:
             result.beam_wer = word_error_rate(references, beam)
         if lexicon is not None:
@@ -183,8 +205,16 @@ def real_speech_table(results: list[SourceResult], title: str = "real human spee
     for column in ("source", "clips", "words", "minutes", "greedy", "beam", "pocketsphinx", "words not in lexicon"):
         table.add_column(column, justify="left" if column == "source" else "right")
     for r in results:
-        table.add_row(r.source, str(r.clips), str(r.words), f"{r.minutes:.1f}", _percent(r.greedy_wer),
-                      _percent(r.beam_wer), _percent(r.pocketsphinx_wer), _percent(r.lexicon_oov))
+        table.add_row(
+            r.source,
+            str(r.clips),
+            str(r.words),
+            f"{r.minutes:.1f}",
+            _percent(r.greedy_wer),
+            _percent(r.beam_wer),
+            _percent(r.pocketsphinx_wer),
+            _percent(r.lexicon_oov),
+        )
     table.caption = "pocketsphinx: its bundled en-us model, dictionary and LM, on the same recordings in the same run"
     return table
 

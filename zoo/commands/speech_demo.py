@@ -51,8 +51,14 @@ class WallClockCurve(pl.Callback):
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or "val/wer" not in metrics:
             return
-        self.rows.append({"minutes": (time.perf_counter() - self.started) / 60, "step": trainer.global_step,
-                          "val_wer": float(metrics["val/wer"]), "val_cer": float(metrics["val/cer"])})
+        self.rows.append(
+            {
+                "minutes": (time.perf_counter() - self.started) / 60,
+                "step": trainer.global_step,
+                "val_wer": float(metrics["val/wer"]),
+                "val_cer": float(metrics["val/cer"]),
+            }
+        )
 
 
 def write_curve(rows: list[dict[str, float]], folder: Path, title: str = "Jasper demo") -> Path | None:
@@ -84,14 +90,21 @@ def write_curve(rows: list[dict[str, float]], folder: Path, title: str = "Jasper
     return path
 
 
-def train(recipe: Path, corpus, output: Path, max_minutes: float | None, console: Console,
-          overrides: list[str] | None = None) -> tuple[Any, Any, WallClockCurve]:
+def train(
+    recipe: Path, corpus, output: Path, max_minutes: float | None, console: Console, overrides: list[str] | None = None
+) -> tuple[Any, Any, WallClockCurve]:
     """``zoo fit --config recipe [overrides]`` in-process with the wall-clock curve callback
     -> (trainer, datamodule, curve)."""
     from zoo.cli import ZooCLI
 
-    args = ["--config", str(recipe), "--trainer.default_root_dir", str(output / "train"),
-            "--trainer.logger.init_args.save_dir", str(output / "train")]
+    args = [
+        "--config",
+        str(recipe),
+        "--trainer.default_root_dir",
+        str(output / "train"),
+        "--trainer.logger.init_args.save_dir",
+        str(output / "train"),
+    ]
     if max_minutes is not None:
         seconds = int(max_minutes * 60)
         args += ["--trainer.max_time", f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"]
@@ -135,8 +148,9 @@ def validation_emissions(module, datamodule) -> tuple[list[tuple[torch.Tensor, t
     return emissions, references
 
 
-def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path,
-             console: Console | None = None) -> tuple[dict[str, float], BeamSearchConfig]:
+def evaluate(
+    checkpoint: Path, datamodule, words: Path, arpa: Path, console: Console | None = None
+) -> tuple[dict[str, float], BeamSearchConfig]:
     """Greedy and beam-search (lexicon + 3-gram LM) WER/CER on the held-out test voices; the beam
     search's LM weight and word score are chosen on the validation voices first."""
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
@@ -146,14 +160,22 @@ def evaluate(checkpoint: Path, datamodule, words: Path, arpa: Path,
     emissions, references = validation_emissions(module, datamodule)
     base = BeamSearchConfig(lexicon=str(words), lm=str(arpa), beam_size=200)
     tokenizer = module.tokenizer
-    config, trials = tune_beam_search(emissions, references, tokenizer.labels, base, blank=tokenizer.blank,
-                                      spell=tokenizer.segment)
+    config, trials = tune_beam_search(
+        emissions, references, tokenizer.labels, base, blank=tokenizer.blank, spell=tokenizer.segment
+    )
     if console is not None:
-        console.print(f"beam search tuned on the validation voices: lm_weight {config.lm_weight}, word_score "
-                      f"{config.word_score} (val WER {100 * min(t.wer for t in trials):.2f} %, {len(trials)} settings)")
+        console.print(
+            f"beam search tuned on the validation voices: lm_weight {config.lm_weight}, word_score "
+            f"{config.word_score} (val WER {100 * min(t.wer for t in trials):.2f} %, {len(trials)} settings)"
+        )
     module.set_beam_search(config)
-    tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    tester = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics = tester.test(module, datamodule=datamodule, verbose=False)[0]
     return {k: float(v) for k, v in metrics.items()}, config
 
@@ -164,14 +186,24 @@ def results_table(metrics: dict[str, float], minutes: float, title: str) -> Tabl
         table.add_column(column, justify="left" if column == "decoding" else "right")
     table.add_row("greedy", f"{100 * metrics['test/wer']:.2f}", f"{100 * metrics['test/cer']:.2f}")
     if "test/wer_beam" in metrics:
-        table.add_row("beam (lexicon + 3-gram LM, weights tuned on val)", f"{100 * metrics['test/wer_beam']:.2f}",
-                      f"{100 * metrics['test/cer_beam']:.2f}")
+        table.add_row(
+            "beam (lexicon + 3-gram LM, weights tuned on val)",
+            f"{100 * metrics['test/wer_beam']:.2f}",
+            f"{100 * metrics['test/cer_beam']:.2f}",
+        )
     table.caption = f"held-out voices and sentences; {minutes:.1f} min of training"
     return table
 
 
-def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dict[str, float],
-              max_minutes: float | None, datamodule=None):
+def card_info(
+    text: str,
+    corpus,
+    recipe: Path,
+    trainer: pl.Trainer,
+    metrics: dict[str, float],
+    max_minutes: float | None,
+    datamodule=None,
+):
     """What the exported recognizer's model card reports: the test metrics, the corpus' voices and
     text with their licences, the recipe and the command that trained it."""
     import yaml
@@ -196,15 +228,28 @@ def card_info(text: str, corpus, recipe: Path, trainer: pl.Trainer, metrics: dic
     return CardInfo(
         title=f"{trainer.lightning_module.hparams.encoder} ({recipe.stem})",
         metrics={k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("test/")},
-        recipe=recipe.read_text(), datasets=datasets, seed=seed if isinstance(seed, int) else None,
-        steps=trainer.global_step, epochs=trainer.current_epoch,
-        command=command, notes=f"Test set: held-out voices and sentences of the synthetic corpus `{corpus_spec}`."
-        if corpus_spec else None,
+        recipe=recipe.read_text(),
+        datasets=datasets,
+        seed=seed if isinstance(seed, int) else None,
+        steps=trainer.global_step,
+        epochs=trainer.current_epoch,
+        command=command,
+        notes=f"Test set: held-out voices and sentences of the synthetic corpus `{corpus_spec}`."
+        if corpus_spec
+        else None,
     )
 
 
-def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: Console, beam: BeamSearchConfig,
-                          info, metrics: dict[str, float], n: int = 4) -> dict[str, Any]:
+def export_and_transcribe(
+    checkpoint: Path,
+    datamodule,
+    folder: Path,
+    console: Console,
+    beam: BeamSearchConfig,
+    info,
+    metrics: dict[str, float],
+    n: int = 4,
+) -> dict[str, Any]:
     """Export the SpeechRecognizer with its tuned beam-search decoder (lexicon + LM + weights) and a
     model card into ``folder``, reload it with zoo.load(fuse=True), transcribe the whole test set with
     it (its default decoder: the beam search) and report its WER next to the one measured before export."""
@@ -233,21 +278,30 @@ def export_and_transcribe(checkpoint: Path, datamodule, folder: Path, console: C
         table.add_row(u.text, r.text)
     console.print(table)
     rtf = elapsed / max(audio, 1e-9)
-    console.print(f"real-time factor {rtf:.4f} ({audio:.1f} s of audio in {elapsed:.2f} s, batch norm folded, "
-                  "beam search)")
+    console.print(
+        f"real-time factor {rtf:.4f} ({audio:.1f} s of audio in {elapsed:.2f} s, batch norm folded, beam search)"
+    )
     if wer is not None:
         before = metrics.get("test/wer_beam")
-        console.print(f"exported recognizer, reloaded: test WER {100 * wer:.2f} % ({len(utterances)} utterances, "
-                      f"beam search from the folder's lexicon.txt + lm.arpa); measured before export: "
-                      + (f"{100 * before:.2f} %" if before is not None else "n/a"))
+        console.print(
+            f"exported recognizer, reloaded: test WER {100 * wer:.2f} % ({len(utterances)} utterances, "
+            f"beam search from the folder's lexicon.txt + lm.arpa); measured before export: "
+            + (f"{100 * before:.2f} %" if before is not None else "n/a")
+        )
         info.metrics["test_wer_beam_reloaded_export"] = wer
         (folder / CARD_NAME).unlink(missing_ok=True)
         model_card(pipeline, info, str(folder)).save(folder / CARD_NAME)
     return {"export": str(folder), "rtf": rtf, "export_test_wer": wer}
 
 
-def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict[str, float], console: Console,
-                         cache_dir: str | None = None, max_clips: int | None = None) -> list[dict[str, Any]]:
+def evaluate_real_speech(
+    checkpoint: Path,
+    beam: BeamSearchConfig,
+    metrics: dict[str, float],
+    console: Console,
+    cache_dir: str | None = None,
+    max_clips: int | None = None,
+) -> list[dict[str, Any]]:
     """WER per real-speech source (``zoo prepare-real-speech``), greedy and with the tuned beam search, next to
     the synthetic test set's and to pocketsphinx on the same recordings (see :mod:`zoo.commands.real_speech_report`)."""
     from zoo.commands.real_speech_report import Pocketsphinx, PocketsphinxMissing, real_speech_table, results_json
@@ -269,15 +323,32 @@ def evaluate_real_speech(checkpoint: Path, beam: BeamSearchConfig, metrics: dict
     with console.status("decoding the real recordings (this model and pocketsphinx) ..."):
         results = score(module, prepared, reference, max_clips=max_clips)
     table = real_speech_table(results, "test WER % per source: real human speech next to the synthetic test voices")
-    table.add_row("synthetic (held-out voices)", "", "", "", f"{100 * metrics['test/wer']:.1f}",
-                  f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "", "", "", style="dim")
+    table.add_row(
+        "synthetic (held-out voices)",
+        "",
+        "",
+        "",
+        f"{100 * metrics['test/wer']:.1f}",
+        f"{100 * metrics['test/wer_beam']:.1f}" if "test/wer_beam" in metrics else "",
+        "",
+        "",
+        style="dim",
+    )
     console.print(table)
     return results_json(results)
 
 
-def run(text: str, corpus, output: Path, max_minutes: float | None, console: Console,
-        overrides: list[str] | None = None, recipe: Path | None = None, real_speech: bool = False,
-        real_speech_clips: int | None = None) -> int:
+def run(
+    text: str,
+    corpus,
+    output: Path,
+    max_minutes: float | None,
+    console: Console,
+    overrides: list[str] | None = None,
+    recipe: Path | None = None,
+    real_speech: bool = False,
+    real_speech_clips: int | None = None,
+) -> int:
     """Train, evaluate, export, reload, transcribe. Returns the exit code. ``overrides``: extra
     ``zoo fit`` arguments for the recipe (e.g. ``["--trainer.val_check_interval", "1.0"]``);
     ``recipe``: another speech recipe on the synthetic corpus (default: the Jasper recipe for ``text``),
@@ -296,16 +367,25 @@ def run(text: str, corpus, output: Path, max_minutes: float | None, console: Con
     console.print(results_table(metrics, minutes, f"{recipe.stem} ({text}): test WER/CER"))
     real = []
     if real_speech:
-        real = evaluate_real_speech(checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None),
-                                    real_speech_clips)
+        real = evaluate_real_speech(
+            checkpoint, beam, metrics, console, getattr(corpus, "cache_dir", None), real_speech_clips
+        )
     curve_path = write_curve(curve.rows, output, recipe.stem)
     if curve_path:
         console.print(f"validation curve: {curve_path}")
     export = output / str(trainer.lightning_module.hparams.encoder)  # e.g. runs/demo/jasper-demo
     info = card_info(text, corpus, recipe, trainer, metrics, max_minutes, datamodule)
     exported = export_and_transcribe(checkpoint, datamodule, export, console, beam, info, metrics)
-    results = {"recipe": str(recipe), "train_minutes": minutes, "checkpoint": str(checkpoint),
-               "steps": trainer.global_step, "metrics": metrics, "curve": curve.rows,
-               "beam_search": dataclasses.asdict(beam), "real_speech": real, **exported}
+    results = {
+        "recipe": str(recipe),
+        "train_minutes": minutes,
+        "checkpoint": str(checkpoint),
+        "steps": trainer.global_step,
+        "metrics": metrics,
+        "curve": curve.rows,
+        "beam_search": dataclasses.asdict(beam),
+        "real_speech": real,
+        **exported,
+    }
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return 0

@@ -23,11 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-fuse", action="store_true", help="keep batch norm unfolded (default: fold it)")
     parser.add_argument("--words", action="store_true", help="also print word timestamps and confidences")
-    parser.add_argument("--greedy", action="store_true",
-                        help="best-path decoding even when the model carries a beam-search decoder (lexicon + LM)")
-    parser.add_argument("--stream", action="store_true",
-                        help="forward-only DeepSpeech2 models: feed the audio in chunks, print partial transcripts "
-                             "(stderr) as they grow; the final transcript equals the offline one")
+    parser.add_argument(
+        "--greedy",
+        action="store_true",
+        help="best-path decoding even when the model carries a beam-search decoder (lexicon + LM)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="forward-only DeepSpeech2 models: feed the audio in chunks, print partial transcripts "
+        "(stderr) as they grow; the final transcript equals the offline one",
+    )
     parser.add_argument("--chunk-ms", type=int, default=200, help="chunk length for --stream (default 200 ms)")
     return parser
 
@@ -55,8 +61,11 @@ def main(argv: list[str]) -> int:
         return stream(recognizer, args.audio, args.chunk_ms)
     started = time.perf_counter()
     paths, waves, failed = decode(args.audio, recognizer.sample_rate)
-    results = recognizer.transcribe(waves, batch_size=args.batch_size,
-                                    decoder="greedy" if args.greedy else None) if waves else []
+    results = (
+        recognizer.transcribe(waves, batch_size=args.batch_size, decoder="greedy" if args.greedy else None)
+        if waves
+        else []
+    )
     elapsed = time.perf_counter() - started
     audio_seconds = sum(r.duration for r in results)
     for path, result in zip(paths, results, strict=True):
@@ -64,8 +73,11 @@ def main(argv: list[str]) -> int:
         if args.words:
             for w in result.words:
                 print(f"\t{w.start:7.2f} {w.end:7.2f}  {w.confidence:.2f}  {w.word}")
-    console.print(f"[dim]{len(results)} file(s), {audio_seconds:.1f} s of audio in {elapsed:.2f} s: "
-                  f"real-time factor {elapsed / max(audio_seconds, 1e-9):.4f}[/dim]", highlight=False)
+    console.print(
+        f"[dim]{len(results)} file(s), {audio_seconds:.1f} s of audio in {elapsed:.2f} s: "
+        f"real-time factor {elapsed / max(audio_seconds, 1e-9):.4f}[/dim]",
+        highlight=False,
+    )
     return 1 if failed else 0
 
 
@@ -110,18 +122,22 @@ def stream(recognizer, paths: list[str], chunk_ms: int) -> int:
         times, shown = [], ""
         for start in range(0, len(wave), chunk):
             began = time.perf_counter()
-            text = transcriber.accept_audio(wave[start:start + chunk])
+            text = transcriber.accept_audio(wave[start : start + chunk])
             times.append(time.perf_counter() - began)
             if text != shown:
-                progress.print(f"[dim]{min(start + chunk, len(wave)) / recognizer.sample_rate:6.2f} s  {text}[/dim]",
-                               highlight=False)
+                progress.print(
+                    f"[dim]{min(start + chunk, len(wave)) / recognizer.sample_rate:6.2f} s  {text}[/dim]",
+                    highlight=False,
+                )
                 shown = text
         began = time.perf_counter()
         final = " ".join(transcriber.finish().split())
         finish_time = time.perf_counter() - began
         print(f"{path}\t{final}")
         median = sorted(times)[len(times) // 2] if times else 0.0
-        progress.print(f"[dim]{len(times)} chunks of {chunk_ms} ms: median {median * 1e3:.1f} ms per chunk, "
-                       f"real-time factor {median / (chunk_ms / 1000):.4f}; end of stream {finish_time * 1e3:.1f} ms[/dim]",
-                       highlight=False)
+        progress.print(
+            f"[dim]{len(times)} chunks of {chunk_ms} ms: median {median * 1e3:.1f} ms per chunk, "
+            f"real-time factor {median / (chunk_ms / 1000):.4f}; end of stream {finish_time * 1e3:.1f} ms[/dim]",
+            highlight=False,
+        )
     return 1 if failed else 0

@@ -36,13 +36,13 @@ MODES = ("scale", "clip")
 
 class LARS(Optimizer):
     """Args:
-        params: tensors or parameter groups (``exclude_from_layer_adaptation`` honoured per group).
-        lr: global rate ``γ``.
-        momentum: ``m``.
-        weight_decay: ``β`` (also in the local-rate denominator); per group, so excluded groups may decay too.
-        trust_coefficient: ``η``.
-        eps: added to the local-rate denominator.
-        mode: ``scale`` (LARS) or ``clip`` (LARC).
+    params: tensors or parameter groups (``exclude_from_layer_adaptation`` honoured per group).
+    lr: global rate ``γ``.
+    momentum: ``m``.
+    weight_decay: ``β`` (also in the local-rate denominator); per group, so excluded groups may decay too.
+    trust_coefficient: ``η``.
+    eps: added to the local-rate denominator.
+    mode: ``scale`` (LARS) or ``clip`` (LARC).
     """
 
     def __init__(
@@ -56,12 +56,21 @@ class LARS(Optimizer):
         mode: str = "scale",
     ) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
-            raise ValueError(f"invalid LARS hyperparameters: lr={lr}, momentum={momentum}, "
-                             f"weight_decay={weight_decay}, trust_coefficient={trust_coefficient}")
+            raise ValueError(
+                f"invalid LARS hyperparameters: lr={lr}, momentum={momentum}, "
+                f"weight_decay={weight_decay}, trust_coefficient={trust_coefficient}"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                        eps=eps, mode=mode, exclude_from_layer_adaptation=False)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            mode=mode,
+            exclude_from_layer_adaptation=False,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

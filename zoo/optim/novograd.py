@@ -36,17 +36,30 @@ class NovoGrad(Optimizer):
         amsgrad: use max over time of ``v`` in the denominator.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.01,
-                 betas: tuple[float, float] = (0.95, 0.98), eps: float = 1e-8, weight_decay: float = 0.0,
-                 grad_averaging: bool = False, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.95, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        grad_averaging: bool = False,
+        amsgrad: bool = False,
+    ) -> None:
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid betas {betas}; each must be in [0, 1)")
         if eps < 0.0 or weight_decay < 0.0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        grad_averaging=grad_averaging, amsgrad=amsgrad)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            grad_averaging=grad_averaging,
+            amsgrad=amsgrad,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -21,8 +21,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 
 class _WarmupDecay(LRScheduler):
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, total_steps: int = 1000,
-                 min_lr: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_steps: int = 0,
+        total_steps: int = 1000,
+        min_lr: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
         if warmup_steps < 0 or total_steps < 1:
             raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}")
         self.warmup_steps, self.total_steps, self.min_lr = warmup_steps, total_steps, min_lr
@@ -54,8 +60,15 @@ class WarmupCosineLR(_WarmupDecay):
 class WarmupPolynomialLR(_WarmupDecay):
     """Linear warm-up then polynomial decay ``(1 − p)^power`` to ``min_lr`` at ``total_steps``."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, total_steps: int = 1000,
-                 min_lr: float = 0.0, power: float = 2.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_steps: int = 0,
+        total_steps: int = 1000,
+        min_lr: float = 0.0,
+        power: float = 2.0,
+        last_epoch: int = -1,
+    ) -> None:
         self.power = power
         super().__init__(optimizer, warmup_steps, total_steps, min_lr, last_epoch)
 

@@ -43,15 +43,20 @@ def ctc_forced_alignment(log_probs: Tensor, tokens: Tensor, blank: int = 0) -> t
         ValueError: when ``T' < L + repeats`` (no CTC path exists) or ``tokens`` holds the blank.
     """
     if log_probs.ndim != 2 or tokens.ndim != 1:
-        raise ValueError(f"expected log_probs (T, V) and tokens (L,), got {tuple(log_probs.shape)} and {tuple(tokens.shape)}")
+        raise ValueError(
+            f"expected log_probs (T, V) and tokens (L,), got {tuple(log_probs.shape)} and {tuple(tokens.shape)}"
+        )
     if bool((tokens == blank).any()):
         raise ValueError("the transcript holds the blank id")
     if log_probs.shape[0] < ctc_min_frames(tokens):
-        raise ValueError(f"{log_probs.shape[0]} frames cannot align {tokens.numel()} labels "
-                         f"({ctc_min_frames(tokens)} frames needed under CTC)")
+        raise ValueError(
+            f"{log_probs.shape[0]} frames cannot align {tokens.numel()} labels "
+            f"({ctc_min_frames(tokens)} frames needed under CTC)"
+        )
     emissions = log_probs.detach().float().cpu()[None]
     path, scores = AF.forced_align(emissions, tokens.detach().long().cpu()[None], blank=blank)
     spans = AF.merge_tokens(path[0], scores[0].exp(), blank=blank)
-    aligned = [AlignedToken(int(s.token), int(s.start), int(s.end),
-                            float(scores[0, s.start:s.end].mean())) for s in spans]
+    aligned = [
+        AlignedToken(int(s.token), int(s.start), int(s.end), float(scores[0, s.start : s.end].mean())) for s in spans
+    ]
     return path[0].to(torch.long), aligned

@@ -121,8 +121,13 @@ class BeamSearchDecoder:
             ``segment`` for bigram labels.
     """
 
-    def __init__(self, labels: Sequence[str], config: BeamSearchConfig, blank: int = 0,
-                 spell: Callable[[str], Sequence[str]] = list) -> None:
+    def __init__(
+        self,
+        labels: Sequence[str],
+        config: BeamSearchConfig,
+        blank: int = 0,
+        spell: Callable[[str], Sequence[str]] = list,
+    ) -> None:
         from torchaudio.models.decoder import ctc_decoder
 
         if " " not in labels:
@@ -154,10 +159,19 @@ class BeamSearchDecoder:
                 lm_dict.write_text("".join(f"{t}\n" for t in tokens))
                 lm_dict = str(lm_dict)
         self._decoder = ctc_decoder(
-            lexicon=lexicon, tokens=tokens, lm=config.lm, lm_dict=lm_dict, beam_size=config.beam_size,
-            beam_size_token=config.beam_size_token, beam_threshold=config.beam_threshold,
-            lm_weight=config.lm_weight, word_score=config.word_score, unk_score=config.unk_score,
-            sil_score=config.sil_score, blank_token="<blank>", sil_token=SIL_TOKEN,
+            lexicon=lexicon,
+            tokens=tokens,
+            lm=config.lm,
+            lm_dict=lm_dict,
+            beam_size=config.beam_size,
+            beam_size_token=config.beam_size_token,
+            beam_threshold=config.beam_threshold,
+            lm_weight=config.lm_weight,
+            word_score=config.word_score,
+            unk_score=config.unk_score,
+            sil_score=config.sil_score,
+            blank_token="<blank>",
+            sil_token=SIL_TOKEN,
         )
 
     def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:

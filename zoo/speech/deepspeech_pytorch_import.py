@@ -86,12 +86,18 @@ def _inert_defaultdict(*args: Any) -> dict:
 #: the typing forms of OmegaConf's ``ref_type`` (``Tuple[Any, ...]`` = ``getitem(Tuple, (Any, Ellipsis))``)
 #: and the builtin types in its metadata. Each loads as an inert :class:`_Placeholder`.
 _INERT_MODULES = ("omegaconf.", "deepspeech_pytorch.configs.", "deepspeech_pytorch.enums.")
-_INERT_NAMES = frozenset({
-    *(f"typing.{name}" for name in ("Any", "Tuple", "List", "Dict", "Optional", "Union")),
-    "_operator.getitem", "operator.getitem", "builtins.getattr", "builtins.Ellipsis", "builtins.type",
-    *(f"builtins.{name}" for name in ("object", "bool", "int", "float", "str", "bytes", "list", "tuple", "dict")),
-    *(f"torch.nn.modules.rnn.{name}" for name in ("LSTM", "GRU", "RNN")),
-})
+_INERT_NAMES = frozenset(
+    {
+        *(f"typing.{name}" for name in ("Any", "Tuple", "List", "Dict", "Optional", "Union")),
+        "_operator.getitem",
+        "operator.getitem",
+        "builtins.getattr",
+        "builtins.Ellipsis",
+        "builtins.type",
+        *(f"builtins.{name}" for name in ("object", "bool", "int", "float", "str", "bytes", "list", "tuple", "dict")),
+        *(f"torch.nn.modules.rnn.{name}" for name in ("LSTM", "GRU", "RNN")),
+    }
+)
 
 
 def _plain(node: Any) -> Any:
@@ -134,15 +140,21 @@ def _load(path: Path, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    foreign = sorted(n for n in names if n not in _INERT_NAMES and n != "collections.defaultdict"
-                     and not n.startswith(_INERT_MODULES))
+    foreign = sorted(
+        n
+        for n in names
+        if n not in _INERT_NAMES and n != "collections.defaultdict" and not n.startswith(_INERT_MODULES)
+    )
     if foreign:
         raise DeepSpeechImportError(
             f"{path}: pickles objects other than tensors and deepspeech.pytorch/OmegaConf configuration "
             f"({', '.join(foreign)}); --trust-pickle loads it with weights_only=False, for files you trust"
         )
-    stubs: list[Any] = [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {"pickled_name": name}), name)
-                        for name in names if name != "collections.defaultdict"]
+    stubs: list[Any] = [
+        (type(name.rsplit(".", 1)[-1], (_Placeholder,), {"pickled_name": name}), name)
+        for name in names
+        if name != "collections.defaultdict"
+    ]
     stubs.append((_inert_defaultdict, "collections.defaultdict"))
     with torch.serialization.safe_globals(stubs):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -213,10 +225,21 @@ def featurizer_config(spect: dict[str, Any], stft_pad: str = "constant") -> Feat
     window_size, window_stride = float(spect.get("window_size", 0.02)), float(spect.get("window_stride", 0.01))
     window = spect.get("window", "hamming")
     win_length, hop_length = int(sample_rate * window_size), int(sample_rate * window_stride)
-    return FeaturizerConfig(kind="deepspeech_pytorch", sample_rate=sample_rate, window_ms=window_size * 1000,
-                            hop_ms=window_stride * 1000, win_length=win_length, hop_length=hop_length,
-                            n_fft=win_length, window=str(window), dither=0.0, preemphasis=0.0, mag_power=1.0,
-                            normalize="all_features", stft_pad=stft_pad)
+    return FeaturizerConfig(
+        kind="deepspeech_pytorch",
+        sample_rate=sample_rate,
+        window_ms=window_size * 1000,
+        hop_ms=window_stride * 1000,
+        win_length=win_length,
+        hop_length=hop_length,
+        n_fft=win_length,
+        window=str(window),
+        dither=0.0,
+        preemphasis=0.0,
+        mag_power=1.0,
+        normalize="all_features",
+        stft_pad=stft_pad,
+    )
 
 
 class _State:
@@ -249,8 +272,10 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False, stft_pad: st
     tokenizer, order = tokenizer_config(list(labels), path)
     spect = hp.get("spect_cfg") or checkpoint.get("audio_conf") or {}
     if str(spect.get("window", "hamming")) not in PERIODIC_WINDOWS:
-        raise DeepSpeechImportError(f"{path}: spect_cfg.window {spect.get('window')!r} is not one of "
-                                    f"deepspeech.pytorch's windows {sorted(PERIODIC_WINDOWS)}")
+        raise DeepSpeechImportError(
+            f"{path}: spect_cfg.window {spect.get('window')!r} is not one of "
+            f"deepspeech.pytorch's windows {sorted(PERIODIC_WINDOWS)}"
+        )
     if stft_pad not in PAD_MODES:
         raise DeepSpeechImportError(f"stft_pad must be one of {PAD_MODES}, got {stft_pad!r}")
     featurizer = featurizer_config(spect, stft_pad)
@@ -289,14 +314,22 @@ def import_deepspeech(path: str | Path, trust_pickle: bool = False, stft_pad: st
 
     sample_rate, window = featurizer.sample_rate, featurizer.window_ms / 1000
     config = DeepSpeech2Config(
-        in_features=featurizer.n_fft // 2 + 1, num_classes=len(labels),
+        in_features=featurizer.n_fft // 2 + 1,
+        num_classes=len(labels),
         conv_channels=tuple(c for c, _, _, _ in FRONT_END),
         conv_kernels=tuple((k[1], k[0]) for _, k, _, _ in FRONT_END),
         conv_strides=tuple((s[1], s[0]) for _, _, s, _ in FRONT_END),
         conv_padding=tuple((p[1], p[0]) for _, _, _, p in FRONT_END),
-        rnn_type=_GATES[gates], rnn_layers=layers, rnn_hidden=hidden, bidirectional=bidirectional, merge="sum",
-        sequence_batch_norm=False, lookahead=max(context - 1, 0), fc_hidden=0 if bidirectional else hidden,
-        relu_clip=20.0, bn_eps=1e-5,
+        rnn_type=_GATES[gates],
+        rnn_layers=layers,
+        rnn_hidden=hidden,
+        bidirectional=bidirectional,
+        merge="sum",
+        sequence_batch_norm=False,
+        lookahead=max(context - 1, 0),
+        fc_hidden=0 if bidirectional else hidden,
+        relu_clip=20.0,
+        bn_eps=1e-5,
     )
     network = network_dict(DeepSpeech2, config)
     recognizer = SpeechRecognizer(featurizer=asdict(featurizer), encoder=network, tokenizer=asdict(tokenizer))

@@ -40,8 +40,12 @@ from zoo.speech.peer_features import check_deepspeech_pytorch_config, deepspeech
 
 LOG_GUARD = 2.0**-24
 STD_EPS = 1e-5
-WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window,
-           "bartlett": torch.bartlett_window}
+WINDOWS = {
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+    "blackman": torch.blackman_window,
+    "bartlett": torch.bartlett_window,
+}
 
 
 @dataclass
@@ -112,8 +116,13 @@ class Featurizer(nn.Module):
                 "FeaturizerConfig.normalize must be 'per_feature', 'all_features', 'global' or 'none', "
                 f"got {config.normalize!r}"
             )
-        choices = {"window": tuple(WINDOWS), "mel_norm": ("slaney", None), "log_guard": ("add", "clamp"),
-                   "stft_pad": ("constant", "reflect"), "frame_count": ("centred", "nemo")}
+        choices = {
+            "window": tuple(WINDOWS),
+            "mel_norm": ("slaney", None),
+            "log_guard": ("add", "clamp"),
+            "stft_pad": ("constant", "reflect"),
+            "frame_count": ("centred", "nemo"),
+        }
         for name, allowed in choices.items():
             if getattr(config, name) not in allowed:
                 raise ValueError(f"FeaturizerConfig.{name} must be one of {allowed}, got {getattr(config, name)!r}")
@@ -207,8 +216,9 @@ class Featurizer(nn.Module):
         cfg = self.config
         if cfg.kind == "deepspeech_pytorch":  # zoo.speech.peer_features
             window = periodic_window(cfg.window, self.win_length, x.device)
-            return deepspeech_pytorch_features(x, lengths, self.n_fft, self.hop_length, window, cfg.stft_pad,
-                                               normalize=cfg.normalize != "none")
+            return deepspeech_pytorch_features(
+                x, lengths, self.n_fft, self.hop_length, window, cfg.stft_pad, normalize=cfg.normalize != "none"
+            )
         valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
         x = x * valid
         if self.training and cfg.dither > 0:

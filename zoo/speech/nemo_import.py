@@ -57,23 +57,86 @@ WEIGHTS_NAME = "model_weights.ckpt"
 
 #: Block options with the only value the zoo Jasper computes (``None``: must be absent or this value).
 _BLOCK_DEFAULTS: dict[str, Any] = {
-    "groups": 1, "heads": -1, "se": False, "kernel_size_factor": 1.0, "stride_last": False,
-    "future_context": -1, "normalization": "batch", "quantize": False, "padding": "same",
+    "groups": 1,
+    "heads": -1,
+    "se": False,
+    "kernel_size_factor": 1.0,
+    "stride_last": False,
+    "future_context": -1,
+    "normalization": "batch",
+    "quantize": False,
+    "padding": "same",
 }
-_BLOCK_KEYS = {"filters", "repeat", "kernel", "stride", "dilation", "dropout", "residual", "separable",
-               "residual_dense", "residual_mode", "norm_groups", "se_reduction_ratio", "se_context_size",
-               "se_interpolation_mode", *_BLOCK_DEFAULTS}
+_BLOCK_KEYS = {
+    "filters",
+    "repeat",
+    "kernel",
+    "stride",
+    "dilation",
+    "dropout",
+    "residual",
+    "separable",
+    "residual_dense",
+    "residual_mode",
+    "norm_groups",
+    "se_reduction_ratio",
+    "se_context_size",
+    "se_interpolation_mode",
+    *_BLOCK_DEFAULTS,
+}
 
 
 #: ``AudioToMelSpectrogramPreprocessor`` arguments (NeMo 1.0 - 3.0); any other key is refused by name.
-_PRE_KEYS = {"_target_", "cls", "params", "sample_rate", "window_size", "window_stride", "n_window_size",
-             "n_window_stride", "window", "normalize", "n_fft", "preemph", "features", "nfilt", "lowfreq",
-             "highfreq", "log", "log_zero_guard_type", "log_zero_guard_value", "dither", "pad_to", "pad_value",
-             "frame_splicing", "exact_pad", "mag_power", "rng", "nb_augmentation_prob", "nb_max_freq",
-             "mel_norm", "use_torchaudio", "stft_exact_pad", "stft_conv"}
+_PRE_KEYS = {
+    "_target_",
+    "cls",
+    "params",
+    "sample_rate",
+    "window_size",
+    "window_stride",
+    "n_window_size",
+    "n_window_stride",
+    "window",
+    "normalize",
+    "n_fft",
+    "preemph",
+    "features",
+    "nfilt",
+    "lowfreq",
+    "highfreq",
+    "log",
+    "log_zero_guard_type",
+    "log_zero_guard_value",
+    "dither",
+    "pad_to",
+    "pad_value",
+    "frame_splicing",
+    "exact_pad",
+    "mag_power",
+    "rng",
+    "nb_augmentation_prob",
+    "nb_max_freq",
+    "mel_norm",
+    "use_torchaudio",
+    "stft_exact_pad",
+    "stft_conv",
+}
 #: ``ConvASREncoder`` arguments.
-_ENCODER_KEYS = {"_target_", "cls", "params", "jasper", "activation", "feat_in", "normalization_mode",
-                 "residual_mode", "norm_groups", "conv_mask", "frame_splicing", "init_mode", "quantize"}
+_ENCODER_KEYS = {
+    "_target_",
+    "cls",
+    "params",
+    "jasper",
+    "activation",
+    "feat_in",
+    "normalization_mode",
+    "residual_mode",
+    "norm_groups",
+    "conv_mask",
+    "frame_splicing",
+    "init_mode",
+    "quantize",
+}
 #: First NeMo release whose preprocessor pads the STFT with zeros and counts ``S // hop`` frames.
 NEMO_CONVENTION_CHANGE = (2, 5)
 
@@ -90,7 +153,9 @@ def read_nemo(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
             for name in (CONFIG_NAME, WEIGHTS_NAME):
                 if name not in members:
-                    raise NemoImportError(f"{path}: the archive holds no {name} (found: {sorted(members) or 'nothing'})")
+                    raise NemoImportError(
+                        f"{path}: the archive holds no {name} (found: {sorted(members) or 'nothing'})"
+                    )
             config = yaml.safe_load(archive.extractfile(members[CONFIG_NAME]).read())
             weights = archive.extractfile(members[WEIGHTS_NAME]).read()
     except (tarfile.TarError, OSError) as error:
@@ -195,8 +260,14 @@ def featurizer_config(pre: dict[str, Any], nemo_version: str | None = None) -> F
     unknown = sorted(set(pre) - _PRE_KEYS)
     if unknown:
         raise NemoImportError(f"{CONFIG_NAME}: preprocessor options the zoo featurizer does not know: {unknown}")
-    checks = {"log": True, "frame_splicing": 1, "exact_pad": False, "stft_exact_pad": False, "stft_conv": False,
-              "use_torchaudio": False}
+    checks = {
+        "log": True,
+        "frame_splicing": 1,
+        "exact_pad": False,
+        "stft_exact_pad": False,
+        "stft_conv": False,
+        "use_torchaudio": False,
+    }
     for key, expected in checks.items():
         if pre.get(key, expected) != expected:
             raise NemoImportError(
@@ -215,8 +286,10 @@ def featurizer_config(pre: dict[str, Any], nemo_version: str | None = None) -> F
         )
     normalize = pre.get("normalize", "per_feature")
     if isinstance(normalize, dict):
-        raise NemoImportError(f"{CONFIG_NAME}: preprocessor.normalize with fixed_mean/fixed_std is not supported "
-                              "(per_feature, all_features or none)")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: preprocessor.normalize with fixed_mean/fixed_std is not supported "
+            "(per_feature, all_features or none)"
+        )
     guard_type = pre.get("log_zero_guard_type", "add")
     if guard_type not in ("add", "clamp"):
         raise NemoImportError(
@@ -233,16 +306,27 @@ def featurizer_config(pre: dict[str, Any], nemo_version: str | None = None) -> F
         raise NemoImportError(f"{CONFIG_NAME}: preprocessor.mel_norm = {mel_norm!r} is not supported (slaney or null)")
     stft_pad, frame_count = nemo_conventions(nemo_version)
     return FeaturizerConfig(
-        kind="logmel", sample_rate=sample_rate, n_mels=int(pre.get("features", pre.get("nfilt", 64))),
-        n_fft=n_fft, window_ms=win_length / sample_rate * 1000, hop_ms=hop_length / sample_rate * 1000,
-        win_length=win_length, hop_length=hop_length, window=window,
-        dither=float(pre.get("dither", 1e-5) or 0.0), preemphasis=float(pre.get("preemph", 0.97) or 0.0),
+        kind="logmel",
+        sample_rate=sample_rate,
+        n_mels=int(pre.get("features", pre.get("nfilt", 64))),
+        n_fft=n_fft,
+        window_ms=win_length / sample_rate * 1000,
+        hop_ms=hop_length / sample_rate * 1000,
+        win_length=win_length,
+        hop_length=hop_length,
+        window=window,
+        dither=float(pre.get("dither", 1e-5) or 0.0),
+        preemphasis=float(pre.get("preemph", 0.97) or 0.0),
         # NeMo normalises for these two values only; any other (null, "none", ...) leaves the log-mels as they are
         normalize=normalize if normalize in ("per_feature", "all_features") else "none",
-        mag_power=float(pre.get("mag_power", 2.0)), mel_norm=mel_norm,
-        f_min=float(pre.get("lowfreq") or 0.0), f_max=float(pre.get("highfreq") or sample_rate / 2),
-        log_guard=guard_type, log_guard_value=float(named_guards.get(guard, guard)),
-        stft_pad=stft_pad, frame_count=frame_count,
+        mag_power=float(pre.get("mag_power", 2.0)),
+        mel_norm=mel_norm,
+        f_min=float(pre.get("lowfreq") or 0.0),
+        f_max=float(pre.get("highfreq") or sample_rate / 2),
+        log_guard=guard_type,
+        log_guard_value=float(named_guards.get(guard, guard)),
+        stft_pad=stft_pad,
+        frame_count=frame_count,
     )
 
 
@@ -251,7 +335,10 @@ def representable(char: object) -> bool:
     normalisation keeps (lowercase, accents stripped, punctuation other than the apostrophe removed)."""
     if not isinstance(char, str) or len(char) != 1:
         return False
-    return char == " " or CharTokenizer(TokenizerConfig(alphabet=char, unknown="drop", numbers="drop")).normalize(char) == char
+    return (
+        char == " "
+        or CharTokenizer(TokenizerConfig(alphabet=char, unknown="drop", numbers="drop")).normalize(char) == char
+    )
 
 
 def tokenizer_config(vocabulary: list[str]) -> TokenizerConfig:
@@ -271,21 +358,35 @@ def _block(cfg: dict[str, Any], index: int, mode: str, mode_from: str) -> dict[s
     """One NeMo block's options; ``mode`` is its effective residual mode, set at ``mode_from``."""
     unknown = set(cfg) - _BLOCK_KEYS
     if unknown:
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has options the zoo Jasper lacks: {sorted(unknown)}")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper[{index}] has options the zoo Jasper lacks: {sorted(unknown)}"
+        )
     for key, expected in _BLOCK_DEFAULTS.items():
         value = cfg.get(key, expected)
         if (float(value) if key == "kernel_size_factor" else value) != expected:
-            raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}].{key} = {value!r} is not supported (zoo: {expected!r})")
-    block = dict(filters=int(cfg["filters"]), repeat=int(cfg.get("repeat", 1)),
-                 kernel=_single(cfg["kernel"], "kernel", index), stride=_single(cfg.get("stride", 1), "stride", index),
-                 dilation=_single(cfg.get("dilation", 1), "dilation", index), dropout=float(cfg.get("dropout", 0.0)),
-                 residual=bool(cfg.get("residual", False)), dense=bool(cfg.get("residual_dense", False)),
-                 separable=bool(cfg.get("separable", False)))
+            raise NemoImportError(
+                f"{CONFIG_NAME}: encoder.jasper[{index}].{key} = {value!r} is not supported (zoo: {expected!r})"
+            )
+    block = dict(
+        filters=int(cfg["filters"]),
+        repeat=int(cfg.get("repeat", 1)),
+        kernel=_single(cfg["kernel"], "kernel", index),
+        stride=_single(cfg.get("stride", 1), "stride", index),
+        dilation=_single(cfg.get("dilation", 1), "dilation", index),
+        dropout=float(cfg.get("dropout", 0.0)),
+        residual=bool(cfg.get("residual", False)),
+        dense=bool(cfg.get("residual_dense", False)),
+        separable=bool(cfg.get("separable", False)),
+    )
     if block["kernel"] % 2 == 0:
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}].kernel = {block['kernel']} is even; the zoo needs odd kernels")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper[{index}].kernel = {block['kernel']} is even; the zoo needs odd kernels"
+        )
     if block["residual"] and not (mode in ("add", "max") or (mode == "stride_add" and block["stride"] == 1)):
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has residual_mode {mode!r} (from {mode_from}); "
-                              "the zoo Jasper supports 'add' and 'max' ('stride_add' without stride)")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper[{index}] has residual_mode {mode!r} (from {mode_from}); "
+            "the zoo Jasper supports 'add' and 'max' ('stride_add' without stride)"
+        )
     block["mode"], block["mode_from"] = ("add" if mode == "stride_add" else mode), mode_from
     if block["dense"] and not block["residual"]:
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[{index}] has residual_dense without residual")
@@ -298,12 +399,16 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
     if unknown:
         raise NemoImportError(f"{CONFIG_NAME}: encoder options the zoo Jasper does not know: {unknown}")
     if str(encoder.get("activation", "relu")) != "relu":
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.activation = {encoder['activation']!r}; the zoo Jasper uses relu")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.activation = {encoder['activation']!r}; the zoo Jasper uses relu"
+        )
     if not encoder.get("conv_mask", True):
         raise NemoImportError(f"{CONFIG_NAME}: encoder.conv_mask = false; the zoo Jasper always masks padded frames")
     for key, expected in (("normalization_mode", "batch"), ("frame_splicing", 1), ("quantize", False)):
         if encoder.get(key, expected) != expected:
-            raise NemoImportError(f"{CONFIG_NAME}: encoder.{key} = {encoder[key]!r} is not supported (zoo: {expected!r})")
+            raise NemoImportError(
+                f"{CONFIG_NAME}: encoder.{key} = {encoder[key]!r} is not supported (zoo: {expected!r})"
+            )
     blocks, mode, mode_from = [], encoder.get("residual_mode", "add"), "encoder.residual_mode"
     for i, cfg in enumerate(encoder.get("jasper") or []):
         if not isinstance(cfg, dict):
@@ -315,14 +420,18 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
         raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper needs a prologue block and at least one more block")
     prologue = blocks[0]
     if prologue["repeat"] != 1 or prologue["residual"] or prologue["dilation"] != 1:
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper[0] (the prologue) must have repeat 1, no residual, dilation 1")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper[0] (the prologue) must have repeat 1, no residual, dilation 1"
+        )
     end = len(blocks)
     while end > 1 and blocks[end - 1]["repeat"] == 1 and not blocks[end - 1]["residual"]:
         end -= 1
     middle, epilogue = blocks[1:end], blocks[end:]
     kinds = {"dense" if b["dense"] else "plain" if b["residual"] else "none" for b in middle}
     if len(kinds) > 1:
-        raise NemoImportError(f"{CONFIG_NAME}: encoder.jasper mixes residual kinds {sorted(kinds)}; the zoo Jasper uses one")
+        raise NemoImportError(
+            f"{CONFIG_NAME}: encoder.jasper mixes residual kinds {sorted(kinds)}; the zoo Jasper uses one"
+        )
     modes: dict[str, tuple[int, str]] = {}  # mode -> the first block using it, and where it was set
     for i, b in enumerate(middle, start=1):
         if b["residual"]:
@@ -341,15 +450,21 @@ def jasper_config(encoder: dict[str, Any], num_classes: int) -> tuple[JasperConf
     separable = {b["separable"] for b in blocks if b["kernel"] > 1}
     if len(separable) > 1:
         raise NemoImportError(
-            f"{CONFIG_NAME}: encoder.jasper mixes separable and ordinary convs with kernel > 1; the zoo Jasper uses one setting"
+            f"{CONFIG_NAME}: encoder.jasper mixes separable and ordinary convs with kernel > 1; "
+            "the zoo Jasper uses one setting"
         )
     config = JasperConfig(
-        in_features=int(encoder["feat_in"]), num_classes=num_classes,
-        prologue_filters=prologue["filters"], prologue_kernel=prologue["kernel"], prologue_stride=prologue["stride"],
+        in_features=int(encoder["feat_in"]),
+        num_classes=num_classes,
+        prologue_filters=prologue["filters"],
+        prologue_kernel=prologue["kernel"],
+        prologue_stride=prologue["stride"],
         prologue_dropout=prologue["dropout"],
         blocks=tuple((b["filters"], b["kernel"], b["repeat"], b["dropout"]) for b in middle),
         epilogue=tuple((b["filters"], b["kernel"], b["dilation"], b["dropout"]) for b in epilogue),
-        residual=kinds.pop() if kinds else "none", norm="batchnorm", separable=separable.pop() if separable else False,
+        residual=kinds.pop() if kinds else "none",
+        norm="batchnorm",
+        separable=separable.pop() if separable else False,
         residual_mode=next(iter(modes), "add"),
     )
     return config, blocks
@@ -386,11 +501,16 @@ class _StateMapper:
         out[f"{zoo}.norm.num_batches_tracked"] = self.get(tracked) if tracked in self.source else torch.tensor(0)
 
 
-def convert_state_dict(state: dict[str, Tensor], config: JasperConfig, blocks: list[dict[str, Any]],
-                       path: Path) -> dict[str, Tensor]:
+def convert_state_dict(
+    state: dict[str, Tensor], config: JasperConfig, blocks: list[dict[str, Any]], path: Path
+) -> dict[str, Tensor]:
     """NeMo encoder/decoder state dict -> zoo :class:`Jasper` state dict (blank moved to row 0)."""
     mapper, out = _StateMapper(state, path), {}
-    groups = ["prologue"] + [f"blocks.{b}" for b in range(len(config.blocks))] + [f"epilogue.{e}" for e in range(len(config.epilogue))]
+    groups = (
+        ["prologue"]
+        + [f"blocks.{b}" for b in range(len(config.blocks))]
+        + [f"epilogue.{e}" for e in range(len(config.epilogue))]
+    )
     for index, (zoo, block) in enumerate(zip(groups, blocks, strict=True)):
         nemo = f"encoder.encoder.{index}"
         step = (3 if block["separable"] else 2) + 2  # conv(s) + bn + activation + dropout
@@ -403,7 +523,9 @@ def convert_state_dict(state: dict[str, Tensor], config: JasperConfig, blocks: l
                 mapper.conv_norm(out, f"{zoo}.residuals.{k}", f"{nemo}.res.{k}", 0, False, 1)
     weight, bias = mapper.get("decoder.decoder_layers.0.weight"), mapper.get("decoder.decoder_layers.0.bias")
     if weight.shape[0] != config.num_classes:
-        raise NemoImportError(f"{path}: the decoder has {weight.shape[0]} outputs, the vocabulary + blank {config.num_classes}")
+        raise NemoImportError(
+            f"{path}: the decoder has {weight.shape[0]} outputs, the vocabulary + blank {config.num_classes}"
+        )
     order = [config.num_classes - 1, *range(config.num_classes - 1)]  # NeMo's blank is last; the zoo's is id 0
     out["decoder.weight"], out["decoder.bias"] = weight[order], bias[order]
     leftover = [k for k in state if k.startswith(("encoder.", "decoder.")) and k not in mapper.used]
@@ -439,7 +561,9 @@ def import_nemo(path: str | Path, nemo_version: str | None = None) -> SpeechReco
     except NemoImportError as error:
         raise NemoImportError(f"{path}: {error}") from None
     if featurizer.n_mels != jasper.in_features:
-        raise NemoImportError(f"{path}: preprocessor.features = {featurizer.n_mels} but encoder.feat_in = {jasper.in_features}")
+        raise NemoImportError(
+            f"{path}: preprocessor.features = {featurizer.n_mels} but encoder.feat_in = {jasper.in_features}"
+        )
     weights = convert_state_dict(state, jasper, blocks, path)
     network = network_dict(Jasper, jasper)
     recognizer = SpeechRecognizer(featurizer=asdict(featurizer), encoder=network, tokenizer=asdict(tokenizer))

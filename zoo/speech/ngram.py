@@ -42,8 +42,13 @@ class KneserNeyLM:
         discount_value: a fixed D for every order (``"plain"`` only), e.g. for hand-checked tests.
     """
 
-    def __init__(self, sentences: Iterable[str | list[str]], order: int = 3, discount: str = "modified",
-                 discount_value: float | None = None) -> None:
+    def __init__(
+        self,
+        sentences: Iterable[str | list[str]],
+        order: int = 3,
+        discount: str = "modified",
+        discount_value: float | None = None,
+    ) -> None:
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         if discount not in ("modified", "plain"):
@@ -98,9 +103,11 @@ class KneserNeyLM:
         y = n[1] / (n[1] + 2 * n[2])
         if kind == "plain":
             return (y, y, y)
-        d = [1 - 2 * y * n[2] / n[1],
-             2 - 3 * y * n[3] / n[2] if n[3] else 1.0,
-             3 - 4 * y * n[4] / n[3] if n[3] and n[4] else 1.5]
+        d = [
+            1 - 2 * y * n[2] / n[1],
+            2 - 3 * y * n[3] / n[2] if n[3] else 1.0,
+            3 - 4 * y * n[4] / n[3] if n[3] and n[4] else 1.5,
+        ]
         # D_k in (0, k]: positive so every history keeps back-off mass, at most k so counts stay >= 0
         return tuple(min(max(v, 0.01), k + 1.0) for k, v in enumerate(d))  # type: ignore[return-value]
 
@@ -164,8 +171,9 @@ class KneserNeyLM:
         return path
 
 
-def build_arpa(sentences: Iterable[str], path: str | Path, order: int = 3, unit: str = "word",
-               discount: str = "modified") -> Path:
+def build_arpa(
+    sentences: Iterable[str], path: str | Path, order: int = 3, unit: str = "word", discount: str = "modified"
+) -> Path:
     """Estimate a Kneser–Ney LM on ``sentences`` and write it to ``path``.
 
     ``unit="char"`` models characters (space written as ``|``), for lexicon-free beam search.

@@ -29,8 +29,12 @@ import torch
 from torch import Tensor
 
 #: the peer's ``SpectrogramWindow`` values -> torch's window functions (called with ``periodic=True``).
-PERIODIC_WINDOWS = {"hamming": torch.hamming_window, "hann": torch.hann_window,
-                    "blackman": torch.blackman_window, "bartlett": torch.bartlett_window}
+PERIODIC_WINDOWS = {
+    "hamming": torch.hamming_window,
+    "hann": torch.hann_window,
+    "blackman": torch.blackman_window,
+    "bartlett": torch.bartlett_window,
+}
 #: STFT padding: zeros (librosa >= 0.10, the default) or reflection (librosa <= 0.9).
 PAD_MODES = ("constant", "reflect")
 
@@ -38,11 +42,19 @@ PAD_MODES = ("constant", "reflect")
 def check_deepspeech_pytorch_config(config: Any, n_fft: int, win_length: int) -> None:
     """Refuse :class:`~zoo.speech.features.FeaturizerConfig` settings the peer's spectrogram has no
     counterpart for (it has no dither, pre-emphasis or other exponent, FFTs exactly one window)."""
-    wrong = {name: getattr(config, name) for name, ok in (
-        ("dither", lambda v: v == 0), ("preemphasis", lambda v: not v), ("mag_power", lambda v: v == 1),
-        ("frame_count", lambda v: v == "centred"), ("normalize", lambda v: v in ("all_features", "none")),
-        ("stft_pad", lambda v: v in PAD_MODES), ("window", lambda v: v in PERIODIC_WINDOWS),
-    ) if not ok(getattr(config, name))}
+    wrong = {
+        name: getattr(config, name)
+        for name, ok in (
+            ("dither", lambda v: v == 0),
+            ("preemphasis", lambda v: not v),
+            ("mag_power", lambda v: v == 1),
+            ("frame_count", lambda v: v == "centred"),
+            ("normalize", lambda v: v in ("all_features", "none")),
+            ("stft_pad", lambda v: v in PAD_MODES),
+            ("window", lambda v: v in PERIODIC_WINDOWS),
+        )
+        if not ok(getattr(config, name))
+    }
     if n_fft != win_length:
         wrong["n_fft"] = n_fft
     if wrong:
@@ -67,8 +79,16 @@ def log_magnitude(wave: Tensor, n_fft: int, hop_length: int, window: Tensor, pad
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     if pad_mode == "reflect" and wave.shape[-1] <= n_fft // 2:
         raise ValueError(f"reflection padding needs more than n_fft // 2 = {n_fft // 2} samples, got {wave.shape[-1]}")
-    spec = torch.stft(wave.double(), n_fft, hop_length=hop_length, win_length=window.shape[0], window=window,
-                      center=True, pad_mode=pad_mode, return_complex=True)
+    spec = torch.stft(
+        wave.double(),
+        n_fft,
+        hop_length=hop_length,
+        win_length=window.shape[0],
+        window=window,
+        center=True,
+        pad_mode=pad_mode,
+        return_complex=True,
+    )
     return torch.log1p(spec.to(torch.complex64).abs())
 
 
@@ -82,8 +102,15 @@ def normalize_utterance(spect: Tensor) -> Tensor:
     return centred / std if std > 0 else centred
 
 
-def deepspeech_pytorch_features(waveforms: Tensor, lengths: Tensor, n_fft: int, hop_length: int, window: Tensor,
-                                pad_mode: str = "constant", normalize: bool = True) -> tuple[Tensor, Tensor]:
+def deepspeech_pytorch_features(
+    waveforms: Tensor,
+    lengths: Tensor,
+    n_fft: int,
+    hop_length: int,
+    window: Tensor,
+    pad_mode: str = "constant",
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
     """A padded batch -> the peer's features, each utterance computed on its own samples.
 
     Args:
@@ -95,8 +122,9 @@ def deepspeech_pytorch_features(waveforms: Tensor, lengths: Tensor, n_fft: int, 
         frame_lengths: (B,) int64, ``1 + lengths // hop``.
     """
     frame_lengths = lengths.long() // hop_length + 1
-    features = waveforms.new_zeros(waveforms.shape[0], n_fft // 2 + 1, waveforms.shape[-1] // hop_length + 1,
-                                   dtype=torch.float32)
+    features = waveforms.new_zeros(
+        waveforms.shape[0], n_fft // 2 + 1, waveforms.shape[-1] // hop_length + 1, dtype=torch.float32
+    )
     for row, (length, frames) in enumerate(zip(lengths.tolist(), frame_lengths.tolist(), strict=True)):
         spect = log_magnitude(waveforms[row, :length].float(), n_fft, hop_length, window, pad_mode)
         features[row, :, :frames] = normalize_utterance(spect) if normalize else spect

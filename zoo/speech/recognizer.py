@@ -73,9 +73,15 @@ class SpeechRecognizer(Pipeline):
         chunk_seconds, chunk_overlap_seconds: long-audio chunking.
     """
 
-    def __init__(self, featurizer: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None,
-                 tokenizer: dict[str, Any] | None = None, beam_search: dict[str, Any] | None = None,
-                 chunk_seconds: float = 30.0, chunk_overlap_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        featurizer: dict[str, Any] | None = None,
+        encoder: dict[str, Any] | None = None,
+        tokenizer: dict[str, Any] | None = None,
+        beam_search: dict[str, Any] | None = None,
+        chunk_seconds: float = 30.0,
+        chunk_overlap_seconds: float = 2.0,
+    ) -> None:
         super().__init__()
         if encoder is None:
             raise ValueError("SpeechRecognizer needs an encoder description (zoo.registry.model_to_dict)")
@@ -129,11 +135,17 @@ class SpeechRecognizer(Pipeline):
     def card_sections(self) -> str:
         """The model card's "Decoding" section: how :meth:`transcribe` turns log-probabilities into text."""
         if self.beam_search is None:
-            return ("## Decoding\n\nGreedy (best-path) CTC decoding: the most likely label per frame, repeats "
-                    "merged, blanks dropped. The folder carries no lexicon or language model.\n")
+            return (
+                "## Decoding\n\nGreedy (best-path) CTC decoding: the most likely label per frame, repeats "
+                "merged, blanks dropped. The folder carries no lexicon or language model.\n"
+            )
         b = self.beam_search
-        lines = ["## Decoding", "",
-                 "`transcribe()` decodes with CTC beam search (torchaudio's flashlight decoder):", ""]
+        lines = [
+            "## Decoding",
+            "",
+            "`transcribe()` decodes with CTC beam search (torchaudio's flashlight decoder):",
+            "",
+        ]
         if b.lexicon is not None:
             words = len(Path(b.lexicon).read_text().split())
             lines.append(f"- lexicon: `{LEXICON_NAME}`, {words:,} words (the output is restricted to them)")
@@ -143,9 +155,15 @@ class SpeechRecognizer(Pipeline):
             order = _arpa_order(Path(b.lm))
             unit = "word" if b.lexicon is not None else "character"
             lines.append(f"- language model: `{LM_NAME}`, {unit} {order}-gram Kneser–Ney (ARPA)")
-        lines += [(f"- beam size {b.beam_size}, beam threshold {b.beam_threshold:g}, LM weight {b.lm_weight:g}, "
-                   f"word score {b.word_score:g}, silence score {b.sil_score:g}, unknown-word score {b.unk_score:g}"),
-                  "", '`transcribe(..., decoder="greedy")` or `zoo transcribe --greedy` decodes best-path instead.', ""]
+        lines += [
+            (
+                f"- beam size {b.beam_size}, beam threshold {b.beam_threshold:g}, LM weight {b.lm_weight:g}, "
+                f"word score {b.word_score:g}, silence score {b.sil_score:g}, unknown-word score {b.unk_score:g}"
+            ),
+            "",
+            '`transcribe(..., decoder="greedy")` or `zoo transcribe --greedy` decodes best-path instead.',
+            "",
+        ]
         return "\n".join(lines)
 
     @classmethod
@@ -178,8 +196,9 @@ class SpeechRecognizer(Pipeline):
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:  # type: ignore[override]
         if self.fused:
-            raise ValueError("this recognizer's batch norm is folded; save the unfolded model "
-                             "(weights are stored unfolded)")
+            raise ValueError(
+                "this recognizer's batch norm is folded; save the unfolded model (weights are stored unfolded)"
+            )
         return super().save_pretrained(save_directory, **kwargs)
 
     # ------------------------------------------------------------------ inference
@@ -264,8 +283,13 @@ class SpeechRecognizer(Pipeline):
                 current.append((label, frame, prob))
         return words
 
-    def transcribe(self, audio: AudioInput | Sequence[AudioInput], batch_size: int = 8,
-                   sample_rate: int | None = None, decoder: str | None = None) -> list[Transcript]:
+    def transcribe(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        batch_size: int = 8,
+        sample_rate: int | None = None,
+        decoder: str | None = None,
+    ) -> list[Transcript]:
         """Transcribe files (any format soundfile reads) or arrays at ``sample_rate`` (default: the
         model's). ``decoder``: ``"beam"`` (the default when the recognizer has a beam-search
         configuration, e.g. an exported lexicon and LM) or ``"greedy"``. Returns one
@@ -282,8 +306,9 @@ class SpeechRecognizer(Pipeline):
         beams = None
         if decoder == "beam" and self.beam_search is not None:
             if self._beam is None:
-                self._beam = BeamSearchDecoder(self.tokenizer.labels, self.beam_search, self.tokenizer.blank,
-                                               spell=self.tokenizer.segment)
+                self._beam = BeamSearchDecoder(
+                    self.tokenizer.labels, self.beam_search, self.tokenizer.blank, spell=self.tokenizer.segment
+                )
             for lp in all_log_probs:
                 beams = (beams or []) + self._beam(lp[None], torch.tensor([len(lp)]))
         for i, (wave, lp) in enumerate(zip(waves, all_log_probs, strict=True)):

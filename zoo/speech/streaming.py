@@ -53,7 +53,7 @@ class StreamingFeaturizer:
 
     def reset(self) -> None:
         self.samples = torch.zeros(0)
-        self.offset = 0   # absolute index of self.samples[0] (a multiple of hop)
+        self.offset = 0  # absolute index of self.samples[0] (a multiple of hop)
         self.emitted = 0  # frames emitted so far
         self.received = 0
 
@@ -64,10 +64,10 @@ class StreamingFeaturizer:
         with torch.no_grad():
             feats, _ = self.featurizer(self.samples[None], torch.tensor([self.samples.numel()]))
         first = self.offset // self.hop
-        out = feats[0, :, self.emitted - first: last_frame - first]
+        out = feats[0, :, self.emitted - first : last_frame - first]
         self.emitted = last_frame
         keep_from = max(0, self.emitted - self.margin) * self.hop  # next segment start, hop-aligned
-        self.samples = self.samples[keep_from - self.offset:]
+        self.samples = self.samples[keep_from - self.offset :]
         self.offset = keep_from
         return out
 
@@ -120,7 +120,7 @@ class StreamingDeepSpeech2:
             return buffer.new_zeros(1, front.convs[index].out_channels, 0, self.freqs[index])
         used = buffer[:, :, : (ready - 1) * st + kt]
         out = front.layer(index, used, torch.ones(1, ready, dtype=torch.bool, device=buffer.device))
-        self.conv_buffers[index] = buffer[:, :, ready * st:]
+        self.conv_buffers[index] = buffer[:, :, ready * st :]
         return out
 
     def _front_end(self, x: Tensor, final: bool) -> Tensor:
@@ -185,8 +185,9 @@ class StreamingTranscriber:
         featurizer: needed only for :meth:`accept_audio`.
     """
 
-    def __init__(self, model: DeepSpeech2, labels: list[str], featurizer: Featurizer | None = None,
-                 blank: int = 0) -> None:
+    def __init__(
+        self, model: DeepSpeech2, labels: list[str], featurizer: Featurizer | None = None, blank: int = 0
+    ) -> None:
         if not isinstance(model, DeepSpeech2):
             raise ValueError(f"streaming needs a forward-only DeepSpeech2 encoder, got {type(model).__name__}")
         self.network = StreamingDeepSpeech2(model)

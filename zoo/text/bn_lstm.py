@@ -105,7 +105,9 @@ class StepwiseBatchNorm(nn.Module):
                     self.running_var[start : start + steps].view(-1),
                     self.weight.repeat(steps),
                     None if self.bias is None else self.bias.repeat(steps),
-                    True, self.momentum, self.eps,
+                    True,
+                    self.momentum,
+                    self.eps,
                 )
                 return y.view(batch, steps, -1).transpose(0, 1)
             mean, var, count = masked_moments(x, mask.unsqueeze(-1).to(x.dtype))
@@ -116,7 +118,8 @@ class StepwiseBatchNorm(nn.Module):
     @torch.no_grad()
     def update_running(self, index: Tensor, mean: Tensor, var: Tensor, count: Tensor) -> None:
         """Move the running statistics of steps ``index`` toward the minibatch estimates ``mean, var: (T, F)``
-        (biased; the running variance is the unbiased one) from ``count: (T, 1)`` rows; steps without data are skipped."""
+        (biased; the running variance is the unbiased one) from ``count: (T, 1)`` rows; steps without data are
+        skipped."""
         present = count > 0
         unbiased = var * count / (count - 1).clamp(min=1)
         m = self.momentum * present.to(mean.dtype)
@@ -179,8 +182,18 @@ class BNLSTMLayer(nn.Module):
         self.bn_h.check_training_length(start + steps)
         # W_x x_t for every step at once; the recurrence normalises it and runs the loop over time
         # (one autograd function with a hand-written backward through time)
-        out, c = bn_lstm_recurrence(F.linear(x, self.weight_x), state[0], state[1], self.weight_h, self.bias,
-                                    self.bn_x, self.bn_h, self.bn_c, mask, start)
+        out, c = bn_lstm_recurrence(
+            F.linear(x, self.weight_x),
+            state[0],
+            state[1],
+            self.weight_h,
+            self.bias,
+            self.bn_x,
+            self.bn_h,
+            self.bn_c,
+            mask,
+            start,
+        )
         return out, (out[-1], c)
 
 
@@ -224,7 +237,9 @@ class BNLSTM(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+    def initial_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         """Zeros: a deterministic initial state."""
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         zeros = torch.zeros(shape, device=device, dtype=dtype)
@@ -246,13 +261,16 @@ class BNLSTM(nn.Module):
 
 
 register(
-    "bnlstm-ptb-char", RNNLanguageModel,
+    "bnlstm-ptb-char",
+    RNNLanguageModel,
     LanguageModelConfig(vocab_size=50, embedding_size=128, cell="bnlstm", hidden_size=1000, max_length=100),
-    task="lm", description="BN-LSTM, char-level PTB (1603.09025 §5.2): 1000 units, T_max 100",
+    task="lm",
+    description="BN-LSTM, char-level PTB (1603.09025 §5.2): 1000 units, T_max 100",
 )
 register(
-    "bnlstm-char-small", RNNLanguageModel,
+    "bnlstm-char-small",
+    RNNLanguageModel,
     LanguageModelConfig(vocab_size=128, embedding_size=64, cell="bnlstm", hidden_size=256, max_length=64),
-    task="lm", description="CPU-scale char BN-LSTM, 256 units, T_max 64",
+    task="lm",
+    description="CPU-scale char BN-LSTM, 256 units, T_max 64",
 )
-

@@ -52,8 +52,16 @@ sigmoid_backward = torch.ops.aten.sigmoid_backward
 
 
 def _norm_forward(
-    a: Tensor, m: Tensor | None, n: Tensor | None, gamma: Tensor, beta: Tensor | None,
-    run_mean: Tensor, run_var: Tensor, training: bool, momentum: float, eps: float,
+    a: Tensor,
+    m: Tensor | None,
+    n: Tensor | None,
+    gamma: Tensor,
+    beta: Tensor | None,
+    run_mean: Tensor,
+    run_var: Tensor,
+    training: bool,
+    momentum: float,
+    eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``BN(a; γ, β)`` of one step ``a: (B, F)``, ``m: (B, 1)`` real rows (``n`` of them) or None.
 
@@ -75,12 +83,24 @@ def _norm_forward(
 
 
 def _norm_backward(
-    grad: Tensor, a: Tensor, m: Tensor | None, n: Tensor | None, gamma: Tensor, mean: Tensor, invstd: Tensor,
-    run_mean: Tensor, run_var: Tensor, training: bool, eps: float, bias: bool,
+    grad: Tensor,
+    a: Tensor,
+    m: Tensor | None,
+    n: Tensor | None,
+    gamma: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    run_mean: Tensor,
+    run_var: Tensor,
+    training: bool,
+    eps: float,
+    bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``∂L/∂a``, ``∂L/∂γ`` and (``bias``) ``∂L/∂β`` of :func:`_norm_forward` from ``grad = ∂L/∂y``."""
     if m is None or not training:
-        return native_batch_norm_backward(grad, a, gamma, run_mean, run_var, mean, invstd, training, eps, [True, True, bias])
+        return native_batch_norm_backward(
+            grad, a, gamma, run_mean, run_var, mean, invstd, training, eps, [True, True, bias]
+        )
     safe = n.clamp(min=1)
     xhat = (a - mean).mul_(invstd)
     masked = grad * m
@@ -163,15 +183,43 @@ class BNLSTMRecurrence(torch.autograd.Function):
                 h_mm[t + 1].copy_(h)
         ctx.training, ctx.eps, ctx.run_h, ctx.run_c = training, eps, run_h, run_c
         ctx.moments_h, ctx.moments_c = moments_h, moments_c
-        ctx.save_for_backward(c0, weight_h, gamma_h, gamma_c, states, states_mm, cells, pre_h, c_pre, sig_all,
-                              g_all, tc_all, masks, counts)
+        ctx.save_for_backward(
+            c0,
+            weight_h,
+            gamma_h,
+            gamma_c,
+            states,
+            states_mm,
+            cells,
+            pre_h,
+            c_pre,
+            sig_all,
+            g_all,
+            tc_all,
+            masks,
+            counts,
+        )
         return out, cells[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
-        (c0, weight_h, gamma_h, gamma_c, states, states_mm, cells, pre_h, c_pre, sig_all, g_all,
-         tc_all, masks, counts) = ctx.saved_tensors
+        (
+            c0,
+            weight_h,
+            gamma_h,
+            gamma_c,
+            states,
+            states_mm,
+            cells,
+            pre_h,
+            c_pre,
+            sig_all,
+            g_all,
+            tc_all,
+            masks,
+            counts,
+        ) = ctx.saved_tensors
         training, eps = ctx.training, ctx.eps
         steps, batch, hidden = c_pre.shape
         if grad_out is None:
@@ -198,8 +246,9 @@ class BNLSTMRecurrence(torch.autograd.Function):
             # h_t = o ⊙ tanh(y_c), y_c = BN(c_t; γ_c, β_c)
             torch.mul(dh, tc, out=d_o)
             grad_y = tanh_backward(dh * o, tc)
-            grad_c, d_gamma, d_beta = _norm_backward(grad_y, c_pre_t[t], m, n, gamma_c, *ctx.moments_c[t],
-                                                     *ctx.run_c[t], training, eps, True)
+            grad_c, d_gamma, d_beta = _norm_backward(
+                grad_y, c_pre_t[t], m, n, gamma_c, *ctx.moments_c[t], *ctx.run_c[t], training, eps, True
+            )
             dc = grad_c.add_(dc)
             grad_gamma_c.append(d_gamma)
             grad_beta_c.append(d_beta)
@@ -211,8 +260,9 @@ class BNLSTMRecurrence(torch.autograd.Function):
             tanh_backward.grad_input(dc * i, g, grad_input=d_g)
             dc = dc * f
             # gates = gx_t + BN(a_t; γ_h, 0), a_t = W_h h_{t−1}
-            d_a, d_gamma, _ = _norm_backward(dgate, pre_t[t], m, n, gamma_h, *ctx.moments_h[t],
-                                             *ctx.run_h[t], training, eps, False)
+            d_a, d_gamma, _ = _norm_backward(
+                dgate, pre_t[t], m, n, gamma_h, *ctx.moments_h[t], *ctx.run_h[t], training, eps, False
+            )
             grad_a_t[t].copy_(d_a)
             grad_gamma_h.append(d_gamma)
             if t == 0:
@@ -227,8 +277,22 @@ class BNLSTMRecurrence(torch.autograd.Function):
         flat = steps * batch
         previous = states_mm[:-1].reshape(flat, hidden)
         grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), previous).to(weight_h.dtype)
-        return (grad_gx, dh, dc, grad_weight, torch.stack(grad_gamma_h).sum(0), torch.stack(grad_gamma_c).sum(0),
-                torch.stack(grad_beta_c).sum(0), None, None, None, None, None, None, None)
+        return (
+            grad_gx,
+            dh,
+            dc,
+            grad_weight,
+            torch.stack(grad_gamma_h).sum(0),
+            torch.stack(grad_gamma_c).sum(0),
+            torch.stack(grad_beta_c).sum(0),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def bn_lstm_recurrence(
@@ -267,8 +331,10 @@ def bn_lstm_recurrence(
     mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else bias.dtype
     applicable = bn_recurrence_cpp.supported(bias, mm_dtype)
     if kernel == "cpp" and not applicable:
-        raise ValueError(f"BN-LSTM kernel 'cpp' runs float32 / float64 on the CPU (products in float32, bfloat16 or "
-                         f"float16), not {bias.dtype} with products in {mm_dtype} on {wx.device}")
+        raise ValueError(
+            f"BN-LSTM kernel 'cpp' runs float32 / float64 on the CPU (products in float32, bfloat16 or "
+            f"float16), not {bias.dtype} with products in {mm_dtype} on {wx.device}"
+        )
     if kernel == "cpp" and bn_recurrence_cpp.load_extension() is None:
         raise RuntimeError("BN-LSTM kernel 'cpp': the C++ extension could not be built (see the warning above)")
     use_cpp = kernel == "cpp" or (kernel == "auto" and applicable and bn_recurrence_cpp.load_extension() is not None)
@@ -276,10 +342,22 @@ def bn_lstm_recurrence(
     with torch.autocast(device, enabled=False):
         if use_cpp:
             return bn_recurrence_cpp.BNLSTMRecurrenceCpp.apply(
-                wx, h0, c0, weight_h, bias, bn_x.weight, bn_h.weight, bn_c.weight, bn_c.bias, mask, (bn_x, bn_h, bn_c),
-                start, *args,
+                wx,
+                h0,
+                c0,
+                weight_h,
+                bias,
+                bn_x.weight,
+                bn_h.weight,
+                bn_c.weight,
+                bn_c.bias,
+                mask,
+                (bn_x, bn_h, bn_c),
+                start,
+                *args,
             )
         gx = bn_x(wx.to(bias.dtype), mask, start) + bias  # under autocast W_x x came in bf16
         stats = (bn_h.running_mean, bn_h.running_var, bn_c.running_mean, bn_c.running_var)
-        return BNLSTMRecurrence.apply(gx, h0, c0, weight_h, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start,
-                                      *args)
+        return BNLSTMRecurrence.apply(
+            gx, h0, c0, weight_h, bn_h.weight, bn_c.weight, bn_c.bias, mask, stats, start, *args
+        )

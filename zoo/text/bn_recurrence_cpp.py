@@ -65,8 +65,13 @@ def load_extension() -> ModuleType | None:
         finally:
             quiet.setLevel(level)
         log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
-        return load(name=f"zoo_bn_lstm_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []), verbose=False)
+        return load(
+            name=f"zoo_bn_lstm_recurrence_{cpu_tag()}",
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []),
+            verbose=False,
+        )
     except Exception as error:  # no compiler, no ninja, no Python headers
         warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
         return None
@@ -119,17 +124,38 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         states_mm[0] = h0
         c_pre = new(steps, batch, hidden)
         cells = c_pre if mask is None else new(steps, batch, hidden)
-        buffers = [states, states_mm, cells, c_pre, new(steps, batch, four_h, dtype=mm_dtype),
-                   new(steps, batch, 3 * hidden), new(steps, batch, hidden), new(steps, batch, hidden)]
+        buffers = [
+            states,
+            states_mm,
+            cells,
+            c_pre,
+            new(steps, batch, four_h, dtype=mm_dtype),
+            new(steps, batch, 3 * hidden),
+            new(steps, batch, hidden),
+            new(steps, batch, hidden),
+        ]
         moments = [new(steps, size) for size in (four_h,) * 6 + (hidden,) * 3]  # mean, var, 1/σ of x, h, c
         empty = new(0)
         masks = empty if mask is None else mask.to(dtype).contiguous()
         counts = c0.new_full((steps,), batch) if mask is None else masks.sum(1)  # real rows per step
         slots = torch.arange(start, start + steps, device=wx.device).clamp_(max=max_length - 1)
-        running = [empty] * 6 if training else [s[slots].to(dtype) for n in norms for s in (n.running_mean, n.running_var)]
+        running = (
+            [empty] * 6 if training else [s[slots].to(dtype) for n in norms for s in (n.running_mean, n.running_var)]
+        )
         params = [p.contiguous() for p in (gamma_x, gamma_h, gamma_c, beta_c, bias)]
-        load_extension().forward(wx, weight_h.t().to(mm_dtype).contiguous(), params, masks, counts, running, training,
-                                 eps, c0, buffers, moments)
+        load_extension().forward(
+            wx,
+            weight_h.t().to(mm_dtype).contiguous(),
+            params,
+            masks,
+            counts,
+            running,
+            training,
+            eps,
+            c0,
+            buffers,
+            moments,
+        )
         if training:
             for i, norm in enumerate(norms):
                 norm.update_running(slots, moments[3 * i], moments[3 * i + 1], counts.unsqueeze(1))
@@ -143,7 +169,7 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor | None, grad_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
         wx, c0, weight_h, *rest = ctx.saved_tensors
         params, (masks, counts), rest = rest[:5], rest[5:7], rest[7:]
-        buffers, moments = rest[: ctx.num_buffers], rest[ctx.num_buffers:]
+        buffers, moments = rest[: ctx.num_buffers], rest[ctx.num_buffers :]
         states_mm, c_pre = buffers[1], buffers[3]
         steps, batch, hidden = c_pre.shape
         grad_out = torch.zeros_like(c_pre) if grad_out is None else grad_out.contiguous()
@@ -153,10 +179,41 @@ class BNLSTMRecurrenceCpp(torch.autograd.Function):
         grad_wx = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)
         grad_a = new(steps, batch, 4 * hidden, dtype=states_mm.dtype)  # ∂L/∂(W_h h_{t−1}), all steps
         grads = [new(steps, size) for size in (4 * hidden,) * 3 + (hidden,) * 2]  # γ_x, γ_h, b, γ_c, β_c
-        load_extension().backward(grad_out, weight_h.to(states_mm.dtype).contiguous(), params, masks, counts,
-                                  ctx.training, c0, wx, buffers, list(moments), grad_wx, grad_a, grads, dh, dc)
+        load_extension().backward(
+            grad_out,
+            weight_h.to(states_mm.dtype).contiguous(),
+            params,
+            masks,
+            counts,
+            ctx.training,
+            c0,
+            wx,
+            buffers,
+            list(moments),
+            grad_wx,
+            grad_a,
+            grads,
+            dh,
+            dc,
+        )
         flat = steps * batch
         grad_weight = torch.mm(grad_a.view(flat, 4 * hidden).t(), states_mm[:-1].reshape(flat, hidden))
         grad_gamma_x, grad_gamma_h, grad_bias, grad_gamma_c, grad_beta_c = (g.sum(0) for g in grads)
-        return (grad_wx, dh, dc, grad_weight.to(weight_h.dtype), grad_bias, grad_gamma_x, grad_gamma_h, grad_gamma_c,
-                grad_beta_c, None, None, None, None, None, None, None)
+        return (
+            grad_wx,
+            dh,
+            dc,
+            grad_weight.to(weight_h.dtype),
+            grad_bias,
+            grad_gamma_x,
+            grad_gamma_h,
+            grad_gamma_c,
+            grad_beta_c,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -55,7 +55,11 @@ class LSTMPLayer(nn.Module):
         super().__init__()
         if factor_size and groups > 1:
             raise ValueError("choose either factor_size (F-LSTM) or groups (G-LSTM), not both")
-        for name, size in (("input_size", input_size), ("hidden_size", hidden_size), ("projection_size", projection_size)):
+        for name, size in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("projection_size", projection_size),
+        ):
             if size % groups:
                 raise ValueError(f"{name}={size} is not divisible by groups={groups}")
         self.hidden_size, self.projection_size = hidden_size, projection_size
@@ -78,7 +82,7 @@ class LSTMPLayer(nn.Module):
             if name == "bias":
                 continue
             fan_in = param.shape[-2] if param.ndim == 3 else param.shape[-1]  # (k, in/k, out/k) or (out, in)
-            nn.init.uniform_(param, -fan_in**-0.5, fan_in**-0.5)
+            nn.init.uniform_(param, -(fan_in**-0.5), fan_in**-0.5)
         with torch.no_grad():
             self.bias.zero_()
             # gate layout (groups, [i, j, f, o], n/k): every group's f block
@@ -160,7 +164,9 @@ class FactorizedLSTM(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+    def initial_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         c = self.config
         return (
             torch.zeros(c.num_layers, batch_size, c.projection_size, device=device, dtype=dtype),
@@ -187,12 +193,27 @@ def _one_billion_word(cell: str, **kw: int) -> LanguageModelConfig:
     )
 
 
-register("biglstm-1b", RNNLanguageModel, _one_billion_word("lstmp"), task="lm",
-         description="BIGLSTM, One Billion Word (1703.10722): 2x LSTMP 8192/1024")
-register("flstm-1b", RNNLanguageModel, _one_billion_word("flstm", factor_size=512), task="lm",
-         description="F-LSTM F512 on BIGLSTM (1703.10722 §3.1)")
-register("glstm-1b", RNNLanguageModel, _one_billion_word("glstm", groups=4), task="lm",
-         description="G-LSTM G4 on BIGLSTM (1703.10722 §3.2)")
+register(
+    "biglstm-1b",
+    RNNLanguageModel,
+    _one_billion_word("lstmp"),
+    task="lm",
+    description="BIGLSTM, One Billion Word (1703.10722): 2x LSTMP 8192/1024",
+)
+register(
+    "flstm-1b",
+    RNNLanguageModel,
+    _one_billion_word("flstm", factor_size=512),
+    task="lm",
+    description="F-LSTM F512 on BIGLSTM (1703.10722 §3.1)",
+)
+register(
+    "glstm-1b",
+    RNNLanguageModel,
+    _one_billion_word("glstm", groups=4),
+    task="lm",
+    description="G-LSTM G4 on BIGLSTM (1703.10722 §3.2)",
+)
 
 
 def _small(cell: str, **kw: int) -> LanguageModelConfig:
@@ -204,6 +225,11 @@ def _small(cell: str, **kw: int) -> LanguageModelConfig:
 
 
 register("lstmp-small", RNNLanguageModel, _small("lstmp"), task="lm", description="CPU-scale LSTMP 512/64, 2 layers")
-register("flstm-small", RNNLanguageModel, _small("flstm", factor_size=32), task="lm",
-         description="CPU-scale F-LSTM F32 (r = n/16, as F512 at n = 8192)")
+register(
+    "flstm-small",
+    RNNLanguageModel,
+    _small("flstm", factor_size=32),
+    task="lm",
+    description="CPU-scale F-LSTM F32 (r = n/16, as F512 at n = 8192)",
+)
 register("glstm-small", RNNLanguageModel, _small("glstm", groups=4), task="lm", description="CPU-scale G-LSTM G4")

@@ -68,7 +68,9 @@ class LSTM(nn.Module):
                 if name.startswith("bias_ih"):  # gate order i, f, g, o; b_hh stays as initialised
                     param[h : 2 * h].fill_(config.forget_bias)
 
-    def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+    def initial_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         zeros = torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size, device=device, dtype=dtype)
         return zeros, zeros.clone()
 
@@ -103,7 +105,9 @@ def build_recurrent(config: LanguageModelConfig) -> nn.Module:
     if config.cell not in CELLS:
         raise ValueError(f"unknown cell {config.cell!r}; choose one of {sorted(CELLS)}")
     if (config.cell == "flstm") != (config.factor_size > 0):
-        raise ValueError(f"cell={config.cell!r} with factor_size={config.factor_size}: only 'flstm' uses factor_size > 0")
+        raise ValueError(
+            f"cell={config.cell!r} with factor_size={config.factor_size}: only 'flstm' uses factor_size > 0"
+        )
     if (config.cell == "glstm") != (config.groups > 1):
         raise ValueError(f"cell={config.cell!r} with groups={config.groups}: only 'glstm' uses groups > 1")
     cls = import_class(CELLS[config.cell])
@@ -166,12 +170,16 @@ class RNNLanguageModel(nn.Module):
 
 
 register(
-    "lstm-ptb-char", RNNLanguageModel,
+    "lstm-ptb-char",
+    RNNLanguageModel,
     LanguageModelConfig(vocab_size=50, embedding_size=128, cell="lstm", hidden_size=1000),
-    task="lm", description="LSTM baseline of 1603.09025 §5.2: 1000 units, char-level PTB",
+    task="lm",
+    description="LSTM baseline of 1603.09025 §5.2: 1000 units, char-level PTB",
 )
 register(
-    "lstm-char-small", RNNLanguageModel,
+    "lstm-char-small",
+    RNNLanguageModel,
     LanguageModelConfig(vocab_size=128, embedding_size=64, cell="lstm", hidden_size=256),
-    task="lm", description="CPU-scale char LSTM baseline, 256 units",
+    task="lm",
+    description="CPU-scale char LSTM baseline, 256 units",
 )

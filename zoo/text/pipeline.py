@@ -23,9 +23,9 @@ UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 
 class LanguageModelPipeline(Pipeline):
     """Args:
-        network: ``zoo.registry.model_to_dict`` of an :class:`~zoo.text.lm.RNNLanguageModel`.
-        vocabulary: the tokens, id order (``<unk>``, ``<s>``, ``</s>`` first).
-        level: ``char`` or ``word``.
+    network: ``zoo.registry.model_to_dict`` of an :class:`~zoo.text.lm.RNNLanguageModel`.
+    vocabulary: the tokens, id order (``<unk>``, ``<s>``, ``</s>`` first).
+    level: ``char`` or ``word``.
     """
 
     def __init__(self, network: dict[str, Any], vocabulary: list[str], level: str = "char") -> None:
