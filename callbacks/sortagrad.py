@@ -13,7 +13,7 @@ round-robin, so every rank also goes from short to long), later epochs its shuff
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 
 
 class SortaGrad(pl.Callback):
@@ -29,24 +29,24 @@ class SortaGrad(pl.Callback):
         self.sorted_epochs = sorted_epochs
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Tell the DataModule before it builds the training loader (whose workers start at once)."""
-        if stage == "fit" and trainer.datamodule is not None and hasattr(trainer.datamodule, "sorted_epochs"):
-            trainer.datamodule.sorted_epochs = self.sorted_epochs
+        """The one place the setting goes: the DataModule, which builds its batch sampler with it before the
+        training loader's workers start."""
+        if stage != "fit":
+            return
+        if not hasattr(trainer.datamodule, "sorted_epochs"):
+            raise TypeError(
+                "SortaGrad needs a DataModule with `sorted_epochs` that builds a BucketingBatchSampler "
+                f"(got {type(trainer.datamodule).__name__}); use zoo.datamodules.speech.SpeechDataModule"
+            )
+        trainer.datamodule.sorted_epochs = self.sorted_epochs
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "batch_sampler", None)
-        if not hasattr(sampler, "sorted_epochs"):
+        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if getattr(sampler, "sorted_epochs", None) != self.sorted_epochs:
             raise TypeError(
-                "SortaGrad needs a training DataLoader whose batch_sampler is a BucketingBatchSampler "
-                f"(got {type(sampler).__name__}); use zoo.datamodules.speech.SpeechDataModule"
+                f"SortaGrad: the training loader's batch sampler ({type(sampler).__name__}) does not iterate the "
+                f"first {self.sorted_epochs} epoch(s) sorted; its DataModule must build a BucketingBatchSampler "
+                "with its `sorted_epochs`"
             )
-        if sampler.sorted_epochs != self.sorted_epochs:
-            sampler.sorted_epochs = self.sorted_epochs
-            if getattr(loader, "num_workers", 0) > 0 and trainer.current_epoch < self.sorted_epochs:
-                rank_zero_warn(
-                    "SortaGrad was set after the training loader's workers had started; epoch "
-                    f"{trainer.current_epoch} may not be in sorted order. Use a DataModule with `sorted_epochs`."
-                )
         if trainer.current_epoch < self.sorted_epochs:
             rank_zero_info(f"SortaGrad: epoch {trainer.current_epoch} in increasing utterance length")

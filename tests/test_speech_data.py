@@ -378,6 +378,35 @@ def test_sortagrad_first_epoch_sorted_then_shuffled(tmp_path):
     assert Counter(recorder.maxima[1]) == Counter(recorder.maxima[0])
 
 
+def _sortagrad_trainer() -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=1,
+        callbacks=[SortaGrad(sorted_epochs=1)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+
+
+def test_sortagrad_needs_a_datamodule_that_owns_the_setting(tmp_path):
+    """SortaGrad's setting lives in one place, the DataModule; anything else is refused, not patched."""
+
+    class PlainData(pl.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(list(range(4)), batch_size=2)
+
+    with pytest.raises(TypeError, match="needs a DataModule with `sorted_epochs`"):
+        _sortagrad_trainer().fit(_LengthRecorder(), datamodule=PlainData())
+
+    class IgnoresTheSetting(PlainData):
+        sorted_epochs = 0  # accepts the attribute, but its loader has no sorted sampler
+
+    with pytest.raises(TypeError, match="does not iterate the first 1 epoch"):
+        _sortagrad_trainer().fit(_LengthRecorder(), datamodule=IgnoresTheSetting())
+
+
 def test_loader_state_counts_delivered_batches_not_prefetched(tmp_path):
     train = _corpus(tmp_path, [(0.2 + 0.01 * i, "go") for i in range(12)], "train.json")
 
