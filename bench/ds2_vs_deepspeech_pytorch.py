@@ -190,8 +190,8 @@ def compare(name: str, peer: tuple[types.ModuleType, types.ModuleType] | None, a
     nets: dict[str, nn.Module] = {"zoo": zoo_model}
     if peer is not None:
         model_module, configs = peer
-        nets["peer"] = model_module.DeepSpeech(LABELS, configs.BiDirectionalConfig(hidden_size=hidden, hidden_layers=layers),
-                                               32, configs.SGDConfig(), configs.SpectConfig())
+        rnn_config = configs.BiDirectionalConfig(hidden_size=hidden, hidden_layers=layers)
+        nets["peer"] = model_module.DeepSpeech(LABELS, rnn_config, 32, configs.SGDConfig(), configs.SpectConfig())
     params = {s: sum(p.numel() for p in m.parameters()) for s, m in nets.items()}
     steps: dict[tuple[str, str], Callable[[], float]] = {}
     for system, net in nets.items():
@@ -226,7 +226,8 @@ def compare(name: str, peer: tuple[types.ModuleType, types.ModuleType] | None, a
                      "vs_peer_fp32_cpu": peer_best.cpu_median / zoo_best.cpu_median if zoo_best.cpu_median else None})
     for r in rows:
         if "step_s" in r:
-            ratio = f"  peer fp32 / this: {r['vs_peer_fp32']:.2f}x wall, {r['vs_peer_fp32_cpu']:.2f}x CPU" if r["vs_peer_fp32"] else ""
+            ratio = (f"  peer fp32 / this: {r['vs_peer_fp32']:.2f}x wall, {r['vs_peer_fp32_cpu']:.2f}x CPU"
+                     if r["vs_peer_fp32"] else "")
             print(f"  {name:13s} {r['system']:19s} {r['mode']:12s} {r['step_s']:.3f} s/step (±{r['spread']:.0%}, "
                   f"{r['dropped']} rounds dropped) {r['gflop']:.0f} GFLOP, {r['matmul_fraction']:.0%} of matmul rate"
                   + ratio, flush=True)

@@ -435,7 +435,8 @@ class PackedRecurrence(torch.autograd.Function):
         acts = new(dirs, steps, batch, gates)
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
-        load_recurrence().forward(_KIND_CODES[rnn_type], gx.contiguous(), weight_hh.transpose(1, 2).to(mm_dtype).contiguous(),
+        weight_t = weight_hh.transpose(1, 2).to(mm_dtype).contiguous()
+        load_recurrence().forward(_KIND_CODES[rnn_type], gx.contiguous(), weight_t,
                                   *plan, y, states, states_mm, acts, cells, new(dirs, batch, gates, dtype=mm_dtype))
         ctx.plan, ctx.rnn_type, ctx.mm_dtype = plan, rnn_type, mm_dtype
         ctx.save_for_backward(weight_hh, states, states_mm, acts, cells)
@@ -533,7 +534,8 @@ class RecurrentLayer(nn.Module):
         else:
             gx = self.norm.normalize(F.linear(x, self.weight_ih))
         dtype, mm_dtype = gx.dtype, gx.dtype
-        if dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if dtype == torch.float32 and autocast_bf16:
             mm_dtype = torch.bfloat16
         with torch.autocast("cpu", enabled=False):
             return PackedRecurrence.apply(gx, self.weight_hh.to(dtype), plan, self.rnn_type, mm_dtype)
@@ -661,13 +663,14 @@ class DeepSpeech2(nn.Module):
         (``kernel="fused"``, GPUs, or where the extension cannot be built)."""
         if self.kernel not in ("auto", "cpp", "fused"):
             raise ValueError(f"DeepSpeech2.kernel must be 'auto', 'cpp' or 'fused', got {self.kernel!r}")
-        if self.kernel == "fused" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        supported_dtype = x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        if self.kernel == "fused" or x.device.type != "cpu" or not supported_dtype:
             return False
         if not all(rnn.packed_supported() for rnn in self.rnns):
             return False
         if load_recurrence() is None:
             if self.kernel == "cpp":
-                raise RuntimeError("DeepSpeech2: kernel='cpp' but the C++ recurrence could not be built (see the warning)")
+                raise RuntimeError("DeepSpeech2: kernel='cpp' but the C++ recurrence could not be built (see warning)")
             return False
         return True
 
