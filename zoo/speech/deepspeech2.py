@@ -505,7 +505,9 @@ class RecurrentLayer(nn.Module):
         weight, bias = self.norm.fold(self.weight_ih, x, mask)
         return weight, bias, self.weight_hh.new_zeros(self.weight_hh.shape[:2])
 
-    def _run(self, x: Tensor, direction: int, weights: tuple[Tensor, Tensor, Tensor], state: State | None) -> tuple[Tensor, State]:
+    def _run(
+        self, x: Tensor, direction: int, weights: tuple[Tensor, Tensor, Tensor], state: State | None
+    ) -> tuple[Tensor, State]:
         weight_ih, bias_ih, bias_hh = (w.chunk(self.directions)[direction] for w in weights)
         params = [weight_ih, self.weight_hh[direction], bias_ih, bias_hh.reshape(-1)]
         if state is None:
@@ -540,7 +542,9 @@ class RecurrentLayer(nn.Module):
         with torch.autocast("cpu", enabled=False):
             return PackedRecurrence.apply(gx, self.weight_hh.to(dtype), plan, self.rnn_type, mm_dtype)
 
-    def forward(self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
+    def forward(
+        self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None
+    ) -> tuple[Tensor, State | None]:
         weights = self.input_weights(x, mask)
         forward, final = self._run(x, 0, weights, state)
         if self.directions == 1:
@@ -645,7 +649,9 @@ class DeepSpeech2(nn.Module):
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         if features.dim() != 3 or features.shape[1] != self.config.in_features:
-            raise ValueError(f"DeepSpeech2 expects features (B, {self.config.in_features}, T), got {tuple(features.shape)}")
+            raise ValueError(
+                f"DeepSpeech2 expects features (B, {self.config.in_features}, T), got {tuple(features.shape)}"
+            )
         self.check_lengths(lengths)
         x, lengths = self.front_end(features, lengths)
         mask = frame_mask(lengths, x.shape[1])
@@ -712,7 +718,8 @@ register("ds2-demo", DeepSpeech2,
 register("ds2-streaming-demo", DeepSpeech2,
          DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=256, bidirectional=False, lookahead=8,
                            fc_hidden=192),
-         task="speech", description="small CPU streaming DeepSpeech2: 1 conv x 16 (stride 3) + 3 GRU x 256 + row conv tau=8")
+         task="speech",
+         description="small CPU streaming DeepSpeech2: 1 conv x 16 (stride 3) + 3 GRU x 256 + row conv tau=8")
 register("ds2-tiny", DeepSpeech2,
          DeepSpeech2Config(conv_channels=(4,), conv_kernels=((5, 21),), conv_strides=((2, 4),), rnn_layers=1,
                            rnn_hidden=32, merge="sum", fc_hidden=0),
