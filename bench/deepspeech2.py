@@ -41,8 +41,11 @@ class BaselineDS2(nn.Module):
         self.config = config
         layers, channels, freq = [], 1, config.in_features
         for c_out, (kt, kf), (st, sf) in zip(config.conv_channels, config.conv_kernels, config.conv_strides):
-            layers += [nn.Conv2d(channels, c_out, (kt, kf), (st, sf), (kt // 2, kf // 2), bias=False),
-                       nn.BatchNorm2d(c_out), nn.Hardtanh(0, config.relu_clip)]
+            layers += [
+                nn.Conv2d(channels, c_out, (kt, kf), (st, sf), (kt // 2, kf // 2), bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.Hardtanh(0, config.relu_clip),
+            ]
             channels, freq = c_out, (freq + 2 * (kf // 2) - kf) // sf + 1
         self.conv = nn.Sequential(*layers)
         width = channels * freq
@@ -94,7 +97,7 @@ def padding_error(model: nn.Module, features: torch.Tensor, lengths: torch.Tenso
     with torch.no_grad():
         batch, out_lengths = model(features, lengths)
         b = int(lengths.argmin())
-        alone, _ = model(features[b:b + 1, :, : int(lengths[b])], lengths[b:b + 1])
+        alone, _ = model(features[b : b + 1, :, : int(lengths[b])], lengths[b : b + 1])
     model.train()
     n = int(out_lengths[b])
     return float((batch[b, :n] - alone[0, :n]).abs().max())
@@ -110,10 +113,14 @@ def compare(name: str, config: DeepSpeech2Config, seconds: list[float], steps: i
     t_ours, t_base = train_steps([ours, base], features, lengths, steps)
     audio = sum(seconds)
     print(f"{name}: batch {len(seconds)}, {audio:.1f} s of audio per step")
-    print(f"  zoo DeepSpeech2  {t_ours * 1e3:8.1f} ms/step  {audio / t_ours:7.1f} audio s/s  "
-          f"padding error {padding_error(ours, features, lengths):.1e}")
-    print(f"  padded baseline  {t_base * 1e3:8.1f} ms/step  {audio / t_base:7.1f} audio s/s  "
-          f"padding error {padding_error(base, features, lengths):.1e}")
+    print(
+        f"  zoo DeepSpeech2  {t_ours * 1e3:8.1f} ms/step  {audio / t_ours:7.1f} audio s/s  "
+        f"padding error {padding_error(ours, features, lengths):.1e}"
+    )
+    print(
+        f"  padded baseline  {t_base * 1e3:8.1f} ms/step  {audio / t_base:7.1f} audio s/s  "
+        f"padding error {padding_error(base, features, lengths):.1e}"
+    )
     print(f"  ratio zoo/baseline step time: {t_ours / t_base:.2f}")
 
 
@@ -126,12 +133,14 @@ def streaming_rtf(chunk_ms: int, seconds: float) -> None:
     with torch.inference_mode():
         for start in range(0, features.shape[1], chunk):
             begin = time.perf_counter()
-            transcriber.accept(features[:, start:start + chunk])
+            transcriber.accept(features[:, start : start + chunk])
             times.append(time.perf_counter() - begin)
         transcriber.finish()
     rtf = statistics.median(times) / (chunk_ms / 1000)
-    print(f"streaming ds2-streaming-demo: {chunk_ms} ms chunks, median {statistics.median(times) * 1e3:.1f} ms "
-          f"per chunk, real-time factor {rtf:.3f}")
+    print(
+        f"streaming ds2-streaming-demo: {chunk_ms} ms chunks, median {statistics.median(times) * 1e3:.1f} ms "
+        f"per chunk, real-time factor {rtf:.3f}"
+    )
 
 
 def main() -> None:

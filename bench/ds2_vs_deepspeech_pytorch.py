@@ -131,17 +131,25 @@ def import_peer(folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
 
 def zoo_config(layers: int, hidden: int) -> DeepSpeech2Config:
     """The peer's architecture in the zoo's terms: kernels and strides (time, freq), summed BiLSTM, no FC."""
-    return DeepSpeech2Config(in_features=161, num_classes=len(LABELS), conv_channels=(32, 32),
-                             conv_kernels=((11, 41), (11, 21)), conv_strides=((2, 2), (1, 2)),
-                             conv_padding=((5, 20), (5, 10)), rnn_type="lstm", rnn_layers=layers, rnn_hidden=hidden,
-                             merge="sum", fc_hidden=0)
+    return DeepSpeech2Config(
+        in_features=161,
+        num_classes=len(LABELS),
+        conv_channels=(32, 32),
+        conv_kernels=((11, 41), (11, 21)),
+        conv_strides=((2, 2), (1, 2)),
+        conv_padding=((5, 20), (5, 10)),
+        rnn_type="lstm",
+        rnn_layers=layers,
+        rnn_hidden=hidden,
+        merge="sum",
+        fc_hidden=0,
+    )
 
 
 def make_batch(size: int, seconds: float, varied: bool) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(0)
     frames = round(seconds * FRAMES_PER_SECOND)
-    lengths = (torch.linspace(frames, frames // 2, size).round().long() if varied
-               else torch.full((size,), frames))
+    lengths = torch.linspace(frames, frames // 2, size).round().long() if varied else torch.full((size,), frames)
     features = torch.randn(size, 161, frames, generator=generator) * frame_mask(lengths, frames)[:, None, :]
     targets = torch.randint(1, len(LABELS), (size, 40), generator=generator)
     return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": torch.full((size,), 40)}
@@ -154,8 +162,9 @@ def zoo_step(model: DeepSpeech2, mode: str, b: dict[str, Tensor]) -> Callable[[]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
             logits, out_lengths = model(b["features"], b["lengths"])
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-        loss = F.ctc_loss(log_probs, b["targets"], out_lengths, b["target_lengths"], reduction="sum",
-                          zero_infinity=True)
+        loss = F.ctc_loss(
+            log_probs, b["targets"], out_lengths, b["target_lengths"], reduction="sum", zero_infinity=True
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -172,8 +181,9 @@ def peer_step(model: nn.Module, mode: str, b: dict[str, Tensor]) -> Callable[[],
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
             out, out_lengths, _ = model(features, b["lengths"].int())
-        loss = model.criterion(out.float().transpose(0, 1).log_softmax(-1), b["targets"], out_lengths,
-                               b["target_lengths"])
+        loss = model.criterion(
+            out.float().transpose(0, 1).log_softmax(-1), b["targets"], out_lengths, b["target_lengths"]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -204,33 +214,55 @@ def compare(name: str, peer: tuple[types.ModuleType, types.ModuleType] | None, a
     best = {s: min((k for k in steps if k[0] == s), key=lambda k: stats[f"{k[0]}/{k[1]}"].median) for s in nets}
     label = {"zoo": "zoo DeepSpeech2", "peer": "deepspeech.pytorch"}
     rows = []
-    for (system, mode) in steps:
+    for system, mode in steps:
         s = stats[f"{system}/{mode}"]
         peer_fp32 = stats.get("peer/fp32")
         dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-        rows.append({
-            "config": name, "params_m": params[system] / 1e6, "system": label[system],
-            "mode": mode + (" (best)" if best[system] == (system, mode) else ""), "step_s": s.median,
-            "cpu_s": s.cpu_median, "spread": s.spread, "dropped": s.dropped, "audio_per_s": audio / s.median,
-            "first_s": first[(system, mode)],
-            "vs_peer_fp32": peer_fp32.median / s.median if peer_fp32 and system == "zoo" else None,
-            "vs_peer_fp32_cpu": (peer_fp32.cpu_median / s.cpu_median
-                                 if peer_fp32 and system == "zoo" and s.cpu_median else None),
-            "gflop": flops[system] / 1e9, "matmul_fraction": flops[system] / s.median / matmul_rate("cpu", dtype),
-            "stats": s,
-        })
+        rows.append(
+            {
+                "config": name,
+                "params_m": params[system] / 1e6,
+                "system": label[system],
+                "mode": mode + (" (best)" if best[system] == (system, mode) else ""),
+                "step_s": s.median,
+                "cpu_s": s.cpu_median,
+                "spread": s.spread,
+                "dropped": s.dropped,
+                "audio_per_s": audio / s.median,
+                "first_s": first[(system, mode)],
+                "vs_peer_fp32": peer_fp32.median / s.median if peer_fp32 and system == "zoo" else None,
+                "vs_peer_fp32_cpu": (
+                    peer_fp32.cpu_median / s.cpu_median if peer_fp32 and system == "zoo" and s.cpu_median else None
+                ),
+                "gflop": flops[system] / 1e9,
+                "matmul_fraction": flops[system] / s.median / matmul_rate("cpu", dtype),
+                "stats": s,
+            }
+        )
     if "peer" in nets:
         zoo_best, peer_best = (stats[f"{k[0]}/{k[1]}"] for k in (best["zoo"], best["peer"]))
-        rows.append({"config": name, "system": "zoo best / peer best", "mode": f"{best['zoo'][1]} vs {best['peer'][1]}",
-                     "vs_peer_fp32": peer_best.median / zoo_best.median,
-                     "vs_peer_fp32_cpu": peer_best.cpu_median / zoo_best.cpu_median if zoo_best.cpu_median else None})
+        rows.append(
+            {
+                "config": name,
+                "system": "zoo best / peer best",
+                "mode": f"{best['zoo'][1]} vs {best['peer'][1]}",
+                "vs_peer_fp32": peer_best.median / zoo_best.median,
+                "vs_peer_fp32_cpu": peer_best.cpu_median / zoo_best.cpu_median if zoo_best.cpu_median else None,
+            }
+        )
     for r in rows:
         if "step_s" in r:
-            ratio = (f"  peer fp32 / this: {r['vs_peer_fp32']:.2f}x wall, {r['vs_peer_fp32_cpu']:.2f}x CPU"
-                     if r["vs_peer_fp32"] else "")
-            print(f"  {name:13s} {r['system']:19s} {r['mode']:12s} {r['step_s']:.3f} s/step (±{r['spread']:.0%}, "
-                  f"{r['dropped']} rounds dropped) {r['gflop']:.0f} GFLOP, {r['matmul_fraction']:.0%} of matmul rate"
-                  + ratio, flush=True)
+            ratio = (
+                f"  peer fp32 / this: {r['vs_peer_fp32']:.2f}x wall, {r['vs_peer_fp32_cpu']:.2f}x CPU"
+                if r["vs_peer_fp32"]
+                else ""
+            )
+            print(
+                f"  {name:13s} {r['system']:19s} {r['mode']:12s} {r['step_s']:.3f} s/step (±{r['spread']:.0%}, "
+                f"{r['dropped']} rounds dropped) {r['gflop']:.0f} GFLOP, {r['matmul_fraction']:.0%} of matmul rate"
+                + ratio,
+                flush=True,
+            )
         else:
             print(f"  {name:13s} best: {r['mode']}: {r['vs_peer_fp32']:.2f}x wall", flush=True)
     return rows
@@ -238,11 +270,20 @@ def compare(name: str, peer: tuple[types.ModuleType, types.ModuleType] | None, a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["2x256", "2x256-varied", "3x256", "3x256-varied", "5x1024"],
-                        choices=list(CONFIGS))
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["2x256", "2x256-varied", "3x256", "3x256-varied", "5x1024"],
+        choices=list(CONFIGS),
+    )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="zoo modes")
-    parser.add_argument("--peer-modes", nargs="+", default=["fp32"], choices=MODES,
-                        help="peer modes (its autocast is CUDA-only: fp32 is its CPU mode)")
+    parser.add_argument(
+        "--peer-modes",
+        nargs="+",
+        default=["fp32"],
+        choices=MODES,
+        help="peer modes (its autocast is CUDA-only: fp32 is its CPU mode)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per config")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="ds2_vs_deepspeech_pytorch", help="result file bench/results/<name>.json")
@@ -251,8 +292,10 @@ def main() -> None:
     folder = peer_folder()
     peer = import_peer(folder) if folder else None
     if peer is None:
-        print("peer rows skipped: deepspeech.pytorch not found; clone SeanNaren/deepspeech.pytorch (b88a631) and set "
-              "ZOO_PEER_DEEPSPEECH_PYTORCH to its folder")
+        print(
+            "peer rows skipped: deepspeech.pytorch not found; clone SeanNaren/deepspeech.pytorch (b88a631) and set "
+            "ZOO_PEER_DEEPSPEECH_PYTORCH to its folder"
+        )
     if load_recurrence() is None:
         print("note: the zoo's C++ recurrence could not be built; the zoo rows use PyTorch's fused kernels")
     env = environment()
@@ -267,14 +310,25 @@ def write(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
     result = table(
         f"DeepSpeech2 training step vs deepspeech.pytorch (forward + CTC + backward + SGD, {args.threads} threads; "
         f"interleaved medians of {args.repeats})",
-        [("config", "config"), ("params_m", "params (M)", ".2f"), ("system", "system"), ("mode", "mode"),
-         ("step_s", "s / step", ".3f"), ("spread", "IQR / median", ".0%"), ("audio_per_s", "audio s / s", ".1f"),
-         ("vs_peer_fp32", "speed vs peer fp32 (wall)", ".2f"), ("vs_peer_fp32_cpu", "(CPU time)", ".2f"),
-         ("gflop", "GFLOP / step", ".1f"), ("matmul_fraction", "of matmul rate", ".0%")], rows,
+        [
+            ("config", "config"),
+            ("params_m", "params (M)", ".2f"),
+            ("system", "system"),
+            ("mode", "mode"),
+            ("step_s", "s / step", ".3f"),
+            ("spread", "IQR / median", ".0%"),
+            ("audio_per_s", "audio s / s", ".1f"),
+            ("vs_peer_fp32", "speed vs peer fp32 (wall)", ".2f"),
+            ("vs_peer_fp32_cpu", "(CPU time)", ".2f"),
+            ("gflop", "GFLOP / step", ".1f"),
+            ("matmul_fraction", "of matmul rate", ".0%"),
+        ],
+        rows,
         notes="Configs: LxH = L bidirectional LSTM layers x H units (directions summed); 2x256 / 3x256 at 16 x 4 s, "
-              "-varied = 16 utterances of 2-4 s, 5x1024 at 2 x 4 s. GFLOP as counted by FlopCounterMode (the peer's "
-              "fused LSTM kernels are not counted). Goals (issue 18): fp32 >= 1.0x the peer, best >= 1.5x the peer's "
-              "best (fp32).")
+        "-varied = 16 utterances of 2-4 s, 5x1024 at 2 x 4 s. GFLOP as counted by FlopCounterMode (the peer's "
+        "fused LSTM kernels are not counted). Goals (issue 18): fp32 >= 1.0x the peer, best >= 1.5x the peer's "
+        "best (fp32).",
+    )
     write_result(args.name, [result], env=env, title="DeepSpeech2 vs deepspeech.pytorch")
 
 
