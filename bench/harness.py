@@ -68,8 +68,9 @@ def device_name(device: torch.device | str = "cpu") -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -172,9 +173,14 @@ def summarize(samples: Sequence[float], dropped: int = 0, cpu: Sequence[float] |
     return Stats(statistics.median(values), q25, q75, values[0], values[-1], len(values), dropped, cpu_median)
 
 
-def interleave(callables: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
-               device: torch.device | str | None = None, max_foreign_cores: float | None = 0.1,
-               min_clean: int = 3) -> dict[str, Stats]:
+def interleave(
+    callables: Mapping[str, Callable[[], Any]],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    max_foreign_cores: float | None = 0.1,
+    min_clean: int = 3,
+) -> dict[str, Stats]:
     """Time each callable ``repeats`` times in interleaved rounds (A B C A B C ...) after ``warmup`` rounds.
 
     Every call is followed by one :func:`synchronize`. A round counts as *loaded* when, during any of
@@ -203,8 +209,10 @@ def interleave(callables: Mapping[str, Callable[[], Any]], repeats: int = 5, war
         loaded.append(busy)
     clean = [i for i, busy in enumerate(loaded) if not busy]
     keep = clean if len(clean) >= min(min_clean, repeats) else list(range(repeats))
-    return {name: summarize([times[name][i] for i in keep], repeats - len(keep), [cpu[name][i] for i in keep])
-            for name in names}
+    return {
+        name: summarize([times[name][i] for i in keep], repeats - len(keep), [cpu[name][i] for i in keep])
+        for name in names
+    }
 
 
 def once(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
@@ -225,13 +233,27 @@ def cpu_time(fn: Callable[[], Any], number: int, blocks: int = 5, label: str = "
     from torch.utils.benchmark import Timer
 
     fn()
-    timer = Timer(stmt="fn()", globals={"fn": fn}, timer=time.process_time, num_threads=torch.get_num_threads(),
-                  label=label)
+    timer = Timer(
+        stmt="fn()", globals={"fn": fn}, timer=time.process_time, num_threads=torch.get_num_threads(), label=label
+    )
     return min(timer.timeit(number).median for _ in range(blocks))
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                         output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape,
+    **kwargs,
+) -> int:
     """``torch.utils.flop_counter``'s convolution-backward count with the weight gradient divided by
     ``groups`` (torch 2.14 counts it as if the conv were dense: 86x too much for a depthwise conv of 256
     channels, which would hide how far QuartzNet's step is from the matmul limit)."""
@@ -265,15 +287,17 @@ def default_matmul_size(device: str = "cpu") -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_stats(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
-                 repeats: int = 5) -> Stats:
+def matmul_stats(
+    device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None, repeats: int = 5
+) -> Stats:
     """Timings of a square ``size``³ matmul on ``device`` with this process's threads (cached per arguments)."""
     dev = torch.device(device)
     size = size or default_matmul_size(device)
     a = torch.randn(size, size, device=dev, dtype=dtype)
     b = torch.randn(size, size, device=dev, dtype=dtype)
-    return interleave({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=1, device=dev,
-                      max_foreign_cores=None)["mm"]
+    return interleave({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=1, device=dev, max_foreign_cores=None)[
+        "mm"
+    ]
 
 
 def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
@@ -282,8 +306,9 @@ def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, size: i
     return 2 * size**3 / matmul_stats(device, dtype, size).median
 
 
-def flops_fraction(flops: float, seconds: float, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   size: int | None = None) -> float:
+def flops_fraction(
+    flops: float, seconds: float, device: str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None
+) -> float:
     """Achieved FLOP/s of ``flops`` in ``seconds`` as a fraction of :func:`matmul_rate` (same arguments)."""
     return flops / seconds / matmul_rate(device, dtype, size)
 
@@ -297,8 +322,12 @@ class Column:
     fmt: str = ""
 
 
-def table(title: str, columns: Sequence[Column | tuple[str, str] | tuple[str, str, str]],
-          rows: Sequence[Mapping[str, Any]], notes: str = "") -> dict[str, Any]:
+def table(
+    title: str,
+    columns: Sequence[Column | tuple[str, str] | tuple[str, str, str]],
+    rows: Sequence[Mapping[str, Any]],
+    notes: str = "",
+) -> dict[str, Any]:
     """A table for ``docs/benchmarks.md``: raw row values, formatted by ``bench/make_docs.py``."""
     cols = [c if isinstance(c, Column) else Column(*c) for c in columns]
     return {"title": title, "columns": [asdict(c) for c in cols], "rows": [dict(r) for r in rows], "notes": notes}
@@ -320,8 +349,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_result(name: str, tables: Sequence[Mapping[str, Any]], env: Mapping[str, Any] | None = None,
-                 folder: Path | None = None, **extra: Any) -> Path:
+def write_result(
+    name: str,
+    tables: Sequence[Mapping[str, Any]],
+    env: Mapping[str, Any] | None = None,
+    folder: Path | None = None,
+    **extra: Any,
+) -> Path:
     """Write ``<folder>/<name>.json`` (default ``bench/results``) and return its path.
 
     ``env`` is :func:`environment` taken at the start of the run; the load average at the end is

@@ -1,5 +1,6 @@
 """Jasper benchmarks: training throughput (seconds of audio per wall second), eager fp32 vs
-torch.compile vs bf16 autocast (what ``precision: bf16-mixed`` does on a CPU), for the demo model and one step of jasper-10x5dr at batch 2; inference real-time factor of the demo
+torch.compile vs bf16 autocast (what ``precision: bf16-mixed`` does on a CPU), for the demo model and one step of
+jasper-10x5dr at batch 2; inference real-time factor of the demo
 model with batch norm folded into the convolutions vs unfolded (same outputs to 1e-5).
 
     python bench/jasper.py [--steps 5] [--skip-big] [--no-compile] [--no-big-compile]
@@ -28,8 +29,9 @@ from zoo.speech.features import Featurizer, FeaturizerConfig
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
-def train_step(model: torch.nn.Module, batch: int, seconds: float, compiled: bool, bf16: bool = False,
-               device: str = "cpu") -> tuple[Callable[[], None], float]:
+def train_step(
+    model: torch.nn.Module, batch: int, seconds: float, compiled: bool, bf16: bool = False, device: str = "cpu"
+) -> tuple[Callable[[], None], float]:
     """(one NovoGrad training step of ``model`` on fixed random features, seconds of audio per step)."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -37,8 +39,9 @@ def train_step(model: torch.nn.Module, batch: int, seconds: float, compiled: boo
     frames = int(seconds * FRAMES_PER_SECOND)
     features = torch.randn(batch, model.config.in_features, frames, device=dev)
     lengths = torch.linspace(frames * 0.7, frames, batch, device=dev).long()
-    targets = torch.randint(1, model.config.num_classes, (batch, max(1, frames // (4 * model.time_reduction))),
-                            device=dev)
+    targets = torch.randint(
+        1, model.config.num_classes, (batch, max(1, frames // (4 * model.time_reduction))), device=dev
+    )
     target_lengths = torch.full((batch,), targets.shape[1], device=dev)
     optimizer = NovoGrad(model.parameters(), lr=0.01, betas=(0.95, 0.5), weight_decay=0.001)
     forward = torch.compile(model) if compiled else model
@@ -68,19 +71,32 @@ def training_rows(name: str, batch: int, seconds: float, steps: int, modes: list
     for mode, (_, audio) in runs.items():
         s = stats[mode]
         dtype = torch.bfloat16 if mode == "bf16 autocast" else torch.float32
-        rows.append({"model": name, "batch": batch, "mode": mode, "audio_per_s": audio / s.median,
-                     "step_s": s.median, "spread": s.spread, "first_step_s": first[mode],
-                     "vs_eager": stats["eager"].median / s.median if "eager" in stats else None,
-                     "gflop": flops / 1e9 if flops else None,
-                     "matmul_fraction": flops / s.median / matmul_rate(device, dtype) if flops else None,
-                     "stats": s})
-        print(f"{name} batch {batch} {mode}: {audio / s.median:.1f} audio s/s, step {s.median:.3f} s "
-              f"(±{s.spread:.0%}), first step {first[mode]:.1f} s", flush=True)
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "mode": mode,
+                "audio_per_s": audio / s.median,
+                "step_s": s.median,
+                "spread": s.spread,
+                "first_step_s": first[mode],
+                "vs_eager": stats["eager"].median / s.median if "eager" in stats else None,
+                "gflop": flops / 1e9 if flops else None,
+                "matmul_fraction": flops / s.median / matmul_rate(device, dtype) if flops else None,
+                "stats": s,
+            }
+        )
+        print(
+            f"{name} batch {batch} {mode}: {audio / s.median:.1f} audio s/s, step {s.median:.3f} s "
+            f"(±{s.spread:.0%}), first step {first[mode]:.1f} s",
+            flush=True,
+        )
     return rows
 
 
-def inference_rtf(models: dict[str, torch.nn.Module], batch: int, seconds: float,
-                  repeats: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def inference_rtf(
+    models: dict[str, torch.nn.Module], batch: int, seconds: float, repeats: int
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Real-time factor (wall time / audio time, median) of featurizer + encoder on random audio for each
     model, timed interleaved; and each model's logits."""
     featurizer = Featurizer(FeaturizerConfig()).eval()
@@ -95,6 +111,7 @@ def inference_rtf(models: dict[str, torch.nn.Module], batch: int, seconds: float
         def call() -> None:
             features, frames = featurizer(waves, lengths)
             logits[name] = models[name].eval()(features, frames)[0]
+
         return call
 
     stats = interleave({name: run(name) for name in models}, repeats=repeats, warmup=1)
@@ -110,7 +127,9 @@ def main() -> None:
     parser.add_argument("--skip-big", action="store_true", help="skip jasper-10x5dr")
     parser.add_argument("--no-compile", action="store_true", help="no torch.compile rows")
     parser.add_argument("--no-bf16", action="store_true", help="no bf16 autocast rows")
-    parser.add_argument("--no-big-compile", action="store_true", help="jasper-10x5dr eager only (compiling it takes long on CPU)")
+    parser.add_argument(
+        "--no-big-compile", action="store_true", help="jasper-10x5dr eager only (compiling it takes long on CPU)"
+    )
     parser.add_argument("--big-batch", type=int, default=2, help="jasper-10x5dr batch (the paper: 32 per GPU)")
     parser.add_argument("--big-steps", type=int, default=1, help="timed jasper-10x5dr steps")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (training rows; inference stays on the CPU)")
@@ -130,14 +149,25 @@ def main() -> None:
         if not args.no_bf16:
             modes.append("bf16 autocast")
         rows += training_rows(name, batch, seconds, steps, modes, args.device)
-    train = table("Jasper training throughput (NovoGrad step, CTC; modes timed interleaved, medians)",
-                  [("model", "model"), ("batch", "batch"), ("mode", "mode"), ("audio_per_s", "audio s / s", ".1f"),
-                   ("step_s", "step s", ".3f"), ("spread", "IQR / median", ".0%"),
-                   ("first_step_s", "first step s", ".1f"), ("vs_eager", "vs eager", ".2f"),
-                   ("gflop", "GFLOP / step", ".1f"), ("matmul_fraction", "of matmul rate", ".0%")], rows,
-                  notes=f"{args.seconds:g} s utterances (lengths 70-100 %) for jasper-demo, 10 s for jasper-10x5dr. "
-                        "'of matmul rate': the step's FLOPs per second over this machine's measured 2048³ matmul "
-                        "(fp32, or bf16 for the bf16 row).")
+    train = table(
+        "Jasper training throughput (NovoGrad step, CTC; modes timed interleaved, medians)",
+        [
+            ("model", "model"),
+            ("batch", "batch"),
+            ("mode", "mode"),
+            ("audio_per_s", "audio s / s", ".1f"),
+            ("step_s", "step s", ".3f"),
+            ("spread", "IQR / median", ".0%"),
+            ("first_step_s", "first step s", ".1f"),
+            ("vs_eager", "vs eager", ".2f"),
+            ("gflop", "GFLOP / step", ".1f"),
+            ("matmul_fraction", "of matmul rate", ".0%"),
+        ],
+        rows,
+        notes=f"{args.seconds:g} s utterances (lengths 70-100 %) for jasper-demo, 10 s for jasper-10x5dr. "
+        "'of matmul rate': the step's FLOPs per second over this machine's measured 2048³ matmul "
+        "(fp32, or bf16 for the bf16 row).",
+    )
 
     model = zoo.create("jasper-demo")
     for m in model.modules():  # trained-like batch-norm statistics so folding is non-trivial
@@ -147,13 +177,27 @@ def main() -> None:
     fused = zoo.speech.jasper.fuse_batchnorm(copy.deepcopy(model))
     rtf, logits = inference_rtf({"unfolded": model, "folded into convs": fused}, 8, 10.0, 3)
     diff = (logits["folded into convs"] - logits["unfolded"]).abs().max().item()
-    inference = table("jasper-demo inference (featurizer + encoder, batch 8 x <=10 s, interleaved, medians)",
-                      [("norm", "batch norm"), ("rtf", "real-time factor", ".4f"), ("speedup", "speed-up", ".2f"),
-                       ("diff", "max abs logit difference", ".1e")],
-                      [{"norm": "unfolded", "rtf": rtf["unfolded"], "speedup": 1.0},
-                       {"norm": "folded into convs", "rtf": rtf["folded into convs"],
-                        "speedup": rtf["unfolded"] / rtf["folded into convs"], "diff": diff}])
-    print(f"inference RTF: unfolded {rtf['unfolded']:.4f}, folded {rtf['folded into convs']:.4f} (max |diff| {diff:.1e})")
+    inference = table(
+        "jasper-demo inference (featurizer + encoder, batch 8 x <=10 s, interleaved, medians)",
+        [
+            ("norm", "batch norm"),
+            ("rtf", "real-time factor", ".4f"),
+            ("speedup", "speed-up", ".2f"),
+            ("diff", "max abs logit difference", ".1e"),
+        ],
+        [
+            {"norm": "unfolded", "rtf": rtf["unfolded"], "speedup": 1.0},
+            {
+                "norm": "folded into convs",
+                "rtf": rtf["folded into convs"],
+                "speedup": rtf["unfolded"] / rtf["folded into convs"],
+                "diff": diff,
+            },
+        ],
+    )
+    print(
+        f"inference RTF: unfolded {rtf['unfolded']:.4f}, folded {rtf['folded into convs']:.4f} (max |diff| {diff:.1e})"
+    )
     write_result(args.name, [train, inference], env=env, title="Jasper: training modes and folded batch norm")
     if diff > 1e-5:
         raise SystemExit(f"batch-norm folding changed the outputs by {diff:.2e} > 1e-5")

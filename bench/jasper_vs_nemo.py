@@ -53,9 +53,13 @@ VOCABULARY = list(" abcdefghijklmnopqrstuvwxyz'")  # 28 characters + blank = 29 
 
 #: QuartzNet 5x3 at reduced width (~1M parameters): the 15x5 kernels, 1/2-1/4 of its channels.
 QUARTZNET_SMALL = JasperConfig(
-    prologue_filters=128, prologue_kernel=33, prologue_dropout=0.0,
+    prologue_filters=128,
+    prologue_kernel=33,
+    prologue_dropout=0.0,
     blocks=((128, 33, 3, 0.0), (128, 39, 3, 0.0), (192, 51, 3, 0.0), (192, 63, 3, 0.0), (256, 75, 3, 0.0)),
-    epilogue=((256, 87, 2, 0.0), (512, 1, 1, 0.0)), residual="plain", separable=True,
+    epilogue=((256, 87, 2, 0.0), (512, 1, 1, 0.0)),
+    residual="plain",
+    separable=True,
 )
 MODES = ("fp32", "bf16", "compile", "compile+bf16")
 
@@ -70,14 +74,33 @@ def nemo_blocks(config: JasperConfig) -> list[dict]:
     """A zoo :class:`JasperConfig` as NeMo ``ConvASREncoder``'s ``jasper`` block list."""
     dense = config.residual == "dense"
 
-    def block(filters: int, kernel: int, repeat: int, dropout: float, *, stride: int = 1, dilation: int = 1,
-              residual: bool = False) -> dict:
-        return {"filters": filters, "repeat": repeat, "kernel": [kernel], "stride": [stride],
-                "dilation": [dilation], "dropout": dropout, "residual": residual,
-                "residual_dense": dense and residual, "separable": config.separable and kernel > 1}
+    def block(
+        filters: int,
+        kernel: int,
+        repeat: int,
+        dropout: float,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        residual: bool = False,
+    ) -> dict:
+        return {
+            "filters": filters,
+            "repeat": repeat,
+            "kernel": [kernel],
+            "stride": [stride],
+            "dilation": [dilation],
+            "dropout": dropout,
+            "residual": residual,
+            "residual_dense": dense and residual,
+            "separable": config.separable and kernel > 1,
+        }
 
-    blocks = [block(config.prologue_filters, config.prologue_kernel, 1, config.prologue_dropout,
-                     stride=config.prologue_stride)]
+    blocks = [
+        block(
+            config.prologue_filters, config.prologue_kernel, 1, config.prologue_dropout, stride=config.prologue_stride
+        )
+    ]
     blocks += [block(f, k, r, d, residual=config.residual != "none") for f, k, r, d in config.blocks]
     blocks += [block(f, k, 1, d, dilation=dil) for f, k, dil, d in config.epilogue]
     return blocks
@@ -91,8 +114,12 @@ class NemoNet(nn.Module):
         super().__init__()
         from nemo.collections.asr.modules import ConvASRDecoder, ConvASREncoder
 
-        self.encoder_config = {"feat_in": config.in_features, "activation": "relu", "conv_mask": True,
-                               "jasper": nemo_blocks(config)}
+        self.encoder_config = {
+            "feat_in": config.in_features,
+            "activation": "relu",
+            "conv_mask": True,
+            "jasper": nemo_blocks(config),
+        }
         self.encoder = ConvASREncoder(**self.encoder_config)
         last = config.epilogue[-1][0] if config.epilogue else config.blocks[-1][0]
         self.decoder = ConvASRDecoder(feat_in=last, num_classes=len(VOCABULARY), vocabulary=VOCABULARY)
@@ -130,8 +157,12 @@ def batch(config: JasperConfig, size: int, seconds: float, seed: int = 0) -> dic
     lengths = torch.linspace(frames * 0.7, frames, size).long()
     labels = max(1, frames // (4 * config.prologue_stride))
     targets = torch.randint(1, len(VOCABULARY) + 1, (size, labels), generator=g)  # zoo ids: blank 0
-    return {"features": torch.randn(size, config.in_features, frames, generator=g), "lengths": lengths,
-            "targets": targets, "target_lengths": torch.full((size,), labels)}
+    return {
+        "features": torch.randn(size, config.in_features, frames, generator=g),
+        "lengths": lengths,
+        "targets": targets,
+        "target_lengths": torch.full((size,), labels),
+    }
 
 
 def zoo_log_probs(model: nn.Module, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,8 +181,9 @@ def ctc(system: str, log_probs: Tensor, out_lengths: Tensor, b: dict[str, Tensor
         targets, blank = b["targets"], 0
     else:
         targets, blank = b["targets"] - 1, len(VOCABULARY)
-    return F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, b["target_lengths"], blank=blank,
-                      zero_infinity=True)
+    return F.ctc_loss(
+        log_probs.transpose(0, 1), targets, out_lengths, b["target_lengths"], blank=blank, zero_infinity=True
+    )
 
 
 @torch.no_grad()
@@ -204,9 +236,12 @@ def compare(name: str, args: argparse.Namespace) -> list[dict]:
     if abs(losses["zoo"] - losses["nemo"]) > 1e-4 * abs(losses["nemo"]):
         raise SystemExit(f"{name}: first training-step CTC loss zoo {losses['zoo']:.6f} vs NeMo {losses['nemo']:.6f}")
     flops = {system: count_flops(train_step(system, m, "fp32", b)) for system, m in (("zoo", model), ("nemo", nemo))}
-    print(f"{name}: {params / 1e6:.2f}M parameters; eval log-probs max |Δ| {diff:.1e}; first-step loss "
-          f"zoo {losses['zoo']:.5f} NeMo {losses['nemo']:.5f}; {flops['zoo'] / 1e9:.1f} GFLOP / step "
-          f"(NeMo {flops['nemo'] / 1e9:.1f})", flush=True)
+    print(
+        f"{name}: {params / 1e6:.2f}M parameters; eval log-probs max |Δ| {diff:.1e}; first-step loss "
+        f"zoo {losses['zoo']:.5f} NeMo {losses['nemo']:.5f}; {flops['zoo'] / 1e9:.1f} GFLOP / step "
+        f"(NeMo {flops['nemo'] / 1e9:.1f})",
+        flush=True,
+    )
     steps: dict[tuple[str, str], Callable[[], float]] = {}
     first: dict[tuple[str, str], float] = {}
     failed: dict[tuple[str, str], str] = {}
@@ -223,33 +258,63 @@ def compare(name: str, args: argparse.Namespace) -> list[dict]:
             steps[key] = step
     stats = interleave({f"{s}/{m}": step for (s, m), step in steps.items()}, repeats=args.repeats, warmup=0)
     audio = float(b["lengths"].sum()) / FRAMES_PER_SECOND
-    best = {s: min((k for k in steps if k[0] == s), key=lambda k: stats[f"{k[0]}/{k[1]}"].median) for s in ("zoo", "nemo")}
+    best = {
+        s: min((k for k in steps if k[0] == s), key=lambda k: stats[f"{k[0]}/{k[1]}"].median) for s in ("zoo", "nemo")
+    }
     rows = []
-    for (system, mode) in steps:
+    for system, mode in steps:
         s = stats[f"{system}/{mode}"]
         nemo_same = stats.get(f"nemo/{mode}")
         dtype = torch.bfloat16 if mode.endswith("bf16") else torch.float32
-        rows.append({"model": name, "params_m": params / 1e6, "system": "zoo" if system == "zoo" else "NeMo 3.0",
-                     "mode": mode + (" (best)" if best[system] == (system, mode) else ""), "step_s": s.median,
-                     "spread": s.spread, "dropped": s.dropped, "audio_per_s": audio / s.median,
-                     "first_s": first[(system, mode)], "eval_max_diff": diff, "first_loss": losses[system],
-                     "vs_nemo_same": nemo_same.median / s.median if system == "zoo" and nemo_same else None,
-                     "cpu_vs_nemo_same": nemo_same.cpu_median / s.cpu_median if system == "zoo" and nemo_same else None,
-                     "gflop": flops[system] / 1e9,
-                     "matmul_fraction": flops[system] / s.median / matmul_rate("cpu", dtype), "stats": s})
+        rows.append(
+            {
+                "model": name,
+                "params_m": params / 1e6,
+                "system": "zoo" if system == "zoo" else "NeMo 3.0",
+                "mode": mode + (" (best)" if best[system] == (system, mode) else ""),
+                "step_s": s.median,
+                "spread": s.spread,
+                "dropped": s.dropped,
+                "audio_per_s": audio / s.median,
+                "first_s": first[(system, mode)],
+                "eval_max_diff": diff,
+                "first_loss": losses[system],
+                "vs_nemo_same": nemo_same.median / s.median if system == "zoo" and nemo_same else None,
+                "cpu_vs_nemo_same": nemo_same.cpu_median / s.cpu_median if system == "zoo" and nemo_same else None,
+                "gflop": flops[system] / 1e9,
+                "matmul_fraction": flops[system] / s.median / matmul_rate("cpu", dtype),
+                "stats": s,
+            }
+        )
     for (system, mode), error in failed.items():
-        rows.append({"model": name, "params_m": params / 1e6, "system": "zoo" if system == "zoo" else "NeMo 3.0",
-                     "mode": f"{mode}: {error}"})
+        rows.append(
+            {
+                "model": name,
+                "params_m": params / 1e6,
+                "system": "zoo" if system == "zoo" else "NeMo 3.0",
+                "mode": f"{mode}: {error}",
+            }
+        )
     zoo_best, nemo_best = (stats[f"{k[0]}/{k[1]}"].median for k in (best["zoo"], best["nemo"]))
     zoo_cpu, nemo_cpu = (stats[f"{k[0]}/{k[1]}"].cpu_median for k in (best["zoo"], best["nemo"]))
-    rows.append({"model": name, "params_m": params / 1e6, "system": "zoo best / NeMo best",
-                 "mode": f"{best['zoo'][1]} vs {best['nemo'][1]}", "vs_nemo_same": nemo_best / zoo_best,
-                 "cpu_vs_nemo_same": nemo_cpu / zoo_cpu})
+    rows.append(
+        {
+            "model": name,
+            "params_m": params / 1e6,
+            "system": "zoo best / NeMo best",
+            "mode": f"{best['zoo'][1]} vs {best['nemo'][1]}",
+            "vs_nemo_same": nemo_best / zoo_best,
+            "cpu_vs_nemo_same": nemo_cpu / zoo_cpu,
+        }
+    )
     for r in rows:
         if "step_s" in r:
-            print(f"  {r['system']:9s} {r['mode']:22s} {r['step_s']:.3f} s/step (±{r['spread']:.0%}, "
-                  f"first {r['first_s']:.1f} s) {r['matmul_fraction']:.0%} of matmul rate"
-                  + (f"  zoo/NeMo same mode {r['vs_nemo_same']:.2f}x" if r.get("vs_nemo_same") else ""), flush=True)
+            print(
+                f"  {r['system']:9s} {r['mode']:22s} {r['step_s']:.3f} s/step (±{r['spread']:.0%}, "
+                f"first {r['first_s']:.1f} s) {r['matmul_fraction']:.0%} of matmul rate"
+                + (f"  zoo/NeMo same mode {r['vs_nemo_same']:.2f}x" if r.get("vs_nemo_same") else ""),
+                flush=True,
+            )
     print(f"  best: zoo {best['zoo'][1]} vs NeMo {best['nemo'][1]}: {nemo_best / zoo_best:.2f}x", flush=True)
     return rows
 
@@ -273,8 +338,10 @@ def main() -> None:
     try:
         import nemo
     except ImportError:
-        print("skipped: NeMo is not installed in this environment; run `make bench-peers` and use "
-              ".venv-peers/bin/python bench/jasper_vs_nemo.py")
+        print(
+            "skipped: NeMo is not installed in this environment; run `make bench-peers` and use "
+            ".venv-peers/bin/python bench/jasper_vs_nemo.py"
+        )
         return
     quiet_nemo()
     torch.set_num_threads(args.threads)
@@ -286,13 +353,24 @@ def main() -> None:
     result = table(
         f"Jasper / QuartzNet training step vs NeMo {nemo.__version__} (forward + CTC + backward + SGD, batch "
         f"{args.batch} × {args.seconds:g} s, {args.threads} threads; interleaved medians of {args.repeats})",
-        [("model", "model"), ("params_m", "params (M)", ".2f"), ("system", "system"), ("mode", "mode"),
-         ("step_s", "s / step", ".3f"), ("spread", "IQR / median", ".0%"), ("audio_per_s", "audio s / s", ".1f"),
-         ("vs_nemo_same", "zoo speed / NeMo (same mode)", ".2f"),
-         ("cpu_vs_nemo_same", "same, per CPU-s", ".2f"), ("gflop", "GFLOP / step", ".1f"),
-         ("matmul_fraction", "of matmul rate", ".0%"), ("first_s", "first step s", ".1f")], rows,
+        [
+            ("model", "model"),
+            ("params_m", "params (M)", ".2f"),
+            ("system", "system"),
+            ("mode", "mode"),
+            ("step_s", "s / step", ".3f"),
+            ("spread", "IQR / median", ".0%"),
+            ("audio_per_s", "audio s / s", ".1f"),
+            ("vs_nemo_same", "zoo speed / NeMo (same mode)", ".2f"),
+            ("cpu_vs_nemo_same", "same, per CPU-s", ".2f"),
+            ("gflop", "GFLOP / step", ".1f"),
+            ("matmul_fraction", "of matmul rate", ".0%"),
+            ("first_s", "first step s", ".1f"),
+        ],
+        rows,
         notes="Same weights (NeMo's copied into the zoo by zoo.speech.nemo_import); eval log-probabilities and the "
-              "first step's loss checked equal before timing. Goals: fp32 ≥ 1.0× NeMo, best ≥ 1.2× NeMo's best.")
+        "first step's loss checked equal before timing. Goals: fp32 ≥ 1.0× NeMo, best ≥ 1.2× NeMo's best.",
+    )
     write_result(args.name, [result], env=env, title="Jasper / QuartzNet vs NVIDIA NeMo")
 
 

@@ -93,8 +93,13 @@ def bn_lstm_kernel(kernel: str) -> Iterator[None]:
             os.environ["ZOO_BN_LSTM_KERNEL"] = before
 
 
-def training_call(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor],
-                  dtype: torch.dtype = torch.float32, kernel: str | None = None) -> Callable[[], None]:
+def training_call(
+    model: nn.Module,
+    x: Tensor,
+    run: Callable[[nn.Module, Tensor], Tensor],
+    dtype: torch.dtype = torch.float32,
+    kernel: str | None = None,
+) -> Callable[[], None]:
     """One forward + backward of ``sum(output)``, the forward under autocast to ``dtype`` unless that is
     float32 (and with the zoo BN-LSTM recurrence ``kernel`` when given)."""
     model.to(x.device).train()
@@ -109,11 +114,13 @@ def training_call(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor]
     return call
 
 
-def matmuls_call(hidden: int, batch: int, steps: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+def matmuls_call(
+    hidden: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Callable[[], None]:
     """The BN-LSTM's matrix products alone, in ``dtype``: ``W_x x`` (all steps at once),
     ``W_h h_{t−1}`` per step, and in the backward ``∂h_{t−1}`` per step and the two weight gradients
     (``x`` is a leaf)."""
+
     def randn(*shape: int) -> Tensor:
         return torch.randn(*shape, device=device, dtype=dtype)
 
@@ -133,8 +140,9 @@ def matmuls_call(hidden: int, batch: int, steps: int, device: torch.device,
     return call
 
 
-def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> list[dict]:
+def bn_lstm_rows(
+    hidden: int, batch: int, steps: int, iters: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> list[dict]:
     """Tokens/s of every implementation at one size, timed interleaved."""
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden, device=device)
@@ -153,10 +161,18 @@ def bn_lstm_rows(hidden: int, batch: int, steps: int, iters: int,
         flops = count_flops(calls["BN-LSTM (zoo, python)"])
     stats = interleave(calls, repeats=iters, warmup=1, device=device)
     rate = matmul_rate(str(device), dtype)
-    return [{"implementation": name, "tokens_per_s": tokens / s.median, "ms": s.median * 1000, "spread": s.spread,
-             "gflop": flops / 1e9 if name.startswith("BN-LSTM (zoo") else None,
-             "matmul_fraction": flops / s.median / rate if name.startswith("BN-LSTM (zoo") else None, "stats": s}
-            for name, s in stats.items()]
+    return [
+        {
+            "implementation": name,
+            "tokens_per_s": tokens / s.median,
+            "ms": s.median * 1000,
+            "spread": s.spread,
+            "gflop": flops / 1e9 if name.startswith("BN-LSTM (zoo") else None,
+            "matmul_fraction": flops / s.median / rate if name.startswith("BN-LSTM (zoo") else None,
+            "stats": s,
+        }
+        for name, s in stats.items()
+    ]
 
 
 def factorized_rows(iters: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -164,15 +180,29 @@ def factorized_rows(iters: int, device: torch.device, dtype: torch.dtype) -> lis
     n, p, batch, steps = 2048, 256, 32, 20
     x = torch.randn(steps, batch, p, device=device)
     calls, params = {}, {}
-    for name, extra in (("LSTMP", {}), ("F-LSTM F128 (r = n/16)", {"factor_size": 128}),
-                        ("F-LSTM F512 (r = n/4)", {"factor_size": 512}), ("G-LSTM G4", {"groups": 4})):
-        model = FactorizedLSTM(FactorizedLSTMConfig(input_size=p, hidden_size=n, projection_size=p, num_layers=2, **extra))
+    for name, extra in (
+        ("LSTMP", {}),
+        ("F-LSTM F128 (r = n/16)", {"factor_size": 128}),
+        ("F-LSTM F512 (r = n/4)", {"factor_size": 512}),
+        ("G-LSTM G4", {"groups": 4}),
+    ):
+        model = FactorizedLSTM(
+            FactorizedLSTMConfig(input_size=p, hidden_size=n, projection_size=p, num_layers=2, **extra)
+        )
         params[name] = sum(q.numel() for q in model.parameters())
         calls[name] = training_call(model, x, lambda m, v: m(v)[0], dtype)
     stats = interleave(calls, repeats=iters, warmup=1, device=device)
     base = stats["LSTMP"].median
-    return [{"model": name, "params_m": params[name] / 1e6, "tokens_per_s": batch * steps / s.median,
-             "vs_lstmp": base / s.median, "stats": s} for name, s in stats.items()]
+    return [
+        {
+            "model": name,
+            "params_m": params[name] / 1e6,
+            "tokens_per_s": batch * steps / s.median,
+            "vs_lstmp": base / s.median,
+            "stats": s,
+        }
+        for name, s in stats.items()
+    ]
 
 
 def main() -> None:
@@ -182,8 +212,12 @@ def main() -> None:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steadier on a shared CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--precision", choices=sorted(PRECISION), default="fp32",
-                        help="bf16: every implementation under torch.autocast(bfloat16)")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISION),
+        default="fp32",
+        help="bf16: every implementation under torch.autocast(bfloat16)",
+    )
     parser.add_argument("--name", default=None, help="result file bench/results/<name>.json (default lm, lm_bf16)")
     args = parser.parse_args()
     dtype = PRECISION[args.precision]
@@ -191,8 +225,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     env = environment(device)
-    print(f"torch {env['torch']}, {env['threads']} threads, {env['device']}, {args.precision}; "
-          f"medians of {args.iters} interleaved rounds")
+    print(
+        f"torch {env['torch']}, {env['threads']} threads, {env['device']}, {args.precision}; "
+        f"medians of {args.iters} interleaved rounds"
+    )
     sizes = [("demo", 256, 32, 100, args.iters)]
     if not args.skip_paper:
         sizes.append(("paper (PTB)", 1000, 64, 100, args.paper_iters))
@@ -205,29 +241,55 @@ def main() -> None:
         print(f"\n{label}: {hidden} units, batch {batch}, {steps} steps (forward + backward)")
         for r in size_rows:
             name = r["implementation"]
-            r.update(size=f"{label}: {hidden} units, batch {batch}, {steps} steps",
-                     vs_fused=fused / r["tokens_per_s"], vs_naive=r["tokens_per_s"] / naive)
+            r.update(
+                size=f"{label}: {hidden} units, batch {batch}, {steps} steps",
+                vs_fused=fused / r["tokens_per_s"],
+                vs_naive=r["tokens_per_s"] / naive,
+            )
             print(f"  {name:26s} {r['tokens_per_s']:10.0f} tokens/s")
         for name in (name for name in rate if name.startswith("BN-LSTM (zoo")):
-            print(f"  {name}: {fused / rate[name]:5.2f}x the nn.LSTM time (goal at demo size <= 2.5x), "
-                  f"{rate[name] / naive:5.2f}x faster than the naive loop (goal at demo size >= 3x)")
+            print(
+                f"  {name}: {fused / rate[name]:5.2f}x the nn.LSTM time (goal at demo size <= 2.5x), "
+                f"{rate[name] / naive:5.2f}x faster than the naive loop (goal at demo size >= 3x)"
+            )
         floor = rate["matrix products alone"]
-        print(f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)")
+        print(
+            f"  naive loop time / matrix products alone: {floor / naive:5.2f}x  (the most any implementation can gain)"
+        )
         rows += size_rows
     print("\nF-LSTM / G-LSTM vs LSTMP: n = 2048, p = 256, 2 layers, batch 32, 20 steps (forward + backward)")
     factorized = factorized_rows(args.iters, device, dtype)
     for r in factorized:
-        print(f"  {r['model']:24s} {r['params_m']:6.2f}M params {r['tokens_per_s']:9.0f} tokens/s  {r['vs_lstmp']:4.2f}x LSTMP")
-    bn = table(f"BN-LSTM training throughput ({args.precision}, forward + backward, interleaved medians)",
-               [("size", "size"), ("implementation", "implementation"), ("tokens_per_s", "tokens/s", ",.0f"),
-                ("spread", "IQR / median", ".0%"), ("vs_fused", "time / nn.LSTM", ".2f"),
-                ("vs_naive", "speed / naive loop", ".2f"), ("gflop", "GFLOP", ".2f"),
-                ("matmul_fraction", "of matmul rate", ".0%")], rows,
-               notes="Goals at the demo size: zoo ≤ 2.5× nn.LSTM's time and ≥ 3× the naive loop's speed; "
-                     "'matrix products alone' is the floor every implementation of the equations shares.")
-    fact = table(f"F-LSTM / G-LSTM vs LSTMP ({args.precision}; n = 2048, p = 256, 2 layers, batch 32, 20 steps)",
-                 [("model", "model"), ("params_m", "parameters (M)", ".2f"), ("tokens_per_s", "tokens/s", ",.0f"),
-                  ("vs_lstmp", "vs LSTMP", ".2f")], factorized)
+        print(
+            f"  {r['model']:24s} {r['params_m']:6.2f}M params {r['tokens_per_s']:9.0f} tokens/s  "
+            f"{r['vs_lstmp']:4.2f}x LSTMP"
+        )
+    bn = table(
+        f"BN-LSTM training throughput ({args.precision}, forward + backward, interleaved medians)",
+        [
+            ("size", "size"),
+            ("implementation", "implementation"),
+            ("tokens_per_s", "tokens/s", ",.0f"),
+            ("spread", "IQR / median", ".0%"),
+            ("vs_fused", "time / nn.LSTM", ".2f"),
+            ("vs_naive", "speed / naive loop", ".2f"),
+            ("gflop", "GFLOP", ".2f"),
+            ("matmul_fraction", "of matmul rate", ".0%"),
+        ],
+        rows,
+        notes="Goals at the demo size: zoo ≤ 2.5× nn.LSTM's time and ≥ 3× the naive loop's speed; "
+        "'matrix products alone' is the floor every implementation of the equations shares.",
+    )
+    fact = table(
+        f"F-LSTM / G-LSTM vs LSTMP ({args.precision}; n = 2048, p = 256, 2 layers, batch 32, 20 steps)",
+        [
+            ("model", "model"),
+            ("params_m", "parameters (M)", ".2f"),
+            ("tokens_per_s", "tokens/s", ",.0f"),
+            ("vs_lstmp", "vs LSTMP", ".2f"),
+        ],
+        factorized,
+    )
     name = args.name or ("lm" if args.precision == "fp32" else f"lm_{args.precision}")
     write_result(name, [bn, fact], env=env, title=f"Language-model recurrent layers ({args.precision})")
 

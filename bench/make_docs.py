@@ -35,8 +35,12 @@ def cell(value: Any, fmt: str) -> str:
 
 def render_table(spec: Mapping[str, Any]) -> str:
     columns = spec["columns"]
-    lines = [f"**{spec['title']}**", "", "| " + " | ".join(c["header"] for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        f"**{spec['title']}**",
+        "",
+        "| " + " | ".join(c["header"] for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     for row in spec["rows"]:
         lines.append("| " + " | ".join(cell(row.get(c["key"]), c.get("fmt", "")) for c in columns) + " |")
     if spec.get("notes"):
@@ -50,9 +54,11 @@ def provenance(env: Mapping[str, Any]) -> str:
     after = env.get("load_average_after") or [None]
     load_text = f"{load[0]:.2f} → {after[0]:.2f}" if load[0] is not None and after[0] is not None else "–"
     commit = f" at `{env['git_commit']}`" if env.get("git_commit") else ""
-    return (f"*Produced by `{env.get('command', '?')}`{commit} on {env.get('device', '?')} "
-            f"({env.get('threads', '?')} threads of {env.get('cpu_count', '?')} CPUs), torch {env.get('torch', '?')}, "
-            f"{env.get('date', '?')}; 1-min load average {load_text}.*")
+    return (
+        f"*Produced by `{env.get('command', '?')}`{commit} on {env.get('device', '?')} "
+        f"({env.get('threads', '?')} threads of {env.get('cpu_count', '?')} CPUs), torch {env.get('torch', '?')}, "
+        f"{env.get('date', '?')}; 1-min load average {load_text}.*"
+    )
 
 
 def render_block(result: Mapping[str, Any]) -> str:

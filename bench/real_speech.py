@@ -33,8 +33,11 @@ from zoo.speech.decoding import BeamSearchConfig
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, help="a `zoo demo` output folder: its results.json names the "
-                        "checkpoint and the tuned beam search")
+    parser.add_argument(
+        "--demo",
+        type=Path,
+        help="a `zoo demo` output folder: its results.json names the checkpoint and the tuned beam search",
+    )
     parser.add_argument("--checkpoint", type=Path, help="a CTCSpeechRecognizer checkpoint (instead of --demo)")
     parser.add_argument("--lexicon", help="beam search word list (default with --demo: its words.txt)")
     parser.add_argument("--lm", help="beam search ARPA LM (default with --demo: its words.arpa)")
@@ -71,20 +74,44 @@ def main() -> int:
             console.print(str(error))
     results = evaluate_real_speech(module, prepared, reference, max_clips=args.max_clips)
     console.print(real_speech_table(results, f"{checkpoint.name}: WER % on real human speech"))
-    rows = [{"source": r.source, "clips": r.clips, "words": r.words, "minutes": r.minutes,
-             "greedy": 100 * r.greedy_wer, "beam": None if r.beam_wer is None else 100 * r.beam_wer,
-             "pocketsphinx": None if r.pocketsphinx_wer is None else 100 * r.pocketsphinx_wer,
-             "oov": None if r.lexicon_oov is None else 100 * r.lexicon_oov} for r in results]
-    columns = [("source", "source"), ("clips", "clips"), ("words", "words"), ("minutes", "minutes", ".1f"),
-               ("greedy", "greedy WER %", ".1f"), ("beam", "beam WER %", ".1f"),
-               ("pocketsphinx", "pocketsphinx WER %", ".1f"), ("oov", "words not in the beam lexicon %", ".1f")]
+    rows = [
+        {
+            "source": r.source,
+            "clips": r.clips,
+            "words": r.words,
+            "minutes": r.minutes,
+            "greedy": 100 * r.greedy_wer,
+            "beam": None if r.beam_wer is None else 100 * r.beam_wer,
+            "pocketsphinx": None if r.pocketsphinx_wer is None else 100 * r.pocketsphinx_wer,
+            "oov": None if r.lexicon_oov is None else 100 * r.lexicon_oov,
+        }
+        for r in results
+    ]
+    columns = [
+        ("source", "source"),
+        ("clips", "clips"),
+        ("words", "words"),
+        ("minutes", "minutes", ".1f"),
+        ("greedy", "greedy WER %", ".1f"),
+        ("beam", "beam WER %", ".1f"),
+        ("pocketsphinx", "pocketsphinx WER %", ".1f"),
+        ("oov", "words not in the beam lexicon %", ".1f"),
+    ]
     clips = "all clips" if args.max_clips is None else f"at most {args.max_clips} clips per source (evenly spaced)"
     decoding = f"lexicon + LM, lm_weight {beam.lm_weight}, word_score {beam.word_score}" if beam else "none"
-    notes = (f"checkpoint {checkpoint}; {clips}; beam: {decoding}; "
-             f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files")
-    write_result(args.name, [table("Real human speech: WER per source", columns, rows, notes)], env,
-                 checkpoint=str(checkpoint), beam_search=beam.__dict__ if beam else None,
-                 sources={s: p.info for s, p in prepared.items()}, results=results_json(results))
+    notes = (
+        f"checkpoint {checkpoint}; {clips}; beam: {decoding}; "
+        f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files"
+    )
+    write_result(
+        args.name,
+        [table("Real human speech: WER per source", columns, rows, notes)],
+        env,
+        checkpoint=str(checkpoint),
+        beam_search=beam.__dict__ if beam else None,
+        sources={s: p.info for s, p in prepared.items()},
+        results=results_json(results),
+    )
     return 0
 
 

@@ -78,14 +78,17 @@ def train_flops_per_user(sizes: tuple[int, ...]) -> int:
     return 2 * (sum(layer_macs) + sum(layer_macs) + sum(layer_macs[1:]))
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 7, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+def matmul_gflops(
+    size: int = 2048, repeats: int = 7, device: torch.device = torch.device("cpu")
+) -> tuple[float, float]:
     """(wall-clock, per-CPU-second) GFLOP/s of a plain ``size``^3 float32 matmul (median of ``repeats``)."""
     stats = matmul_stats(str(device), torch.float32, size, repeats)
     return 2 * size**3 / stats.median / 1e9, 2 * size**3 / stats.cpu_median / 1e9
 
 
-def step_matmuls(sizes: tuple[int, ...], batch_size: int,
-                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def step_matmuls(
+    sizes: tuple[int, ...], batch_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Operand pairs of the matmuls of one training step, as :func:`train_flops_per_user` counts them:
     per layer (encoder then mirrored decoder) the forward ``x W^T``, the weight gradient ``g^T x`` and,
     except for the first layer, the input gradient ``g W``; weights stored (out, in) as in the model."""
@@ -93,14 +96,18 @@ def step_matmuls(sizes: tuple[int, ...], batch_size: int,
     layers += [(o, i) for i, o in layers[::-1]]
     pairs = []
     for k, (i, o) in enumerate(layers):
-        x, w, g = (torch.randn(batch_size, i, device=device), torch.randn(o, i, device=device),
-                   torch.randn(batch_size, o, device=device))
+        x, w, g = (
+            torch.randn(batch_size, i, device=device),
+            torch.randn(o, i, device=device),
+            torch.randn(batch_size, o, device=device),
+        )
         pairs += [(x, w.t()), (g.t(), x)] + ([(g, w)] if k else [])
     return pairs
 
 
-def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: int = 5,
-                             device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+def same_shape_matmul_gflops(
+    sizes: tuple[int, ...], batch_size: int, repeats: int = 5, device: torch.device = torch.device("cpu")
+) -> tuple[float, float]:
     """(wall-clock, per-CPU-second) GFLOP/s of the step's matmuls alone (median of ``repeats``)."""
     pairs = step_matmuls(sizes, batch_size, device)
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
@@ -113,8 +120,9 @@ def same_shape_matmul_gflops(sizes: tuple[int, ...], batch_size: int, repeats: i
     return flops / stats.median / 1e9, flops / stats.cpu_median / 1e9
 
 
-def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0,
-                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
+def train_throughput(
+    matrix: RatingMatrix, steps: int, batch_size: int, seed: int = 0, device: torch.device = torch.device("cpu")
+) -> dict[str, float]:
     torch.manual_seed(seed)
     net = zoo.create("autorec-netflix-full", num_items=matrix.num_items).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9, fused=True)  # same math, one kernel
@@ -154,16 +162,24 @@ def train_throughput(matrix: RatingMatrix, steps: int, batch_size: int, seed: in
     stats = summarize(wall, cpu=cpu)  # medians: robust to load spikes
     step_s, step_cpu = stats.median, stats.cpu_median
     shares = {f"{name}_share": seconds / sum(wall) for name, seconds in parts.items()}
-    return {"users_per_s": batch_size / step_s, "gflops": flops / step_s / 1e9, "step_s": step_s,
-            "cpu_gflops": flops / step_cpu / 1e9, "cpu_users_per_s": batch_size / step_cpu, "stats": stats, **shares}
+    return {
+        "users_per_s": batch_size / step_s,
+        "gflops": flops / step_s / 1e9,
+        "step_s": step_s,
+        "cpu_gflops": flops / step_cpu / 1e9,
+        "cpu_users_per_s": batch_size / step_cpu,
+        "stats": stats,
+        **shares,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of Netflix's users (and ratings)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512, 1024],
-                        help="the paper trains with 128")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[128, 512, 1024], help="the paper trains with 128"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 on both; TF32 off)")
     parser.add_argument("--name", default="recsys", help="result file bench/results/<name>.json")
@@ -178,44 +194,88 @@ def main() -> None:
     matrix = generate(users, NETFLIX_ITEMS, ratings)
     gen_s, gen_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     dense_gb = matrix.num_users * matrix.num_items * 4 / 1e9
-    print(f"data: {matrix.num_users:,} users x {matrix.num_items:,} items, {matrix.nnz:,} ratings "
-          f"(scale {args.scale}), generated in {gen_s:.1f} s ({gen_cpu:.1f} CPU s)")
-    print(f"  CSR arrays: {matrix.nbytes / 1e9:.2f} GB (goal <= 4 GB; dense float32 would be {dense_gb:.1f} GB); "
-          f"peak RSS growth while generating: {max_rss_gb() - rss_before:.2f} GB")
+    print(
+        f"data: {matrix.num_users:,} users x {matrix.num_items:,} items, {matrix.nnz:,} ratings "
+        f"(scale {args.scale}), generated in {gen_s:.1f} s ({gen_cpu:.1f} CPU s)"
+    )
+    print(
+        f"  CSR arrays: {matrix.nbytes / 1e9:.2f} GB (goal <= 4 GB; dense float32 would be {dense_gb:.1f} GB); "
+        f"peak RSS growth while generating: {max_rss_gb() - rss_before:.2f} GB"
+    )
     square = 8192 if device.type == "cuda" else 2048
     peak, peak_cpu = matmul_gflops(square, device=device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"threads: {torch.get_num_threads()}"
-    print(f"{where}; plain {square}^3 float32 matmul: {peak:.1f} GFLOP/s wall, "
-          f"{peak_cpu:.1f} GFLOP per CPU-second (host CPU time on a GPU: ignore the per-CPU-s columns there)")
+    print(
+        f"{where}; plain {square}^3 float32 matmul: {peak:.1f} GFLOP/s wall, "
+        f"{peak_cpu:.1f} GFLOP per CPU-second (host CPU time on a GPU: ignore the per-CPU-s columns there)"
+    )
     sizes = (matrix.num_items, *zoo.create("autorec-netflix-full", num_items=8).config.encoder_sizes)
-    print("| batch | users/s | ms/step | densify / loss / optimizer share | train GFLOP/s (wall; per CPU-s) "
-          "| same-shape matmuls GFLOP/s (wall; per CPU-s) | train / square matmul | train / same-shape |")
+    print(
+        "| batch | users/s | ms/step | densify / loss / optimizer share | train GFLOP/s (wall; per CPU-s) "
+        "| same-shape matmuls GFLOP/s (wall; per CPU-s) | train / square matmul | train / same-shape |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for batch_size in args.batch_sizes:
         r = train_throughput(matrix, args.steps, batch_size, device=device)
         same, same_cpu = same_shape_matmul_gflops(sizes, batch_size, device=device)
-        rows.append({"batch": batch_size, **r, "same_gflops": same, "same_cpu_gflops": same_cpu,
-                     "vs_square": r["gflops"] / peak, "vs_square_cpu": r["cpu_gflops"] / peak_cpu,
-                     "vs_same": r["gflops"] / same, "vs_same_cpu": r["cpu_gflops"] / same_cpu})
-        print(f"| {batch_size} | {r['users_per_s']:.0f} | {r['step_s'] * 1000:.0f} | {r['densify_share']:.1%} / "
-              f"{r['loss_share']:.1%} / {r['optimizer_share']:.1%} | {r['gflops']:.1f}; {r['cpu_gflops']:.1f} | "
-              f"{same:.1f}; {same_cpu:.1f} | {r['gflops'] / peak:.0%}; {r['cpu_gflops'] / peak_cpu:.0%} | "
-              f"{r['gflops'] / same:.0%}; {r['cpu_gflops'] / same_cpu:.0%} |", flush=True)
+        rows.append(
+            {
+                "batch": batch_size,
+                **r,
+                "same_gflops": same,
+                "same_cpu_gflops": same_cpu,
+                "vs_square": r["gflops"] / peak,
+                "vs_square_cpu": r["cpu_gflops"] / peak_cpu,
+                "vs_same": r["gflops"] / same,
+                "vs_same_cpu": r["cpu_gflops"] / same_cpu,
+            }
+        )
+        print(
+            f"| {batch_size} | {r['users_per_s']:.0f} | {r['step_s'] * 1000:.0f} | {r['densify_share']:.1%} / "
+            f"{r['loss_share']:.1%} / {r['optimizer_share']:.1%} | {r['gflops']:.1f}; {r['cpu_gflops']:.1f} | "
+            f"{same:.1f}; {same_cpu:.1f} | {r['gflops'] / peak:.0%}; {r['cpu_gflops'] / peak_cpu:.0%} | "
+            f"{r['gflops'] / same:.0%}; {r['cpu_gflops'] / same_cpu:.0%} |",
+            flush=True,
+        )
         epoch_h = matrix.num_users / r["users_per_s"] / 3600
-        print(f"  (batch {batch_size}: one epoch over these {matrix.num_users:,} users takes {epoch_h:.2f} h at this rate)")
-    train = table(f"Autoencoder recommender training, autorec-netflix-full on {matrix.num_users:,} users x "
-                  f"{matrix.num_items:,} items ({matrix.nnz:,} ratings, scale {args.scale:g})",
-                  [("batch", "batch"), ("users_per_s", "users/s", ",.0f"), ("step_s", "s / step", ".3f"),
-                   ("densify_share", "densify", ".1%"), ("loss_share", "loss", ".1%"),
-                   ("optimizer_share", "optimizer", ".1%"), ("gflops", "train GFLOP/s", ".1f"),
-                   ("same_gflops", "same-shape matmuls GFLOP/s", ".1f"), ("vs_square", "of square matmul", ".0%"),
-                   ("vs_same", "of same-shape matmuls", ".0%"), ("vs_same_cpu", "per CPU-s, of same-shape", ".0%")],
-                  rows, notes=f"Square {square}³ fp32 matmul: {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} per CPU-second. "
-                              f"CSR arrays {matrix.nbytes / 1e9:.2f} GB (goal ≤ 4 GB), generated in {gen_s:.1f} s.")
-    write_result(args.name, [train], env=env, title="Recommender at Netflix scale",
-                 data={"users": matrix.num_users, "items": matrix.num_items, "ratings": matrix.nnz,
-                       "csr_gb": matrix.nbytes / 1e9, "generate_s": gen_s})
+        print(
+            f"  (batch {batch_size}: one epoch over these {matrix.num_users:,} users takes {epoch_h:.2f} h at this "
+            "rate)"
+        )
+    train = table(
+        f"Autoencoder recommender training, autorec-netflix-full on {matrix.num_users:,} users x "
+        f"{matrix.num_items:,} items ({matrix.nnz:,} ratings, scale {args.scale:g})",
+        [
+            ("batch", "batch"),
+            ("users_per_s", "users/s", ",.0f"),
+            ("step_s", "s / step", ".3f"),
+            ("densify_share", "densify", ".1%"),
+            ("loss_share", "loss", ".1%"),
+            ("optimizer_share", "optimizer", ".1%"),
+            ("gflops", "train GFLOP/s", ".1f"),
+            ("same_gflops", "same-shape matmuls GFLOP/s", ".1f"),
+            ("vs_square", "of square matmul", ".0%"),
+            ("vs_same", "of same-shape matmuls", ".0%"),
+            ("vs_same_cpu", "per CPU-s, of same-shape", ".0%"),
+        ],
+        rows,
+        notes=f"Square {square}³ fp32 matmul: {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} per CPU-second. "
+        f"CSR arrays {matrix.nbytes / 1e9:.2f} GB (goal ≤ 4 GB), generated in {gen_s:.1f} s.",
+    )
+    write_result(
+        args.name,
+        [train],
+        env=env,
+        title="Recommender at Netflix scale",
+        data={
+            "users": matrix.num_users,
+            "items": matrix.num_items,
+            "ratings": matrix.nnz,
+            "csr_gb": matrix.nbytes / 1e9,
+            "generate_s": gen_s,
+        },
+    )
 
 
 if __name__ == "__main__":

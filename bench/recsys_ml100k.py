@@ -36,19 +36,33 @@ def baselines(data: RatingsDataModule) -> dict[str, tuple[float, float]]:
     s = data.load()
     train, valid, test = coo(s.train), coo(s.val), coo(s.test)
     mean = train[2].mean()
-    results = {"global mean": (rmse(np.full(len(valid[2]), mean), valid[2]), rmse(np.full(len(test[2]), mean), test[2]))}
+    results = {
+        "global mean": (rmse(np.full(len(valid[2]), mean), valid[2]), rmse(np.full(len(test[2]), mean), test[2]))
+    }
     fits = {reg: fit_biases(*train, s.train.num_users, s.num_items, reg, reg) for reg in (1.0, 3.0, 10.0, 25.0)}
     val = {reg: rmse(fit.predict(valid[0], valid[1], (1, 5)), valid[2]) for reg, fit in fits.items()}
     best = min(val, key=val.get)
-    results[f"user + item biases (λ = {best:g})"] = (val[best], rmse(fits[best].predict(test[0], test[1], (1, 5)), test[2]))
+    results[f"user + item biases (λ = {best:g})"] = (
+        val[best],
+        rmse(fits[best].predict(test[0], test[1], (1, 5)), test[2]),
+    )
     return results
 
 
 def autoencoder(refeed_steps: int, epochs: int | None, root: Path) -> tuple[float, float, str, float]:
     """(best validation RMSE, test RMSE at that epoch, its checkpoint name, training seconds) of the recipe."""
-    args = ["--config", str(CONFIG), "--model.init_args.refeed_steps", str(refeed_steps),
-            "--trainer.default_root_dir", str(root / f"refeed{refeed_steps}"),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    args = [
+        "--config",
+        str(CONFIG),
+        "--model.init_args.refeed_steps",
+        str(refeed_steps),
+        "--trainer.default_root_dir",
+        str(root / f"refeed{refeed_steps}"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
     if epochs:
         args += ["--trainer.max_epochs", str(epochs)]
     cli = ZooCLI(args=args, run=False, trainer_defaults={"callbacks": []})
@@ -64,8 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's max_epochs")
     parser.add_argument("--root", default="runs/recsys_ml100k")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 is fastest for this small net on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is fastest for this small net on a busy machine)"
+    )
     parser.add_argument("--name", default="recsys_ml100k", help="result file bench/results/<name>.json")
     args = parser.parse_args()
     if args.threads:
@@ -82,11 +97,18 @@ def main() -> None:
     print("\n| predictor | validation RMSE | test RMSE |\n|---|---|---|")
     for name, (val, test) in rows.items():
         print(f"| {name} | {val:.4f} | {test:.4f} |")
-    write_result(args.name, [table(f"Test RMSE on MovieLens-100k, per-user time split ({s.stats})",
-                                   [("predictor", "predictor"), ("val", "validation RMSE", ".4f"),
-                                    ("test", "test RMSE", ".4f")],
-                                   [{"predictor": name, "val": val, "test": test} for name, (val, test) in rows.items()])],
-                 env=env, title="Recommender on MovieLens-100k")
+    write_result(
+        args.name,
+        [
+            table(
+                f"Test RMSE on MovieLens-100k, per-user time split ({s.stats})",
+                [("predictor", "predictor"), ("val", "validation RMSE", ".4f"), ("test", "test RMSE", ".4f")],
+                [{"predictor": name, "val": val, "test": test} for name, (val, test) in rows.items()],
+            )
+        ],
+        env=env,
+        title="Recommender on MovieLens-100k",
+    )
 
 
 if __name__ == "__main__":

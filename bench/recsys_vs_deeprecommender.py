@@ -16,11 +16,13 @@ learning-rate schedule (halved at epochs 24, 36, 48, 66, 72), ``--epochs`` epoch
   ``Trainer`` (all 943 users per epoch), the same optimizer and schedule.
 
 users/s = users trained per epoch / training time of the epoch (median over epochs; re-feeding
-steps included on both sides), also per CPU-second of this process (steadier on a shared machine); test RMSE after the last epoch (peer: its ``do_eval`` on the test
+steps included on both sides), also per CPU-second of this process (steadier on a shared machine); test RMSE after
+the last epoch (peer: its ``do_eval`` on the test
 file with the training vectors as inputs, as the zoo evaluates; zoo: unclamped, and clamped to
 [1, 5] as ``zoo test`` reports it). Runs alternate peer / zoo ``--repeats`` times (seeds 0, 1, ...).
 
-    ZOO_PEER_DEEPRECOMMENDER=../shared/peers/DeepRecommender python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
+    ZOO_PEER_DEEPRECOMMENDER=../shared/peers/DeepRecommender \
+        python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
 
 Results: ``bench/results/recsys_vs_deeprecommender.json``.
 """
@@ -113,12 +115,39 @@ class _Recorder:
 
 def run_peer(folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: int, logdir: Path) -> dict:
     """DeepRecommender's ``run.main()`` with the README command's settings, in this process."""
-    argv = ["run.py", "--path_to_train_data", str(train_dir), "--path_to_eval_data", str(test_dir),
-            "--hidden_layers", ",".join(map(str, HIDDEN)), "--non_linearity_type", "selu",
-            "--batch_size", str(BATCH), "--logdir", str(logdir), "--drop_prob", str(DROPOUT),
-            "--optimizer", "momentum", "--lr", str(LR), "--weight_decay", "0", "--aug_step", "1",
-            "--noise_prob", "0", "--num_epochs", str(epochs), "--summary_frequency", "1000",
-            "--save_every", str(epochs)]
+    argv = [
+        "run.py",
+        "--path_to_train_data",
+        str(train_dir),
+        "--path_to_eval_data",
+        str(test_dir),
+        "--hidden_layers",
+        ",".join(map(str, HIDDEN)),
+        "--non_linearity_type",
+        "selu",
+        "--batch_size",
+        str(BATCH),
+        "--logdir",
+        str(logdir),
+        "--drop_prob",
+        str(DROPOUT),
+        "--optimizer",
+        "momentum",
+        "--lr",
+        str(LR),
+        "--weight_decay",
+        "0",
+        "--aug_step",
+        "1",
+        "--noise_prob",
+        "0",
+        "--num_epochs",
+        str(epochs),
+        "--summary_frequency",
+        "1000",
+        "--save_every",
+        str(epochs),
+    ]
     saved_argv, saved_path, saved_logger = sys.argv, list(sys.path), sys.modules.get("logger")
     sys.argv = argv
     sys.path.insert(0, str(folder))
@@ -144,9 +173,13 @@ def run_peer(folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: i
             sys.modules["logger"] = saved_logger
     if len(out.wall) != epochs:
         raise RuntimeError(f"DeepRecommender ran {len(out.wall)} epochs, expected {epochs}:\n{out.getvalue()[-2000:]}")
-    return {"epoch_times": out.wall, "epoch_cpu": out.cpu,
-            "epoch_times_logged": [v for _, v in _Recorder.scalars["Epoch_time"]],
-            "test_rmse": _Recorder.scalars["EVALUATION_RMSE"][-1][1], "foreign_cores": load.cores}
+    return {
+        "epoch_times": out.wall,
+        "epoch_cpu": out.cpu,
+        "epoch_times_logged": [v for _, v in _Recorder.scalars["Epoch_time"]],
+        "test_rmse": _Recorder.scalars["EVALUATION_RMSE"][-1][1],
+        "foreign_cores": load.cores,
+    }
 
 
 class EpochTimer(pl.Callback):
@@ -174,26 +207,43 @@ def run_zoo(data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: 
     pl.seed_everything(seed, verbose=False)
     steps_per_epoch = 2 * batches_per_epoch  # each batch: one sparse step + one re-feeding step
     model = AutoEncoderRecommender(
-        network="autorec-netflix-full", network_overrides={"encoder_sizes": HIDDEN, "dropout": DROPOUT},
-        refeed_steps=1, rating_range=(1.0, 5.0),
+        network="autorec-netflix-full",
+        network_overrides={"encoder_sizes": HIDDEN, "dropout": DROPOUT},
+        refeed_steps=1,
+        rating_range=(1.0, 5.0),
         optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=0.0),
         # run.py steps MultiStepLR once at the start of every epoch (milestone m: lr halves from epoch m - 1);
         # the zoo steps its scheduler after every optimizer step
-        lr_scheduler=partial(torch.optim.lr_scheduler.MultiStepLR,
-                             milestones=[(m - 1) * steps_per_epoch for m in MILESTONES], gamma=0.5),
+        lr_scheduler=partial(
+            torch.optim.lr_scheduler.MultiStepLR, milestones=[(m - 1) * steps_per_epoch for m in MILESTONES], gamma=0.5
+        ),
     )
     timer = EpochTimer()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, callbacks=[timer])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     with ForeignLoad() as load:
         trainer.fit(model, datamodule=data)
     tester = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     clamped = tester.test(model, datamodule=data, verbose=False)[0]["test/rmse"]
     model.hparams.rating_range = None
     unclamped = tester.test(model, datamodule=data, verbose=False)[0]["test/rmse"]
-    return {"epoch_times": timer.times, "epoch_cpu": timer.cpu, "users_per_epoch": timer.users, "test_rmse": unclamped,
-            "test_rmse_clamped": clamped, "foreign_cores": load.cores}
+    return {
+        "epoch_times": timer.times,
+        "epoch_cpu": timer.cpu,
+        "users_per_epoch": timer.users,
+        "test_rmse": unclamped,
+        "test_rmse_clamped": clamped,
+        "foreign_cores": load.cores,
+    }
 
 
 def main() -> None:
@@ -205,8 +255,10 @@ def main() -> None:
     args = parser.parse_args()
     folder = peer_folder()
     if folder is None:
-        print(f"skipped: set {ENV_VAR} to a checkout of https://github.com/NVIDIA/DeepRecommender (commit a32a8a5) "
-              "to compare against its run.py")
+        print(
+            f"skipped: set {ENV_VAR} to a checkout of https://github.com/NVIDIA/DeepRecommender (commit a32a8a5) "
+            "to compare against its run.py"
+        )
         return
     torch.set_num_threads(args.threads)
     env = environment()
@@ -220,38 +272,61 @@ def main() -> None:
         write_peer_file(s.train, Path(tmp) / "train")
         write_peer_file(s.test, Path(tmp) / "test")
         for seed in range(args.repeats):
-            peer = run_peer(folder, Path(tmp) / "train", Path(tmp) / "test", args.epochs, seed, Path(tmp) / f"log{seed}")
+            peer = run_peer(
+                folder, Path(tmp) / "train", Path(tmp) / "test", args.epochs, seed, Path(tmp) / f"log{seed}"
+            )
             peer["users_per_epoch"] = peer_users
             zoo = run_zoo(data, args.epochs, seed, -(-users // BATCH))
             for name, r in (("peer", peer), ("zoo", zoo)):
                 r["users_per_s"] = r["users_per_epoch"] / statistics.median(r["epoch_times"])
                 r["users_per_cpu_s"] = r["users_per_epoch"] / statistics.median(r["epoch_cpu"])
                 runs[name].append(r)
-                print(f"seed {seed} {name}: {r['users_per_s']:.0f} users/s, {r['users_per_cpu_s']:.0f} per CPU-s (median epoch "
-                      f"{statistics.median(r['epoch_times']):.3f} s), test RMSE {r['test_rmse']:.4f}", flush=True)
+                print(
+                    f"seed {seed} {name}: {r['users_per_s']:.0f} users/s, {r['users_per_cpu_s']:.0f} per CPU-s "
+                    "(median epoch "
+                    f"{statistics.median(r['epoch_times']):.3f} s), test RMSE {r['test_rmse']:.4f}",
+                    flush=True,
+                )
     rows = []
     for name, label in (("peer", "DeepRecommender run.py"), ("zoo", "zoo AutoEncoderRecommender + Trainer")):
         rs = runs[name]
-        rows.append({"system": label, "users_per_s": statistics.median(r["users_per_s"] for r in rs),
-                     "users_per_cpu_s": statistics.median(r["users_per_cpu_s"] for r in rs),
-                     "epoch_s": statistics.median(t for r in rs for t in r["epoch_times"]),
-                     "users_per_epoch": rs[0]["users_per_epoch"],
-                     "test_rmse": statistics.fmean(r["test_rmse"] for r in rs),
-                     "test_rmse_clamped": statistics.fmean(r["test_rmse_clamped"] for r in rs) if name == "zoo" else None,
-                     "rmse_each": ", ".join(f"{r['test_rmse']:.4f}" for r in rs)})
+        rows.append(
+            {
+                "system": label,
+                "users_per_s": statistics.median(r["users_per_s"] for r in rs),
+                "users_per_cpu_s": statistics.median(r["users_per_cpu_s"] for r in rs),
+                "epoch_s": statistics.median(t for r in rs for t in r["epoch_times"]),
+                "users_per_epoch": rs[0]["users_per_epoch"],
+                "test_rmse": statistics.fmean(r["test_rmse"] for r in rs),
+                "test_rmse_clamped": statistics.fmean(r["test_rmse_clamped"] for r in rs) if name == "zoo" else None,
+                "rmse_each": ", ".join(f"{r['test_rmse']:.4f}" for r in rs),
+            }
+        )
     speed = rows[1]["users_per_s"] / rows[0]["users_per_s"]
     rows[1]["vs_peer"], rows[0]["vs_peer"] = speed, 1.0
     rows[1]["cpu_vs_peer"], rows[0]["cpu_vs_peer"] = rows[1]["users_per_cpu_s"] / rows[0]["users_per_cpu_s"], 1.0
-    print(f"zoo / peer users/s: {speed:.2f}x; test RMSE zoo {rows[1]['test_rmse']:.4f} vs peer {rows[0]['test_rmse']:.4f}")
+    print(
+        f"zoo / peer users/s: {speed:.2f}x; test RMSE zoo {rows[1]['test_rmse']:.4f} vs peer {rows[0]['test_rmse']:.4f}"
+    )
     result = table(
         f"Autoencoder recommender vs DeepRecommender on MovieLens-100k (n,512,512,1024,dp 0.8; batch {BATCH}, "
-        f"SGD momentum lr {LR}, 1 re-feeding step; {args.epochs} epochs, {args.repeats} seed(s), {args.threads} threads)",
-        [("system", "system"), ("users_per_s", "users/s (median)", ",.0f"), ("vs_peer", "vs peer", ".2f"),
-         ("users_per_cpu_s", "users per CPU-s", ",.0f"), ("cpu_vs_peer", "per CPU-s vs peer", ".2f"),
-         ("epoch_s", "s / epoch", ".3f"), ("users_per_epoch", "users / epoch"),
-         ("test_rmse", "test RMSE (mean)", ".4f"), ("test_rmse_clamped", "test RMSE, clamped to [1, 5]", ".4f"),
-         ("rmse_each", "test RMSE per seed")], rows,
-        notes=f"Same split: {s.stats}. Goal: users/s ≥ the peer's and test RMSE lower.")
+        f"SGD momentum lr {LR}, 1 re-feeding step; {args.epochs} epochs, {args.repeats} seed(s), {args.threads} "
+        "threads)",
+        [
+            ("system", "system"),
+            ("users_per_s", "users/s (median)", ",.0f"),
+            ("vs_peer", "vs peer", ".2f"),
+            ("users_per_cpu_s", "users per CPU-s", ",.0f"),
+            ("cpu_vs_peer", "per CPU-s vs peer", ".2f"),
+            ("epoch_s", "s / epoch", ".3f"),
+            ("users_per_epoch", "users / epoch"),
+            ("test_rmse", "test RMSE (mean)", ".4f"),
+            ("test_rmse_clamped", "test RMSE, clamped to [1, 5]", ".4f"),
+            ("rmse_each", "test RMSE per seed"),
+        ],
+        rows,
+        notes=f"Same split: {s.stats}. Goal: users/s ≥ the peer's and test RMSE lower.",
+    )
     write_result(args.name, [result], env=env, title="Recommender vs NVIDIA/DeepRecommender", runs=runs)
 
 

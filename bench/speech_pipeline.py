@@ -48,7 +48,10 @@ def feature_speed(seconds: float = 3.0, batch: int = 16, repeats: int = 10) -> l
         with torch.no_grad():
             one = cpu_time(lambda: featurizer(audio[:1], lengths[:1]), repeats)
             many = cpu_time(lambda: featurizer(audio, lengths), max(1, repeats // 4))
-        print(f"  {kind:12s} one utterance: {seconds / one:8.0f}x real time   batch of {batch}: {batch * seconds / many:8.0f}x")
+        print(
+            f"  {kind:12s} one utterance: {seconds / one:8.0f}x real time   batch of {batch}: "
+            f"{batch * seconds / many:8.0f}x"
+        )
         rows.append({"path": f"{kind} features, one utterance", "x_real_time": seconds / one})
         rows.append({"path": f"{kind} features, batch of {batch}", "x_real_time": batch * seconds / many})
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +70,10 @@ def feature_speed(seconds: float = 3.0, batch: int = 16, repeats: int = 10) -> l
             feat_aug(featurizer(wave[None], torch.tensor([wave.shape[0]]))[0][0])
 
         with torch.no_grad():
-            for name, fn in (("WAV decode + log-mel", clean), ("WAV decode + default augmentation + log-mel", augmented)):
+            for name, fn in (
+                ("WAV decode + log-mel", clean),
+                ("WAV decode + default augmentation + log-mel", augmented),
+            ):
                 rate = seconds / cpu_time(fn, repeats)
                 print(f"  {name + ':':44s} {rate:8.0f}x real time")
                 rows.append({"path": name, "x_real_time": rate})
@@ -94,15 +100,19 @@ def padding(lengths: list[int], batch_size: int, epochs: int = 3) -> list[dict]:
     framed = padding_fraction(lengths, list(by_frames))
     b, r = float(np.mean(bucket)), float(np.mean(random_))
     print(f"  random batches:                  {100 * r:5.1f}% padding")
-    print(f"  bucketing sampler (count):       {100 * b:5.1f}% padding   ratio random/bucketing {r / max(b, 1e-9):6.1f}x")
+    print(
+        f"  bucketing sampler (count):       {100 * b:5.1f}% padding   ratio random/bucketing {r / max(b, 1e-9):6.1f}x"
+    )
     print(f"  bucketing sampler ({budget} frames): {100 * framed:5.1f}% padding   ({len(by_frames)} batches)")
     sorted_epoch = BucketingBatchSampler(lengths, batch_size=batch_size, sorted_epochs=1)
     sorted_fraction = padding_fraction(lengths, list(sorted_epoch))
     print(f"  SortaGrad sorted epoch:          {100 * sorted_fraction:5.1f}% padding")
-    return [{"batching": "random batches", "padding": r},
-            {"batching": f"bucketing sampler ({batch_size} utterances)", "padding": b},
-            {"batching": f"bucketing sampler ({budget} frames, {len(by_frames)} batches)", "padding": framed},
-            {"batching": "SortaGrad sorted epoch", "padding": sorted_fraction}]
+    return [
+        {"batching": "random batches", "padding": r},
+        {"batching": f"bucketing sampler ({batch_size} utterances)", "padding": b},
+        {"batching": f"bucketing sampler ({budget} frames, {len(by_frames)} batches)", "padding": framed},
+        {"batching": "SortaGrad sorted epoch", "padding": sorted_fraction},
+    ]
 
 
 def main() -> None:
@@ -119,16 +129,30 @@ def main() -> None:
     data = read_manifests(manifest, tokenizer, audio_check="none")
     featurizer = Featurizer(FeaturizerConfig())
     lengths = [int(featurizer.num_frames(round(u.duration * RATE))) for u in data.utterances]
-    print(f"\ndurations from {manifest}: {sum(u.duration for u in data.utterances) / 3600:.2f} h, "
-          f"{min(u.duration for u in data.utterances):.2f}-{max(u.duration for u in data.utterances):.2f} s")
+    print(
+        f"\ndurations from {manifest}: {sum(u.duration for u in data.utterances) / 3600:.2f} h, "
+        f"{min(u.duration for u in data.utterances):.2f}-{max(u.duration for u in data.utterances):.2f} s"
+    )
     pad = padding(lengths, args.batch_size)
-    write_result(args.name, [
-        table("Feature extraction speed (1 thread, CPU time, best of 5 blocks; goal ≥ 500× real time per core)",
-              [("path", "path"), ("x_real_time", "× real time", ",.0f")], speed),
-        table(f"Padded frames per epoch ({len(lengths)} utterances of {Path(manifest).parent.name}/{Path(manifest).name}, "
-              f"batch {args.batch_size}; goal ≤ 5 % with buckets)",
-              [("batching", "batching"), ("padding", "padded frames", ".1%")], pad),
-    ], env=env, title="Speech data pipeline")
+    write_result(
+        args.name,
+        [
+            table(
+                "Feature extraction speed (1 thread, CPU time, best of 5 blocks; goal ≥ 500× real time per core)",
+                [("path", "path"), ("x_real_time", "× real time", ",.0f")],
+                speed,
+            ),
+            table(
+                f"Padded frames per epoch ({len(lengths)} utterances of "
+                f"{Path(manifest).parent.name}/{Path(manifest).name}, "
+                f"batch {args.batch_size}; goal ≤ 5 % with buckets)",
+                [("batching", "batching"), ("padding", "padded frames", ".1%")],
+                pad,
+            ),
+        ],
+        env=env,
+        title="Speech data pipeline",
+    )
 
 
 if __name__ == "__main__":

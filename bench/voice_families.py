@@ -17,8 +17,17 @@ from harness import environment, table, write_result
 
 from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, build_corpus, corpus_info
 
-VOICES = ["f1", "m1", "flite:rms", "flite:slt", "festival:kal_diphone", "festival:cmu_us_slt_arctic_hts", "pico:en-US",
-          "pico:en-GB", "piper:joe"]
+VOICES = [
+    "f1",
+    "m1",
+    "flite:rms",
+    "flite:slt",
+    "festival:kal_diphone",
+    "festival:cmu_us_slt_arctic_hts",
+    "pico:en-US",
+    "pico:en-GB",
+    "piper:joe",
+]
 
 
 def main() -> int:
@@ -28,19 +37,36 @@ def main() -> int:
     args = parser.parse_args()
     env = environment()
     with tempfile.TemporaryDirectory() as cache:
-        config = SyntheticCorpusConfig(train_utterances=args.utterances, val_utterances=4, test_utterances=4,
-                                       train_variants=VOICES, val_variants=["m5"], test_variants=["f4"],
-                                       cache_dir=cache)
+        config = SyntheticCorpusConfig(
+            train_utterances=args.utterances,
+            val_utterances=4,
+            test_utterances=4,
+            train_variants=VOICES,
+            val_variants=["m5"],
+            test_variants=["f4"],
+            cache_dir=cache,
+        )
         info = corpus_info(build_corpus(config, num_workers=args.workers, report=print))
     rows = [{"family": family, **stats} for family, stats in info["engines"].items()]
     for row in rows:
-        print(f"{row['family']:>10}: {row['utterances']} utterances, {row['utterances_per_second_per_worker']:.1f} "
-              f"utterances/s per worker, {row['skipped']} skipped")
-    columns = [("family", "family"), ("utterances", "utterances"), ("skipped", "skipped"),
-               ("utterances_per_second_per_worker", "utterances/s per worker", ".1f")]
+        print(
+            f"{row['family']:>10}: {row['utterances']} utterances, {row['utterances_per_second_per_worker']:.1f} "
+            f"utterances/s per worker, {row['skipped']} skipped"
+        )
+    columns = [
+        ("family", "family"),
+        ("utterances", "utterances"),
+        ("skipped", "skipped"),
+        ("utterances_per_second_per_worker", "utterances/s per worker", ".1f"),
+    ]
     notes = f"{info['synthesizers']}; {args.workers} workers, {info['utterances_per_second']} utterances/s in all"
-    write_result("voice_families", [table("Synthetic corpus: rendering speed per synthesizer family", columns, rows,
-                                          notes)], env, voices=VOICES, voices_left_out=info["voices_left_out"])
+    write_result(
+        "voice_families",
+        [table("Synthetic corpus: rendering speed per synthesizer family", columns, rows, notes)],
+        env,
+        voices=VOICES,
+        voices_left_out=info["voices_left_out"],
+    )
     return 0
 
 

@@ -57,11 +57,20 @@ class AutoEncoderRecommender(pl.LightningModule):
     in the checkpoint's ``state_dict``.
     """
 
-    def __init__(self, network: str = "autorec-ml100k", network_overrides: dict[str, Any] | None = None,
-                 num_items: int | None = None, refeed_steps: int = 0, refeed_target: str = "dense",
-                 input_noise: float = 0.0, rating_range: tuple[float, float] | None = (1.0, 5.0),
-                 data_source: dict[str, Any] | None = None, optimizer: OptimizerCallable | None = None,
-                 lr_scheduler: LRSchedulerCallable | None = None, decay_biases: bool = False) -> None:
+    def __init__(
+        self,
+        network: str = "autorec-ml100k",
+        network_overrides: dict[str, Any] | None = None,
+        num_items: int | None = None,
+        refeed_steps: int = 0,
+        refeed_target: str = "dense",
+        input_noise: float = 0.0,
+        rating_range: tuple[float, float] | None = (1.0, 5.0),
+        data_source: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        decay_biases: bool = False,
+    ) -> None:
         super().__init__()
         if refeed_steps < 0:
             raise ValueError(f"refeed_steps must be >= 0, got {refeed_steps}")
@@ -86,8 +95,10 @@ class AutoEncoderRecommender(pl.LightningModule):
         if datamodule is not None and hasattr(datamodule, "item_ids"):
             n = datamodule.num_items
             if self.net is not None and self.net.config.num_items != n:
-                raise ValueError(f"the network has num_items={self.net.config.num_items} but the data has {n} "
-                                 "items; leave model num_items unset to take it from the data")
+                raise ValueError(
+                    f"the network has num_items={self.net.config.num_items} but the data has {n} "
+                    "items; leave model num_items unset to take it from the data"
+                )
             if self.net is None:
                 self.hparams["num_items"] = n
                 self._build(n)
@@ -102,8 +113,9 @@ class AutoEncoderRecommender(pl.LightningModule):
         return self.net(ratings)
 
     def configure_optimizers(self):
-        return configure_optimizers(self.net, self.optimizer_factory, self.lr_scheduler_factory,
-                                    decay_biases=self.hparams.decay_biases)
+        return configure_optimizers(
+            self.net, self.optimizer_factory, self.lr_scheduler_factory, decay_biases=self.hparams.decay_biases
+        )
 
     def _step(self, loss: Tensor) -> None:
         optimizer = self.optimizers()
@@ -155,7 +167,8 @@ class AutoEncoderRecommender(pl.LightningModule):
         if min(item_ids) < 0:
             raise ValueError("no item index: train or load from a checkpoint written with a RatingsDataModule")
         rating_range = list(self.hparams.rating_range) if self.hparams.rating_range is not None else None
-        pipeline = Recommender(network=model_to_dict(self.net), item_ids=item_ids, rating_range=rating_range,
-                               data=self.hparams.data_source)
+        pipeline = Recommender(
+            network=model_to_dict(self.net), item_ids=item_ids, rating_range=rating_range, data=self.hparams.data_source
+        )
         pipeline.net.load_state_dict(self.net.state_dict())
         return pipeline

@@ -33,10 +33,12 @@ def test_summarize_matches_numpy_style_quartiles() -> None:
     assert s.median == statistics.median(samples) == 3.5
     # inclusive quartiles (linear interpolation on the sorted sample, like numpy.percentile's default)
     ordered = sorted(samples)
+
     def percentile(p: float) -> float:
         k = (len(ordered) - 1) * p
         lo = int(k)
         return ordered[lo] + (ordered[min(lo + 1, len(ordered) - 1)] - ordered[lo]) * (k - lo)
+
     assert s.q25 == pytest.approx(percentile(0.25)) and s.q75 == pytest.approx(percentile(0.75))
     assert (s.min, s.max, s.n) == (1.0, 100.0, 6)
     assert s.spread == pytest.approx((s.q75 - s.q25) / 3.5)
@@ -113,9 +115,9 @@ def test_count_flops_of_grouped_conv_backward(groups: int) -> None:
         conv(x).sum().backward()
 
     # a naive count: every output element of y, of ∂x and of ∂w is a sum of per-group products
-    macs_forward = 2 * 16 * 30 * (16 // groups) * 5          # y: (B, C_out, T), C_in/groups x K each
-    macs_grad_input = 2 * 16 * 30 * (16 // groups) * 5       # ∂x: (B, C_in, T), C_out/groups x K each
-    macs_grad_weight = 16 * (16 // groups) * 5 * 2 * 30      # ∂w: (C_out, C_in/groups, K), B x T each
+    macs_forward = 2 * 16 * 30 * (16 // groups) * 5  # y: (B, C_out, T), C_in/groups x K each
+    macs_grad_input = 2 * 16 * 30 * (16 // groups) * 5  # ∂x: (B, C_in, T), C_out/groups x K each
+    macs_grad_weight = 16 * (16 // groups) * 5 * 2 * 30  # ∂w: (C_out, C_in/groups, K), B x T each
     assert harness.count_flops(step) == 2 * (macs_forward + macs_grad_input + macs_grad_weight)
 
 
@@ -132,10 +134,24 @@ def test_cpu_time_uses_the_process_clock() -> None:
 
 def fake_result(tmp_path: Path, value: float) -> Path:
     folder = tmp_path / "results"
-    env = {"date": "2026-12-06 01:00 UTC", "command": "python bench/fake.py --steps 2", "git_commit": "abc1234",
-           "torch": "2.14.1", "threads": 2, "cpu_count": 2, "device": "CPU: Test CPU", "load_average": [0.5, 0, 0]}
-    tables = [harness.table("Fake speed", [("model", "model"), ("ratio", "zoo / peer", ".2f"), ("missing", "n/a")],
-                            [{"model": "a|b", "ratio": value}], notes="a note")]
+    env = {
+        "date": "2026-12-06 01:00 UTC",
+        "command": "python bench/fake.py --steps 2",
+        "git_commit": "abc1234",
+        "torch": "2.14.1",
+        "threads": 2,
+        "cpu_count": 2,
+        "device": "CPU: Test CPU",
+        "load_average": [0.5, 0, 0],
+    }
+    tables = [
+        harness.table(
+            "Fake speed",
+            [("model", "model"), ("ratio", "zoo / peer", ".2f"), ("missing", "n/a")],
+            [{"model": "a|b", "ratio": value}],
+            notes="a note",
+        )
+    ]
     return harness.write_result("fake", tables, env=env, folder=folder)
 
 
@@ -145,7 +161,9 @@ def test_write_result_and_make_docs_roundtrip(tmp_path: Path) -> None:
     assert data["environment"]["command"] == "python bench/fake.py --steps 2"
     assert len(data["environment"]["load_average_after"]) == 3
     docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nProse before.\n\n<!-- results: fake -->\nstale\n<!-- /results: fake -->\n\nProse after.\n")
+    docs.write_text(
+        "# Benchmarks\n\nProse before.\n\n<!-- results: fake -->\nstale\n<!-- /results: fake -->\n\nProse after.\n"
+    )
     assert make_docs.main(["--results", str(tmp_path / "results"), "--docs", str(docs), "--check"]) == 1
     assert make_docs.main(["--results", str(tmp_path / "results"), "--docs", str(docs)]) == 0
     text = docs.read_text()

@@ -127,12 +127,34 @@ def _preset(name: str, description: str, **fields) -> None:
     register(name, DeepAutoEncoder, AutoEncoderConfig(**fields), task="recsys", description=description)
 
 
-_preset("autorec-netflix-full", "Netflix full (n,512,512,1024,dp .8,...): RMSE 0.9099 in the paper",
-        num_items=NETFLIX_ITEMS, encoder_sizes=(512, 512, 1024), dropout=0.8)
-_preset("autorec-netflix-6m", "Netflix 6 months / 1 year (n,256,256,512,dp .8,...): RMSE 0.9207",
-        num_items=NETFLIX_ITEMS, encoder_sizes=(256, 256, 512), dropout=0.8)
-_preset("autorec-netflix-3m", "Netflix 3 months (n,128,256,256,dp .65,...): RMSE 0.9373",
-        num_items=NETFLIX_ITEMS, encoder_sizes=(128, 256, 256), dropout=0.65)
-_preset("autorec-ml100k", "MovieLens-100k CPU net (n,128,128,dp .8,128,n; elu, linear output), n = 1682",
-        num_items=ML100K_ITEMS, encoder_sizes=(128, 128), activation="elu", dropout=0.8,
-        last_layer_activation=False, output_bias_init=3.5)
+_preset(
+    "autorec-netflix-full",
+    "Netflix full (n,512,512,1024,dp .8,...): RMSE 0.9099 in the paper",
+    num_items=NETFLIX_ITEMS,
+    encoder_sizes=(512, 512, 1024),
+    dropout=0.8,
+)
+_preset(
+    "autorec-netflix-6m",
+    "Netflix 6 months / 1 year (n,256,256,512,dp .8,...): RMSE 0.9207",
+    num_items=NETFLIX_ITEMS,
+    encoder_sizes=(256, 256, 512),
+    dropout=0.8,
+)
+_preset(
+    "autorec-netflix-3m",
+    "Netflix 3 months (n,128,256,256,dp .65,...): RMSE 0.9373",
+    num_items=NETFLIX_ITEMS,
+    encoder_sizes=(128, 256, 256),
+    dropout=0.65,
+)
+_preset(
+    "autorec-ml100k",
+    "MovieLens-100k CPU net (n,128,128,dp .8,128,n; elu, linear output), n = 1682",
+    num_items=ML100K_ITEMS,
+    encoder_sizes=(128, 128),
+    activation="elu",
+    dropout=0.8,
+    last_layer_activation=False,
+    output_bias_init=3.5,
+)

@@ -19,13 +19,23 @@ class BiasModel:
     user_bias: np.ndarray  # (num_users,)
     item_bias: np.ndarray  # (num_items,)
 
-    def predict(self, users: np.ndarray, items: np.ndarray, rating_range: tuple[float, float] | None = None) -> np.ndarray:
+    def predict(
+        self, users: np.ndarray, items: np.ndarray, rating_range: tuple[float, float] | None = None
+    ) -> np.ndarray:
         predictions = self.mean + self.user_bias[users] + self.item_bias[items]
         return predictions if rating_range is None else np.clip(predictions, *rating_range)
 
 
-def fit_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, num_items: int,
-               reg_user: float = 5.0, reg_item: float = 5.0, passes: int = 10) -> BiasModel:
+def fit_biases(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    num_users: int,
+    num_items: int,
+    reg_user: float = 5.0,
+    reg_item: float = 5.0,
+    passes: int = 10,
+) -> BiasModel:
     """Alternating closed-form fits of item then user biases (``passes`` rounds)."""
     mean = float(ratings.mean())
     n_user = np.bincount(users, minlength=num_users)

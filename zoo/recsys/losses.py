@@ -30,8 +30,7 @@ class _MaskedMSE(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         residual, count = ctx.saved_tensors
         d_predictions = residual * (2 * grad / count)
-        return (d_predictions if ctx.needs_input_grad[0] else None,
-                -d_predictions if ctx.needs_input_grad[1] else None)
+        return (d_predictions if ctx.needs_input_grad[0] else None, -d_predictions if ctx.needs_input_grad[1] else None)
 
 
 def masked_mse(predictions: Tensor, ratings: Tensor) -> Tensor:

@@ -20,14 +20,19 @@ from zoo.registry import model_from_dict
 
 class Recommender(Pipeline):
     """Args:
-        network: ``zoo.registry.model_to_dict`` of the autoencoder.
-        item_ids: raw item id of each network column.
-        rating_range: predictions are clamped to it.
-        data: the data source description (``RatingsDataModule.describe()``) to look users up by id.
+    network: ``zoo.registry.model_to_dict`` of the autoencoder.
+    item_ids: raw item id of each network column.
+    rating_range: predictions are clamped to it.
+    data: the data source description (``RatingsDataModule.describe()``) to look users up by id.
     """
 
-    def __init__(self, network: dict[str, Any], item_ids: list[int],
-                 rating_range: list[float] | None = None, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        network: dict[str, Any],
+        item_ids: list[int],
+        rating_range: list[float] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.net = model_from_dict(network)
         if len(item_ids) != self.net.config.num_items:

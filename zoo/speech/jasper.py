@@ -45,18 +45,23 @@ class JasperConfig:
     prologue_stride: int = 2
     prologue_dropout: float = 0.2
     blocks: tuple[tuple[int, int, int, float], ...] = (
-        (256, 11, 5, 0.2), (256, 11, 5, 0.2),
-        (384, 13, 5, 0.2), (384, 13, 5, 0.2),
-        (512, 17, 5, 0.2), (512, 17, 5, 0.2),
-        (640, 21, 5, 0.3), (640, 21, 5, 0.3),
-        (768, 25, 5, 0.3), (768, 25, 5, 0.3),
+        (256, 11, 5, 0.2),
+        (256, 11, 5, 0.2),
+        (384, 13, 5, 0.2),
+        (384, 13, 5, 0.2),
+        (512, 17, 5, 0.2),
+        (512, 17, 5, 0.2),
+        (640, 21, 5, 0.3),
+        (640, 21, 5, 0.3),
+        (768, 25, 5, 0.3),
+        (768, 25, 5, 0.3),
     )
     epilogue: tuple[tuple[int, int, int, float], ...] = ((896, 29, 2, 0.4), (1024, 1, 1, 0.4))
-    residual: str = "dense"        # "dense" (Jasper DR) | "plain" (block input only) | "none"
-    norm: str = "batchnorm"        # "batchnorm" | "weightnorm" | "layernorm"
-    separable: bool = False        # time-channel separable convs (QuartzNet)
+    residual: str = "dense"  # "dense" (Jasper DR) | "plain" (block input only) | "none"
+    norm: str = "batchnorm"  # "batchnorm" | "weightnorm" | "layernorm"
+    separable: bool = False  # time-channel separable convs (QuartzNet)
     norm_eps: float = 1e-3
-    residual_mode: str = "add"     # "add" (the paper) | "max": element-wise max with each projection (NeMo option)
+    residual_mode: str = "add"  # "add" (the paper) | "max": element-wise max with each projection (NeMo option)
 
 
 def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -80,8 +85,18 @@ class ConvNorm(nn.Module):
     Shapes: ``x`` (B, C_in, T), ``mask`` (B, 1, T) -> (B, C_out, T // stride rounded up).
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, dilation: int = 1,
-                 separable: bool = False, norm: str = "batchnorm", eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        separable: bool = False,
+        norm: str = "batchnorm",
+        eps: float = 1e-3,
+    ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -92,7 +107,8 @@ class ConvNorm(nn.Module):
         bias = norm == "weightnorm"
         self.depthwise = (
             nn.Conv1d(c_in, c_in, kernel, stride=stride, dilation=dilation, padding=padding, groups=c_in, bias=False)
-            if separable and kernel > 1 else None
+            if separable and kernel > 1
+            else None
         )
         if self.depthwise is None:
             self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, padding=padding, bias=bias)
@@ -119,9 +135,20 @@ class JasperBlock(nn.Module):
     last sub-block after its norm and before its ReLU (Jasper Fig. 1/2). ``residual_mode="max"``
     instead takes ``x = max(x, proj_k(source_k))`` for each projection in turn (NeMo's ``residual_mode: max``)."""
 
-    def __init__(self, c_in: int, filters: int, kernel: int, repeat: int, dropout: float,
-                 residual_channels: list[int], *, separable: bool, norm: str, eps: float,
-                 residual_mode: str = "add") -> None:
+    def __init__(
+        self,
+        c_in: int,
+        filters: int,
+        kernel: int,
+        repeat: int,
+        dropout: float,
+        residual_channels: list[int],
+        *,
+        separable: bool,
+        norm: str,
+        eps: float,
+        residual_mode: str = "add",
+    ) -> None:
         super().__init__()
         if residual_mode not in RESIDUAL_MODES:
             raise ValueError(f"residual_mode must be one of {RESIDUAL_MODES}, got {residual_mode!r}")
@@ -161,15 +188,26 @@ class Jasper(nn.Module):
         self.config = config
         self.time_reduction = config.prologue_stride
         common = dict(separable=config.separable, norm=config.norm, eps=config.norm_eps)
-        self.prologue = ConvNorm(config.in_features, config.prologue_filters, config.prologue_kernel,
-                                 stride=config.prologue_stride, **common)
+        self.prologue = ConvNorm(
+            config.in_features, config.prologue_filters, config.prologue_kernel, stride=config.prologue_stride, **common
+        )
         self.prologue_dropout = nn.Dropout(config.prologue_dropout)
         outputs = [config.prologue_filters]  # channels of the prologue's and each block's output
         self.blocks = nn.ModuleList()
         for filters, kernel, repeat, dropout in config.blocks:
             sources = {"dense": outputs, "plain": outputs[-1:], "none": []}[config.residual]
-            self.blocks.append(JasperBlock(outputs[-1], filters, kernel, repeat, dropout, list(sources),
-                                           residual_mode=config.residual_mode, **common))
+            self.blocks.append(
+                JasperBlock(
+                    outputs[-1],
+                    filters,
+                    kernel,
+                    repeat,
+                    dropout,
+                    list(sources),
+                    residual_mode=config.residual_mode,
+                    **common,
+                )
+            )
             outputs.append(filters)
         self.epilogue = nn.ModuleList()
         self.epilogue_dropout = nn.ModuleList()
@@ -215,9 +253,18 @@ class Jasper(nn.Module):
 def _fold(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
     """Conv followed by eval-mode BN -> one conv with bias: w' = w·γ/σ, b' = (b − μ)·γ/σ + β."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = nn.Conv1d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale[:, None, None])
@@ -243,35 +290,64 @@ def _jasper_blocks(pairs: list[tuple[int, int, float]], blocks_per: int, repeat:
 
 _JASPER_PAIRS = [(256, 11, 0.2), (384, 13, 0.2), (512, 17, 0.2), (640, 21, 0.3), (768, 25, 0.3)]
 
-register("jasper-10x5dr", Jasper, JasperConfig(), task="speech",
-         description="Jasper 10x5 dense residual (arXiv 1904.03288 Table 1; 64 log-mels, 28 chars + blank)")
-register("jasper-5x3", Jasper, JasperConfig(blocks=_jasper_blocks(_JASPER_PAIRS, 1, 3), residual="plain"),
-         task="speech", description="Jasper 5x3 (the paper's normalisation / activation study model)")
 register(
-    "quartznet-15x5", Jasper,
-    JasperConfig(
-        prologue_filters=256, prologue_kernel=33, prologue_dropout=0.0,
-        blocks=_jasper_blocks([(256, 33, 0.0), (256, 39, 0.0), (512, 51, 0.0), (512, 63, 0.0), (512, 75, 0.0)], 3, 5),
-        epilogue=((512, 87, 2, 0.0), (1024, 1, 1, 0.0)), residual="plain", separable=True,
-    ),
-    task="speech", description="QuartzNet 15x5: Jasper with time-channel separable convs (arXiv 1910.10261)",
+    "jasper-10x5dr",
+    Jasper,
+    JasperConfig(),
+    task="speech",
+    description="Jasper 10x5 dense residual (arXiv 1904.03288 Table 1; 64 log-mels, 28 chars + blank)",
 )
 register(
-    "jasper-demo", Jasper,
+    "jasper-5x3",
+    Jasper,
+    JasperConfig(blocks=_jasper_blocks(_JASPER_PAIRS, 1, 3), residual="plain"),
+    task="speech",
+    description="Jasper 5x3 (the paper's normalisation / activation study model)",
+)
+register(
+    "quartznet-15x5",
+    Jasper,
+    JasperConfig(
+        prologue_filters=256,
+        prologue_kernel=33,
+        prologue_dropout=0.0,
+        blocks=_jasper_blocks([(256, 33, 0.0), (256, 39, 0.0), (512, 51, 0.0), (512, 63, 0.0), (512, 75, 0.0)], 3, 5),
+        epilogue=((512, 87, 2, 0.0), (1024, 1, 1, 0.0)),
+        residual="plain",
+        separable=True,
+    ),
+    task="speech",
+    description="QuartzNet 15x5: Jasper with time-channel separable convs (arXiv 1910.10261)",
+)
+register(
+    "jasper-demo",
+    Jasper,
     JasperConfig(
         # Plain (not separable) convs and no dropout: on a 2-core CPU, depthwise-conv backward and
         # dropout's Bernoulli sampling dominated the separable 2.0M variant's step (69 vs 120 audio s/s).
-        prologue_filters=128, prologue_kernel=11, prologue_stride=3, prologue_dropout=0.0,
+        prologue_filters=128,
+        prologue_kernel=11,
+        prologue_stride=3,
+        prologue_dropout=0.0,
         blocks=((128, 11, 2, 0.0), (128, 13, 2, 0.0), (160, 15, 2, 0.0), (160, 17, 2, 0.0)),
-        epilogue=((256, 21, 2, 0.0), (384, 1, 1, 0.0)), residual="dense", separable=False,
+        epilogue=((256, 21, 2, 0.0), (384, 1, 1, 0.0)),
+        residual="dense",
+        separable=False,
     ),
-    task="speech", description="small CPU Jasper DR (prologue stride 3, 3.6M) for the synthetic-corpus demo",
+    task="speech",
+    description="small CPU Jasper DR (prologue stride 3, 3.6M) for the synthetic-corpus demo",
 )
 register(
-    "jasper-tiny", Jasper,
+    "jasper-tiny",
+    Jasper,
     JasperConfig(
-        prologue_filters=16, prologue_kernel=5, prologue_stride=2, prologue_dropout=0.0,
-        blocks=((16, 5, 2, 0.0), (24, 7, 2, 0.0)), epilogue=((32, 9, 2, 0.0), (32, 1, 1, 0.0)),
+        prologue_filters=16,
+        prologue_kernel=5,
+        prologue_stride=2,
+        prologue_dropout=0.0,
+        blocks=((16, 5, 2, 0.0), (24, 7, 2, 0.0)),
+        epilogue=((32, 9, 2, 0.0), (32, 1, 1, 0.0)),
     ),
-    task="speech", description="tiny Jasper DR for tests",
+    task="speech",
+    description="tiny Jasper DR for tests",
 )
