@@ -18,7 +18,10 @@ PYTEST_ARGS ?=
 demo: install
 	$(VENV)/bin/zoo demo
 
+# lint (ruff check + format check; the import-layer contracts run inside pytest), then the tests, offline
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 install: system-deps $(STAMP)

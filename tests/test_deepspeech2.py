@@ -21,8 +21,16 @@ from zoo.speech.deepspeech2 import (
 
 
 def tiny(**overrides) -> DeepSpeech2:
-    base = dict(in_features=24, num_classes=7, conv_channels=(3, 4), conv_kernels=((5, 7), (3, 5)),
-                conv_strides=((2, 2), (1, 2)), rnn_layers=2, rnn_hidden=10, fc_hidden=9)
+    base = dict(
+        in_features=24,
+        num_classes=7,
+        conv_channels=(3, 4),
+        conv_kernels=((5, 7), (3, 5)),
+        conv_strides=((2, 2), (1, 2)),
+        rnn_layers=2,
+        rnn_hidden=10,
+        fc_hidden=9,
+    )
     base.update(overrides)
     return DeepSpeech2(DeepSpeech2Config(**base))
 
@@ -61,8 +69,9 @@ def test_sequence_batch_norm_matches_batchnorm1d_over_valid_frames(method):
     torch.testing.assert_close(gg_ours, gg_ref, atol=1e-4, rtol=1e-4)
     seq.eval(), ref.eval()
     w_fold, b_fold = seq.fold(weight, x, mask)
-    torch.testing.assert_close(x @ w_fold.T + b_fold, ref((x @ weight.T).transpose(1, 2)).transpose(1, 2),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        x @ w_fold.T + b_fold, ref((x @ weight.T).transpose(1, 2)).transpose(1, 2), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_masked_batchnorm2d_matches_batchnorm2d_over_valid_frames():
@@ -106,7 +115,7 @@ def naive_layer(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -
     pre = bn(valid_frames(x, lengths) @ layer.weight_ih.T)  # B(W x) on all valid frames
     outputs, start = [], 0
     for n in lengths.tolist():
-        seq = pre[start:start + n].chunk(dirs, dim=1)
+        seq = pre[start : start + n].chunk(dirs, dim=1)
         start += n
         per_dir = []
         for d in range(dirs):
@@ -118,8 +127,8 @@ def naive_layer(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -
                 wx = seq[d][t]
                 if kind == "gru":
                     r = torch.sigmoid(wx[:H] + U[:H] @ h)
-                    z = torch.sigmoid(wx[H:2 * H] + U[H:2 * H] @ h)
-                    cand = torch.tanh(wx[2 * H:] + r * (U[2 * H:] @ h))
+                    z = torch.sigmoid(wx[H : 2 * H] + U[H : 2 * H] @ h)
+                    cand = torch.tanh(wx[2 * H :] + r * (U[2 * H :] @ h))
                     h = (1 - z) * cand + z * h
                 elif kind == "lstm":
                     g = wx + U @ h
@@ -177,17 +186,24 @@ def test_lookahead_row_convolution_formula():
     h = torch.randn(2, 6, model.lookahead.conv.in_channels)
     W = model.lookahead.conv.weight[:, 0, :]  # (features, tau + 1)
     padded = torch.cat([h, torch.zeros(2, 3, h.shape[2])], dim=1)
-    expected = torch.stack([(W.T * padded[:, t:t + 4]).sum(1) for t in range(6)], dim=1)
+    expected = torch.stack([(W.T * padded[:, t : t + 4]).sum(1) for t in range(6)], dim=1)
     torch.testing.assert_close(model.lookahead(h), expected)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(),
-    dict(merge="sum", rnn_type="lstm"),
-    dict(bidirectional=False, lookahead=2, rnn_type="rnn_tanh"),
-    dict(sequence_batch_norm=False, conv_channels=(3, 4, 2), conv_kernels=((5, 7), (3, 5), (3, 3)),
-         conv_strides=((3, 2), (1, 2), (1, 1))),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(merge="sum", rnn_type="lstm"),
+        dict(bidirectional=False, lookahead=2, rnn_type="rnn_tanh"),
+        dict(
+            sequence_batch_norm=False,
+            conv_channels=(3, 4, 2),
+            conv_kernels=((5, 7), (3, 5), (3, 3)),
+            conv_strides=((3, 2), (1, 2), (1, 1)),
+        ),
+    ],
+)
 def test_padding_never_changes_outputs(overrides):
     torch.manual_seed(4)
     model = tiny(**overrides)
@@ -199,9 +215,9 @@ def test_padding_never_changes_outputs(overrides):
     model.eval()
     logits, out_lengths = model(features, lengths)
     for b, n in enumerate(lengths.tolist()):
-        alone, alone_len = model(features[b:b + 1, :, :n], lengths[b:b + 1])
+        alone, alone_len = model(features[b : b + 1, :, :n], lengths[b : b + 1])
         assert alone_len.item() == out_lengths[b].item()
-        torch.testing.assert_close(logits[b, :alone_len.item()], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits[b, : alone_len.item()], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_training_statistics_ignore_padding():
@@ -259,21 +275,47 @@ def conv_params(c_in: int, c_out: int, kt: int, kf: int) -> int:
 
 def test_parameter_counts_match_hand_formulas():
     # ds2-large: 161 -> 81 -> 41 bins, 32 * 41 = 1312 RNN inputs; concat -> 1600
-    large = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + gru_params(1312, 800, 2)
-             + 4 * gru_params(1600, 800, 2) + 1600 * 1600 + 1600 + 1600 * 29 + 29)
+    large = (
+        conv_params(1, 32, 11, 41)
+        + conv_params(32, 32, 11, 21)
+        + gru_params(1312, 800, 2)
+        + 4 * gru_params(1600, 800, 2)
+        + 1600 * 1600
+        + 1600
+        + 1600 * 29
+        + 29
+    )
     assert zoo.count_parameters("ds2-large") == large
     # ds2-paper: 161 -> 81 -> 41 -> 21 bins, 96 * 21 = 2016; simple RNN (1 gate), directions summed
     H = 1840
     rnn = lambda d_in: 2 * (H * d_in + H * H) + 2 * 2 * H  # noqa: E731
-    paper = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + conv_params(32, 96, 11, 21)
-             + rnn(2016) + 6 * rnn(H) + H * H + H + H * 29 + 29)
+    paper = (
+        conv_params(1, 32, 11, 41)
+        + conv_params(32, 32, 11, 21)
+        + conv_params(32, 96, 11, 21)
+        + rnn(2016)
+        + 6 * rnn(H)
+        + H * H
+        + H
+        + H * 29
+        + 29
+    )
     assert zoo.count_parameters("ds2-paper") == paper
     assert 95e6 < paper < 105e6
     # ds2-streaming: forward-only simple RNN x 2560, row conv tau = 19 (20 taps per feature)
     H = 2560
     uni = lambda d_in: H * d_in + H * H + 2 * H  # noqa: E731
-    streaming = (conv_params(1, 32, 11, 41) + conv_params(32, 32, 11, 21) + uni(1312) + 4 * uni(H)
-                 + H * 20 + H * H + H + H * 29 + 29)
+    streaming = (
+        conv_params(1, 32, 11, 41)
+        + conv_params(32, 32, 11, 21)
+        + uni(1312)
+        + 4 * uni(H)
+        + H * 20
+        + H * H
+        + H
+        + H * 29
+        + 29
+    )
     assert zoo.count_parameters("ds2-streaming") == streaming
     # bigram outputs of ds2-paper: 29 + 28^2 output units
     assert zoo.count_parameters("ds2-paper", bigram_outputs=True) - paper == (1840 + 1) * 28 * 28
@@ -326,8 +368,17 @@ def test_float64_training_step_and_gradcheck():
     """A double model trains (batch statistics in float64, running averages kept in float64) and its
     gradients match finite differences through the conv BN, the sequence-wise BN and the recurrence."""
     torch.manual_seed(7)
-    model = tiny(in_features=12, conv_channels=(2,), conv_kernels=((3, 5),), conv_strides=((2, 2),), rnn_layers=2,
-                 rnn_hidden=3, rnn_type="lstm", merge="sum", fc_hidden=0).double()
+    model = tiny(
+        in_features=12,
+        conv_channels=(2,),
+        conv_kernels=((3, 5),),
+        conv_strides=((2, 2),),
+        rnn_layers=2,
+        rnn_hidden=3,
+        rnn_type="lstm",
+        merge="sum",
+        fc_hidden=0,
+    ).double()
     lengths = torch.tensor([9, 6])
     features = (torch.randn(2, 12, 9, dtype=torch.float64) * frame_mask(lengths, 9)[:, None, :]).requires_grad_()
     logits, _ = model(features, lengths)
@@ -388,8 +439,16 @@ def test_packed_c_recurrence_equals_fused_kernels_in_training(rnn_type):
 @pytest.mark.parametrize("rnn_type", ["gru", "rnn_relu"])
 def test_float64_gradcheck_of_packed_gru_and_simple_rnn(rnn_type):
     torch.manual_seed(10)
-    model = tiny(in_features=12, conv_channels=(2,), conv_kernels=((3, 5),), conv_strides=((2, 2),), rnn_layers=1,
-                 rnn_hidden=3, rnn_type=rnn_type, fc_hidden=0).double()
+    model = tiny(
+        in_features=12,
+        conv_channels=(2,),
+        conv_kernels=((3, 5),),
+        conv_strides=((2, 2),),
+        rnn_layers=1,
+        rnn_hidden=3,
+        rnn_type=rnn_type,
+        fc_hidden=0,
+    ).double()
     lengths = torch.tensor([6, 9])
     features = (torch.randn(2, 12, 9, dtype=torch.float64) * frame_mask(lengths, 9)[:, None, :]).requires_grad_()
     valid = frame_mask(model.output_lengths(lengths), 5)[..., None]

@@ -39,10 +39,13 @@ def printed_config(config: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,encoder,tiny", [
-    ("ds2_demo.yaml", "ds2-demo", []),
-    ("ds2_large_librispeech.yaml", "ds2-large", ["--model.init_args.encoder", "ds2-tiny"]),
-])
+@pytest.mark.parametrize(
+    "config,encoder,tiny",
+    [
+        ("ds2_demo.yaml", "ds2-demo", []),
+        ("ds2_large_librispeech.yaml", "ds2-large", ["--model.init_args.encoder", "ds2-tiny"]),
+    ],
+)
 def test_recipe_prints_and_runs_one_step(config, encoder, tiny, manifest, tmp_path):
     printed = printed_config(config)
     model, data, trainer = printed["model"]["init_args"], printed["data"]["init_args"], printed["trainer"]
@@ -53,15 +56,36 @@ def test_recipe_prints_and_runs_one_step(config, encoder, tiny, manifest, tmp_pa
         assert model["optimizer"]["class_path"] == "torch.optim.SGD"
         assert model["optimizer"]["init_args"]["momentum"] == 0.99 and model["optimizer"]["init_args"]["nesterov"]
         assert model["lr_scheduler"]["init_args"]["gamma"] ** 549 == pytest.approx(1 / 1.2, rel=1e-4)
-    main([
-        "fit", "--config", str(CONFIGS / config), *tiny,
-        "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
-        "--data.init_args.test_manifests", f"[{manifest}]",  # no split falls back to the synthetic corpus
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-        "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1",
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            *tiny,
+            "--data.init_args.train_manifests",
+            f"[{manifest}]",
+            "--data.init_args.val_manifests",
+            f"[{manifest}]",
+            "--data.init_args.test_manifests",
+            f"[{manifest}]",  # no split falls back to the synthetic corpus
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -70,10 +94,26 @@ def test_recipe_prints_and_runs_one_step(config, encoder, tiny, manifest, tmp_pa
 def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
     """The cluster recipes with their own encoder (59M / 100M, cuDNN kernels), precision (16-mixed +
     LossScaling) and DDP strategy, on one GPU: one fast_dev_run step on the tiny manifest."""
-    main([
-        "fit", "--config", str(CONFIGS / config),
-        "--data.init_args.train_manifests", f"[{manifest}]", "--data.init_args.val_manifests", f"[{manifest}]",
-        "--data.init_args.test_manifests", f"[{manifest}]",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.devices", "1", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            "--data.init_args.train_manifests",
+            f"[{manifest}]",
+            "--data.init_args.val_manifests",
+            f"[{manifest}]",
+            "--data.init_args.test_manifests",
+            f"[{manifest}]",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.devices",
+            "1",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )

@@ -246,7 +246,6 @@ class SequenceBatchNorm(_MaskedStatistics):
             scale = self.weight * torch.rsqrt(var + self.eps)
             return weight * scale[:, None], self.bias - mean * scale
 
-
     def normalize(self, z: Tensor) -> Tensor:
         """``B(z)`` of ``z`` (N, G) = ``W x`` on the N valid frames of a batch: batch statistics over
         them (training; running averages updated as by ``nn.BatchNorm1d``) or the running averages."""
@@ -337,8 +336,14 @@ class ConvFrontEnd(nn.Module):
                 continue
             conv = self.convs[index]
             scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                              padding=conv.padding, bias=True).to(conv.weight)
+            fused = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                stride=conv.stride,
+                padding=conv.padding,
+                bias=True,
+            ).to(conv.weight)
             fused.weight.copy_(conv.weight * scale[:, None, None, None])
             fused.bias.copy_(norm.bias - norm.running_mean * scale)
             self.convs[index], self.norms[index] = fused, _FoldedNorm()
@@ -390,11 +395,19 @@ def load_recurrence() -> ModuleType | None:
         finally:
             quiet.setLevel(level)
         log.info("loading the DeepSpeech2 C++ recurrence (compiled on first use on this machine, ~30 s)")
-        return load(name=f"zoo_ds2_recurrence_{cpu_tag()}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []), verbose=False)
+        return load(
+            name=f"zoo_ds2_recurrence_{cpu_tag()}",
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []),
+            verbose=False,
+        )
     except Exception as error:  # no compiler, no ninja, no Python headers
-        warnings.warn(f"DeepSpeech2: the C++ recurrence could not be built ({error}); using PyTorch's fused "
-                      "kernels with the batch norm folded into W (slower training)", stacklevel=2)
+        warnings.warn(
+            f"DeepSpeech2: the C++ recurrence could not be built ({error}); using PyTorch's fused "
+            "kernels with the batch norm folded into W (slower training)",
+            stacklevel=2,
+        )
         return None
 
 
@@ -425,8 +438,14 @@ class PackedRecurrence(torch.autograd.Function):
     hand-written back-propagation through time with ``dL/dU`` as one product over all steps."""
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str,  # type: ignore[override]
-                mm_dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx: Any,
+        gx: Tensor,
+        weight_hh: Tensor,
+        plan: PackedPlan,
+        rnn_type: str,  # type: ignore[override]
+        mm_dtype: torch.dtype,
+    ) -> Tensor:
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
         new = gx.new_empty
@@ -436,8 +455,18 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         weight_t = weight_hh.transpose(1, 2).to(mm_dtype).contiguous()
-        load_recurrence().forward(_KIND_CODES[rnn_type], gx.contiguous(), weight_t,
-                                  *plan, y, states, states_mm, acts, cells, new(dirs, batch, gates, dtype=mm_dtype))
+        load_recurrence().forward(
+            _KIND_CODES[rnn_type],
+            gx.contiguous(),
+            weight_t,
+            *plan,
+            y,
+            states,
+            states_mm,
+            acts,
+            cells,
+            new(dirs, batch, gates, dtype=mm_dtype),
+        )
         ctx.plan, ctx.rnn_type, ctx.mm_dtype = plan, rnn_type, mm_dtype
         ctx.save_for_backward(weight_hh, states, states_mm, acts, cells)
         return y
@@ -450,11 +479,23 @@ class PackedRecurrence(torch.autograd.Function):
         hidden = weight_hh.shape[2]
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
         grad_pre = acts.new_zeros(dirs, steps, batch, gates, dtype=ctx.mm_dtype)  # dL/d(U h_{s-1}), all steps
-        load_recurrence().backward(_KIND_CODES[ctx.rnn_type], grad_y.to(acts.dtype).contiguous(),
-                                   weight_hh.to(ctx.mm_dtype).contiguous(), *ctx.plan, states, acts, cells, grad_gx,
-                                   grad_pre, acts.new_zeros(dirs, batch, hidden), acts.new_zeros(dirs, batch, hidden))
-        grad_weight = torch.bmm(grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
-                                states_mm[:, :-1].reshape(dirs, steps * batch, hidden))
+        load_recurrence().backward(
+            _KIND_CODES[ctx.rnn_type],
+            grad_y.to(acts.dtype).contiguous(),
+            weight_hh.to(ctx.mm_dtype).contiguous(),
+            *ctx.plan,
+            states,
+            acts,
+            cells,
+            grad_gx,
+            grad_pre,
+            acts.new_zeros(dirs, batch, hidden),
+            acts.new_zeros(dirs, batch, hidden),
+        )
+        grad_weight = torch.bmm(
+            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
+            states_mm[:, :-1].reshape(dirs, steps * batch, hidden),
+        )
         return grad_gx, grad_weight.to(weight_hh.dtype), None, None, None
 
 
@@ -467,8 +508,16 @@ class RecurrentLayer(nn.Module):
     for streaming. The backward direction sees each utterance reversed within its own length.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, rnn_type: str, bidirectional: bool,
-                 batch_norm: bool, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        rnn_type: str,
+        bidirectional: bool,
+        batch_norm: bool,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
         super().__init__()
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
@@ -591,8 +640,17 @@ class DeepSpeech2(nn.Module):
         width = self.front_end.out_features
         self.rnns = nn.ModuleList()
         for _ in range(config.rnn_layers):
-            self.rnns.append(RecurrentLayer(width, config.rnn_hidden, config.rnn_type, config.bidirectional,
-                                            config.sequence_batch_norm, config.bn_eps, config.bn_momentum))
+            self.rnns.append(
+                RecurrentLayer(
+                    width,
+                    config.rnn_hidden,
+                    config.rnn_type,
+                    config.bidirectional,
+                    config.sequence_batch_norm,
+                    config.bn_eps,
+                    config.bn_momentum,
+                )
+            )
             width = config.rnn_hidden * (2 if config.bidirectional and config.merge == "concat" else 1)
         self.lookahead = Lookahead(width, config.lookahead) if config.lookahead > 0 else None
         self.fc = nn.Linear(width, config.fc_hidden) if config.fc_hidden > 0 else None
@@ -699,28 +757,58 @@ _DS2_PAPER_FRONT_END = dict(  # DS2 Table 4's 3-layer 2D front end (32, 32, 96 c
     conv_strides=((3, 2), (1, 2), (1, 2)),
 )
 
-register("ds2-large", DeepSpeech2, DeepSpeech2Config(), task="speech",
-         description="DeepSpeech2 as OpenSeq2Seq ds2_large: 2 conv + 5 biGRU x 800 (concat) + FC 1600, 161 bins")
-register("ds2-paper", DeepSpeech2,
-         DeepSpeech2Config(**_DS2_PAPER_FRONT_END, rnn_type="rnn_relu", rnn_layers=7, rnn_hidden=1840,
-                           merge="sum", fc_hidden=1840),
-         task="speech",
-         description="DS2 best English model (Table 11): 3 conv, stride 3, 7 bi-RNN x 1840 (sum), ~100M params")
-register("ds2-streaming", DeepSpeech2,
-         DeepSpeech2Config(rnn_type="rnn_relu", rnn_layers=5, rnn_hidden=2560, bidirectional=False,
-                           lookahead=19, fc_hidden=2560),
-         task="speech",
-         description="DS2 deployment model (§7): 2 conv + 5 forward-only RNN x 2560 + row conv tau=19 + FC 2560")
+register(
+    "ds2-large",
+    DeepSpeech2,
+    DeepSpeech2Config(),
+    task="speech",
+    description="DeepSpeech2 as OpenSeq2Seq ds2_large: 2 conv + 5 biGRU x 800 (concat) + FC 1600, 161 bins",
+)
+register(
+    "ds2-paper",
+    DeepSpeech2,
+    DeepSpeech2Config(
+        **_DS2_PAPER_FRONT_END, rnn_type="rnn_relu", rnn_layers=7, rnn_hidden=1840, merge="sum", fc_hidden=1840
+    ),
+    task="speech",
+    description="DS2 best English model (Table 11): 3 conv, stride 3, 7 bi-RNN x 1840 (sum), ~100M params",
+)
+register(
+    "ds2-streaming",
+    DeepSpeech2,
+    DeepSpeech2Config(
+        rnn_type="rnn_relu", rnn_layers=5, rnn_hidden=2560, bidirectional=False, lookahead=19, fc_hidden=2560
+    ),
+    task="speech",
+    description="DS2 deployment model (§7): 2 conv + 5 forward-only RNN x 2560 + row conv tau=19 + FC 2560",
+)
 _DEMO_FRONT_END = dict(conv_channels=(16,), conv_kernels=((11, 21),), conv_strides=((3, 4),))  # 161 -> 41 bins
-register("ds2-demo", DeepSpeech2,
-         DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=192, merge="sum", fc_hidden=192),
-         task="speech", description="small CPU DeepSpeech2: 1 conv x 16 (stride 3) + 3 biGRU x 192 (sum) + FC 192")
-register("ds2-streaming-demo", DeepSpeech2,
-         DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=256, bidirectional=False, lookahead=8,
-                           fc_hidden=192),
-         task="speech",
-         description="small CPU streaming DeepSpeech2: 1 conv x 16 (stride 3) + 3 GRU x 256 + row conv tau=8")
-register("ds2-tiny", DeepSpeech2,
-         DeepSpeech2Config(conv_channels=(4,), conv_kernels=((5, 21),), conv_strides=((2, 4),), rnn_layers=1,
-                           rnn_hidden=32, merge="sum", fc_hidden=0),
-         task="speech", description="tiny DeepSpeech2 for tests: 1 conv x 4 + 1 biGRU x 32")
+register(
+    "ds2-demo",
+    DeepSpeech2,
+    DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=192, merge="sum", fc_hidden=192),
+    task="speech",
+    description="small CPU DeepSpeech2: 1 conv x 16 (stride 3) + 3 biGRU x 192 (sum) + FC 192",
+)
+register(
+    "ds2-streaming-demo",
+    DeepSpeech2,
+    DeepSpeech2Config(**_DEMO_FRONT_END, rnn_layers=3, rnn_hidden=256, bidirectional=False, lookahead=8, fc_hidden=192),
+    task="speech",
+    description="small CPU streaming DeepSpeech2: 1 conv x 16 (stride 3) + 3 GRU x 256 + row conv tau=8",
+)
+register(
+    "ds2-tiny",
+    DeepSpeech2,
+    DeepSpeech2Config(
+        conv_channels=(4,),
+        conv_kernels=((5, 21),),
+        conv_strides=((2, 4),),
+        rnn_layers=1,
+        rnn_hidden=32,
+        merge="sum",
+        fc_hidden=0,
+    ),
+    task="speech",
+    description="tiny DeepSpeech2 for tests: 1 conv x 4 + 1 biGRU x 32",
+)
