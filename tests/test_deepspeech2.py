@@ -517,3 +517,17 @@ def test_packed_recurrence_of_a_wide_layer_equals_the_fused_kernel():
     (gx_ref,) = torch.autograd.grad((expected[mask] * torch.cos(expected[mask])).sum(), layer.weight_hh)
     torch.testing.assert_close(y, expected[mask], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_mode_gives_the_training_paths_eval_outputs():
+    """Lightning validates and tests under torch.inference_mode, which the C++ loop's worker threads do not
+    inherit: there the model takes the fused-kernel path, with the same eval outputs."""
+    torch.manual_seed(0)
+    model = zoo.create("ds2-tiny").eval()
+    x, lengths = torch.randn(3, model.config.in_features, 40), torch.tensor([40, 31, 17])
+    with torch.no_grad():
+        expected, expected_lengths = model(x, lengths)
+    with torch.inference_mode():
+        out, out_lengths = model(x, lengths)
+    assert torch.equal(out_lengths, expected_lengths)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

@@ -60,11 +60,8 @@ with ``T' = ceil(T / time_reduction)`` for odd time kernels with the default ``k
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
-import platform
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -75,6 +72,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from zoo.cpp_extension import build
 from zoo.registry import register
 
 RNN_TYPES = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
@@ -377,38 +375,17 @@ class ConvFrontEnd(nn.Module):
 
 
 SOURCE = Path(__file__).parent / "csrc" / "ds2_recurrence.cpp"
-log = logging.getLogger(__name__)
 
 
 @functools.cache
 def load_recurrence() -> ModuleType | None:
-    """Build (first use on a machine, ~30 s, cached by torch in ``$TORCH_EXTENSIONS_DIR``) and load the C++
-    recurrence, or return None with a warning where it cannot be built (no compiler or ninja)."""
-    from zoo.text.bn_recurrence_cpp import CFLAGS, cpu_tag  # the BN-LSTM's build flags and per-CPU cache tag
-
-    try:
-        quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns about CUDA_HOME: irrelevant here
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            from torch.utils.cpp_extension import load
-        finally:
-            quiet.setLevel(level)
-        log.info("loading the DeepSpeech2 C++ recurrence (compiled on first use on this machine, ~30 s)")
-        return load(
-            name=f"zoo_ds2_recurrence_{cpu_tag()}",
-            sources=[str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []),
-            verbose=False,
-        )
-    except Exception as error:  # no compiler, no ninja, no Python headers
-        warnings.warn(
-            f"DeepSpeech2: the C++ recurrence could not be built ({error}); using PyTorch's fused "
-            "kernels with the batch norm folded into W (slower training)",
-            stacklevel=2,
-        )
-        return None
+    """The compiled DeepSpeech2 recurrence (:func:`zoo.cpp_extension.build`), or None where it cannot be built."""
+    return build(
+        "ds2_recurrence",
+        SOURCE,
+        "DeepSpeech2: the C++ recurrence",
+        "using PyTorch's fused kernels with the batch norm folded into W (slower training)",
+    )
 
 
 class PackedPlan(NamedTuple):
@@ -724,13 +701,15 @@ class DeepSpeech2(nn.Module):
     def use_packed(self, x: Tensor) -> bool:
         """Whether the recurrent stack runs on packed valid frames with the C++ recurrence (CPU; ``kernel``
         ``"auto"`` or ``"cpp"``) rather than PyTorch's fused kernels with the batch norm folded into ``W``
-        (``kernel="fused"``, GPUs, where the extension cannot be built, and in TorchScript/ONNX export, whose
-        graphs cannot hold the C++ loop)."""
+        (``kernel="fused"``, GPUs, where the extension cannot be built, in TorchScript/ONNX export, whose
+        graphs cannot hold the C++ loop, and under inference mode, which its worker threads do not inherit)."""
         if self.kernel not in ("auto", "cpp", "fused"):
             raise ValueError(f"DeepSpeech2.kernel must be 'auto', 'cpp' or 'fused', got {self.kernel!r}")
         exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        # the loop's worker threads do not inherit inference mode (Lightning's validate/test, zoo transcribe)
+        fused_only = exporting or torch.is_inference_mode_enabled()
         supported_dtype = x.dtype in (torch.float32, torch.float64, torch.bfloat16)
-        if self.kernel == "fused" or exporting or x.device.type != "cpu" or not supported_dtype:
+        if self.kernel == "fused" or fused_only or x.device.type != "cpu" or not supported_dtype:
             return False
         if not all(rnn.packed_supported() for rnn in self.rnns):
             return False

@@ -22,12 +22,7 @@ at once (:meth:`~zoo.text.bn_lstm.StepwiseBatchNorm.update_running`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import logging
-import platform
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,45 +31,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from zoo.cpp_extension import build
+
 SOURCE = Path(__file__).parent / "csrc" / "bn_lstm_recurrence.cpp"
-# -ffast-math lets gcc call glibc's vector exp / tanh; NaN and Inf still propagate (no finite-math).
-# -fopenmp: the loops run on torch's intra-op threads, through the OpenMP runtime torch loads (libgomp.so.1).
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
-log = logging.getLogger(__name__)
-
-
-def cpu_tag() -> str:
-    """A short hash of this CPU's model and instruction-set flags: the build is ``-march=native``, so a
-    cache directory shared by different machines (a network home) keeps one build per kind of CPU."""
-    described = platform.machine() + platform.processor()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        described += "".join(line for line in lines if line.startswith(("flags", "model name")))[:4096]
-    return hashlib.sha1(described.encode()).hexdigest()[:10]
 
 
 @functools.cache
 def load_extension() -> ModuleType | None:
-    """Build (first use on a machine, ~20 s) and load the C++ recurrence, or None with a warning if that fails."""
-    try:
-        quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns about CUDA_HOME: irrelevant here
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            from torch.utils.cpp_extension import load
-        finally:
-            quiet.setLevel(level)
-        log.info("loading the BN-LSTM C++ recurrence (compiled on first use on this machine, ~20 s)")
-        return load(
-            name=f"zoo_bn_lstm_recurrence_{cpu_tag()}",
-            sources=[str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" else []),
-            verbose=False,
-        )
-    except Exception as error:  # no compiler, no ninja, no Python headers
-        warnings.warn(f"BN-LSTM: the C++ recurrence could not be built ({error}); using the Python one", stacklevel=2)
-        return None
+    """The compiled BN-LSTM recurrence (:func:`zoo.cpp_extension.build`), or None where it cannot be built."""
+    return build("bn_lstm_recurrence", SOURCE, "BN-LSTM: the C++ recurrence", "using the Python one")
 
 
 def supported(state: Tensor, mm_dtype: torch.dtype) -> bool:
