@@ -75,3 +75,10 @@ def test_the_model_gets_the_datamodules_featurizer_and_tokenizer(tmp_path):
 def test_links_do_not_apply_to_recipes_without_those_arguments(tmp_path):
     cli = instantiate(tmp_path, "autorec_ml100k.yaml")
     assert not hasattr(cli.datamodule, "time_reduction")
+
+
+def test_programmatic_use_does_not_warn_about_the_callers_command_line(tmp_path, monkeypatch, recwarn):
+    """`zoo demo` builds a ZooCLI with `args` while sys.argv holds `zoo demo ...`: no LightningCLI warning."""
+    monkeypatch.setattr(sys, "argv", ["zoo", "demo", "--minutes", "1"])
+    instantiate(tmp_path, "autorec_ml100k.yaml")
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]

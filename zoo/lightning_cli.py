@@ -7,6 +7,7 @@ importing Lightning (or torch); :mod:`zoo.cli` imports this module only for a Li
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,16 +40,19 @@ class ZooCLI(LightningCLI):
         # (The rich progress bar is Lightning's own default when rich is installed.)
         kwargs["trainer_defaults"].setdefault("callbacks", [ResumableRNG(), RecordSavedName()])
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=run,
-            auto_configure_optimizers=True,
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # programmatic callers (zoo demo, bench, tests) pass `args` while sys.argv holds their own command line
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().__init__(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=run,
+                auto_configure_optimizers=True,
+                **kwargs,
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The speech model <-> data contract, stated once. The DataModule's featurizer and tokenizer *are*
