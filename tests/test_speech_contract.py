@@ -1,6 +1,8 @@
 """The speech model <-> data contract is stated once (zoo.cli.ZooCLI links): recipes cannot make the
 DataModule's CTC length rule, featurizer or tokenizer disagree with the model's."""
 
+import sys
+
 import pytest
 
 from zoo import recipes
