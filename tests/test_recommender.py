@@ -96,14 +96,14 @@ def test_refeeding_takes_extra_steps_with_the_right_targets(refeed_steps, refeed
     loss = masked_mse(outputs, x)
     opt.zero_grad()
     loss.backward()
-    opt.step()  # noqa: E702
+    opt.step()
     for _ in range(refeed_steps):
         dense = outputs.detach()
         outputs = reference(dense)
         loss = F.mse_loss(outputs, dense) if refeed_target == "dense" else masked_mse(outputs, x)
         opt.zero_grad()
         loss.backward()
-        opt.step()  # noqa: E702
+        opt.step()
     for got, want in zip(module.net.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want)
     if refeed_steps:
@@ -134,7 +134,7 @@ def test_weight_decay_reaches_biases_only_with_decay_biases(decay_biases):
         loss = masked_mse(reference(x), x)
         opt.zero_grad()
         loss.backward()
-        opt.step()  # noqa: E702
+        opt.step()
     for got, want in zip(module.net.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want)
     groups = module.optimizers().optimizer.param_groups
