@@ -1,10 +1,12 @@
 """``zoo demo``: the main job on the embedded data.
 
-Builds (or finds in the cache) the synthetic speech corpus that every speech demo shares and
-prints its statistics; then trains the Jasper recipe on it within the recipe's wall-clock budget,
-prints held-out-voice WER/CER (greedy and beam search) and, with ``--text english``, WER per real human
-speech source next to pocketsphinx's (:mod:`zoo.datamodules.real_speech`), exports the ``SpeechRecognizer``, reloads
-it with ``zoo.load`` and transcribes a few test files (see :mod:`zoo.commands.speech_demo`).
+Builds (or finds in the cache) the many-voice synthetic speech corpus (espeak-ng plus SVOX Pico voices by
+default, :data:`DEMO_TRAIN_VARIANTS`) and prints its statistics; then trains the Jasper recipe on it within the
+recipe's wall-clock budget and prints WER/CER (greedy and beam search) on two test sets (:func:`plan_test_sets`):
+held-out espeak-ng voices, and a whole synthesizer family never heard in training (CMU Flite by default,
+``--unheard-family``). With ``--text english`` it adds WER per real human speech source next to pocketsphinx's
+(:mod:`zoo.datamodules.real_speech`). Then it exports the ``SpeechRecognizer``, reloads it with ``zoo.load`` and
+transcribes a few test files (see :mod:`zoo.commands.speech_demo`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -19,12 +22,37 @@ from rich.table import Table
 
 from zoo import recipes
 from zoo.datamodules.synthetic_speech import (
+    ENGINES,
+    ESPEAK,
     CorpusManifests,
     SyntheticCorpusConfig,
     build_corpus,
     corpus_dir,
     corpus_info,
+    expand_variants,
+    voice_family,
+    voice_missing,
 )
+
+#: The demo's training voices (``--train-variants``): the shared spec's espeak-ng variants plus the two SVOX Pico
+#: voices, each listed ten times so that Pico speaks about a quarter of the training utterances (measured in
+#: docs/real-speech.md). Without ``py-nanotts`` the Pico voices are left out with one line and espeak-ng trains alone.
+DEMO_TRAIN_VARIANTS = "default,pico:**10"
+#: The synthesizer family held out whole as the second test set (``--unheard-family``).
+UNHEARD_FAMILY = "flite"
+
+
+@dataclass
+class EvaluationSet:
+    """One of the demo's test sets: the test split of ``corpus``.
+
+    key: its name in ``results.json`` and the metric names (``"test"``: the training corpus' own test split,
+    metrics ``test/wer``...; ``"unheard"``: ``unheard/wer``...). title: what it holds, for the table.
+    """
+
+    key: str
+    title: str
+    corpus: SyntheticCorpusConfig
 
 
 def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
@@ -39,6 +67,51 @@ def corpus_config(args: argparse.Namespace) -> SyntheticCorpusConfig:
     if args.train_variants:
         config.train_variants = parse_train_variants(args.train_variants, config.train_variants)
     return config
+
+
+def describe_voices(variants: list[str]) -> str:
+    """A test set's name from its voices: ``"held-out espeak-ng voices"``, ``"flite voices"``, ..."""
+    families = list(dict.fromkeys(voice_family(v) for v in expand_variants(variants)))
+    if families == [ESPEAK]:
+        return "held-out espeak-ng voices"
+    return " + ".join(families) + " voices"
+
+
+def plan_test_sets(
+    config: SyntheticCorpusConfig, unheard_family: str | None = UNHEARD_FAMILY
+) -> tuple[list[EvaluationSet], list[str]]:
+    """The demo's test sets -> (test sets, one line per test set left out and why).
+
+    First the corpus' own test split (``config.test_variants``: held-out espeak-ng voices unless
+    ``--test-variants`` names others). Then, unless ``unheard_family`` is None, every voice of that synthesizer
+    family (``"flite:*"``) saying the same held-out test sentences: a corpus spec equal to ``config`` with no
+    training or validation utterances, so its sentences are drawn exactly as the first test set's (held-out
+    sentences are drawn before the training ones) and no voice or sentence is shared with training. Left out with
+    one line when the family cannot render here (naming the package), is heard in training or validation, or is
+    already the first test set.
+    """
+    sets = [EvaluationSet("test", describe_voices(config.test_variants), config)]
+    if not unheard_family:
+        return sets, []
+    if unheard_family not in ENGINES:
+        raise ValueError(f"--unheard-family {unheard_family!r}: not a synthesizer family; one of {sorted(ENGINES)}")
+    voices = expand_variants([f"{unheard_family}:*"])
+    label = ENGINES[unheard_family][2]
+    heard = [
+        split
+        for split in ("train", "val")
+        if {voice_family(v) for v in getattr(config, f"{split}_variants")} & {unheard_family}
+    ]
+    missing = [reason for reason in map(voice_missing, voices) if reason]
+    if heard:
+        return sets, [f"unheard-family test set skipped: {label} voices are in the {' and '.join(heard)} voices"]
+    if len(missing) == len(voices):
+        return sets, [f"unheard-family test set skipped: {missing[0].split(': ', 1)[1]}"]
+    if set(voices) <= set(expand_variants(config.test_variants)):
+        return sets, [f"unheard-family test set skipped: the {label} voices are already the test set"]
+    unheard = replace(config, train_utterances=0, val_utterances=0, test_variants=[f"{unheard_family}:*"])
+    title = f"{label} (all {len(voices)} voices), unheard family"
+    return sets + [EvaluationSet("unheard", title, unheard)], []
 
 
 def parse_train_variants(spec: str, default: list[str]) -> list[str]:
@@ -157,14 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out", type=int, help="validation and test utterances each (default: 300)")
     parser.add_argument(
         "--test-variants",
-        help="comma-separated held-out test voices, e.g. "
-        "'flite:slt,flite:rms,flite:awb,flite:kal16' (another synthesizer; needs Debian's flite)",
+        help="comma-separated voices of the first test set instead of the held-out espeak-ng voices, e.g. "
+        "'festival:*' (a whole family) or 'flite:slt,flite:rms' (another synthesizer; needs Debian's flite)",
     )
     parser.add_argument(
         "--train-variants",
+        default=DEMO_TRAIN_VARIANTS,
         help="training voices, comma-separated; 'default' is the shared spec's "
         "espeak-ng variants and NAME*N repeats a variant N times, e.g. "
-        "'default,flite:rms*11,flite:awb*11' (train on a second synthesizer too)",
+        f"'default,flite:rms*11,flite:awb*11' (default: {DEMO_TRAIN_VARIANTS!r}; 'default' alone: espeak-ng only)",
+    )
+    parser.add_argument(
+        "--unheard-family",
+        default=UNHEARD_FAMILY,
+        help=f"a second test set: every voice of this synthesizer family ({', '.join(ENGINES)}) saying the "
+        f"held-out test sentences, a family never heard in training (default: {UNHEARD_FAMILY}; 'none': no second "
+        "test set)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="rendering processes (default: every CPU)")
@@ -201,8 +282,26 @@ def main(argv: list[str]) -> int:
         print(f"zoo demo: {error}", file=sys.stderr)
         return 2
     console = Console()
-    _, info = build_demo_corpus(corpus_config(args), num_workers=args.workers, console=console)
+    try:
+        config = corpus_config(args)
+        config.validate()  # e.g. a --test-variants voice also among the training voices
+        test_sets, left_out = plan_test_sets(config, None if args.unheard_family == "none" else args.unheard_family)
+    except ValueError as error:
+        print(f"zoo demo: {error}", file=sys.stderr)
+        return 2
+    _, info = build_demo_corpus(config, num_workers=args.workers, console=console)
     print_corpus_table(info, console)
+    for line in left_out:
+        console.print(line, markup=False, soft_wrap=True)
+    for test_set in test_sets[1:]:
+        manifests, extra = build_demo_corpus(test_set.corpus, num_workers=args.workers, console=console)
+        split = extra["statistics"]["splits"]["test"]
+        console.print(
+            f"test set '{test_set.title}': {split['utterances']} utterances ({split['hours']:.2f} h), "
+            f"{split['voices']} voices: {manifests.test}",
+            markup=False,
+            soft_wrap=True,
+        )
     if args.corpus_only:
         return 0
     from pathlib import Path
@@ -212,11 +311,13 @@ def main(argv: list[str]) -> int:
     real_speech = args.text == "english" if args.real_speech is None else args.real_speech
     return run(
         args.text,
-        corpus_config(args),
+        config,
         Path(args.output),
         args.minutes,
         console,
         recipe=recipe,
         real_speech=real_speech,
         real_speech_clips=args.real_speech_clips,
+        test_sets=test_sets[1:],
+        test_sets_left_out=left_out,
     )
