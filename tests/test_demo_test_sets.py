@@ -57,6 +57,10 @@ def test_default_plan_is_held_out_espeak_voices_and_the_whole_flite_family(monke
     assert {voice_family(v) for v in main["test"][1]} == {"espeak-ng"}
     assert {voice_family(v) for v in extra["test"][1]} == {"flite"}
     assert extra["test"][0] == main["test"][0]  # the same held-out sentences, other voices
+    # one unheard test set whichever voices train (built once, comparable between training mixes)
+    espeak_only = corpus_config(build_parser().parse_args(["--text", text, "--utterances", "40", "--held-out", "12"]))
+    espeak_only.train_variants = list(SyntheticCorpusConfig().train_variants)
+    assert plan_test_sets(espeak_only)[0][1].corpus == unheard
 
 
 def test_missing_flite_is_one_line_and_the_rest_runs(tmp_path, monkeypatch):

@@ -85,8 +85,9 @@ def plan_test_sets(
     First the corpus' own test split (``config.test_variants``: held-out espeak-ng voices unless
     ``--test-variants`` names others). Then, unless ``unheard_family`` is None, every voice of that synthesizer
     family (``"flite:*"``) saying the same held-out test sentences: a corpus spec equal to ``config`` with no
-    training or validation utterances, so its sentences are drawn exactly as the first test set's (held-out
-    sentences are drawn before the training ones) and no voice or sentence is shared with training. Left out with
+    training or validation utterances (nor voices: the same test set, built once, whichever voices train), so its
+    sentences are drawn exactly as the first test set's (held-out sentences are drawn before the training ones)
+    and no voice or sentence is shared with training. Left out with
     one line when the family cannot render here (naming the package), is heard in training or validation, or is
     already the first test set.
     """
@@ -109,7 +110,14 @@ def plan_test_sets(
         return sets, [f"unheard-family test set skipped: {missing[0].split(': ', 1)[1]}"]
     if set(voices) <= set(expand_variants(config.test_variants)):
         return sets, [f"unheard-family test set skipped: the {label} voices are already the test set"]
-    unheard = replace(config, train_utterances=0, val_utterances=0, test_variants=[f"{unheard_family}:*"])
+    unheard = replace(
+        config,
+        train_utterances=0,
+        val_utterances=0,
+        train_variants=[],  # no training voices in its spec: one cached test set whichever voices train
+        val_variants=[],
+        test_variants=[f"{unheard_family}:*"],
+    )
     title = f"{label} (all {len(voices)} voices), unheard family"
     return sets + [EvaluationSet("unheard", title, unheard)], []
 
