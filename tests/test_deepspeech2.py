@@ -456,7 +456,7 @@ def test_float64_gradcheck_of_packed_gru_and_simple_rnn(rnn_type):
 
 
 def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
-    """Under CPU bf16 autocast the packed C++ path runs (products in bf16, statistics and states in fp32)."""
+    """Under CPU bf16 autocast the packed C++ path runs (``W x`` in bf16, statistics and recurrence in fp32)."""
     import zoo.speech.deepspeech2 as ds2
 
     torch.manual_seed(11)
@@ -465,22 +465,27 @@ def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
     features = torch.randn(2, 24, 30) * frame_mask(lengths, 30)[:, None, :]
     expected, out_lengths = model(features, lengths)
     calls, original = [], ds2.PackedRecurrence.apply
-    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append(a[4]) or original(*a))
+    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, _ = model(features, lengths)
-    assert calls == [torch.bfloat16] * 2
+    assert calls == [torch.float32] * 2
     valid = frame_mask(out_lengths, got.shape[1])
     assert (got.float() - expected)[valid].abs().max() < 0.1 * expected[valid].abs().max()
     got.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_packed_recurrence_same_on_one_and_two_threads(threads):
-    """Bidirectional layers run one direction per thread; the result does not depend on the thread count."""
+def test_packed_recurrence_same_on_one_and_two_threads(threads, kind, bidirectional):
+    """On two threads a bidirectional layer this small runs one direction per thread; a forward-only one
+    splits the hidden units between them (70 units: three panels of 32, the last one padded). Nine utterances
+    run in row blocks of six and three. The result equals the per-utterance loop and does not depend on the
+    thread count."""
     torch.manual_seed(12)
-    layer = RecurrentLayer(5, 6, "lstm", True, batch_norm=True)
-    lengths = torch.tensor([4, 7, 5])
+    layer = RecurrentLayer(5, 70, kind, bidirectional, batch_norm=True)
+    lengths = torch.tensor([4, 7, 5, 1, 7, 3, 6, 2, 7])
     x = torch.randn(int(lengths.sum()), 5, requires_grad=True)
     plan = PackedPlan.from_lengths(lengths)
     before = torch.get_num_threads()
@@ -490,7 +495,7 @@ def test_packed_recurrence_same_on_one_and_two_threads(threads):
         grads = torch.autograd.grad((y * torch.sin(y)).sum(), (x, layer.weight_hh))
     finally:
         torch.set_num_threads(before)
-    padded = torch.zeros(3, 7, 5)
+    padded = torch.zeros(len(lengths), 7, 5)
     padded[frame_mask(lengths, 7)] = x.detach()
     expected = torch.cat(naive_layer(layer, padded, lengths))
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
@@ -500,8 +505,8 @@ def test_packed_recurrence_same_on_one_and_two_threads(threads):
         grads1 = torch.autograd.grad((y1 * torch.sin(y1)).sum(), (x, layer.weight_hh))
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(grads, grads1):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(grads, grads1):  # ATen's reductions (batch-norm backward) may add in another order
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_packed_recurrence_of_a_wide_layer_equals_the_fused_kernel():

@@ -28,7 +28,7 @@ of the equation, with its fused backward; running averages as ``nn.BatchNorm1d``
 to a C++ loop (``csrc/ds2_recurrence.cpp``, :class:`PackedRecurrence`) that per step only adds
 ``U h_{t-1}`` (one product over the utterances still running) and applies the gates; its backward is
 hand-written back-propagation through time with ``dL/dU`` as one product over all steps. Under bf16
-autocast the products run in bfloat16, statistics, gates and states in float32.
+autocast the products ``W x`` run in bfloat16; statistics and the recurrence in float32.
 
 **With PyTorch's fused kernels** (GPUs; ``kernel="fused"``; where the extension cannot be built): a
 fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
@@ -406,74 +406,78 @@ class PackedPlan(NamedTuple):
         return cls(order, lengths, torch.cumsum(lengths, 0) - lengths, active)
 
 
+PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this many bytes of columns
+
+
+def recurrence_panels(weight_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """``U`` (dirs, G, H) laid out for ``csrc/ds2_recurrence.cpp``: panels of ``P`` = 128 bytes of columns,
+    the hidden units padded to ``Hp = P * ceil(H / P)``. Forward (``h U^T``, chunk by chunk of ``P`` hidden
+    units, every gate's columns of a chunk together): (dirs, Hp / P, gates, H, P). Backward (``g U`` with the
+    gate gradients ``g`` in rows of ``gates * Hp``): (dirs, Hp / P, gates * Hp, P)."""
+    dirs, width, hidden = weight_hh.shape
+    blocks, panel = width // hidden, PANEL_BYTES // weight_hh.element_size()
+    padded = -(-hidden // panel) * panel
+    u = weight_hh.reshape(dirs, blocks, hidden, hidden)
+    forward = F.pad(u, (0, 0, 0, padded - hidden)).view(dirs, blocks, padded // panel, panel, hidden)
+    backward = F.pad(u, (0, padded - hidden, 0, padded - hidden)).view(dirs, blocks * padded, padded // panel, panel)
+    return forward.permute(0, 2, 1, 4, 3).contiguous(), backward.permute(0, 2, 1, 3).contiguous()
+
+
 class PackedRecurrence(torch.autograd.Function):
     """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
-    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, mm_dtype) ->
-    y (N, dirs, H)``, the backward direction running each utterance from its last frame. Per step one
-    ``U h_{t-1}`` product over the utterances still running (in ``mm_dtype``: the state's, or bfloat16
-    under autocast) and one fused element-wise pass (``csrc/ds2_recurrence.cpp``); the backward is
-    hand-written back-propagation through time with ``dL/dU`` as one product over all steps."""
+    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type) -> y (N, dirs, H)``,
+    the backward direction running each utterance from its last frame. Per step one ``U h_{t-1}`` product
+    over the utterances still running and one fused element-wise pass (``csrc/ds2_recurrence.cpp``: the
+    threads split the hidden units, each multiplying by its own share of ``U``, see
+    :func:`recurrence_panels`); the backward is hand-written back-propagation through time with ``dL/dU`` as
+    one product over all steps. float32 or float64."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        gx: Tensor,
-        weight_hh: Tensor,
-        plan: PackedPlan,
-        rnn_type: str,  # type: ignore[override]
-        mm_dtype: torch.dtype,
-    ) -> Tensor:
+    def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str) -> Tensor:  # type: ignore[override]
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
         new = gx.new_empty
+        panels, panels_back = recurrence_panels(weight_hh)
+        width = panels_back.shape[2]  # gates * Hp
         states = gx.new_zeros(dirs, steps + 1, batch, hidden)  # states[d, s] = h_{s-1}; stopped rows stay 0
-        states_mm = states if mm_dtype == gx.dtype else gx.new_zeros(dirs, steps + 1, batch, hidden, dtype=mm_dtype)
         acts = new(dirs, steps, batch, gates)
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
-        weight_t = weight_hh.transpose(1, 2).to(mm_dtype).contiguous()
         load_recurrence().forward(
-            _KIND_CODES[rnn_type],
-            gx.contiguous(),
-            weight_t,
-            *plan,
-            y,
-            states,
-            states_mm,
-            acts,
-            cells,
-            new(dirs, batch, gates, dtype=mm_dtype),
+            _KIND_CODES[rnn_type], gx.contiguous(), panels, *plan, y, states, acts, cells, new(dirs, batch, width)
         )
-        ctx.plan, ctx.rnn_type, ctx.mm_dtype = plan, rnn_type, mm_dtype
-        ctx.save_for_backward(weight_hh, states, states_mm, acts, cells)
+        ctx.plan, ctx.rnn_type = plan, rnn_type
+        ctx.save_for_backward(panels_back, states, acts, cells)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        weight_hh, states, states_mm, acts, cells = ctx.saved_tensors
+        panels_back, states, acts, cells = ctx.saved_tensors
         dirs, steps, batch, gates = acts.shape
-        hidden = weight_hh.shape[2]
+        hidden, width = states.shape[3], panels_back.shape[2]
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
-        grad_pre = acts.new_zeros(dirs, steps, batch, gates, dtype=ctx.mm_dtype)  # dL/d(U h_{s-1}), all steps
+        grad_pre = acts.new_zeros(dirs, steps, batch, width)  # dL/d(U h_{s-1}) of all steps, padded rows
+        padded = panels_back.shape[1] * panels_back.shape[3]
         load_recurrence().backward(
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
-            weight_hh.to(ctx.mm_dtype).contiguous(),
+            panels_back,
             *ctx.plan,
             states,
             acts,
             cells,
             grad_gx,
             grad_pre,
-            acts.new_zeros(dirs, batch, hidden),
-            acts.new_zeros(dirs, batch, hidden),
+            acts.new_zeros(dirs, batch, padded),
+            acts.new_zeros(dirs, batch, padded),
         )
+        grad_pre = grad_pre.view(dirs, steps * batch, gates // hidden, padded)[..., :hidden]
         grad_weight = torch.bmm(
-            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
-            states_mm[:, :-1].reshape(dirs, steps * batch, hidden),
+            grad_pre.reshape(dirs, steps * batch, gates).transpose(1, 2),
+            states[:, :-1].reshape(dirs, steps * batch, hidden),
         )
-        return grad_gx, grad_weight.to(weight_hh.dtype), None, None, None
+        return grad_gx, grad_weight, None, None
 
 
 class RecurrentLayer(nn.Module):
@@ -561,12 +565,8 @@ class RecurrentLayer(nn.Module):
             gx = gx.to(statistics_dtype(x.dtype))
         else:
             gx = self.norm.normalize(F.linear(x, self.weight_ih))
-        dtype, mm_dtype = gx.dtype, gx.dtype
-        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        if dtype == torch.float32 and autocast_bf16:
-            mm_dtype = torch.bfloat16
-        with torch.autocast("cpu", enabled=False):
-            return PackedRecurrence.apply(gx, self.weight_hh.to(dtype), plan, self.rnn_type, mm_dtype)
+        with torch.autocast("cpu", enabled=False):  # the recurrence in the statistics' dtype
+            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type)
 
     def forward(
         self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None

@@ -1,7 +1,8 @@
 // DeepSpeech2's recurrences (LSTM, GRU, simple RNN; arXiv 1512.02595 §3.1-3.4) on the CPU, given the
-// batch-normalised input term B(W x) of every frame: per step only the W_h h_{t−1} product and one
-// fused element-wise pass, forward and back-propagation through time. Built on first use by
-// zoo/speech/deepspeech2.py (torch.utils.cpp_extension, PackedRecurrence), which allocates the buffers.
+// batch-normalised input term B(W x) of every frame: per step only the U h_{t−1} product and one fused
+// element-wise pass, forward and back-propagation through time. Built on first use by
+// zoo/speech/deepspeech2.py (torch.utils.cpp_extension, PackedRecurrence), which allocates the buffers
+// and lays out U in panels.
 //
 // Packed layout, as nn.utils.rnn.pack_padded_sequence but utterance-major: the valid frames of
 // utterance b are rows starts[b] .. starts[b] + lengths[b] − 1 of gx (N, dirs·G) and y (N, dirs, H).
@@ -11,14 +12,24 @@
 //
 // Gate order and equations are torch's (nn.LSTM: i, f, g, o; nn.GRU: r, z, n with
 // n = tanh(x_n + r ⊙ (U_n h)), h' = (1 − z) ⊙ n + z ⊙ h; the hidden-to-hidden biases are zero).
-// Two element types: T (float or double) for the input term, gates, state and their gradients; M for
-// what the per-step products read and write (T itself, or bfloat16 under autocast).
+//
+// The per-step products. A step multiplies a few state rows (the batch) by U: for a wide layer at a small
+// batch (2 × 1024 by 1024 × 4096) that reads 16 MB of U to do 8 MFLOP, so what counts is where U is read
+// from. U is stored in panels of P = 128 bytes of columns (P = 32 floats, 16 doubles), each panel (K, P)
+// contiguous and zero-padded past the layer's width, multiplied by a register-blocked kernel (up to 6 rows ×
+// P columns of accumulators). The hidden units are split in chunks of P between the threads, and each
+// thread owns its chunks' columns of every gate: it computes those products, applies the gates to its
+// units, and reads only its share of U, which stays in that core's caches from one step to the next. The
+// directions run one after the other on all threads; a step costs one barrier. Padded widths:
+// Hp = P · ⌈H / P⌉; the per-step products `pre`, the gate gradients `grad_pre` and dh use rows of Hp per
+// gate (columns g·Hp + k).
 
+#include <omp.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
+#include <cstring>
 
 // glibc declares its vector exp / tanh (libmvec) only under -ffinite-math-only; declared here, NaN and
 // Inf still propagate.
@@ -42,19 +53,70 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-template <typename X>
-X* ptr(const Tensor& t) {
-  return reinterpret_cast<X*>(t.data_ptr());
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.data_ptr<T>();
 }
 
-constexpr int64_t kMinElements = 16384;  // a step smaller than this stays on one thread
+template <typename T>
+struct Vec;  // 64 bytes: one AVX-512 register (two AVX2 ones)
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+template <typename T>
+constexpr int64_t kPanel = 2 * kLanes<T>;  // P: columns per panel
 
-template <typename F>
-void for_rows(int64_t rows, int64_t cols, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, kMinElements / std::max<int64_t>(1, cols));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) f(r);
-  });
+// c (MR rows of P columns, stride ldc) = or += a (MR rows, stride lda) · panel (depth, P)
+template <typename T, int MR, bool Accumulate>
+inline void panel_block(const T* a, int64_t lda, const T* panel, int64_t depth, T* c, int64_t ldc) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = kLanes<T>;
+  V acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
+  for (int64_t k = 0; k < depth; ++k) {
+    V w0, w1;
+    std::memcpy(&w0, panel + k * 2 * L, sizeof(V));
+    std::memcpy(&w1, panel + k * 2 * L + L, sizeof(V));
+    for (int i = 0; i < MR; ++i) {
+      const T s = a[i * lda + k];
+      acc[i][0] += s * w0;
+      acc[i][1] += s * w1;
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int half = 0; half < 2; ++half) {
+      T* out = c + i * ldc + half * L;
+      if (Accumulate) {
+        V old;
+        std::memcpy(&old, out, sizeof(V));
+        acc[i][half] += old;
+      }
+      std::memcpy(out, &acc[i][half], sizeof(V));
+    }
+  }
+}
+
+template <typename T, bool Accumulate>
+void panel_product(const T* a, int64_t lda, int64_t rows, const T* panel, int64_t depth, T* c, int64_t ldc) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) panel_block<T, 6, Accumulate>(a + r * lda, lda, panel, depth, c + r * ldc, ldc);
+  const T* ar = a + r * lda;
+  T* cr = c + r * ldc;
+  switch (rows - r) {
+    case 1: return panel_block<T, 1, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    case 2: return panel_block<T, 2, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    case 3: return panel_block<T, 3, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    case 4: return panel_block<T, 4, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    case 5: return panel_block<T, 5, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    default: return;
+  }
 }
 
 struct Plan {  // where state row r reads and writes at step s
@@ -65,205 +127,235 @@ struct Plan {  // where state row r reads and writes at step s
   }
 };
 
-// gx (N, dirs·G) in T; weight_t (dirs, H, G) in M (U^T); y (N, dirs, H) in T.
-// states (dirs, S + 1, B, H) in T (states[d][s] = h_{s−1} of row r), states_mm the same in M (may alias),
-// acts (dirs, S, B, G) in T: LSTM σ(i), σ(f), tanh(g), σ(o); GRU σ(r), σ(z), tanh(n); RNN h.
-// cells (dirs, S, B, H) in T: the LSTM cell, the GRU's U_n h_{s−1} (unused by the simple RNN).
-// pre (dirs, B, G) in M: scratch for U h.
-template <typename T, typename M>
-void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight_t, const Plan& plan, const Tensor& y,
-                  const Tensor& states, const Tensor& states_mm, const Tensor& acts, const Tensor& cells,
-                  const Tensor& pre) {
-  const int64_t dirs = weight_t.size(0), hidden = weight_t.size(1), gates = weight_t.size(2);
-  const int64_t steps = acts.size(1), batch = acts.size(2);
-  const bool low = !states_mm.is_same(states);
-  const T* gxp = ptr<T>(gx);
-  T* yp = ptr<T>(y);
-  // The two directions are independent: one thread each (their products and passes then stay on that
-  // thread), so a step costs no synchronisation; a forward-only layer spreads each step over the threads.
-  at::parallel_for(0, dirs, 1, [&](int64_t d_begin, int64_t d_end) {
-  for (int64_t d = d_begin; d < d_end; ++d) {
-    const Tensor w = weight_t[d];
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t n = plan.active[s];
-      if (n == 0) break;
-      Tensor out = pre[d].narrow(0, 0, n);
-      torch::mm_out(out, states_mm[d][s].narrow(0, 0, n), w);
-      const M* pp = ptr<M>(pre) + d * batch * gates;
-      const T* h_prev = ptr<T>(states) + (d * (steps + 1) + s) * batch * hidden;
-      T* h_next = ptr<T>(states) + (d * (steps + 1) + s + 1) * batch * hidden;
-      M* hm_next = ptr<M>(states_mm) + (d * (steps + 1) + s + 1) * batch * hidden;
-      T* ap = ptr<T>(acts) + (d * steps + s) * batch * gates;
-      T* cp = kind != kTanh && kind != kRelu ? ptr<T>(cells) + (d * steps + s) * batch * hidden : nullptr;
-      for_rows(n, gates, [&](int64_t r) {
-        const int64_t f = plan.frame(r, s, d);
-        const T* x = gxp + f * dirs * gates + d * gates;
-        const M* u = pp + r * gates;
-        const T* hp = h_prev + r * hidden;
-        T* h = h_next + r * hidden;
-        T* a = ap + r * gates;
-        if (kind == kLstm) {
-          const T* c_prev = s == 0 ? nullptr : cp - batch * hidden + r * hidden;
-          T* c = cp + r * hidden;
-          for (int64_t j = 0; j < 2 * hidden; ++j) a[j] = sigmoid(static_cast<T>(x[j]) + static_cast<T>(u[j]));
-          for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) a[j] = std::tanh(static_cast<T>(x[j]) + static_cast<T>(u[j]));
-          for (int64_t j = 3 * hidden; j < gates; ++j) a[j] = sigmoid(static_cast<T>(x[j]) + static_cast<T>(u[j]));
-          for (int64_t k = 0; k < hidden; ++k) {
-            c[k] = a[hidden + k] * (c_prev ? c_prev[k] : T(0)) + a[k] * a[2 * hidden + k];
-            h[k] = a[3 * hidden + k] * std::tanh(c[k]);
-          }
-        } else if (kind == kGru) {
-          for (int64_t j = 0; j < 2 * hidden; ++j) a[j] = sigmoid(static_cast<T>(x[j]) + static_cast<T>(u[j]));
-          for (int64_t k = 0; k < hidden; ++k) {
-            const T un = static_cast<T>(u[2 * hidden + k]);
-            const T nn = std::tanh(static_cast<T>(x[2 * hidden + k]) + a[k] * un);
-            a[2 * hidden + k] = nn;
-            cp[r * hidden + k] = un;
-            const T z = a[hidden + k];
-            h[k] = (T(1) - z) * nn + z * hp[k];
-          }
-        } else {
-          for (int64_t k = 0; k < hidden; ++k) {
-            const T v = static_cast<T>(x[k]) + static_cast<T>(u[k]);
-            h[k] = kind == kTanh ? std::tanh(v) : std::max(v, T(0));
-            a[k] = h[k];
-          }
-        }
-        T* out_row = yp + (f * dirs + d) * hidden;
-        std::copy(h, h + hidden, out_row);
-        if (low) {
-          M* hm = hm_next + r * hidden;
-          for (int64_t k = 0; k < hidden; ++k) hm[k] = static_cast<M>(h[k]);
-        }
-      });
-    }
+struct Share {  // the hidden units [k0, k1) and their chunks [c0, c1) of one thread: its part of `parts`
+  int64_t c0, c1, k0, k1;
+  Share(int64_t chunks, int64_t hidden, int64_t panel, int64_t part, int64_t parts)
+      : c0(chunks * part / parts), c1(chunks * (part + 1) / parts) {
+    k0 = std::min(hidden, c0 * panel);
+    k1 = std::min(hidden, c1 * panel);
   }
+};
+
+constexpr int64_t kPrivateBytes = 4 << 20;  // U of a direction up to this size: one direction per thread
+
+// Who runs what. A bidirectional layer whose U (`direction_bytes` per direction) fits a core's caches, on as
+// many threads as directions: one direction per thread, all its units, no synchronisation. Otherwise the
+// directions one after the other, all threads splitting the hidden units (`run(d, share, true)`: one
+// barrier per step).
+template <typename F>
+void schedule(int64_t dirs, int64_t chunks, int64_t hidden, int64_t panel, int64_t direction_bytes, const F& run) {
+  const int64_t threads = at::get_num_threads();
+  if (dirs > 1 && threads == dirs && direction_bytes <= kPrivateBytes) {
+#pragma omp parallel num_threads(static_cast<int>(dirs))
+    run(omp_get_thread_num(), Share(chunks, hidden, panel, 0, 1), false);
+    return;
+  }
+  const int team = static_cast<int>(std::max<int64_t>(1, std::min(threads, chunks)));
+  for (int64_t d = 0; d < dirs; ++d) {
+#pragma omp parallel num_threads(team)
+    run(d, Share(chunks, hidden, panel, omp_get_thread_num(), omp_get_num_threads()), true);
+  }
+}
+
+// gx (N, dirs·G); panels (dirs, chunks, gates, H, P): U^T's columns of every gate, chunk by chunk; y (N, dirs, H).
+// states (dirs, S + 1, B, H) (states[d][s] = h_{s−1} of row r), acts (dirs, S, B, G): LSTM σ(i), σ(f), tanh(g),
+// σ(o); GRU σ(r), σ(z), tanh(n); RNN h. cells (dirs, S, B, H): the LSTM cell, the GRU's U_n h_{s−1} (unused by
+// the simple RNN). pre (dirs, B, gates · Hp): scratch for U h.
+template <typename T>
+void forward_impl(int64_t kind, const Tensor& gx, const Tensor& panels, const Plan& plan, const Tensor& y,
+                  const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& pre) {
+  constexpr int64_t P = kPanel<T>;
+  const int64_t dirs = panels.size(0), chunks = panels.size(1), blocks = panels.size(2), hidden = panels.size(3);
+  const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3);
+  const int64_t hp = chunks * P, width = blocks * hp;
+  const T* gxp = ptr<T>(gx);
+  const T* wp = ptr<T>(panels);
+  T *yp = ptr<T>(y), *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
+  schedule(dirs, chunks, hidden, P, panels.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+      T* pp = ptr<T>(pre) + d * batch * width;
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t n = plan.active[s];
+        if (n == 0) break;
+        const T* h_prev = sp + (d * (steps + 1) + s) * batch * hidden;
+        T* h_next = sp + (d * (steps + 1) + s + 1) * batch * hidden;
+        for (int64_t c = own.c0; c < own.c1; ++c)
+          for (int64_t g = 0; g < blocks; ++g)
+            panel_product<T, false>(h_prev, hidden, n, wp + ((d * chunks + c) * blocks + g) * hidden * P, hidden,
+                                    pp + g * hp + c * P, width);
+        T* ap = ap0 + (d * steps + s) * batch * gates;
+        T* cp = kind != kTanh && kind != kRelu ? cp0 + (d * steps + s) * batch * hidden : nullptr;
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t f = plan.frame(r, s, d);
+          const T* x = gxp + f * dirs * gates + d * gates;
+          const T* u = pp + r * width;
+          const T* hq = h_prev + r * hidden;
+          T* h = h_next + r * hidden;
+          T* a = ap + r * gates;
+          T* out = yp + (f * dirs + d) * hidden;
+          if (kind == kLstm) {
+            T* c = cp + r * hidden;
+            const T* c_prev = s == 0 ? nullptr : c - batch * hidden;
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T i = sigmoid(x[k] + u[k]), fg = sigmoid(x[hidden + k] + u[hp + k]);
+              const T gg = std::tanh(x[2 * hidden + k] + u[2 * hp + k]), o = sigmoid(x[3 * hidden + k] + u[3 * hp + k]);
+              a[k] = i;
+              a[hidden + k] = fg;
+              a[2 * hidden + k] = gg;
+              a[3 * hidden + k] = o;
+              c[k] = fg * (c_prev ? c_prev[k] : T(0)) + i * gg;
+              h[k] = o * std::tanh(c[k]);
+              out[k] = h[k];
+            }
+          } else if (kind == kGru) {
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T rr = sigmoid(x[k] + u[k]), z = sigmoid(x[hidden + k] + u[hp + k]), un = u[2 * hp + k];
+              const T nn = std::tanh(x[2 * hidden + k] + rr * un);
+              a[k] = rr;
+              a[hidden + k] = z;
+              a[2 * hidden + k] = nn;
+              cp[r * hidden + k] = un;
+              h[k] = (T(1) - z) * nn + z * hq[k];
+              out[k] = h[k];
+            }
+          } else {
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T v = x[k] + u[k];
+              h[k] = kind == kTanh ? std::tanh(v) : std::max(v, T(0));
+              a[k] = h[k];
+              out[k] = h[k];
+            }
+          }
+        }
+        if (sync) {
+#pragma omp barrier
+        }
+      }
   });
 }
 
-// grad_y (N, dirs, H) in T -> grad_gx (N, dirs·G) in T (every valid frame is written) and grad_pre
-// (dirs, S, B, G) in M, ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped stay 0),
-// from which the caller takes ∂L/∂U in one product. weight (dirs, G, H) in M. dh, dc (dirs, B, H): zeros.
-template <typename T, typename M>
-void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Plan& plan, const Tensor& states,
+// grad_y (N, dirs, H) -> grad_gx (N, dirs·G) (every valid frame is written) and grad_pre (dirs, S, B, gates ·
+// Hp), ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped and padded columns stay 0),
+// from which the caller takes ∂L/∂U in one product. panels (dirs, chunks, gates · Hp, P): U's columns chunk
+// by chunk, its rows padded as grad_pre's. dh, dc (dirs, B, Hp): zeros.
+template <typename T>
+void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, const Plan& plan, const Tensor& states,
                    const Tensor& acts, const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre,
                    const Tensor& dh, const Tensor& dc) {
-  const int64_t dirs = weight.size(0), gates = weight.size(1), hidden = weight.size(2);
-  const int64_t steps = acts.size(1), batch = acts.size(2);
+  constexpr int64_t P = kPanel<T>;
+  const int64_t dirs = panels.size(0), chunks = panels.size(1), width = panels.size(2);
+  const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3), hidden = states.size(3);
+  const int64_t hp = chunks * P;
   const T* gyp = ptr<T>(grad_y);
-  T* ggp = ptr<T>(grad_gx);
-  at::parallel_for(0, dirs, 1, [&](int64_t d_begin, int64_t d_end) {  // one thread per direction
-  for (int64_t d = d_begin; d < d_end; ++d) {
-    T* dhp = ptr<T>(dh) + d * batch * hidden;
-    T* dcp = ptr<T>(dc) + d * batch * hidden;
-    const Tensor w = weight[d];
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t n = plan.active[s];
-      if (n == 0) continue;
-      const T* h_prev = ptr<T>(states) + (d * (steps + 1) + s) * batch * hidden;
-      const T* ap = ptr<T>(acts) + (d * steps + s) * batch * gates;
-      const T* cp = kind != kTanh && kind != kRelu ? ptr<T>(cells) + (d * steps + s) * batch * hidden : nullptr;
-      M* gp = ptr<M>(grad_pre) + (d * steps + s) * batch * gates;
-      for_rows(n, gates, [&](int64_t r) {
-        const int64_t f = plan.frame(r, s, d);
-        const T* gy = gyp + (f * dirs + d) * hidden;
-        const T* a = ap + r * gates;
-        const T* hp = h_prev + r * hidden;
-        T* dhr = dhp + r * hidden;
-        T* gx = ggp + f * dirs * gates + d * gates;
-        M* g = gp + r * gates;
-        for (int64_t k = 0; k < hidden; ++k) dhr[k] += gy[k];
-        if (kind == kLstm) {
-          const T* c = cp + r * hidden;
-          const T* c_prev = s == 0 ? nullptr : cp - batch * hidden + r * hidden;
-          T* dcr = dcp + r * hidden;
-          for (int64_t k = 0; k < hidden; ++k) {
-            const T i = a[k], fg = a[hidden + k], gg = a[2 * hidden + k], o = a[3 * hidden + k];
-            const T tc = std::tanh(c[k]);
-            const T dct = dcr[k] + dhr[k] * o * (T(1) - tc * tc);
-            const T cpv = c_prev ? c_prev[k] : T(0);
-            const T vi = dct * gg * i * (T(1) - i), vf = dct * cpv * fg * (T(1) - fg);
-            const T vg = dct * i * (T(1) - gg * gg), vo = dhr[k] * tc * o * (T(1) - o);
-            gx[k] = vi;
-            g[k] = static_cast<M>(vi);
-            gx[hidden + k] = vf;
-            g[hidden + k] = static_cast<M>(vf);
-            gx[2 * hidden + k] = vg;
-            g[2 * hidden + k] = static_cast<M>(vg);
-            gx[3 * hidden + k] = vo;
-            g[3 * hidden + k] = static_cast<M>(vo);
-            dcr[k] = dct * fg;
-            dhr[k] = T(0);
-          }
-        } else if (kind == kGru) {
-          for (int64_t k = 0; k < hidden; ++k) {
-            const T rr = a[k], z = a[hidden + k], nn = a[2 * hidden + k], un = cp[r * hidden + k];
-            const T dn = dhr[k] * (T(1) - z) * (T(1) - nn * nn);  // ∂L/∂(x_n + r U_n h)
-            const T dz = dhr[k] * (hp[k] - nn) * z * (T(1) - z);
-            const T dr = dn * un * rr * (T(1) - rr);
-            gx[k] = dr;
-            g[k] = static_cast<M>(dr);
-            gx[hidden + k] = dz;
-            g[hidden + k] = static_cast<M>(dz);
-            gx[2 * hidden + k] = dn;
-            g[2 * hidden + k] = static_cast<M>(dn * rr);
-            dhr[k] = dhr[k] * z;  // the direct path h' = ... + z h; the product adds U^T g below
-          }
-        } else {
-          for (int64_t k = 0; k < hidden; ++k) {
-            const T h = a[k];
-            const T v = dhr[k] * (kind == kTanh ? T(1) - h * h : (h > T(0) ? T(1) : T(0)));
-            gx[k] = v;
-            g[k] = static_cast<M>(v);
-            dhr[k] = T(0);
+  const T* wp = ptr<T>(panels);
+  const T *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
+  T *ggp = ptr<T>(grad_gx), *gp0 = ptr<T>(grad_pre), *dh0 = ptr<T>(dh), *dc0 = ptr<T>(dc);
+  schedule(dirs, chunks, hidden, P, panels.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+      T* dhp = dh0 + d * batch * hp;
+      T* dcp = dc0 + d * batch * hp;
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t n = plan.active[s];
+        if (n == 0) continue;
+        const T* h_prev = sp + (d * (steps + 1) + s) * batch * hidden;
+        const T* ap = ap0 + (d * steps + s) * batch * gates;
+        const T* cp = kind != kTanh && kind != kRelu ? cp0 + (d * steps + s) * batch * hidden : nullptr;
+        T* gp = gp0 + (d * steps + s) * batch * width;
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t f = plan.frame(r, s, d);
+          const T* gy = gyp + (f * dirs + d) * hidden;
+          const T* a = ap + r * gates;
+          const T* hq = h_prev + r * hidden;
+          T* dhr = dhp + r * hp;
+          T* gx = ggp + f * dirs * gates + d * gates;
+          T* g = gp + r * width;
+          if (kind == kLstm) {
+            const T* c = cp + r * hidden;
+            const T* c_prev = s == 0 ? nullptr : c - batch * hidden;
+            T* dcr = dcp + r * hp;
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T dht = dhr[k] + gy[k];
+              const T i = a[k], fg = a[hidden + k], gg = a[2 * hidden + k], o = a[3 * hidden + k];
+              const T tc = std::tanh(c[k]);
+              const T dct = dcr[k] + dht * o * (T(1) - tc * tc);
+              const T cpv = c_prev ? c_prev[k] : T(0);
+              const T vi = dct * gg * i * (T(1) - i), vf = dct * cpv * fg * (T(1) - fg);
+              const T vg = dct * i * (T(1) - gg * gg), vo = dht * tc * o * (T(1) - o);
+              gx[k] = g[k] = vi;
+              gx[hidden + k] = g[hp + k] = vf;
+              gx[2 * hidden + k] = g[2 * hp + k] = vg;
+              gx[3 * hidden + k] = g[3 * hp + k] = vo;
+              dcr[k] = dct * fg;
+              dhr[k] = T(0);  // the product below adds U^T g
+            }
+          } else if (kind == kGru) {
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T dht = dhr[k] + gy[k];
+              const T rr = a[k], z = a[hidden + k], nn = a[2 * hidden + k], un = cp[r * hidden + k];
+              const T dn = dht * (T(1) - z) * (T(1) - nn * nn);  // ∂L/∂(x_n + r U_n h)
+              const T dz = dht * (hq[k] - nn) * z * (T(1) - z);
+              const T dr = dn * un * rr * (T(1) - rr);
+              gx[k] = g[k] = dr;
+              gx[hidden + k] = g[hp + k] = dz;
+              gx[2 * hidden + k] = dn;
+              g[2 * hp + k] = dn * rr;
+              dhr[k] = dht * z;  // the direct path h' = ... + z h; the product below adds U^T g
+            }
+          } else {
+            for (int64_t k = own.k0; k < own.k1; ++k) {
+              const T dht = dhr[k] + gy[k];
+              const T h = a[k];
+              gx[k] = g[k] = dht * (kind == kTanh ? T(1) - h * h : (h > T(0) ? T(1) : T(0)));
+              dhr[k] = T(0);
+            }
           }
         }
-      });
-      // ∂L/∂h_{s−1} += ∂L/∂(U h_{s−1}) U
-      const Tensor product = torch::mm(grad_pre[d][s].narrow(0, 0, n), w);
-      const M* pp = ptr<M>(product);
-      for_rows(n, hidden, [&](int64_t r) {
-        T* dhr = dhp + r * hidden;
-        const M* pr = pp + r * hidden;
-        for (int64_t k = 0; k < hidden; ++k) dhr[k] += static_cast<T>(pr[k]);
-      });
-    }
-  }
+        if (sync) {
+#pragma omp barrier  // every unit's gate gradients are in before any thread's product reads them
+        }
+        // ∂L/∂h_{s−1} += ∂L/∂(U h_{s−1}) U, this thread's columns
+        for (int64_t c = own.c0; c < own.c1; ++c)
+          panel_product<T, true>(gp, width, n, wp + (d * chunks + c) * width * P, width, dhp + c * P, hp);
+      }
   });
 }
 
 template <typename F>
-void dispatch(const Tensor& state, const Tensor& product, F&& run) {
-  const auto t = state.scalar_type(), m = product.scalar_type();
-  if (t == at::kFloat && m == at::kFloat) return run(float(), float());
-  if (t == at::kDouble && m == at::kDouble) return run(double(), double());
-  if (t == at::kFloat && m == at::kBFloat16) return run(float(), c10::BFloat16());
-  TORCH_CHECK(false, "DS2 recurrence: state ", t, " with products in ", m, " is not supported");
+void dispatch(const Tensor& t, F&& run) {
+  if (t.scalar_type() == at::kFloat) return run(float());
+  if (t.scalar_type() == at::kDouble) return run(double());
+  TORCH_CHECK(false, "DS2 recurrence: ", t.scalar_type(), " is not supported (float or double)");
 }
 
 Plan make_plan(const Tensor& order, const Tensor& lengths, const Tensor& starts, const Tensor& active) {
   for (const Tensor* t : {&order, &lengths, &starts, &active})
-    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->device().is_cpu(), "DS2 recurrence: index tensors must be contiguous int64 on the CPU");
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->device().is_cpu(),
+                "DS2 recurrence: index tensors must be contiguous int64 on the CPU");
   return Plan{ptr<int64_t>(order), ptr<int64_t>(lengths), ptr<int64_t>(starts), ptr<int64_t>(active)};
 }
 
-void forward(int64_t kind, const Tensor& gx, const Tensor& weight_t, const Tensor& order, const Tensor& lengths,
-             const Tensor& starts, const Tensor& active, const Tensor& y, const Tensor& states,
-             const Tensor& states_mm, const Tensor& acts, const Tensor& cells, const Tensor& pre) {
-  const Plan plan = make_plan(order, lengths, starts, active);
-  dispatch(states, weight_t, [&](auto t, auto m) {
-    forward_impl<decltype(t), decltype(m)>(kind, gx, weight_t, plan, y, states, states_mm, acts, cells, pre);
-  });
+void check(const Tensor& panels, const std::vector<Tensor>& buffers) {
+  const int64_t panel = panels.scalar_type() == at::kDouble ? kPanel<double> : kPanel<float>;
+  TORCH_CHECK(panels.is_contiguous() && panels.size(-1) == panel, "DS2 recurrence: panels of ", panel, " columns expected");
+  for (const Tensor& t : buffers)
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == panels.scalar_type() && t.device().is_cpu(),
+                "DS2 recurrence: buffers must be contiguous CPU tensors of the panels' dtype");
 }
 
-void backward(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Tensor& order, const Tensor& lengths,
+void forward(int64_t kind, const Tensor& gx, const Tensor& panels, const Tensor& order, const Tensor& lengths,
+             const Tensor& starts, const Tensor& active, const Tensor& y, const Tensor& states, const Tensor& acts,
+             const Tensor& cells, const Tensor& pre) {
+  const Plan plan = make_plan(order, lengths, starts, active);
+  check(panels, {gx, y, states, acts, cells, pre});
+  dispatch(panels, [&](auto t) { forward_impl<decltype(t)>(kind, gx, panels, plan, y, states, acts, cells, pre); });
+}
+
+void backward(int64_t kind, const Tensor& grad_y, const Tensor& panels, const Tensor& order, const Tensor& lengths,
               const Tensor& starts, const Tensor& active, const Tensor& states, const Tensor& acts,
               const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre, const Tensor& dh,
               const Tensor& dc) {
   const Plan plan = make_plan(order, lengths, starts, active);
-  dispatch(states, weight, [&](auto t, auto m) {
-    backward_impl<decltype(t), decltype(m)>(kind, grad_y, weight, plan, states, acts, cells, grad_gx, grad_pre, dh,
-                                            dc);
+  check(panels, {grad_y, states, acts, cells, grad_gx, grad_pre, dh, dc});
+  dispatch(panels, [&](auto t) {
+    backward_impl<decltype(t)>(kind, grad_y, panels, plan, states, acts, cells, grad_gx, grad_pre, dh, dc);
   });
 }
 
