@@ -68,6 +68,7 @@ bench: install
 # ZOO_PEER_DEEPRECOMMENDER, skipped with a one-line note when unset).
 bench-compare: install bench-peers
 	$(PEERS_VENV)/bin/python bench/jasper_vs_nemo.py
+	$(PEERS_VENV)/bin/python bench/transcribe_vs_nemo.py
 	$(PY) bench/recsys_vs_deeprecommender.py
 	$(PY) bench/make_docs.py
 
