@@ -157,6 +157,106 @@ void schedule(int64_t dirs, int64_t chunks, int64_t hidden, int64_t panel, int64
   }
 }
 
+// The element-wise pass of one state row over the units [k0, k1): gate j of x, a and gx at j·H, of u and g at
+// j·Hp. Restrict-qualified arrays and `ivdep`, so that the compiler vectorises them (with glibc's vector exp /
+// tanh) without run-time overlap checks.
+template <typename T, bool HasPrev>
+void lstm_forward(const T* __restrict__ x, const T* __restrict__ u, const T* __restrict__ c_prev, T* __restrict__ a,
+                  T* __restrict__ c, T* __restrict__ h, T* __restrict__ out, int64_t H, int64_t hp, int64_t k0,
+                  int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T i = sigmoid(x[k] + u[k]), f = sigmoid(x[H + k] + u[hp + k]);
+    const T g = std::tanh(x[2 * H + k] + u[2 * hp + k]), o = sigmoid(x[3 * H + k] + u[3 * hp + k]);
+    a[k] = i;
+    a[H + k] = f;
+    a[2 * H + k] = g;
+    a[3 * H + k] = o;
+    const T cell = (HasPrev ? f * c_prev[k] : T(0)) + i * g;
+    c[k] = cell;
+    h[k] = out[k] = o * std::tanh(cell);
+  }
+}
+
+template <typename T>
+void gru_forward(const T* __restrict__ x, const T* __restrict__ u, const T* __restrict__ h_prev, T* __restrict__ a,
+                 T* __restrict__ un_out, T* __restrict__ h, T* __restrict__ out, int64_t H, int64_t hp, int64_t k0,
+                 int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T r = sigmoid(x[k] + u[k]), z = sigmoid(x[H + k] + u[hp + k]), un = u[2 * hp + k];
+    const T n = std::tanh(x[2 * H + k] + r * un);
+    a[k] = r;
+    a[H + k] = z;
+    a[2 * H + k] = n;
+    un_out[k] = un;
+    h[k] = out[k] = (T(1) - z) * n + z * h_prev[k];
+  }
+}
+
+template <typename T, bool Relu>
+void rnn_forward(const T* __restrict__ x, const T* __restrict__ u, T* __restrict__ a, T* __restrict__ h,
+                 T* __restrict__ out, int64_t k0, int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T v = x[k] + u[k];
+    a[k] = h[k] = out[k] = Relu ? std::max(v, T(0)) : std::tanh(v);
+  }
+}
+
+// Back-propagation through one step: dh (this row's ∂L/∂h_s from the later steps, without the output's gy) is
+// replaced by the part of ∂L/∂h_{s−1} that does not go through U (the product adds U^T g afterwards).
+template <typename T, bool HasPrev>
+void lstm_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* __restrict__ c,
+                   const T* __restrict__ c_prev, T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ gx,
+                   T* __restrict__ g, int64_t H, int64_t hp, int64_t k0, int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T dht = dh[k] + gy[k];
+    const T i = a[k], f = a[H + k], gg = a[2 * H + k], o = a[3 * H + k];
+    const T tc = std::tanh(c[k]);
+    const T dct = dc[k] + dht * o * (T(1) - tc * tc);
+    const T vi = dct * gg * i * (T(1) - i), vf = HasPrev ? dct * c_prev[k] * f * (T(1) - f) : T(0);
+    const T vg = dct * i * (T(1) - gg * gg), vo = dht * tc * o * (T(1) - o);
+    gx[k] = g[k] = vi;
+    gx[H + k] = g[hp + k] = vf;
+    gx[2 * H + k] = g[2 * hp + k] = vg;
+    gx[3 * H + k] = g[3 * hp + k] = vo;
+    dc[k] = dct * f;
+    dh[k] = T(0);
+  }
+}
+
+template <typename T>
+void gru_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* __restrict__ un_saved,
+                  const T* __restrict__ h_prev, T* __restrict__ dh, T* __restrict__ gx, T* __restrict__ g, int64_t H,
+                  int64_t hp, int64_t k0, int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T dht = dh[k] + gy[k];
+    const T r = a[k], z = a[H + k], n = a[2 * H + k], un = un_saved[k];
+    const T dn = dht * (T(1) - z) * (T(1) - n * n);  // ∂L/∂(x_n + r U_n h)
+    const T dz = dht * (h_prev[k] - n) * z * (T(1) - z);
+    const T dr = dn * un * r * (T(1) - r);
+    gx[k] = g[k] = dr;
+    gx[H + k] = g[hp + k] = dz;
+    gx[2 * H + k] = dn;
+    g[2 * hp + k] = dn * r;
+    dh[k] = dht * z;  // the direct path h' = ... + z h
+  }
+}
+
+template <typename T, bool Relu>
+void rnn_backward(const T* __restrict__ gy, const T* __restrict__ a, T* __restrict__ dh, T* __restrict__ gx,
+                  T* __restrict__ g, int64_t k0, int64_t k1) {
+#pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
+  for (int64_t k = k0; k < k1; ++k) {
+    const T dht = dh[k] + gy[k], h = a[k];
+    gx[k] = g[k] = dht * (Relu ? (h > T(0) ? T(1) : T(0)) : T(1) - h * h);
+    dh[k] = T(0);
+  }
+}
+
 // gx (N, dirs·G); panels (dirs, chunks, gates, H, P): U^T's columns of every gate, chunk by chunk; y (N, dirs, H).
 // states (dirs, S + 1, B, H) (states[d][s] = h_{s−1} of row r), acts (dirs, S, B, G): LSTM σ(i), σ(f), tanh(g),
 // σ(o); GRU σ(r), σ(z), tanh(n); RNN h. cells (dirs, S, B, H): the LSTM cell, the GRU's U_n h_{s−1} (unused by
@@ -192,38 +292,19 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& panels, const Pl
           T* h = h_next + r * hidden;
           T* a = ap + r * gates;
           T* out = yp + (f * dirs + d) * hidden;
+          const int64_t k0 = own.k0, k1 = own.k1;
           if (kind == kLstm) {
             T* c = cp + r * hidden;
-            const T* c_prev = s == 0 ? nullptr : c - batch * hidden;
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T i = sigmoid(x[k] + u[k]), fg = sigmoid(x[hidden + k] + u[hp + k]);
-              const T gg = std::tanh(x[2 * hidden + k] + u[2 * hp + k]), o = sigmoid(x[3 * hidden + k] + u[3 * hp + k]);
-              a[k] = i;
-              a[hidden + k] = fg;
-              a[2 * hidden + k] = gg;
-              a[3 * hidden + k] = o;
-              c[k] = fg * (c_prev ? c_prev[k] : T(0)) + i * gg;
-              h[k] = o * std::tanh(c[k]);
-              out[k] = h[k];
-            }
+            if (s == 0)
+              lstm_forward<T, false>(x, u, nullptr, a, c, h, out, hidden, hp, k0, k1);
+            else
+              lstm_forward<T, true>(x, u, c - batch * hidden, a, c, h, out, hidden, hp, k0, k1);
           } else if (kind == kGru) {
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T rr = sigmoid(x[k] + u[k]), z = sigmoid(x[hidden + k] + u[hp + k]), un = u[2 * hp + k];
-              const T nn = std::tanh(x[2 * hidden + k] + rr * un);
-              a[k] = rr;
-              a[hidden + k] = z;
-              a[2 * hidden + k] = nn;
-              cp[r * hidden + k] = un;
-              h[k] = (T(1) - z) * nn + z * hq[k];
-              out[k] = h[k];
-            }
+            gru_forward(x, u, hq, a, cp + r * hidden, h, out, hidden, hp, k0, k1);
+          } else if (kind == kTanh) {
+            rnn_forward<T, false>(x, u, a, h, out, k0, k1);
           } else {
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T v = x[k] + u[k];
-              h[k] = kind == kTanh ? std::tanh(v) : std::max(v, T(0));
-              a[k] = h[k];
-              out[k] = h[k];
-            }
+            rnn_forward<T, true>(x, u, a, h, out, k0, k1);
           }
         }
         if (sync) {
@@ -267,45 +348,19 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, con
           T* dhr = dhp + r * hp;
           T* gx = ggp + f * dirs * gates + d * gates;
           T* g = gp + r * width;
+          const int64_t k0 = own.k0, k1 = own.k1;
           if (kind == kLstm) {
             const T* c = cp + r * hidden;
-            const T* c_prev = s == 0 ? nullptr : c - batch * hidden;
-            T* dcr = dcp + r * hp;
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T dht = dhr[k] + gy[k];
-              const T i = a[k], fg = a[hidden + k], gg = a[2 * hidden + k], o = a[3 * hidden + k];
-              const T tc = std::tanh(c[k]);
-              const T dct = dcr[k] + dht * o * (T(1) - tc * tc);
-              const T cpv = c_prev ? c_prev[k] : T(0);
-              const T vi = dct * gg * i * (T(1) - i), vf = dct * cpv * fg * (T(1) - fg);
-              const T vg = dct * i * (T(1) - gg * gg), vo = dht * tc * o * (T(1) - o);
-              gx[k] = g[k] = vi;
-              gx[hidden + k] = g[hp + k] = vf;
-              gx[2 * hidden + k] = g[2 * hp + k] = vg;
-              gx[3 * hidden + k] = g[3 * hp + k] = vo;
-              dcr[k] = dct * fg;
-              dhr[k] = T(0);  // the product below adds U^T g
-            }
+            if (s == 0)
+              lstm_backward<T, false>(gy, a, c, nullptr, dhr, dcp + r * hp, gx, g, hidden, hp, k0, k1);
+            else
+              lstm_backward<T, true>(gy, a, c, c - batch * hidden, dhr, dcp + r * hp, gx, g, hidden, hp, k0, k1);
           } else if (kind == kGru) {
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T dht = dhr[k] + gy[k];
-              const T rr = a[k], z = a[hidden + k], nn = a[2 * hidden + k], un = cp[r * hidden + k];
-              const T dn = dht * (T(1) - z) * (T(1) - nn * nn);  // ∂L/∂(x_n + r U_n h)
-              const T dz = dht * (hq[k] - nn) * z * (T(1) - z);
-              const T dr = dn * un * rr * (T(1) - rr);
-              gx[k] = g[k] = dr;
-              gx[hidden + k] = g[hp + k] = dz;
-              gx[2 * hidden + k] = dn;
-              g[2 * hp + k] = dn * rr;
-              dhr[k] = dht * z;  // the direct path h' = ... + z h; the product below adds U^T g
-            }
+            gru_backward(gy, a, cp + r * hidden, hq, dhr, gx, g, hidden, hp, k0, k1);
+          } else if (kind == kTanh) {
+            rnn_backward<T, false>(gy, a, dhr, gx, g, k0, k1);
           } else {
-            for (int64_t k = own.k0; k < own.k1; ++k) {
-              const T dht = dhr[k] + gy[k];
-              const T h = a[k];
-              gx[k] = g[k] = dht * (kind == kTanh ? T(1) - h * h : (h > T(0) ? T(1) : T(0)));
-              dhr[k] = T(0);
-            }
+            rnn_backward<T, true>(gy, a, dhr, gx, g, k0, k1);
           }
         }
         if (sync) {
