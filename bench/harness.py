@@ -13,7 +13,9 @@
   convolutions, forward and backward), and :func:`matmul_rate` — the machine's measured dense matmul
   rate, so ``flops / seconds / rate`` says how close a step is to the limit.
 * :func:`write_result` — ``bench/results/<name>.json`` with the environment, the command, the raw
-  rows and the tables ``bench/make_docs.py`` renders into ``docs/benchmarks.md``.
+  rows and the tables ``bench/make_docs.py`` renders into ``docs/benchmarks.md``; with the benchmark's
+  :func:`goal` values, and those of the run before it (kept from the file it replaces), so the page
+  shows whether each goal held in two consecutive runs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "device": device_name(device),
         "hostname": platform.node(),
         "load_average": list(os.getloadavg()),
+        "run_started": time.time(),  # tells this run's later rewrites of its file from an earlier run's file
     }
 
 
@@ -349,17 +352,41 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def goal(name: str, value: float | None, target: float, higher_is_better: bool = True) -> dict[str, Any]:
+    """A goal a benchmark measures, e.g. ``goal("5x1024 fp32 vs peer fp32", 1.07, 1.0)``; ``held`` is None when
+    the value could not be measured (a peer missing)."""
+    held = None if value is None else bool(value >= target if higher_is_better else value <= target)
+    return {"goal": name, "value": value, "target": target, "higher_is_better": higher_is_better, "held": held}
+
+
+def _previous_run(path: Path, env: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The goals of the run before this one: from the file about to be replaced, unless that file is this
+    run's own earlier write (then what it kept as the previous run)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    old_env = old.get("environment", {})
+    if old_env.get("run_started") is not None and old_env.get("run_started") == env.get("run_started"):
+        return old.get("previous")
+    if not old.get("goals"):
+        return None
+    return {"date": old_env.get("date"), "git_commit": old_env.get("git_commit"), "goals": old["goals"]}
+
+
 def write_result(
     name: str,
     tables: Sequence[Mapping[str, Any]],
     env: Mapping[str, Any] | None = None,
     folder: Path | None = None,
+    goals: Sequence[Mapping[str, Any]] = (),
     **extra: Any,
 ) -> Path:
     """Write ``<folder>/<name>.json`` (default ``bench/results``) and return its path.
 
     ``env`` is :func:`environment` taken at the start of the run; the load average at the end is
-    added as ``load_average_after``.
+    added as ``load_average_after``. ``goals`` (:func:`goal`) are stored with those of the previous run
+    (``previous``: its date, commit and goals), taken from the file this one replaces.
     """
     env = dict(env or environment())
     env["load_average_after"] = list(os.getloadavg())
@@ -367,6 +394,9 @@ def write_result(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     payload = {"name": name, "environment": env, "tables": list(tables), **extra}
+    if goals:
+        payload["goals"] = list(goals)
+        payload["previous"] = _previous_run(path, env)
     path.write_text(json.dumps(_jsonable(payload), indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path

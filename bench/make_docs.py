@@ -61,9 +61,36 @@ def provenance(env: Mapping[str, Any]) -> str:
     )
 
 
+def render_goals(result: Mapping[str, Any]) -> str:
+    """The benchmark's goals in this run and in the run before it (``harness.goal``, ``previous``)."""
+    previous = result.get("previous") or {}
+    before = {g["goal"]: g for g in previous.get("goals", [])}
+    when = f"{previous.get('date', '?')}, `{previous.get('git_commit', '?')}`" if previous else "none recorded"
+    env = result.get("environment", {})
+    lines = [
+        "**Goals in this run and the one before**",
+        "",
+        f"| goal | target | previous run ({when}) | this run ({env.get('date', '?')}) | held in both |",
+        "|---|---|---|---|---|",
+    ]
+    for g in result["goals"]:
+        old = before.get(g["goal"], {})
+        both = (
+            "yes" if g["held"] and old.get("held") else "no" if g["held"] is False or old.get("held") is False else "–"
+        )
+        sign = "≥" if g.get("higher_is_better", True) else "≤"
+        lines.append(
+            f"| {g['goal']} | {sign} {g['target']:.2f} | {cell(old.get('value'), '.2f')} | "
+            f"{cell(g['value'], '.2f')} | {both} |"
+        )
+    return "\n".join(lines)
+
+
 def render_block(result: Mapping[str, Any]) -> str:
     name = result["name"]
     parts = [render_table(t) for t in result.get("tables", [])]
+    if result.get("goals"):
+        parts.append(render_goals(result))
     parts.append(provenance(result.get("environment", {})))
     body = "\n\n".join(parts)
     return f"<!-- results: {name} -->\n{body}\n<!-- /results: {name} -->"

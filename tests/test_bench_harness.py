@@ -188,3 +188,35 @@ def test_make_docs_appends_unmarked_and_rejects_bad_json(tmp_path: Path) -> None
     (tmp_path / "results" / "broken.json").write_text("{not json")
     with pytest.raises(SystemExit, match="broken.json"):
         make_docs.main(["--results", str(tmp_path / "results"), "--docs", str(docs)])
+
+
+def test_goals_are_kept_for_the_next_run_and_rendered_side_by_side(tmp_path: Path) -> None:
+    """A run's goals are stored with the previous run's (taken from the file it replaces); a run that rewrites
+    its own file (after each config) keeps the previous run's, not its own earlier values; the page says
+    whether each goal held in both runs."""
+    folder = tmp_path / "results"
+
+    def run(values: dict[str, float | None], rewrites: int = 1) -> dict:
+        env = harness.environment()
+        env["date"] = f"run {time.monotonic_ns()}"
+        for _ in range(rewrites):
+            goals = [harness.goal(name, value, 1.0) for name, value in values.items()]
+            goals.append(harness.goal("rmse ratio", 0.99, 1.0, higher_is_better=False))
+            harness.write_result(
+                "cmp", [harness.table("t", [("a", "a")], [{"a": 1}])], env=env, folder=folder, goals=goals
+            )
+        return json.loads((folder / "cmp.json").read_text())
+
+    first = run({"fp32": 1.2, "best": 0.9})
+    assert first["previous"] is None
+    assert [g["held"] for g in first["goals"]] == [True, False, True]
+    second = run({"fp32": 1.1, "best": 1.6}, rewrites=3)
+    assert second["previous"]["date"] == first["environment"]["date"]
+    assert [g["value"] for g in second["previous"]["goals"]] == [1.2, 0.9, 0.99]
+    text = make_docs.render_block(second)
+    assert "| fp32 | ≥ 1.00 | 1.20 | 1.10 | yes |" in text
+    assert "| best | ≥ 1.00 | 0.90 | 1.60 | no |" in text
+    assert "| rmse ratio | ≤ 1.00 | 0.99 | 0.99 | yes |" in text
+    third = run({"fp32": None, "best": 1.7})  # a peer missing: not measured
+    assert "| fp32 | ≥ 1.00 | 1.10 | – | – |" in make_docs.render_block(third)
+    assert harness.goal("x", 1.0, 1.0)["held"] and not harness.goal("x", 1.01, 1.0, higher_is_better=False)["held"]
