@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import ROOT, count_flops, environment, interleave, matmul_rate, once, table, write_result
+from harness import ROOT, count_flops, environment, goal, interleave, matmul_rate, once, table, write_result
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -329,7 +329,13 @@ def write(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
         "fused LSTM kernels are not counted). Goals (issue 18): fp32 >= 1.0x the peer, best >= 1.5x the peer's "
         "best (fp32).",
     )
-    write_result(args.name, [result], env=env, title="DeepSpeech2 vs deepspeech.pytorch")
+    goals = []
+    for r in rows:
+        if r["system"] == "zoo DeepSpeech2" and r["mode"].split()[0] == "fp32":
+            goals.append(goal(f"{r['config']}: fp32 vs peer fp32", r["vs_peer_fp32"], 1.0))
+        elif r["system"] == "zoo best / peer best":
+            goals.append(goal(f"{r['config']}: best vs peer best", r["vs_peer_fp32"], 1.5))
+    write_result(args.name, [result], env=env, goals=goals, title="DeepSpeech2 vs deepspeech.pytorch")
 
 
 if __name__ == "__main__":

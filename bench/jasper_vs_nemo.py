@@ -40,7 +40,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from harness import count_flops, environment, interleave, matmul_rate, once, table, write_result
+from harness import count_flops, environment, goal, interleave, matmul_rate, once, table, write_result
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -371,7 +371,13 @@ def main() -> None:
         notes="Same weights (NeMo's copied into the zoo by zoo.speech.nemo_import); eval log-probabilities and the "
         "first step's loss checked equal before timing. Goals: fp32 ≥ 1.0× NeMo, best ≥ 1.2× NeMo's best.",
     )
-    write_result(args.name, [result], env=env, title="Jasper / QuartzNet vs NVIDIA NeMo")
+    goals = []
+    for r in rows:
+        if r["system"] == "zoo" and r["mode"].split()[0] == "fp32":
+            goals.append(goal(f"{r['model']}: fp32 vs NeMo fp32", r["vs_nemo_same"], 1.0))
+        elif r["system"] == "zoo best / NeMo best":
+            goals.append(goal(f"{r['model']}: best vs NeMo's best", r["vs_nemo_same"], 1.2))
+    write_result(args.name, [result], env=env, goals=goals, title="Jasper / QuartzNet vs NVIDIA NeMo")
 
 
 if __name__ == "__main__":

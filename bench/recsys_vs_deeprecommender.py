@@ -21,7 +21,7 @@ the last epoch (peer: its ``do_eval`` on the test
 file with the training vectors as inputs, as the zoo evaluates; zoo: unclamped, and clamped to
 [1, 5] as ``zoo test`` reports it). Runs alternate peer / zoo ``--repeats`` times (seeds 0, 1, ...).
 
-    ZOO_PEER_DEEPRECOMMENDER=../shared/peers/DeepRecommender \
+    [ZOO_PEER_DEEPRECOMMENDER=DIR] \  # default: ../shared/peers/DeepRecommender when present
         python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
 
 Results: ``bench/results/recsys_vs_deeprecommender.json``.
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from harness import ForeignLoad, environment, table, write_result
+from harness import ROOT, ForeignLoad, environment, goal, table, write_result
 
 from zoo.datamodules.ratings import RatingMatrix, RatingsDataModule
 from zoo.lightning_modules.autoencoder_recommender import AutoEncoderRecommender
@@ -59,8 +59,9 @@ MILESTONES = (24, 36, 48, 66, 72)  # run.py's MultiStepLR (epochs), gamma 0.5
 
 def peer_folder() -> Path | None:
     folder = os.environ.get(ENV_VAR)
+    shared = ROOT.parent / "shared" / "peers" / "DeepRecommender"  # the unmodified copy beside this checkout
     if not folder:
-        return None
+        return shared if (shared / "run.py").is_file() else None
     path = Path(folder)
     if not (path / "run.py").is_file() or not (path / "reco_encoder").is_dir():
         raise SystemExit(f"{ENV_VAR}={folder}: not a DeepRecommender checkout (no run.py / reco_encoder)")
@@ -327,7 +328,11 @@ def main() -> None:
         rows,
         notes=f"Same split: {s.stats}. Goal: users/s ≥ the peer's and test RMSE lower.",
     )
-    write_result(args.name, [result], env=env, title="Recommender vs NVIDIA/DeepRecommender", runs=runs)
+    goals = [
+        goal("users/s vs the peer's", speed, 1.0),
+        goal("test RMSE, zoo / peer (same function)", rows[1]["test_rmse"] / rows[0]["test_rmse"], 1.0, False),
+    ]
+    write_result(args.name, [result], env=env, goals=goals, title="Recommender vs NVIDIA/DeepRecommender", runs=runs)
 
 
 if __name__ == "__main__":
