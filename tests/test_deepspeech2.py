@@ -524,15 +524,22 @@ def test_packed_recurrence_of_a_wide_layer_equals_the_fused_kernel():
     torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_inference_mode_gives_the_training_paths_eval_outputs():
-    """Lightning validates and tests under torch.inference_mode, which the C++ loop's worker threads do not
-    inherit: there the model takes the fused-kernel path, with the same eval outputs."""
+def test_inference_mode_runs_the_cpp_recurrence_with_the_fused_kernels_outputs(monkeypatch):
+    """Lightning validates and tests under torch.inference_mode (and zoo transcribe decodes under it): the C++
+    loop runs there too, with the eval outputs of the fused-kernel path."""
+    import zoo.speech.deepspeech2 as ds2
+
     torch.manual_seed(0)
     model = zoo.create("ds2-tiny").eval()
     x, lengths = torch.randn(3, model.config.in_features, 40), torch.tensor([40, 31, 17])
+    model.kernel = "fused"
     with torch.no_grad():
         expected, expected_lengths = model(x, lengths)
+    model.kernel = "auto"
+    calls, original = [], ds2.PackedRecurrence.apply
+    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append(1) or original(*a))
     with torch.inference_mode():
         out, out_lengths = model(x, lengths)
+    assert len(calls) == len(model.rnns)
     assert torch.equal(out_lengths, expected_lengths)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

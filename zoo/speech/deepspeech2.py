@@ -701,15 +701,13 @@ class DeepSpeech2(nn.Module):
     def use_packed(self, x: Tensor) -> bool:
         """Whether the recurrent stack runs on packed valid frames with the C++ recurrence (CPU; ``kernel``
         ``"auto"`` or ``"cpp"``) rather than PyTorch's fused kernels with the batch norm folded into ``W``
-        (``kernel="fused"``, GPUs, where the extension cannot be built, in TorchScript/ONNX export, whose
-        graphs cannot hold the C++ loop, and under inference mode, which its worker threads do not inherit)."""
+        (``kernel="fused"``, GPUs, where the extension cannot be built, and in TorchScript/ONNX export, whose
+        graphs cannot hold the C++ loop)."""
         if self.kernel not in ("auto", "cpp", "fused"):
             raise ValueError(f"DeepSpeech2.kernel must be 'auto', 'cpp' or 'fused', got {self.kernel!r}")
         exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-        # the loop's worker threads do not inherit inference mode (Lightning's validate/test, zoo transcribe)
-        fused_only = exporting or torch.is_inference_mode_enabled()
         supported_dtype = x.dtype in (torch.float32, torch.float64, torch.bfloat16)
-        if self.kernel == "fused" or fused_only or x.device.type != "cpu" or not supported_dtype:
+        if self.kernel == "fused" or exporting or x.device.type != "cpu" or not supported_dtype:
             return False
         if not all(rnn.packed_supported() for rnn in self.rnns):
             return False
