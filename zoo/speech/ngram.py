@@ -20,13 +20,19 @@ D_r = r − (r + 1)·Y·n_{r+1} / n_r); ``"plain"`` uses one D = Y per order, or
 keeps back-off mass and no discounted count is negative. The ARPA file stores ``log10 p(w | h)``
 for every seen n-gram and ``log10 γ(h)`` as the back-off weight of every history, so a reader that backs off
 (``p(w | h) = γ(h)·p(w | h')`` for unseen ``h w``) reproduces the interpolated model exactly.
+
+``unigram_prior`` (word -> frequency, e.g. a general-English word list) replaces the uniform distribution below
+the unigrams: the vocabulary then also holds the prior's words, and ``p0(w) = f(w) / Σ_v f(v)`` over the
+vocabulary, where a word without a positive prior frequency (``</s>``, ``<unk>``, a word only in the text) gets the
+prior's smallest one. A word the text never saw thus keeps a probability in proportion to how common it is
+(the interpolation with a background distribution is the lowest level of Chen & Goodman's recursion, §3.4).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -40,6 +46,8 @@ class KneserNeyLM:
         order: n.
         discount: ``"modified"`` (three discounts per order) or ``"plain"`` (one per order).
         discount_value: a fixed D for every order (``"plain"`` only), e.g. for hand-checked tests.
+        unigram_prior: word -> frequency of a background distribution that replaces the uniform one below the
+            unigrams (see the module docstring); its words join the vocabulary.
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class KneserNeyLM:
         order: int = 3,
         discount: str = "modified",
         discount_value: float | None = None,
+        unigram_prior: Mapping[str, float] | None = None,
     ) -> None:
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
@@ -69,7 +78,16 @@ class KneserNeyLM:
                         raw[k][gram] += 1
         if not vocab:
             raise ValueError("no training text: every sentence is empty")
+        if unigram_prior:
+            vocab.update(w for w in unigram_prior if w not in (BOS, EOS, UNK))
         self.vocab = sorted(vocab) + [EOS, UNK]
+        self._in_vocab = frozenset(self.vocab)
+        self._base: dict[str, float] | None = None  # None: uniform
+        if unigram_prior:
+            floor = min(f for f in unigram_prior.values() if f > 0)
+            weights = {w: f if (f := unigram_prior.get(w, 0.0)) > 0 else floor for w in self.vocab}
+            norm = math.fsum(weights.values())
+            self._base = {w: f / norm for w, f in weights.items()}
         # adjusted counts: raw at the top order and for n-grams starting with <s>, else continuation counts
         self.counts: list[Counter] = [Counter() for _ in range(order + 1)]
         self.counts[order] = raw[order]
@@ -125,15 +143,20 @@ class KneserNeyLM:
         """p(word | history) under the interpolated model (history truncated to order − 1)."""
         history = tuple(history)
         history = history[max(len(history) - (self.order - 1), 0) :] if self.order > 1 else ()
-        if word not in self.vocab:
+        if word not in self._in_vocab:
             word = UNK
         if not history:
             total = self._totals[1][()]
             c = self.counts[1].get((word,), 0)
             discounted = max(c - self.discounts[1][min(c, 3) - 1], 0.0) / total if c else 0.0
+            if self._base is not None:
+                return discounted + self.backoff(()) * self._base[word]
             return discounted + self.backoff(()) / len(self.vocab)
+        return self._interpolate(word, history, self.prob(word, history[1:]))
+
+    def _interpolate(self, word: str, history: tuple[str, ...], lower: float) -> float:
+        """p(word | history) from ``lower`` = p(word | history[1:]) (``word`` in the vocabulary, history non-empty)."""
         k = len(history) + 1
-        lower = self.prob(word, history[1:])
         total = self._totals[k].get(history)
         if not total:
             return lower
@@ -145,21 +168,33 @@ class KneserNeyLM:
         """Write the model in ARPA format (log10 probabilities and back-off weights)."""
         path = Path(path)
         entries: list[list[str]] = []
+        # p of the previous order's n-grams: the lower-order term of this order's (every suffix of a seen
+        # n-gram is seen one order down), so each probability is computed once instead of recursively
+        lower: dict[tuple[str, ...], float] = {}
         for k in range(1, self.order + 1):
             lines = []
             grams = sorted(self.counts[k]) if k > 1 else [(w,) for w in self.vocab]
             if k == 1:
                 grams = [(BOS,)] + grams
+            probs: dict[tuple[str, ...], float] = {}
             for gram in grams:
                 if gram == (BOS,):
                     logp = -99.0
                 else:
-                    logp = math.log10(self.prob(gram[-1], gram[:-1]))
+                    if k == 1:
+                        p = self.prob(gram[0])
+                    elif gram[1:] not in lower:
+                        p = self.prob(gram[-1], gram[:-1])
+                    else:
+                        p = self._interpolate(gram[-1], gram[:-1], lower[gram[1:]])
+                    probs[gram] = p
+                    logp = math.log10(p)
                 line = f"{logp:.7f}\t{' '.join(gram)}"
                 if k < self.order and gram in self._totals[k + 1]:
                     line += f"\t{math.log10(self.backoff(gram)):.7f}"
                 lines.append(line)
             entries.append(lines)
+            lower = probs
         with path.open("w") as f:
             f.write("\n\\data\\\n")
             for k, lines in enumerate(entries, start=1):
@@ -172,14 +207,22 @@ class KneserNeyLM:
 
 
 def build_arpa(
-    sentences: Iterable[str], path: str | Path, order: int = 3, unit: str = "word", discount: str = "modified"
+    sentences: Iterable[str],
+    path: str | Path,
+    order: int = 3,
+    unit: str = "word",
+    discount: str = "modified",
+    unigram_prior: Mapping[str, float] | None = None,
 ) -> Path:
     """Estimate a Kneser–Ney LM on ``sentences`` and write it to ``path``.
 
-    ``unit="char"`` models characters (space written as ``|``), for lexicon-free beam search.
+    ``unit="char"`` models characters (space written as ``|``), for lexicon-free beam search;
+    ``unigram_prior``: word frequencies below the unigrams (:class:`KneserNeyLM`), word LMs only.
     """
     if unit == "char":
+        if unigram_prior:
+            raise ValueError("unigram_prior is for word LMs (unit='word')")
         sentences = [" ".join("|" if c == " " else c for c in s.strip()) for s in sentences]
     elif unit != "word":
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
-    return KneserNeyLM(sentences, order=order, discount=discount).write_arpa(path)
+    return KneserNeyLM(sentences, order=order, discount=discount, unigram_prior=unigram_prior).write_arpa(path)
