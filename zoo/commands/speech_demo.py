@@ -154,13 +154,21 @@ def best_checkpoint(trainer: pl.Trainer, output: Path) -> Path:
 
 
 def language_model_files(datamodule, output: Path) -> tuple[Path, Path]:
-    """Lexicon (training words) and a Kneser–Ney 3-gram word LM from the training transcripts."""
+    """Lexicon (training words) and a Kneser–Ney 3-gram word LM from the training transcripts; for open-vocabulary
+    English also from the text beyond them (:mod:`zoo.datamodules.english_text`: the other fortunes, wordfreq's words
+    as the unigram prior), which never holds a validation, test or real-speech sentence."""
     from zoo.speech.ngram import build_arpa
 
     texts = [u.text for u in datamodule.data["train"].utterances]
+    sentences, prior = texts, None
+    if getattr(datamodule.corpus, "text", None) == "english":
+        from zoo.datamodules.english_text import corpus_english_text
+
+        extra = corpus_english_text(datamodule.corpus, texts)
+        sentences, prior = texts + extra.sentences, extra.words
     words = output / "words.txt"
-    words.write_text("\n".join(sorted({w for t in texts for w in t.split()})) + "\n")
-    return words, build_arpa(texts, output / "words.arpa", order=3)
+    words.write_text("\n".join(sorted({w for t in sentences for w in t.split()} | set(prior or ()))) + "\n")
+    return words, build_arpa(sentences, output / "words.arpa", order=3, unigram_prior=prior)
 
 
 def validation_emissions(module, datamodule) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]:
