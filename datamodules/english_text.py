@@ -12,7 +12,9 @@ tokenizer's alphabet):
   :func:`zoo.datamodules.real_speech.normalise_transcript` (``"2"`` -> ``two``, ``"café"`` -> ``cafe``); a word
   it refuses or that keeps a character outside the alphabet (``"straße"``, ``"3d"``, an emoji) is dropped, and so
   is every entry with two or more digits (wordfreq merges multi-digit numbers into buckets such as ``00``, which
-  are no words). Frequencies of entries that normalise to the same word add up.
+  are no words). Frequencies of entries that normalise to the same word add up. Every word the tokenizer writes
+  for a number (:func:`number_words`: ``sixtieth``, ``trillion``) is in the list, with the smallest frequency of
+  the list where its own is not.
 
 **Held-out text never enters** (the test sets are for evaluation only): the synthetic validation and test sentences
 and the normalised transcripts of every real-speech source (:mod:`zoo.datamodules.real_speech`) are removed, and
@@ -50,9 +52,9 @@ from zoo.datamodules.real_speech import (
 )
 from zoo.datamodules.sentences import _SENTENCE_END, FORTUNES_DIR, fortune_texts, normalize_sentence
 from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, split_sentences
-from zoo.speech.tokenizer import CharTokenizer
+from zoo.speech.tokenizer import CharTokenizer, number_to_words, ordinal_words
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Candidate lexicon sizes (normalised wordfreq words), tried from the smallest.
 TOP_N_GRID = (10_000, 20_000, 30_000, 50_000, 75_000, 100_000, 150_000, 200_000)
 #: Out-of-lexicon rate on the validation sentences the lexicon must reach.
@@ -128,6 +130,12 @@ class WordList:
 
     words: Callable[[int], list[tuple[str, float]]]
     version: str
+
+
+def number_words() -> set[str]:
+    """Every word the tokenizer spells numbers with: cardinals, scales, their ordinals and ``point``."""
+    cardinals = {w for n in (*range(100), *(1000**k for k in range(5)), 100) for w in number_to_words(n).split()}
+    return cardinals | {ordinal_words(w) for w in cardinals} | {"point"}
 
 
 def wordfreq_list() -> WordList:
@@ -265,9 +273,13 @@ def english_text(
             sentences.append(sentence)
     ranked = word_list.words(max(grid) * 3 // 2)  # some entries are dropped or merged by normalisation
     normalised = normalise_word_list(ranked, tokenizer)
-    known = {w for s in (*training, *sentences) for w in s.split()}
+    numbers = number_words()
+    known = {w for s in (*training, *sentences) for w in s.split()} | numbers
     top_n, rates = choose_top_n(validation, known, list(normalised), grid) if normalised else (0, {})
     words = dict(list(normalised.items())[:top_n])
+    if words:
+        smallest = min(words.values())
+        words |= {w: normalised.get(w, smallest) for w in sorted(numbers - words.keys())}
     info = {
         **description,
         "sentences": len(sentences),

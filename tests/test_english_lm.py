@@ -127,7 +127,10 @@ def test_built_once_and_keyed(tmp_path):
     assert words.calls == 1 and again.folder == first.folder
     assert again.sentences == first.sentences and again.words == first.words and again.info == first.info
     # the smallest top_n of the grid that leaves no validation word out: 9 (8 misses "night"); "yak" is left out
-    assert first.info["top_n"] == 9 and list(first.words)[-2:] == ["bark", "night"]
+    assert first.info["top_n"] == 9 and list(first.words)[7:9] == ["bark", "night"] and "yak" not in first.words
+    # every word the tokenizer spells numbers with is in, at the smallest frequency unless the list has it
+    assert first.words["sixtieth"] == first.words["trillion"] == 0.0002 and first.words["two"] == pytest.approx(0.007)
+    assert CharTokenizer().normalize("the 60th of 3,000,000,000,000") == "the sixtieth of three trillion"
     assert first.info["validation_oov_by_top_n"] == {"2": 0.75, "8": 0.25, "9": 0.0}
     other, _ = build(tmp_path, CountingWordList(version="fake 2"))
     assert other.folder != first.folder
