@@ -409,60 +409,51 @@ class PackedPlan(NamedTuple):
 PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this many bytes of columns
 
 
-def recurrence_panels(weight_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """``U`` (dirs, G, H) laid out for ``csrc/ds2_recurrence.cpp``: panels of ``P`` = 128 bytes of columns,
-    the hidden units padded to ``Hp = P * ceil(H / P)``. Forward (``h U^T``, chunk by chunk of ``P`` hidden
-    units, every gate's columns of a chunk together): (dirs, Hp / P, gates, H, P). Backward (``g U`` with the
-    gate gradients ``g`` in rows of ``gates * Hp``): (dirs, Hp / P, gates * Hp, P)."""
-    dirs, width, hidden = weight_hh.shape
-    blocks, panel = width // hidden, PANEL_BYTES // weight_hh.element_size()
-    padded = -(-hidden // panel) * panel
-    u = weight_hh.reshape(dirs, blocks, hidden, hidden)
-    forward = F.pad(u, (0, 0, 0, padded - hidden)).view(dirs, blocks, padded // panel, panel, hidden)
-    backward = F.pad(u, (0, padded - hidden, 0, padded - hidden)).view(dirs, blocks * padded, padded // panel, panel)
-    return forward.permute(0, 2, 1, 4, 3).contiguous(), backward.permute(0, 2, 1, 3).contiguous()
-
-
 class PackedRecurrence(torch.autograd.Function):
     """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
     ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type) -> y (N, dirs, H)``,
     the backward direction running each utterance from its last frame. Per step one ``U h_{t-1}`` product
     over the utterances still running and one fused element-wise pass (``csrc/ds2_recurrence.cpp``: the
-    threads split the hidden units, each multiplying by its own share of ``U``, see
-    :func:`recurrence_panels`); the backward is hand-written back-propagation through time with ``dL/dU`` as
-    one product over all steps. float32 or float64."""
+    threads split the hidden units, each multiplying by its own share of ``U``, packed in panels of
+    ``P`` = 128 bytes of columns); the backward is hand-written back-propagation through time with ``dL/dU``
+    as one product over all steps. float32 or float64."""
 
     @staticmethod
     def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str) -> Tensor:  # type: ignore[override]
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
+        panel = PANEL_BYTES // weight_hh.element_size()
+        padded = -(-hidden // panel) * panel  # Hp
         new = gx.new_empty
-        panels, panels_back = recurrence_panels(weight_hh)
-        width = panels_back.shape[2]  # gates * Hp
+        weight = weight_hh.contiguous()
         states = gx.new_zeros(dirs, steps + 1, batch, hidden)  # states[d, s] = h_{s-1}; stopped rows stay 0
         acts = new(dirs, steps, batch, gates)
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
+        blocks = gates // hidden
+        packed = new(dirs, padded // panel, blocks, hidden, panel)  # U^T in panels, filled by the C++ loop
+        pre = new(dirs, batch, blocks * padded)
         load_recurrence().forward(
-            _KIND_CODES[rnn_type], gx.contiguous(), panels, *plan, y, states, acts, cells, new(dirs, batch, width)
+            _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre
         )
         ctx.plan, ctx.rnn_type = plan, rnn_type
-        ctx.save_for_backward(panels_back, states, acts, cells)
+        ctx.save_for_backward(weight, states, acts, cells)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        panels_back, states, acts, cells = ctx.saved_tensors
+        weight, states, acts, cells = ctx.saved_tensors
         dirs, steps, batch, gates = acts.shape
-        hidden, width = states.shape[3], panels_back.shape[2]
+        hidden, panel = states.shape[3], PANEL_BYTES // weight.element_size()
+        padded = -(-hidden // panel) * panel  # Hp
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
-        grad_pre = acts.new_zeros(dirs, steps, batch, width)  # dL/d(U h_{s-1}) of all steps, padded rows
-        padded = panels_back.shape[1] * panels_back.shape[3]
+        grad_pre = acts.new_zeros(dirs, steps, batch, gates)  # dL/d(U h_{s-1}) of all steps
         load_recurrence().backward(
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
-            panels_back,
+            weight,
+            acts.new_empty(dirs, padded // panel, gates, panel),  # U in panels, filled by the C++ loop
             *ctx.plan,
             states,
             acts,
@@ -472,9 +463,8 @@ class PackedRecurrence(torch.autograd.Function):
             acts.new_zeros(dirs, batch, padded),
             acts.new_zeros(dirs, batch, padded),
         )
-        grad_pre = grad_pre.view(dirs, steps * batch, gates // hidden, padded)[..., :hidden]
         grad_weight = torch.bmm(
-            grad_pre.reshape(dirs, steps * batch, gates).transpose(1, 2),
+            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
             states[:, :-1].reshape(dirs, steps * batch, hidden),
         )
         return grad_gx, grad_weight, None, None

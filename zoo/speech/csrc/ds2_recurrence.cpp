@@ -15,14 +15,14 @@
 //
 // The per-step products. A step multiplies a few state rows (the batch) by U: for a wide layer at a small
 // batch (2 × 1024 by 1024 × 4096) that reads 16 MB of U to do 8 MFLOP, so what counts is where U is read
-// from. U is stored in panels of P = 128 bytes of columns (P = 32 floats, 16 doubles), each panel (K, P)
-// contiguous and zero-padded past the layer's width, multiplied by a register-blocked kernel (up to 6 rows ×
-// P columns of accumulators). The hidden units are split in chunks of P between the threads, and each
-// thread owns its chunks' columns of every gate: it computes those products, applies the gates to its
-// units, and reads only its share of U, which stays in that core's caches from one step to the next. The
-// directions run one after the other on all threads; a step costs one barrier. Padded widths:
-// Hp = P · ⌈H / P⌉; the per-step products `pre`, the gate gradients `grad_pre` and dh use rows of Hp per
-// gate (columns g·Hp + k).
+// from. A register-blocked kernel (up to 6 rows × P columns of accumulators, P = 128 bytes: 32 floats, 16
+// doubles) multiplies by panels of P columns, each (K, P) contiguous and zero-padded past H: forward (h U^T)
+// U's rows transposed, backward (g U) U's columns; each thread packs its own panels at the start of a layer
+// (`packed`, a scratch buffer). The hidden units are split in chunks of P between the
+// threads, and each thread owns its chunks' columns of every gate: it computes those products, applies the
+// gates to its units, and reads only its share of U, which stays in that core's caches from one step to the
+// next. The directions run one after the other on all threads; a step costs one barrier. The per-step
+// products `pre` and dh have rows of Hp per gate (columns g·Hp + k).
 
 #include <omp.h>
 #include <torch/extension.h>
@@ -73,17 +73,17 @@ constexpr int64_t kLanes = 64 / sizeof(T);
 template <typename T>
 constexpr int64_t kPanel = 2 * kLanes<T>;  // P: columns per panel
 
-// c (MR rows of P columns, stride ldc) = or += a (MR rows, stride lda) · panel (depth, P)
+// c (MR rows of P columns, stride ldc) = or += a (MR rows, stride lda) · panel (depth rows of P, stride ldw)
 template <typename T, int MR, bool Accumulate>
-inline void panel_block(const T* a, int64_t lda, const T* panel, int64_t depth, T* c, int64_t ldc) {
+inline void panel_block(const T* a, int64_t lda, const T* panel, int64_t ldw, int64_t depth, T* c, int64_t ldc) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = kLanes<T>;
   V acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
   for (int64_t k = 0; k < depth; ++k) {
     V w0, w1;
-    std::memcpy(&w0, panel + k * 2 * L, sizeof(V));
-    std::memcpy(&w1, panel + k * 2 * L + L, sizeof(V));
+    std::memcpy(&w0, panel + k * ldw, sizeof(V));
+    std::memcpy(&w1, panel + k * ldw + L, sizeof(V));
     for (int i = 0; i < MR; ++i) {
       const T s = a[i * lda + k];
       acc[i][0] += s * w0;
@@ -104,17 +104,18 @@ inline void panel_block(const T* a, int64_t lda, const T* panel, int64_t depth, 
 }
 
 template <typename T, bool Accumulate>
-void panel_product(const T* a, int64_t lda, int64_t rows, const T* panel, int64_t depth, T* c, int64_t ldc) {
+void panel_product(const T* a, int64_t lda, int64_t rows, const T* panel, int64_t ldw, int64_t depth, T* c,
+                   int64_t ldc) {
   int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) panel_block<T, 6, Accumulate>(a + r * lda, lda, panel, depth, c + r * ldc, ldc);
+  for (; r + 6 <= rows; r += 6) panel_block<T, 6, Accumulate>(a + r * lda, lda, panel, ldw, depth, c + r * ldc, ldc);
   const T* ar = a + r * lda;
   T* cr = c + r * ldc;
   switch (rows - r) {
-    case 1: return panel_block<T, 1, Accumulate>(ar, lda, panel, depth, cr, ldc);
-    case 2: return panel_block<T, 2, Accumulate>(ar, lda, panel, depth, cr, ldc);
-    case 3: return panel_block<T, 3, Accumulate>(ar, lda, panel, depth, cr, ldc);
-    case 4: return panel_block<T, 4, Accumulate>(ar, lda, panel, depth, cr, ldc);
-    case 5: return panel_block<T, 5, Accumulate>(ar, lda, panel, depth, cr, ldc);
+    case 1: return panel_block<T, 1, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 2: return panel_block<T, 2, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 3: return panel_block<T, 3, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 4: return panel_block<T, 4, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 5: return panel_block<T, 5, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
     default: return;
   }
 }
@@ -158,7 +159,7 @@ void schedule(int64_t dirs, int64_t chunks, int64_t hidden, int64_t panel, int64
 }
 
 // The element-wise pass of one state row over the units [k0, k1): gate j of x, a and gx at j·H, of u and g at
-// j·Hp. Restrict-qualified arrays and `ivdep`, so that the compiler vectorises them (with glibc's vector exp /
+// j·Hp (forward) or j·H (backward). Restrict-qualified arrays and `ivdep`, so that the compiler vectorises them (with glibc's vector exp /
 // tanh) without run-time overlap checks.
 template <typename T, bool HasPrev>
 void lstm_forward(const T* __restrict__ x, const T* __restrict__ u, const T* __restrict__ c_prev, T* __restrict__ a,
@@ -209,7 +210,7 @@ void rnn_forward(const T* __restrict__ x, const T* __restrict__ u, T* __restrict
 template <typename T, bool HasPrev>
 void lstm_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* __restrict__ c,
                    const T* __restrict__ c_prev, T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ gx,
-                   T* __restrict__ g, int64_t H, int64_t hp, int64_t k0, int64_t k1) {
+                   T* __restrict__ g, int64_t H, int64_t k0, int64_t k1) {
 #pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
   for (int64_t k = k0; k < k1; ++k) {
     const T dht = dh[k] + gy[k];
@@ -219,9 +220,9 @@ void lstm_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* _
     const T vi = dct * gg * i * (T(1) - i), vf = HasPrev ? dct * c_prev[k] * f * (T(1) - f) : T(0);
     const T vg = dct * i * (T(1) - gg * gg), vo = dht * tc * o * (T(1) - o);
     gx[k] = g[k] = vi;
-    gx[H + k] = g[hp + k] = vf;
-    gx[2 * H + k] = g[2 * hp + k] = vg;
-    gx[3 * H + k] = g[3 * hp + k] = vo;
+    gx[H + k] = g[H + k] = vf;
+    gx[2 * H + k] = g[2 * H + k] = vg;
+    gx[3 * H + k] = g[3 * H + k] = vo;
     dc[k] = dct * f;
     dh[k] = T(0);
   }
@@ -230,7 +231,7 @@ void lstm_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* _
 template <typename T>
 void gru_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* __restrict__ un_saved,
                   const T* __restrict__ h_prev, T* __restrict__ dh, T* __restrict__ gx, T* __restrict__ g, int64_t H,
-                  int64_t hp, int64_t k0, int64_t k1) {
+                  int64_t k0, int64_t k1) {
 #pragma GCC ivdep  // the gate slices (j·H + k, j·Hp + k) of different iterations never overlap
   for (int64_t k = k0; k < k1; ++k) {
     const T dht = dh[k] + gy[k];
@@ -239,9 +240,9 @@ void gru_backward(const T* __restrict__ gy, const T* __restrict__ a, const T* __
     const T dz = dht * (h_prev[k] - n) * z * (T(1) - z);
     const T dr = dn * un * r * (T(1) - r);
     gx[k] = g[k] = dr;
-    gx[H + k] = g[hp + k] = dz;
+    gx[H + k] = g[H + k] = dz;
     gx[2 * H + k] = dn;
-    g[2 * hp + k] = dn * r;
+    g[2 * H + k] = dn * r;
     dh[k] = dht * z;  // the direct path h' = ... + z h
   }
 }
@@ -257,21 +258,58 @@ void rnn_backward(const T* __restrict__ gy, const T* __restrict__ a, T* __restri
   }
 }
 
-// gx (N, dirs·G); panels (dirs, chunks, gates, H, P): U^T's columns of every gate, chunk by chunk; y (N, dirs, H).
+// Pack this thread's panels of U^T for direction d: panel (c, g)[k][j] = U[g·H + c·P + j][k], zero where
+// c·P + j ≥ H.
+template <typename T>
+void pack_rows(const T* weight, T* packed, int64_t d, int64_t chunks, int64_t blocks, int64_t hidden, const Share& own) {
+  constexpr int64_t P = kPanel<T>;
+  for (int64_t c = own.c0; c < own.c1; ++c)
+    for (int64_t g = 0; g < blocks; ++g) {
+      T* panel = packed + ((d * chunks + c) * blocks + g) * hidden * P;
+      for (int64_t j = 0; j < P; ++j) {
+        const int64_t unit = c * P + j;
+        if (unit >= hidden) {
+          for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = T(0);
+          continue;
+        }
+        const T* row = weight + (d * blocks * hidden + g * hidden + unit) * hidden;
+        for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = row[k];
+      }
+    }
+}
+
+// Pack this thread's panels of U for direction d: panel c[k][j] = U[k][c·P + j] (k < G), zero where c·P + j ≥ H.
+template <typename T>
+void pack_columns(const T* weight, T* packed, int64_t d, int64_t chunks, int64_t gates, int64_t hidden,
+                  const Share& own) {
+  constexpr int64_t P = kPanel<T>;
+  for (int64_t c = own.c0; c < own.c1; ++c) {
+    T* panel = packed + (d * chunks + c) * gates * P;
+    const int64_t width = std::min(P, hidden - c * P);
+    for (int64_t k = 0; k < gates; ++k) {
+      const T* row = weight + (d * gates + k) * hidden + c * P;
+      std::copy(row, row + width, panel + k * P);
+      std::fill(panel + k * P + width, panel + (k + 1) * P, T(0));
+    }
+  }
+}
+
+// gx (N, dirs·G); weight U (dirs, G, H); packed (dirs, chunks, gates, H, P): scratch for U^T's panels; y (N, dirs, H).
 // states (dirs, S + 1, B, H) (states[d][s] = h_{s−1} of row r), acts (dirs, S, B, G): LSTM σ(i), σ(f), tanh(g),
 // σ(o); GRU σ(r), σ(z), tanh(n); RNN h. cells (dirs, S, B, H): the LSTM cell, the GRU's U_n h_{s−1} (unused by
 // the simple RNN). pre (dirs, B, gates · Hp): scratch for U h.
 template <typename T>
-void forward_impl(int64_t kind, const Tensor& gx, const Tensor& panels, const Plan& plan, const Tensor& y,
-                  const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& pre) {
+void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight, const Tensor& packed, const Plan& plan,
+                  const Tensor& y, const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& pre) {
   constexpr int64_t P = kPanel<T>;
-  const int64_t dirs = panels.size(0), chunks = panels.size(1), blocks = panels.size(2), hidden = panels.size(3);
+  const int64_t dirs = packed.size(0), chunks = packed.size(1), blocks = packed.size(2), hidden = packed.size(3);
   const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3);
   const int64_t hp = chunks * P, width = blocks * hp;
   const T* gxp = ptr<T>(gx);
-  const T* wp = ptr<T>(panels);
+  T* wp = ptr<T>(packed);
   T *yp = ptr<T>(y), *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
-  schedule(dirs, chunks, hidden, P, panels.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+  schedule(dirs, chunks, hidden, P, packed.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+      pack_rows(ptr<T>(weight), wp, d, chunks, blocks, hidden, own);  // read only by this thread
       T* pp = ptr<T>(pre) + d * batch * width;
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t n = plan.active[s];
@@ -280,7 +318,7 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& panels, const Pl
         T* h_next = sp + (d * (steps + 1) + s + 1) * batch * hidden;
         for (int64_t c = own.c0; c < own.c1; ++c)
           for (int64_t g = 0; g < blocks; ++g)
-            panel_product<T, false>(h_prev, hidden, n, wp + ((d * chunks + c) * blocks + g) * hidden * P, hidden,
+            panel_product<T, false>(h_prev, hidden, n, wp + ((d * chunks + c) * blocks + g) * hidden * P, P, hidden,
                                     pp + g * hp + c * P, width);
         T* ap = ap0 + (d * steps + s) * batch * gates;
         T* cp = kind != kTanh && kind != kRelu ? cp0 + (d * steps + s) * batch * hidden : nullptr;
@@ -314,23 +352,23 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& panels, const Pl
   });
 }
 
-// grad_y (N, dirs, H) -> grad_gx (N, dirs·G) (every valid frame is written) and grad_pre (dirs, S, B, gates ·
-// Hp), ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped and padded columns stay 0),
-// from which the caller takes ∂L/∂U in one product. panels (dirs, chunks, gates · Hp, P): U's columns chunk
-// by chunk, its rows padded as grad_pre's. dh, dc (dirs, B, Hp): zeros.
+// grad_y (N, dirs, H) -> grad_gx (N, dirs·G) (every valid frame is written) and grad_pre (dirs, S, B, G),
+// ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped stay 0), from which the caller takes
+// ∂L/∂U in one product. weight: U (dirs, G, H); packed (dirs, chunks, G, P): scratch for U's panels.
+// dh, dc (dirs, B, Hp): zeros.
 template <typename T>
-void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, const Plan& plan, const Tensor& states,
-                   const Tensor& acts, const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre,
-                   const Tensor& dh, const Tensor& dc) {
+void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Tensor& packed, const Plan& plan,
+                   const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& grad_gx,
+                   const Tensor& grad_pre, const Tensor& dh, const Tensor& dc) {
   constexpr int64_t P = kPanel<T>;
-  const int64_t dirs = panels.size(0), chunks = panels.size(1), width = panels.size(2);
+  const int64_t dirs = packed.size(0), chunks = packed.size(1), hp = chunks * P;
   const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3), hidden = states.size(3);
-  const int64_t hp = chunks * P;
   const T* gyp = ptr<T>(grad_y);
-  const T* wp = ptr<T>(panels);
+  T* wp = ptr<T>(packed);
   const T *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
   T *ggp = ptr<T>(grad_gx), *gp0 = ptr<T>(grad_pre), *dh0 = ptr<T>(dh), *dc0 = ptr<T>(dc);
-  schedule(dirs, chunks, hidden, P, panels.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+  schedule(dirs, chunks, hidden, P, packed.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
+      pack_columns(ptr<T>(weight), wp, d, chunks, gates, hidden, own);  // read only by this thread
       T* dhp = dh0 + d * batch * hp;
       T* dcp = dc0 + d * batch * hp;
       for (int64_t s = steps - 1; s >= 0; --s) {
@@ -339,7 +377,7 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, con
         const T* h_prev = sp + (d * (steps + 1) + s) * batch * hidden;
         const T* ap = ap0 + (d * steps + s) * batch * gates;
         const T* cp = kind != kTanh && kind != kRelu ? cp0 + (d * steps + s) * batch * hidden : nullptr;
-        T* gp = gp0 + (d * steps + s) * batch * width;
+        T* gp = gp0 + (d * steps + s) * batch * gates;
         for (int64_t r = 0; r < n; ++r) {
           const int64_t f = plan.frame(r, s, d);
           const T* gy = gyp + (f * dirs + d) * hidden;
@@ -347,16 +385,16 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, con
           const T* hq = h_prev + r * hidden;
           T* dhr = dhp + r * hp;
           T* gx = ggp + f * dirs * gates + d * gates;
-          T* g = gp + r * width;
+          T* g = gp + r * gates;
           const int64_t k0 = own.k0, k1 = own.k1;
           if (kind == kLstm) {
             const T* c = cp + r * hidden;
             if (s == 0)
-              lstm_backward<T, false>(gy, a, c, nullptr, dhr, dcp + r * hp, gx, g, hidden, hp, k0, k1);
+              lstm_backward<T, false>(gy, a, c, nullptr, dhr, dcp + r * hp, gx, g, hidden, k0, k1);
             else
-              lstm_backward<T, true>(gy, a, c, c - batch * hidden, dhr, dcp + r * hp, gx, g, hidden, hp, k0, k1);
+              lstm_backward<T, true>(gy, a, c, c - batch * hidden, dhr, dcp + r * hp, gx, g, hidden, k0, k1);
           } else if (kind == kGru) {
-            gru_backward(gy, a, cp + r * hidden, hq, dhr, gx, g, hidden, hp, k0, k1);
+            gru_backward(gy, a, cp + r * hidden, hq, dhr, gx, g, hidden, k0, k1);
           } else if (kind == kTanh) {
             rnn_backward<T, false>(gy, a, dhr, gx, g, k0, k1);
           } else {
@@ -368,7 +406,7 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& panels, con
         }
         // ∂L/∂h_{s−1} += ∂L/∂(U h_{s−1}) U, this thread's columns
         for (int64_t c = own.c0; c < own.c1; ++c)
-          panel_product<T, true>(gp, width, n, wp + (d * chunks + c) * width * P, width, dhp + c * P, hp);
+          panel_product<T, true>(gp, gates, n, wp + (d * chunks + c) * gates * P, P, gates, dhp + c * P, hp);
       }
   });
 }
@@ -387,30 +425,35 @@ Plan make_plan(const Tensor& order, const Tensor& lengths, const Tensor& starts,
   return Plan{ptr<int64_t>(order), ptr<int64_t>(lengths), ptr<int64_t>(starts), ptr<int64_t>(active)};
 }
 
-void check(const Tensor& panels, const std::vector<Tensor>& buffers) {
-  const int64_t panel = panels.scalar_type() == at::kDouble ? kPanel<double> : kPanel<float>;
-  TORCH_CHECK(panels.is_contiguous() && panels.size(-1) == panel, "DS2 recurrence: panels of ", panel, " columns expected");
+int64_t panel_columns(const Tensor& t) { return t.scalar_type() == at::kDouble ? kPanel<double> : kPanel<float>; }
+
+void check(const std::vector<Tensor>& buffers) {
+  const Tensor& first = buffers.front();
   for (const Tensor& t : buffers)
-    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == panels.scalar_type() && t.device().is_cpu(),
-                "DS2 recurrence: buffers must be contiguous CPU tensors of the panels' dtype");
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == first.scalar_type() && t.device().is_cpu(),
+                "DS2 recurrence: tensors must be contiguous, on the CPU and of one dtype");
 }
 
-void forward(int64_t kind, const Tensor& gx, const Tensor& panels, const Tensor& order, const Tensor& lengths,
-             const Tensor& starts, const Tensor& active, const Tensor& y, const Tensor& states, const Tensor& acts,
-             const Tensor& cells, const Tensor& pre) {
+void forward(int64_t kind, const Tensor& gx, const Tensor& weight, const Tensor& packed, const Tensor& order,
+             const Tensor& lengths, const Tensor& starts, const Tensor& active, const Tensor& y, const Tensor& states,
+             const Tensor& acts, const Tensor& cells, const Tensor& pre) {
   const Plan plan = make_plan(order, lengths, starts, active);
-  check(panels, {gx, y, states, acts, cells, pre});
-  dispatch(panels, [&](auto t) { forward_impl<decltype(t)>(kind, gx, panels, plan, y, states, acts, cells, pre); });
+  TORCH_CHECK(packed.size(4) == panel_columns(weight), "DS2 recurrence: panels of ", panel_columns(weight), " columns expected");
+  check({gx, weight, packed, y, states, acts, cells, pre});
+  dispatch(weight, [&](auto t) {
+    forward_impl<decltype(t)>(kind, gx, weight, packed, plan, y, states, acts, cells, pre);
+  });
 }
 
-void backward(int64_t kind, const Tensor& grad_y, const Tensor& panels, const Tensor& order, const Tensor& lengths,
-              const Tensor& starts, const Tensor& active, const Tensor& states, const Tensor& acts,
-              const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre, const Tensor& dh,
-              const Tensor& dc) {
+void backward(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Tensor& packed, const Tensor& order,
+              const Tensor& lengths, const Tensor& starts, const Tensor& active, const Tensor& states,
+              const Tensor& acts, const Tensor& cells, const Tensor& grad_gx, const Tensor& grad_pre,
+              const Tensor& dh, const Tensor& dc) {
   const Plan plan = make_plan(order, lengths, starts, active);
-  check(panels, {grad_y, states, acts, cells, grad_gx, grad_pre, dh, dc});
-  dispatch(panels, [&](auto t) {
-    backward_impl<decltype(t)>(kind, grad_y, panels, plan, states, acts, cells, grad_gx, grad_pre, dh, dc);
+  TORCH_CHECK(packed.size(3) == panel_columns(weight), "DS2 recurrence: panels of ", panel_columns(weight), " columns expected");
+  check({grad_y, weight, packed, states, acts, cells, grad_gx, grad_pre, dh, dc});
+  dispatch(weight, [&](auto t) {
+    backward_impl<decltype(t)>(kind, grad_y, weight, packed, plan, states, acts, cells, grad_gx, grad_pre, dh, dc);
   });
 }
 
