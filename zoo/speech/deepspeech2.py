@@ -28,8 +28,7 @@ of the equation, with its fused backward; running averages as ``nn.BatchNorm1d``
 to a C++ loop (``csrc/ds2_recurrence.cpp``, :class:`PackedRecurrence`) that per step only adds
 ``U h_{t-1}`` (one product over the utterances still running) and applies the gates; its backward is
 hand-written back-propagation through time with ``dL/dU`` as one product over all steps. Under bf16
-autocast the products ``W x`` run in bfloat16 and the loop reads ``U`` in bfloat16; statistics, states and
-gates stay float32.
+autocast the products ``W x`` run in bfloat16; statistics and the recurrence in float32.
 
 **With PyTorch's fused kernels** (GPUs; ``kernel="fused"``; where the extension cannot be built): a
 fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
@@ -412,21 +411,18 @@ PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this m
 
 class PackedRecurrence(torch.autograd.Function):
     """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
-    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, panel_dtype) ->
-    y (N, dirs, H)``, the backward direction running each utterance from its last frame. Per step one
-    ``U h_{t-1}`` product over the utterances still running and one fused element-wise pass
-    (``csrc/ds2_recurrence.cpp``: the threads split the hidden units, each multiplying by its own share of
-    ``U``, packed in panels of ``P`` = 128 bytes of columns, in ``panel_dtype``: the state's, or bfloat16 under
-    autocast); the backward is hand-written back-propagation through time with ``dL/dU`` as one product over
-    all steps. States, gates and gradients in float32 or float64."""
+    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type) -> y (N, dirs, H)``,
+    the backward direction running each utterance from its last frame. Per step one ``U h_{t-1}`` product
+    over the utterances still running and one fused element-wise pass (``csrc/ds2_recurrence.cpp``: the
+    threads split the hidden units, each multiplying by its own share of ``U``, packed in panels of
+    ``P`` = 128 bytes of columns); the backward is hand-written back-propagation through time with ``dL/dU``
+    as one product over all steps. float32 or float64."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str, panel_dtype: torch.dtype
-    ) -> Tensor:
+    def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str) -> Tensor:  # type: ignore[override]
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
-        panel = PANEL_BYTES // weight_hh.element_size()  # columns: the state's dtype sets the chunks
+        panel = PANEL_BYTES // weight_hh.element_size()
         padded = -(-hidden // panel) * panel  # Hp
         new = gx.new_empty
         weight = weight_hh.contiguous()
@@ -435,12 +431,12 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         blocks = gates // hidden
-        packed = new(dirs, padded // panel, blocks, hidden, panel, dtype=panel_dtype)  # U^T, filled by the C++ loop
+        packed = new(dirs, padded // panel, blocks, hidden, panel)  # U^T in panels, filled by the C++ loop
         pre = new(dirs, batch, blocks * padded)
         load_recurrence().forward(
             _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre
         )
-        ctx.plan, ctx.rnn_type, ctx.panel_dtype = plan, rnn_type, panel_dtype
+        ctx.plan, ctx.rnn_type = plan, rnn_type
         ctx.save_for_backward(weight, states, acts, cells)
         return y
 
@@ -457,7 +453,7 @@ class PackedRecurrence(torch.autograd.Function):
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
             weight,
-            acts.new_empty(dirs, padded // panel, gates, panel, dtype=ctx.panel_dtype),  # U, filled by the C++ loop
+            acts.new_empty(dirs, padded // panel, gates, panel),  # U in panels, filled by the C++ loop
             *ctx.plan,
             states,
             acts,
@@ -471,7 +467,7 @@ class PackedRecurrence(torch.autograd.Function):
             grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
             states[:, :-1].reshape(dirs, steps * batch, hidden),
         )
-        return grad_gx, grad_weight, None, None, None
+        return grad_gx, grad_weight, None, None
 
 
 class RecurrentLayer(nn.Module):
@@ -559,10 +555,8 @@ class RecurrentLayer(nn.Module):
             gx = gx.to(statistics_dtype(x.dtype))
         else:
             gx = self.norm.normalize(F.linear(x, self.weight_ih))
-        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        panel_dtype = torch.bfloat16 if autocast_bf16 and gx.dtype == torch.float32 else gx.dtype
-        with torch.autocast("cpu", enabled=False):  # states and gates in the statistics' dtype
-            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type, panel_dtype)
+        with torch.autocast("cpu", enabled=False):  # the recurrence in the statistics' dtype
+            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type)
 
     def forward(
         self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None

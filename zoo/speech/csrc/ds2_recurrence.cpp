@@ -18,8 +18,7 @@
 // from. A register-blocked kernel (up to 6 rows × P columns of accumulators, P = 128 bytes: 32 floats, 16
 // doubles) multiplies by panels of P columns, each (K, P) contiguous and zero-padded past H: forward (h U^T)
 // U's rows transposed, backward (g U) U's columns; each thread packs its own panels at the start of a layer
-// (`packed`, a scratch buffer). Under bf16 autocast the panels hold U in bfloat16 (half the bytes to read per
-// step), widened to float in the kernel; states, products and gates stay float. The hidden units are split in chunks of P between the
+// (`packed`, a scratch buffer). The hidden units are split in chunks of P between the
 // threads, and each thread owns its chunks' columns of every gate: it computes those products, applies the
 // gates to its units, and reads only its share of U, which stays in that core's caches from one step to the
 // next. The directions run one after the other on all threads; a step costs one barrier. The per-step
@@ -74,34 +73,17 @@ constexpr int64_t kLanes = 64 / sizeof(T);
 template <typename T>
 constexpr int64_t kPanel = 2 * kLanes<T>;  // P: columns per panel
 
-// One vector of T's lanes from panel elements W: T itself, or bfloat16 widened to float (its 16 bits are the
-// float's upper half).
-template <typename T>
-inline typename Vec<T>::type lanes(const T* p) {
-  typename Vec<T>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline Vec<float>::type lanes(const c10::BFloat16* p) {
-  typedef uint16_t Half __attribute__((vector_size(32)));
-  typedef uint32_t Word __attribute__((vector_size(64)));
-  Half half;
-  std::memcpy(&half, p, sizeof(half));
-  const Word word = __builtin_convertvector(half, Word) << 16;
-  Vec<float>::type v;
-  std::memcpy(&v, &word, sizeof(v));
-  return v;
-}
-
 // c (MR rows of P columns, stride ldc) = or += a (MR rows, stride lda) · panel (depth rows of P, stride ldw)
-template <typename T, typename W, int MR, bool Accumulate>
-inline void panel_block(const T* a, int64_t lda, const W* panel, int64_t ldw, int64_t depth, T* c, int64_t ldc) {
+template <typename T, int MR, bool Accumulate>
+inline void panel_block(const T* a, int64_t lda, const T* panel, int64_t ldw, int64_t depth, T* c, int64_t ldc) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = kLanes<T>;
   V acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
   for (int64_t k = 0; k < depth; ++k) {
-    const V w0 = lanes(panel + k * ldw), w1 = lanes(panel + k * ldw + L);
+    V w0, w1;
+    std::memcpy(&w0, panel + k * ldw, sizeof(V));
+    std::memcpy(&w1, panel + k * ldw + L, sizeof(V));
     for (int i = 0; i < MR; ++i) {
       const T s = a[i * lda + k];
       acc[i][0] += s * w0;
@@ -121,19 +103,19 @@ inline void panel_block(const T* a, int64_t lda, const W* panel, int64_t ldw, in
   }
 }
 
-template <typename T, bool Accumulate, typename W>
-void panel_product(const T* a, int64_t lda, int64_t rows, const W* panel, int64_t ldw, int64_t depth, T* c,
+template <typename T, bool Accumulate>
+void panel_product(const T* a, int64_t lda, int64_t rows, const T* panel, int64_t ldw, int64_t depth, T* c,
                    int64_t ldc) {
   int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) panel_block<T, W, 6, Accumulate>(a + r * lda, lda, panel, ldw, depth, c + r * ldc, ldc);
+  for (; r + 6 <= rows; r += 6) panel_block<T, 6, Accumulate>(a + r * lda, lda, panel, ldw, depth, c + r * ldc, ldc);
   const T* ar = a + r * lda;
   T* cr = c + r * ldc;
   switch (rows - r) {
-    case 1: return panel_block<T, W, 1, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
-    case 2: return panel_block<T, W, 2, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
-    case 3: return panel_block<T, W, 3, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
-    case 4: return panel_block<T, W, 4, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
-    case 5: return panel_block<T, W, 5, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 1: return panel_block<T, 1, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 2: return panel_block<T, 2, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 3: return panel_block<T, 3, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 4: return panel_block<T, 4, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
+    case 5: return panel_block<T, 5, Accumulate>(ar, lda, panel, ldw, depth, cr, ldc);
     default: return;
   }
 }
@@ -278,36 +260,36 @@ void rnn_backward(const T* __restrict__ gy, const T* __restrict__ a, T* __restri
 
 // Pack this thread's panels of U^T for direction d: panel (c, g)[k][j] = U[g·H + c·P + j][k], zero where
 // c·P + j ≥ H.
-template <typename T, typename W>
-void pack_rows(const T* weight, W* packed, int64_t d, int64_t chunks, int64_t blocks, int64_t hidden, const Share& own) {
+template <typename T>
+void pack_rows(const T* weight, T* packed, int64_t d, int64_t chunks, int64_t blocks, int64_t hidden, const Share& own) {
   constexpr int64_t P = kPanel<T>;
   for (int64_t c = own.c0; c < own.c1; ++c)
     for (int64_t g = 0; g < blocks; ++g) {
-      W* panel = packed + ((d * chunks + c) * blocks + g) * hidden * P;
+      T* panel = packed + ((d * chunks + c) * blocks + g) * hidden * P;
       for (int64_t j = 0; j < P; ++j) {
         const int64_t unit = c * P + j;
         if (unit >= hidden) {
-          for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = W(0);
+          for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = T(0);
           continue;
         }
         const T* row = weight + (d * blocks * hidden + g * hidden + unit) * hidden;
-        for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = static_cast<W>(row[k]);
+        for (int64_t k = 0; k < hidden; ++k) panel[k * P + j] = row[k];
       }
     }
 }
 
 // Pack this thread's panels of U for direction d: panel c[k][j] = U[k][c·P + j] (k < G), zero where c·P + j ≥ H.
-template <typename T, typename W>
-void pack_columns(const T* weight, W* packed, int64_t d, int64_t chunks, int64_t gates, int64_t hidden,
+template <typename T>
+void pack_columns(const T* weight, T* packed, int64_t d, int64_t chunks, int64_t gates, int64_t hidden,
                   const Share& own) {
   constexpr int64_t P = kPanel<T>;
   for (int64_t c = own.c0; c < own.c1; ++c) {
-    W* panel = packed + (d * chunks + c) * gates * P;
+    T* panel = packed + (d * chunks + c) * gates * P;
     const int64_t width = std::min(P, hidden - c * P);
     for (int64_t k = 0; k < gates; ++k) {
       const T* row = weight + (d * gates + k) * hidden + c * P;
-      std::transform(row, row + width, panel + k * P, [](T v) { return static_cast<W>(v); });
-      std::fill(panel + k * P + width, panel + (k + 1) * P, W(0));
+      std::copy(row, row + width, panel + k * P);
+      std::fill(panel + k * P + width, panel + (k + 1) * P, T(0));
     }
   }
 }
@@ -316,7 +298,7 @@ void pack_columns(const T* weight, W* packed, int64_t d, int64_t chunks, int64_t
 // states (dirs, S + 1, B, H) (states[d][s] = h_{s−1} of row r), acts (dirs, S, B, G): LSTM σ(i), σ(f), tanh(g),
 // σ(o); GRU σ(r), σ(z), tanh(n); RNN h. cells (dirs, S, B, H): the LSTM cell, the GRU's U_n h_{s−1} (unused by
 // the simple RNN). pre (dirs, B, gates · Hp): scratch for U h.
-template <typename T, typename W>
+template <typename T>
 void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight, const Tensor& packed, const Plan& plan,
                   const Tensor& y, const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& pre) {
   constexpr int64_t P = kPanel<T>;
@@ -324,7 +306,7 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight, const Te
   const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3);
   const int64_t hp = chunks * P, width = blocks * hp;
   const T* gxp = ptr<T>(gx);
-  W* wp = ptr<W>(packed);
+  T* wp = ptr<T>(packed);
   T *yp = ptr<T>(y), *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
   schedule(dirs, chunks, hidden, P, packed.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
       pack_rows(ptr<T>(weight), wp, d, chunks, blocks, hidden, own);  // read only by this thread
@@ -374,7 +356,7 @@ void forward_impl(int64_t kind, const Tensor& gx, const Tensor& weight, const Te
 // ∂L/∂(U h_{s−1}) of every step (zero-initialised: rows that have stopped stay 0), from which the caller takes
 // ∂L/∂U in one product. weight: U (dirs, G, H); packed (dirs, chunks, G, P): scratch for U's panels.
 // dh, dc (dirs, B, Hp): zeros.
-template <typename T, typename W>
+template <typename T>
 void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Tensor& packed, const Plan& plan,
                    const Tensor& states, const Tensor& acts, const Tensor& cells, const Tensor& grad_gx,
                    const Tensor& grad_pre, const Tensor& dh, const Tensor& dc) {
@@ -382,7 +364,7 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, con
   const int64_t dirs = packed.size(0), chunks = packed.size(1), hp = chunks * P;
   const int64_t steps = acts.size(1), batch = acts.size(2), gates = acts.size(3), hidden = states.size(3);
   const T* gyp = ptr<T>(grad_y);
-  W* wp = ptr<W>(packed);
+  T* wp = ptr<T>(packed);
   const T *sp = ptr<T>(states), *ap0 = ptr<T>(acts), *cp0 = ptr<T>(cells);
   T *ggp = ptr<T>(grad_gx), *gp0 = ptr<T>(grad_pre), *dh0 = ptr<T>(dh), *dc0 = ptr<T>(dc);
   schedule(dirs, chunks, hidden, P, packed.nbytes() / dirs, [&](int64_t d, const Share& own, bool sync) {
@@ -430,12 +412,10 @@ void backward_impl(int64_t kind, const Tensor& grad_y, const Tensor& weight, con
 }
 
 template <typename F>
-void dispatch(const Tensor& t, const Tensor& packed, F&& run) {
-  const auto w = packed.scalar_type();
-  if (t.scalar_type() == at::kFloat && w == at::kFloat) return run(float(), float());
-  if (t.scalar_type() == at::kFloat && w == at::kBFloat16) return run(float(), c10::BFloat16());
-  if (t.scalar_type() == at::kDouble && w == at::kDouble) return run(double(), double());
-  TORCH_CHECK(false, "DS2 recurrence: ", t.scalar_type(), " with panels of ", w, " is not supported");
+void dispatch(const Tensor& t, F&& run) {
+  if (t.scalar_type() == at::kFloat) return run(float());
+  if (t.scalar_type() == at::kDouble) return run(double());
+  TORCH_CHECK(false, "DS2 recurrence: ", t.scalar_type(), " is not supported (float or double)");
 }
 
 Plan make_plan(const Tensor& order, const Tensor& lengths, const Tensor& starts, const Tensor& active) {
@@ -459,10 +439,9 @@ void forward(int64_t kind, const Tensor& gx, const Tensor& weight, const Tensor&
              const Tensor& acts, const Tensor& cells, const Tensor& pre) {
   const Plan plan = make_plan(order, lengths, starts, active);
   TORCH_CHECK(packed.size(4) == panel_columns(weight), "DS2 recurrence: panels of ", panel_columns(weight), " columns expected");
-  check({gx, weight, y, states, acts, cells, pre});
-  TORCH_CHECK(packed.is_contiguous(), "DS2 recurrence: contiguous panels expected");
-  dispatch(weight, packed, [&](auto t, auto w) {
-    forward_impl<decltype(t), decltype(w)>(kind, gx, weight, packed, plan, y, states, acts, cells, pre);
+  check({gx, weight, packed, y, states, acts, cells, pre});
+  dispatch(weight, [&](auto t) {
+    forward_impl<decltype(t)>(kind, gx, weight, packed, plan, y, states, acts, cells, pre);
   });
 }
 
@@ -472,11 +451,9 @@ void backward(int64_t kind, const Tensor& grad_y, const Tensor& weight, const Te
               const Tensor& dh, const Tensor& dc) {
   const Plan plan = make_plan(order, lengths, starts, active);
   TORCH_CHECK(packed.size(3) == panel_columns(weight), "DS2 recurrence: panels of ", panel_columns(weight), " columns expected");
-  check({grad_y, weight, states, acts, cells, grad_gx, grad_pre, dh, dc});
-  TORCH_CHECK(packed.is_contiguous(), "DS2 recurrence: contiguous panels expected");
-  dispatch(weight, packed, [&](auto t, auto w) {
-    backward_impl<decltype(t), decltype(w)>(kind, grad_y, weight, packed, plan, states, acts, cells, grad_gx,
-                                            grad_pre, dh, dc);
+  check({grad_y, weight, packed, states, acts, cells, grad_gx, grad_pre, dh, dc});
+  dispatch(weight, [&](auto t) {
+    backward_impl<decltype(t)>(kind, grad_y, weight, packed, plan, states, acts, cells, grad_gx, grad_pre, dh, dc);
   });
 }
 
