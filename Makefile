@@ -70,6 +70,7 @@ bench-compare: install bench-peers
 	$(PEERS_VENV)/bin/python bench/jasper_vs_nemo.py --models jasper-demo quartznet-small
 	$(PEERS_VENV)/bin/python bench/jasper_vs_nemo.py --models quartznet-15x5 --modes fp32 bf16 --repeats 3 --name jasper_vs_nemo_15x5
 	$(PY) bench/ds2_vs_deepspeech_pytorch.py
+	$(PY) bench/ds2_recurrence.py
 	$(PEERS_VENV)/bin/python bench/transcribe_vs_nemo.py --no-bf16
 	$(PY) bench/recsys_vs_deeprecommender.py
 	$(PY) bench/make_docs.py

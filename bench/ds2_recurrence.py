@@ -30,7 +30,7 @@ def zoo_step(batch: int, steps: int, hidden: int) -> Callable[[], None]:
     weight = (torch.randn(2, 4 * hidden, hidden) / hidden**0.5).requires_grad_()
 
     def step() -> None:
-        y = PackedRecurrence.apply(gx, weight, plan, "lstm")
+        y = PackedRecurrence.apply(gx, weight, plan, "lstm", torch.float32)
         y.backward(torch.ones_like(y))
 
     return step

@@ -465,10 +465,10 @@ def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
     features = torch.randn(2, 24, 30) * frame_mask(lengths, 30)[:, None, :]
     expected, out_lengths = model(features, lengths)
     calls, original = [], ds2.PackedRecurrence.apply
-    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
+    monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append((a[0].dtype, a[4])) or original(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, _ = model(features, lengths)
-    assert calls == [torch.float32] * 2
+    assert calls == [(torch.float32, torch.bfloat16)] * 2  # recurrence in fp32, its dL/dU product in bf16
     valid = frame_mask(out_lengths, got.shape[1])
     assert (got.float() - expected)[valid].abs().max() < 0.1 * expected[valid].abs().max()
     got.float().sum().backward()

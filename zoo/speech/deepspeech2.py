@@ -28,7 +28,7 @@ of the equation, with its fused backward; running averages as ``nn.BatchNorm1d``
 to a C++ loop (``csrc/ds2_recurrence.cpp``, :class:`PackedRecurrence`) that per step only adds
 ``U h_{t-1}`` (one product over the utterances still running) and applies the gates; its backward is
 hand-written back-propagation through time with ``dL/dU`` as one product over all steps. Under bf16
-autocast the products ``W x`` run in bfloat16; statistics and the recurrence in float32.
+autocast the products ``W x`` and ``dL/dU`` run in bfloat16; statistics and the recurrence in float32.
 
 **With PyTorch's fused kernels** (GPUs; ``kernel="fused"``; where the extension cannot be built): a
 fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
@@ -411,15 +411,18 @@ PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this m
 
 class PackedRecurrence(torch.autograd.Function):
     """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
-    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type) -> y (N, dirs, H)``,
-    the backward direction running each utterance from its last frame. Per step one ``U h_{t-1}`` product
-    over the utterances still running and one fused element-wise pass (``csrc/ds2_recurrence.cpp``: the
-    threads split the hidden units, each multiplying by its own share of ``U``, packed in panels of
-    ``P`` = 128 bytes of columns); the backward is hand-written back-propagation through time with ``dL/dU``
-    as one product over all steps. float32 or float64."""
+    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, grad_dtype) ->
+    y (N, dirs, H)``, the backward direction running each utterance from its last frame. Per step one
+    ``U h_{t-1}`` product over the utterances still running and one fused element-wise pass
+    (``csrc/ds2_recurrence.cpp``: the threads split the hidden units, each multiplying by its own share of
+    ``U``, packed in panels of ``P`` = 128 bytes of columns); the backward is hand-written back-propagation
+    through time with ``dL/dU`` as one product over all steps, in ``grad_dtype`` (bfloat16 under autocast, as
+    autocast runs the layer's other products). float32 or float64."""
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str, grad_dtype: torch.dtype
+    ) -> Tensor:
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
         panel = PANEL_BYTES // weight_hh.element_size()
@@ -436,7 +439,7 @@ class PackedRecurrence(torch.autograd.Function):
         load_recurrence().forward(
             _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre
         )
-        ctx.plan, ctx.rnn_type = plan, rnn_type
+        ctx.plan, ctx.rnn_type, ctx.grad_dtype = plan, rnn_type, grad_dtype
         ctx.save_for_backward(weight, states, acts, cells)
         return y
 
@@ -464,10 +467,10 @@ class PackedRecurrence(torch.autograd.Function):
             acts.new_zeros(dirs, batch, padded),
         )
         grad_weight = torch.bmm(
-            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2),
-            states[:, :-1].reshape(dirs, steps * batch, hidden),
+            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2).to(ctx.grad_dtype),
+            states[:, :-1].reshape(dirs, steps * batch, hidden).to(ctx.grad_dtype),
         )
-        return grad_gx, grad_weight, None, None
+        return grad_gx, grad_weight.to(weight.dtype), None, None, None
 
 
 class RecurrentLayer(nn.Module):
@@ -555,8 +558,10 @@ class RecurrentLayer(nn.Module):
             gx = gx.to(statistics_dtype(x.dtype))
         else:
             gx = self.norm.normalize(F.linear(x, self.weight_ih))
+        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        grad_dtype = torch.bfloat16 if autocast_bf16 and gx.dtype == torch.float32 else gx.dtype
         with torch.autocast("cpu", enabled=False):  # the recurrence in the statistics' dtype
-            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type)
+            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type, grad_dtype)
 
     def forward(
         self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None
