@@ -230,3 +230,24 @@ def test_corpus_english_text_holds_out_the_corpus_val_and_test_sentences(tmp_pat
     et.corpus_english_text(config, ["t a b"], fetch=False)
     assert called["args"] == (["t a b"], ["v a b"], ["x a b"])
     assert called["kwargs"] == {"cache_dir": None, "fetch": False}
+
+
+def test_the_english_demos_model_card_names_wordfreq_and_its_licence():
+    from types import SimpleNamespace
+
+    from zoo.cards import DATASETS
+    from zoo.commands import speech_demo
+    from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig
+
+    trainer = SimpleNamespace(
+        lightning_module=SimpleNamespace(hparams=SimpleNamespace(encoder="jasper-tiny")), global_step=1, current_epoch=0
+    )
+    english = speech_demo.card_info(
+        "english", SyntheticCorpusConfig(text="english"), speech_demo.recipe_path("english"), trainer, {}, 1.0
+    )
+    assert {"fortunes", "wordfreq"} <= set(english.datasets)
+    assert "CC-BY-SA-4.0" in DATASETS["wordfreq"]["licence"]
+    commands = speech_demo.card_info(
+        "commands", SyntheticCorpusConfig(), speech_demo.recipe_path("commands"), trainer, {}, 1.0
+    )
+    assert "wordfreq" not in commands.datasets

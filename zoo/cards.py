@@ -76,6 +76,11 @@ DATASETS: dict[str, dict[str, str]] = {
         "audio locally, no text is redistributed",
         "url": "https://packages.debian.org/stable/fortunes",
     },
+    "wordfreq": {
+        "name": "English word frequencies of PyPI wordfreq ('best' list): the lexicon and the LM's unigram prior",
+        "licence": "wordfreq's data: CC-BY-SA-4.0 (its code: Apache-2.0)",
+        "url": "https://pypi.org/project/wordfreq/",
+    },
     "ptb": {
         "name": "Penn Treebank (Mikolov's language-modelling splits)",
         "licence": "LDC user agreement (LDC99T42)",

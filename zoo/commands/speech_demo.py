@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import shlex
 import sys
@@ -301,6 +302,8 @@ def card_info(
         families = dict.fromkeys(voice_family(v) for v in variants) if variants else {"espeak-ng": None}
         datasets = [FAMILY_DATASETS[family] for family in families if family in FAMILY_DATASETS]
         datasets += ["fortunes" if text == "english" else "voice-commands"]
+        if text == "english" and importlib.util.find_spec("wordfreq") is not None:  # the lexicon's word list
+            datasets.append("wordfreq")
     if sys.argv[1:2] == ["demo"]:
         command = shlex.join(["zoo", *sys.argv[1:]])
     else:
