@@ -49,3 +49,25 @@ def test_peer_rating_file_round_trip(tmp_path: Path) -> None:
     bench.write_peer_file(matrix, tmp_path / "train")
     lines = (tmp_path / "train" / "ratings.txt").read_text().splitlines()
     assert lines == ["0\t1\t3.5", "0\t5\t4", "2\t0\t1", "3\t5\t5"]  # user <TAB> item <TAB> rating, user 1 has none
+
+
+def test_recsys_bench_leaves_out_loaded_epochs() -> None:
+    """The peer and the zoo run one after the other: epochs during which other processes used more than
+    0.1 core are left out of the medians, unless fewer than 3 epochs are clean (then all are kept)."""
+    bench = _load("recsys_vs_deeprecommender")
+    run = {"epoch_times": [0.35, 9.0, 0.36, 0.34, 0.9], "epoch_foreign_cores": [0.0, 1.8, 0.05, 0.1, 0.6]}
+    assert bench.clean_epochs(run) == [0, 2, 3]
+    run["epoch_foreign_cores"] = [0.0, 1.8, None, 0.5, 0.6]  # None: the load could not be read
+    assert bench.clean_epochs(run) == [0, 1, 2, 3, 4]
+
+
+def test_recsys_bench_epoch_clock_records_each_epoch() -> None:
+    """run.py's "Doing epoch" / "Total epoch" lines delimit the timed epochs, each with its foreign load."""
+    bench = _load("recsys_vs_deeprecommender")
+    clock = bench._EpochClock()
+    for epoch in range(2):
+        clock.write(f"Doing epoch {epoch} of 2\n")
+        sum(range(200_000))
+        clock.write(f"Total epoch {epoch} finished in 0.1 seconds\n")
+    assert len(clock.wall) == len(clock.cpu) == len(clock.foreign) == 2
+    assert all(w > 0 for w in clock.wall)
