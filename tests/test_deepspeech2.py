@@ -543,3 +543,26 @@ def test_inference_mode_runs_the_cpp_recurrence_with_the_fused_kernels_outputs(m
     assert len(calls) == len(model.rnns)
     assert torch.equal(out_lengths, expected_lengths)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_panel_scratch_is_kept_between_calls_and_replaced_on_a_new_shape():
+    """The packed-U buffers are reused from call to call (no fresh page faults per layer and step), replaced
+    when the shape or dtype changes, and work in and out of inference mode."""
+    from zoo.speech.deepspeech2 import panel_scratch
+
+    with torch.inference_mode():
+        first = panel_scratch("forward", (2, 3, 4), torch.float32)
+    assert not first.is_inference()
+    assert panel_scratch("forward", (2, 3, 4), torch.float32) is first
+    assert panel_scratch("backward", (2, 3, 4), torch.float32) is not first
+    assert panel_scratch("forward", (2, 3, 5), torch.float32).shape == (2, 3, 5)
+    assert panel_scratch("forward", (2, 3, 5), torch.float64).dtype == torch.float64
+    torch.manual_seed(3)
+    layers = [RecurrentLayer(5, hidden, "lstm", True, batch_norm=True) for hidden in (40, 70, 40)]
+    lengths = torch.tensor([5, 2])
+    x = torch.randn(2, 5, 5)
+    mask = frame_mask(lengths, 5)
+    for layer in layers:  # shapes alternate: every call repacks into the right buffer
+        y = layer.forward_packed(x[mask], PackedPlan.from_lengths(lengths))
+        expected, _ = layer(x, lengths, mask)
+        torch.testing.assert_close(y, expected[mask], atol=1e-5, rtol=1e-4)

@@ -407,6 +407,19 @@ class PackedPlan(NamedTuple):
 
 
 PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this many bytes of columns
+_PANELS: dict[str, Tensor] = {}
+
+
+def panel_scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """The buffer the C++ loop packs ``U`` into (``role``: ``"forward"`` or ``"backward"``), kept from one call
+    to the next: a fresh one per layer and step (16-32 MB at 5x1024) costs its page faults every time, ~10 ms
+    per layer. One per role, replaced when the shape changes; the loop holds the GIL while it runs, so two calls
+    never fill one at the same time."""
+    buffer = _PANELS.get(role)
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+        with torch.inference_mode(False):  # usable in and out of inference mode
+            buffer = _PANELS[role] = torch.empty(shape, dtype=dtype)
+    return buffer
 
 
 class PackedRecurrence(torch.autograd.Function):
@@ -434,7 +447,7 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         blocks = gates // hidden
-        packed = new(dirs, padded // panel, blocks, hidden, panel)  # U^T in panels, filled by the C++ loop
+        packed = panel_scratch("forward", (dirs, padded // panel, blocks, hidden, panel), gx.dtype)  # U^T, by the loop
         pre = new(dirs, batch, blocks * padded)
         load_recurrence().forward(
             _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre
@@ -456,7 +469,7 @@ class PackedRecurrence(torch.autograd.Function):
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
             weight,
-            acts.new_empty(dirs, padded // panel, gates, panel),  # U in panels, filled by the C++ loop
+            panel_scratch("backward", (dirs, padded // panel, gates, panel), acts.dtype),  # U, packed by the loop
             *ctx.plan,
             states,
             acts,
