@@ -25,8 +25,10 @@ the last epoch (peer: its ``do_eval`` on the test
 file with the training vectors as inputs, as the zoo evaluates; zoo: unclamped, and clamped to
 [1, 5] as ``zoo test`` reports it). Runs alternate peer / zoo ``--repeats`` times (seeds 0, 1, ...).
 
-    [ZOO_PEER_DEEPRECOMMENDER=DIR] \  # default: ../shared/peers/DeepRecommender when present
-        python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
+    python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
+
+The peer's checkout comes from ``$ZOO_PEER_DEEPRECOMMENDER``, else ``../shared/peers/DeepRecommender`` beside this
+checkout when present.
 
 Results: ``bench/results/recsys_vs_deeprecommender.json``.
 """
