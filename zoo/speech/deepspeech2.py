@@ -410,6 +410,12 @@ PANEL_BYTES = 128  # csrc/ds2_recurrence.cpp multiplies by U in panels of this m
 _PANELS: dict[str, Tensor] = {}
 
 
+def panel_layout(hidden: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(P, Hp)``: columns per panel of ``U`` (128 bytes of ``dtype``) and ``H`` padded to a multiple of them."""
+    panel = PANEL_BYTES // torch.empty((), dtype=dtype).element_size()
+    return panel, -(-hidden // panel) * panel
+
+
 def panel_scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """The buffer the C++ loop packs ``U`` into (``role``: ``"forward"`` or ``"backward"``), kept from one call
     to the next: a fresh one per layer and step (16-32 MB at 5x1024) costs its page faults every time, ~10 ms
@@ -438,8 +444,7 @@ class PackedRecurrence(torch.autograd.Function):
     ) -> Tensor:
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
-        panel = PANEL_BYTES // weight_hh.element_size()
-        padded = -(-hidden // panel) * panel  # Hp
+        panel, padded = panel_layout(hidden, weight_hh.dtype)
         new = gx.new_empty
         weight = weight_hh.contiguous()
         states = gx.new_zeros(dirs, steps + 1, batch, hidden)  # states[d, s] = h_{s-1}; stopped rows stay 0
@@ -461,8 +466,8 @@ class PackedRecurrence(torch.autograd.Function):
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         weight, states, acts, cells = ctx.saved_tensors
         dirs, steps, batch, gates = acts.shape
-        hidden, panel = states.shape[3], PANEL_BYTES // weight.element_size()
-        padded = -(-hidden // panel) * panel  # Hp
+        hidden = states.shape[3]
+        panel, padded = panel_layout(hidden, weight.dtype)
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
         grad_pre = acts.new_zeros(dirs, steps, batch, gates)  # dL/d(U h_{s-1}) of all steps
         load_recurrence().backward(
