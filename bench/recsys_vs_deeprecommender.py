@@ -13,7 +13,8 @@ learning-rate schedule (halved at epochs 24, 36, 48, 66, 72), ``--epochs`` epoch
   ``Epoch_time`` and ``EVALUATION_RMSE`` it logs; its closing ONNX export is skipped). Its data
   provider drops the last partial batch of each epoch (896 of 943 users trained per epoch).
 * zoo: ``AutoEncoderRecommender`` (``refeed_steps=1``) + ``RatingsDataModule`` in a Lightning
-  ``Trainer`` (all 943 users per epoch), the same optimizer and schedule.
+  ``Trainer`` (all 943 users per epoch), the same optimizer (in its fused form, the zoo's default
+  ``paper_sgd`` setting) and schedule.
 
 users/s = users trained per epoch / training time of the epoch (median over epochs; re-feeding
 steps included on both sides), also per CPU-second of this process (steadier on a shared machine). The two
@@ -229,7 +230,7 @@ def run_zoo(data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: 
         network_overrides={"encoder_sizes": HIDDEN, "dropout": DROPOUT},
         refeed_steps=1,
         rating_range=(1.0, 5.0),
-        optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=0.0),
+        optimizer=partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=0.0, fused=True),
         # run.py steps MultiStepLR once at the start of every epoch (milestone m: lr halves from epoch m - 1);
         # the zoo steps its scheduler after every optimizer step
         lr_scheduler=partial(

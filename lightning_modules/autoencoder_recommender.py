@@ -36,8 +36,9 @@ REFEED_TARGETS = ("dense", "sparse")
 
 
 def paper_sgd(params) -> torch.optim.Optimizer:
-    """The paper's optimizer: SGD, lr 0.001 (0.005 with re-feeding on full Netflix), momentum 0.9."""
-    return torch.optim.SGD(params, lr=0.001, momentum=0.9)
+    """The paper's optimizer: SGD, lr 0.001 (0.005 with re-feeding on full Netflix), momentum 0.9; the
+    fused implementation (one pass per parameter instead of three; ~3 % of a step on CPU)."""
+    return torch.optim.SGD(params, lr=0.001, momentum=0.9, fused=True)
 
 
 class AutoEncoderRecommender(pl.LightningModule):

@@ -108,6 +108,23 @@ def test_linear_last_layer_and_activations():
         DeepAutoEncoder(AutoEncoderConfig(activation="gelu"))
 
 
+@pytest.mark.parametrize(("name", "reference"), [("selu", F.selu), ("elu", F.elu)])
+def test_exp_form_elu_matches_torch(name, reference):
+    """The branch-free exp form equals torch's expm1 kernels, values and gradients, on both sides of 0
+    (including exactly 0, large negatives that saturate, and bf16)."""
+    x = torch.cat([torch.linspace(-30, 5, 2001), torch.zeros(3), torch.randn(500)]).requires_grad_(True)
+    ours, theirs = ACTIVATIONS[name](x), reference(x)
+    torch.testing.assert_close(ours, theirs, atol=2e-7, rtol=1e-6)
+    grad = torch.randn_like(x)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    (g_theirs,) = torch.autograd.grad(theirs, x, grad)
+    torch.testing.assert_close(g_ours, g_theirs, atol=2e-7, rtol=1e-6)
+    xb = x.detach().bfloat16()
+    torch.testing.assert_close(ACTIVATIONS[name](xb), reference(xb), atol=1e-2, rtol=1e-2)
+    xd = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ACTIVATIONS[name], (xd,))
+
+
 def reference_forward(net, x, drop=None):
     """§3.3 written out: selu encoder layers, dropout ``drop`` (a function) on the code only, decoder back."""
     we, be, bd = list(net.encoder_weights), list(net.encoder_biases), list(net.decoder_biases)

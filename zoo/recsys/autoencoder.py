@@ -22,13 +22,53 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from zoo.registry import register
 
+#: SELU's constants (Klambauer et al., arXiv 1706.02515, eq. 2 with the fixed point of §3).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class _ELU(torch.autograd.Function):
+    """``scale * (x if x > 0 else alpha * (exp(x) - 1))``: ELU (Clevert et al., arXiv 1511.07289, eq. 1)
+    and, with :data:`SELU_ALPHA` / :data:`SELU_SCALE`, SELU, written branch-free as
+    ``scale * (relu(x) + alpha * (exp(min(x, 0)) - 1))``. PyTorch's CPU ``elu`` / ``selu`` kernels use
+    ``expm1``, which runs element by element: here they take 0.99 ms on a (128, 1682) tensor against
+    0.28 ms for this form (``exp`` is vectorised), ~9 % of a recommender training step. The backward is
+    PyTorch's own ``elu_backward`` from the saved input, as ``F.elu`` / ``F.selu`` do."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: float, scale: float) -> Tensor:
+        out = torch.relu(x).add_(torch.clamp(x, max=0).exp_().sub_(1), alpha=alpha)
+        if scale != 1:
+            out.mul_(scale)
+        ctx.save_for_backward(x)
+        ctx.alpha, ctx.scale = alpha, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, ctx.alpha, ctx.scale, 1.0, False, x), None, None
+
+
+def elu(x: Tensor) -> Tensor:
+    """ELU with alpha 1 (:class:`_ELU`)."""
+    return _ELU.apply(x, 1.0, 1.0)
+
+
+def selu(x: Tensor) -> Tensor:
+    """SELU (:class:`_ELU` with SELU's constants)."""
+    return _ELU.apply(x, SELU_ALPHA, SELU_SCALE)
+
+
 #: Activation name -> function (paper §3.2 compares these; "none" is the identity).
 ACTIVATIONS = {
-    "selu": F.selu,
-    "elu": F.elu,
+    "selu": selu,
+    "elu": elu,
     "lrelu": F.leaky_relu,
     "relu": F.relu,
     "relu6": F.relu6,
