@@ -18,7 +18,17 @@ on the waveform (in this order, as a signal passes voice -> room -> microphone):
     (``torchaudio.functional.add_noise``: SNR = 10 log10(P_signal / P_noise)).
 
 on the features (B = 1 utterance, normalised, so 0 is the mean), cheap enough to apply to features
-cached once per utterance (``SpeechDataModule(cache_features=True)``):
+cached once per utterance (``SpeechDataModule(cache_features=True)``), in this order:
+  * edge silence (synthesizers differ in how long they wait before speaking: Flite 130-300 ms,
+    espeak-ng and Pico 0-60 ms, ``docs/real-speech.md``): with ``lead_silence_prob`` a uniform random
+    number of frames in [0, ``lead_silence_ms``] is prepended, with ``trail_silence_prob`` one in
+    [0, ``trail_silence_ms``] appended (:func:`edge_silence`). A silent frame is what the featurizer
+    makes of the utterance's own silence: every bin of every added frame is drawn from that bin's values
+    in the utterance's quietest frames (the ``QUIET_FRACTION`` of frames with the lowest mean feature).
+    Per-utterance normalisation (``per_feature`` / ``all_features``) is then redone over the longer
+    utterance -- standardisation is invariant to the affine map the first one applied, so the result is
+    the featurizer's output for the log-mels with that silence added. Only adds frames, so the
+    datamodule's CTC length rule (frames counted before augmentation) still holds;
   * time stretch: linear interpolation along time by a factor in [stretch_min, stretch_max]
     (tempo changes at constant pitch, like sox ``tempo``; ``T' = round(T / factor)``);
   * frequency warp (VTLP-like, Jaitly & Hinton 2013): the feature axis resampled by a factor
@@ -47,7 +57,9 @@ import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor
 
-from zoo.speech.features import Featurizer, FeaturizerConfig
+from zoo.speech.features import Featurizer, FeaturizerConfig, normalize_all_features, normalize_per_feature
+
+QUIET_FRACTION = 0.1  # the share of an utterance's frames taken as its silence (edge_silence)
 
 
 @dataclass
@@ -97,6 +109,10 @@ class AugmentationConfig:
     cutout_freq: int = 10
     band_limit_prob: float = 0.0
     band_limit_hz: float = 4000.0
+    lead_silence_prob: float = 0.0
+    lead_silence_ms: float = 300.0
+    trail_silence_prob: float = 0.0
+    trail_silence_ms: float = 400.0
 
 
 def _uniform(low: float, high: float) -> float:
@@ -290,23 +306,73 @@ def band_limit(features: Tensor, edge: int) -> Tensor:
     return out
 
 
+def quietest_frames(features: Tensor, fraction: float = QUIET_FRACTION) -> Tensor:
+    """Indices, in time order, of the ``ceil(fraction * T)`` frames (at least one) with the lowest mean
+    over the feature axis: an utterance's silence (synthetic speech has tens of silent frames at its
+    edges; after normalisation they sit about 1.3-2 below each bin's mean). (F, T) -> (K,)."""
+    count = max(1, math.ceil(fraction * features.shape[-1]))
+    return features.mean(dim=0).argsort()[:count].sort().values
+
+
+def edge_silence(features: Tensor, lead: int, trail: int, normalize: str = "per_feature") -> Tensor:
+    """Prepend ``lead`` and append ``trail`` frames of the utterance's own silence.
+
+    Each added value ``out[f, t]`` is ``features[f, q]`` for a random ``q`` (per bin and frame) among
+    :func:`quietest_frames`, so the frames are new draws of the utterance's noise floor, not copies of
+    its frames. ``normalize`` (the featurizer's): ``"per_feature"`` / ``"all_features"`` standardise the
+    result again as the featurizer does (the original frames then change by that per-bin affine map);
+    ``"global"`` / ``"none"`` leave the original frames untouched.
+
+    Args:
+        features: (F, T), T >= 1.
+    Returns:
+        (F, lead + T + trail).
+    """
+    if lead + trail == 0 or features.shape[-1] == 0:
+        return features
+    quiet = quietest_frames(features)
+    picks = quiet[torch.randint(0, quiet.numel(), (features.shape[0], lead + trail))]  # (F, lead + trail)
+    silence = features.gather(1, picks)
+    out = torch.cat([silence[:, :lead], features, silence[:, lead:]], dim=1)
+    valid = torch.ones(1, 1, out.shape[-1], dtype=torch.bool)
+    if normalize == "per_feature":
+        return normalize_per_feature(out[None], valid)[0]
+    if normalize == "all_features":
+        return normalize_all_features(out[None], valid)[0]
+    return out
+
+
 class FeatureAugmentation:
-    """Time stretch, frequency warp, SpecAugment, SpecCutout and the telephone band limit for one
-    utterance's features: ``(F, T) -> (F, T')`` (only the time stretch changes T). ``featurizer``: the
-    features' settings (default :class:`FeaturizerConfig`), for the band limit's edge bin."""
+    """Edge silence, time stretch, frequency warp, SpecAugment, SpecCutout and the telephone band limit
+    for one utterance's features: ``(F, T) -> (F, T')`` (edge silence and time stretch change T).
+    ``featurizer``: the features' settings (default :class:`FeaturizerConfig`), for the band limit's
+    edge bin, the frame rate of the edge silence and the normalisation it redoes."""
 
     def __init__(self, config: AugmentationConfig, featurizer: FeaturizerConfig | None = None):
         self.config = config
+        featurizer = featurizer or FeaturizerConfig()
         self.freq_masking = T.FrequencyMasking(config.freq_mask_width)
         self.time_masking = T.TimeMasking(config.time_mask_width, p=config.time_mask_ratio)
         self.band_edge = None
         if config.band_limit_prob > 0:
-            self.band_edge = band_edge_bin(featurizer or FeaturizerConfig(), config.band_limit_hz)
+            self.band_edge = band_edge_bin(featurizer, config.band_limit_hz)
+        self.normalize = featurizer.normalize
+        self.lead_frames = self.trail_frames = 0  # most frames of edge silence
+        if config.lead_silence_prob > 0 or config.trail_silence_prob > 0:
+            for name in ("lead_silence_ms", "trail_silence_ms"):
+                if getattr(config, name) < 0:
+                    raise ValueError(f"AugmentationConfig.{name} must be >= 0, got {getattr(config, name)}")
+            frame_ms = 1000 * Featurizer(featurizer).hop_length / featurizer.sample_rate
+            self.lead_frames = round(config.lead_silence_ms / frame_ms)
+            self.trail_frames = round(config.trail_silence_ms / frame_ms)
 
     def __call__(self, features: Tensor) -> Tensor:
         cfg = self.config
         if not cfg.enabled:
             return features
+        lead = int(torch.randint(0, self.lead_frames + 1, ())) if _chance(cfg.lead_silence_prob) else 0
+        trail = int(torch.randint(0, self.trail_frames + 1, ())) if _chance(cfg.trail_silence_prob) else 0
+        features = edge_silence(features, lead, trail, self.normalize)
         if _chance(cfg.stretch_prob):
             features = time_stretch(features, _uniform(cfg.stretch_min, cfg.stretch_max))
         if _chance(cfg.warp_prob):
