@@ -1,6 +1,7 @@
 """DeepSpeech2: sequence-wise batch norm, masked conv front end, recurrences, row convolution, presets."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -468,7 +469,7 @@ def test_bf16_autocast_runs_the_packed_recurrence_close_to_fp32(monkeypatch):
     monkeypatch.setattr(ds2.PackedRecurrence, "apply", lambda *a: calls.append((a[0].dtype, a[4])) or original(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, _ = model(features, lengths)
-    assert calls == [(torch.float32, torch.bfloat16)] * 2  # recurrence in fp32, its dL/dU product in bf16
+    assert calls == [(torch.float32, torch.bfloat16)] * 2  # states in fp32, the products with U in bf16
     valid = frame_mask(out_lengths, got.shape[1])
     assert (got.float() - expected)[valid].abs().max() < 0.1 * expected[valid].abs().max()
     got.float().sum().backward()
@@ -507,6 +508,118 @@ def test_packed_recurrence_same_on_one_and_two_threads(threads, kind, bidirectio
         torch.set_num_threads(before)
     for a, b in zip(grads, grads1):  # ATen's reductions (batch-norm backward) may add in another order
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class RoundedProduct(torch.autograd.Function):
+    """``h U^T`` with both operands rounded to bf16 and float32 accumulation; the backward rounds the incoming
+    gradient to bf16 too: what the C++ loop's bf16 panels compute, written with float32 matmuls."""
+
+    @staticmethod
+    def forward(ctx, h, U):
+        hb, Ub = h.bfloat16().float(), U.bfloat16().float()
+        ctx.save_for_backward(hb, Ub)
+        return hb @ Ub.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        hb, Ub = ctx.saved_tensors
+        gb = grad.bfloat16().float()
+        return gb @ Ub, gb.T @ hb
+
+
+def rounded_loop(gx: torch.Tensor, U: torch.Tensor, lengths: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-utterance, per-step loop of the packed recurrence's equations (``gx`` (N, dirs * G) packed as in
+    :class:`PackedPlan`) with every product by ``U`` a :class:`RoundedProduct`."""
+    dirs, G, H = U.shape
+    out, start = [], 0
+    for n in lengths.tolist():
+        seq = gx[start : start + n].view(n, dirs, G)
+        start += n
+        per_dir = []
+        for d in range(dirs):
+            h, c, ys = torch.zeros(1, H), torch.zeros(1, H), [None] * n
+            for t in range(n) if d == 0 else range(n - 1, -1, -1):
+                x, u = seq[t, d][None], RoundedProduct.apply(h, U[d])
+                if kind == "lstm":
+                    i, f, g, o = (x + u).chunk(4, 1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                elif kind == "gru":
+                    r, z = torch.sigmoid(x[:, : 2 * H] + u[:, : 2 * H]).chunk(2, 1)
+                    h = (1 - z) * torch.tanh(x[:, 2 * H :] + r * u[:, 2 * H :]) + z * h
+                else:
+                    h = torch.relu(x + u)
+                ys[t] = h[0]
+            per_dir.append(torch.stack(ys))
+        out.append(torch.stack(per_dir, dim=1))
+    return torch.cat(out)
+
+
+def bf16_products_built() -> bool:
+    from zoo.speech.deepspeech2 import load_recurrence
+
+    return bool(getattr(load_recurrence(), "bf16_products", False))
+
+
+@pytest.mark.parametrize("hidden", [70, 33])  # a padded panel; an odd depth (the last pair half zero)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_panels_equal_the_loop_with_the_same_rounding(threads, kind, hidden):
+    """With bf16 products (autocast) on an AVX512-BF16 CPU, the loop multiplies by U packed as bf16 pairs and by
+    bf16 copies of the states and gate gradients: its outputs and input gradients equal the per-utterance loop
+    with the same rounding, on one thread (one direction per thread) and two (hidden units split, forward-only),
+    and ``dL/dU`` (a bf16 product over all steps) to bf16's resolution."""
+    if not bf16_products_built():
+        pytest.skip("this CPU has no AVX512-BF16: the bf16 panels are not built (the fp32 panels run instead)")
+    from zoo.speech.deepspeech2 import PackedRecurrence
+
+    torch.manual_seed(21)
+    G = {"lstm": 4, "gru": 3, "rnn_relu": 1}[kind] * hidden
+    for dirs in (2, 1):
+        lengths = torch.tensor([4, 7, 5, 1, 7, 3, 6, 2, 7])  # row blocks of six and three
+        gx = torch.randn(int(lengths.sum()), dirs * G, requires_grad=True)
+        U = (torch.randn(dirs, G, hidden) * 0.2).requires_grad_(True)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            y = PackedRecurrence.apply(gx, U, PackedPlan.from_lengths(lengths), kind, torch.bfloat16)
+            grad_y = torch.randn_like(y)
+            grads = torch.autograd.grad((y * grad_y).sum(), (gx, U))
+        finally:
+            torch.set_num_threads(before)
+        expected = rounded_loop(gx, U, lengths, kind).view_as(y)
+        grads_expected = torch.autograd.grad((expected * grad_y).sum(), (gx, U))
+        # another order of float32 additions may round a state to the neighbouring bf16 value: 1e-4, while
+        # products in float32 (no rounding) are further than 5e-4 from the rounded loop
+        torch.testing.assert_close(y, expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(grads[0], grads_expected[0], atol=1e-4, rtol=0)
+        unrounded = PackedRecurrence.apply(gx, U, PackedPlan.from_lengths(lengths), kind, torch.float32)
+        assert (unrounded - expected).abs().max() > 5e-4
+        scale = grads_expected[1].abs().max()
+        assert (grads[1] - grads_expected[1]).abs().max() <= 2**-8 * scale
+        assert (grads[1] - grads_expected[1]).abs().max() > 0  # dL/dU did come out of a bf16 product
+
+
+def test_without_bf16_panels_the_products_with_U_stay_float32(monkeypatch):
+    """Where the loop has no bf16 panels (a CPU without AVX512-BF16), bf16 autocast keeps the per-step
+    products in float32 (outputs equal the float32 run's) and only ``dL/dU`` is a bf16 product."""
+    import zoo.speech.deepspeech2 as ds2
+
+    built = ds2.load_recurrence()
+    without = types.SimpleNamespace(forward=built.forward, backward=built.backward, bf16_products=False)
+    torch.manual_seed(22)
+    lengths = torch.tensor([5, 3, 4])
+    gx = torch.randn(int(lengths.sum()), 2 * 4 * 40, requires_grad=True)
+    U = (torch.randn(2, 4 * 40, 40) * 0.2).requires_grad_(True)
+    plan = PackedPlan.from_lengths(lengths)
+    y32 = ds2.PackedRecurrence.apply(gx, U, plan, "lstm", torch.float32)
+    (gU32,) = torch.autograd.grad(y32.sum(), U)
+    monkeypatch.setattr(ds2, "load_recurrence", lambda: without)
+    y = ds2.PackedRecurrence.apply(gx, U, plan, "lstm", torch.bfloat16)
+    (gU,) = torch.autograd.grad(y.sum(), U)
+    assert torch.equal(y, y32)
+    torch.testing.assert_close(gU, gU32.bfloat16().float(), atol=1e-2 * gU32.abs().max().item(), rtol=0)
+    assert not torch.equal(gU, gU32)
 
 
 def test_packed_recurrence_of_a_wide_layer_equals_the_fused_kernel():

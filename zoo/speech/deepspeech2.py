@@ -428,19 +428,32 @@ def panel_scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tens
     return buffer
 
 
+def bf16_panels(product_dtype: torch.dtype, state_dtype: torch.dtype) -> bool:
+    """Whether the C++ loop multiplies by ``U`` in bf16: asked for (``product_dtype``, bf16 under autocast), float32
+    states, and built for a CPU with AVX512-BF16 (its ``bf16_products``)."""
+    return (
+        product_dtype == torch.bfloat16
+        and state_dtype == torch.float32
+        and bool(getattr(load_recurrence(), "bf16_products", False))
+    )
+
+
 class PackedRecurrence(torch.autograd.Function):
     """The recurrence of every direction of a layer over packed frames, given the input term ``gx`` =
-    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, grad_dtype) ->
+    ``B(W x)`` (N, dirs * G) of every valid frame: ``(gx, U (dirs, G, H), plan, rnn_type, product_dtype) ->
     y (N, dirs, H)``, the backward direction running each utterance from its last frame. Per step one
     ``U h_{t-1}`` product over the utterances still running and one fused element-wise pass
     (``csrc/ds2_recurrence.cpp``: the threads split the hidden units, each multiplying by its own share of
     ``U``, packed in panels of ``P`` = 128 bytes of columns); the backward is hand-written back-propagation
-    through time with ``dL/dU`` as one product over all steps, in ``grad_dtype`` (bfloat16 under autocast, as
-    autocast runs the layer's other products). float32 or float64."""
+    through time with ``dL/dU`` as one product over all steps. States, gates and the element-wise math are in
+    ``gx``'s dtype (float32 or float64). ``product_dtype`` is that of the products with ``U``: bfloat16 under
+    autocast, as autocast runs the layer's other products. Then ``dL/dU`` is a bf16 product and, on CPUs with
+    AVX512-BF16 (:func:`bf16_panels`), so are the per-step ``U h`` and ``g U`` (``U`` packed as bf16, the
+    step's states and gate gradients rounded to bf16, float32 accumulation): half the bytes of ``U`` per step."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str, grad_dtype: torch.dtype
+        ctx: Any, gx: Tensor, weight_hh: Tensor, plan: PackedPlan, rnn_type: str, product_dtype: torch.dtype
     ) -> Tensor:
         dirs, gates, hidden = weight_hh.shape
         steps, batch = plan.active.numel(), plan.lengths.numel()
@@ -452,29 +465,42 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         blocks = gates // hidden
-        packed = panel_scratch("forward", (dirs, padded // panel, blocks, hidden, panel), gx.dtype)  # U^T, by the loop
+        if bf16_panels(product_dtype, gx.dtype):  # U^T in bf16 pairs of depth rows; the states' bf16 copy
+            pairs = -(-hidden // 2)
+            packed = panel_scratch("forward", (dirs, padded // panel, blocks, pairs, 2 * panel), torch.bfloat16)
+            states_low = gx.new_zeros(dirs, steps + 1, batch, 2 * pairs, dtype=torch.bfloat16)
+        else:
+            packed = panel_scratch("forward", (dirs, padded // panel, blocks, hidden, panel), gx.dtype)
+            states_low = gx.new_empty(0, dtype=torch.bfloat16)
         pre = new(dirs, batch, blocks * padded)
         load_recurrence().forward(
-            _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre
+            _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre, states_low
         )
-        ctx.plan, ctx.rnn_type, ctx.grad_dtype = plan, rnn_type, grad_dtype
-        ctx.save_for_backward(weight, states, acts, cells)
+        ctx.plan, ctx.rnn_type, ctx.product_dtype = plan, rnn_type, product_dtype
+        ctx.save_for_backward(weight, states, acts, cells, states_low)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        weight, states, acts, cells = ctx.saved_tensors
+        weight, states, acts, cells, states_low = ctx.saved_tensors
         dirs, steps, batch, gates = acts.shape
         hidden = states.shape[3]
         panel, padded = panel_layout(hidden, weight.dtype)
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
         grad_pre = acts.new_zeros(dirs, steps, batch, gates)  # dL/d(U h_{s-1}) of all steps
+        if states_low.numel():  # bf16 panels: U in pairs of depth rows, and the gate gradients' bf16 copy
+            pairs = -(-gates // 2)
+            packed = panel_scratch("backward", (dirs, padded // panel, pairs, 2 * panel), torch.bfloat16)
+            grad_low = acts.new_zeros(dirs, steps, batch, 2 * pairs, dtype=torch.bfloat16)
+        else:
+            packed = panel_scratch("backward", (dirs, padded // panel, gates, panel), acts.dtype)
+            grad_low = acts.new_empty(0, dtype=torch.bfloat16)
         load_recurrence().backward(
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
             weight,
-            panel_scratch("backward", (dirs, padded // panel, gates, panel), acts.dtype),  # U, packed by the loop
+            packed,  # U, packed by the loop
             *ctx.plan,
             states,
             acts,
@@ -483,11 +509,15 @@ class PackedRecurrence(torch.autograd.Function):
             grad_pre,
             acts.new_zeros(dirs, batch, padded),
             acts.new_zeros(dirs, batch, padded),
+            grad_low,
         )
-        grad_weight = torch.bmm(
-            grad_pre.view(dirs, steps * batch, gates).transpose(1, 2).to(ctx.grad_dtype),
-            states[:, :-1].reshape(dirs, steps * batch, hidden).to(ctx.grad_dtype),
-        )
+        if states_low.numel():  # the bf16 operands the steps used
+            left = grad_low.view(dirs, steps * batch, -1)[:, :, :gates]
+            right = states_low[:, :-1].reshape(dirs, steps * batch, -1)[:, :, :hidden]
+        else:
+            left = grad_pre.view(dirs, steps * batch, gates).to(ctx.product_dtype)
+            right = states[:, :-1].reshape(dirs, steps * batch, hidden).to(ctx.product_dtype)
+        grad_weight = torch.bmm(left.transpose(1, 2), right)
         return grad_gx, grad_weight.to(weight.dtype), None, None, None
 
 
@@ -577,9 +607,9 @@ class RecurrentLayer(nn.Module):
         else:
             gx = self.norm.normalize(F.linear(x, self.weight_ih))
         autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        grad_dtype = torch.bfloat16 if autocast_bf16 and gx.dtype == torch.float32 else gx.dtype
+        product_dtype = torch.bfloat16 if autocast_bf16 and gx.dtype == torch.float32 else gx.dtype
         with torch.autocast("cpu", enabled=False):  # the recurrence in the statistics' dtype
-            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type, grad_dtype)
+            return PackedRecurrence.apply(gx, self.weight_hh.to(gx.dtype), plan, self.rnn_type, product_dtype)
 
     def forward(
         self, x: Tensor, lengths: Tensor, mask: Tensor, state: State | None = None
