@@ -28,7 +28,8 @@ of the equation, with its fused backward; running averages as ``nn.BatchNorm1d``
 to a C++ loop (``csrc/ds2_recurrence.cpp``, :class:`PackedRecurrence`) that per step only adds
 ``U h_{t-1}`` (one product over the utterances still running) and applies the gates; its backward is
 hand-written back-propagation through time with ``dL/dU`` as one product over all steps. Under bf16
-autocast the products ``W x`` and ``dL/dU`` run in bfloat16; statistics and the recurrence in float32.
+autocast the products ``W x``, ``dL/dU`` and (on CPUs with AVX512-BF16) the per-step products with ``U`` run
+in bfloat16; statistics, states and gates in float32.
 
 **With PyTorch's fused kernels** (GPUs; ``kernel="fused"``; where the extension cannot be built): a
 fused kernel (``torch.gru`` / cuDNN) always multiplies its input by its own ``W_ih``. Because
