@@ -17,14 +17,15 @@ learning-rate schedule (halved at epochs 24, 36, 48, 66, 72), ``--epochs`` epoch
   ``paper_sgd`` setting) and schedule.
 
 users/s = users trained per epoch / training time of the epoch (median over epochs; re-feeding
-steps included on both sides), also per CPU-second of this process (steadier on a shared machine). The two
-sides run one after the other, so a co-runner that hits one side's run would decide the ratio: epochs
-during which other processes used more than ``MAX_FOREIGN_CORES`` of a core are left out of the medians
-(the harness's rule for interleaved steps; all epochs are kept when fewer than ``MIN_CLEAN_EPOCHS`` are
-clean, and the JSON records how many were dropped). Test RMSE after
-the last epoch (peer: its ``do_eval`` on the test
-file with the training vectors as inputs, as the zoo evaluates; zoo: unclamped, and clamped to
-[1, 5] as ``zoo test`` reports it). Runs alternate peer / zoo ``--repeats`` times (seeds 0, 1, ...).
+steps included on both sides), also per CPU-second of this process. The two runs of a seed are **interleaved
+epoch by epoch** in one process (:class:`Turns`): each runs in its own thread and, at the start of every
+epoch, hands the turn to the other and waits for it, so one side's epoch always runs next to the other's and
+a machine whose speed drifts over minutes (measured here: both sides' epochs moving between 0.34 and 0.64 s
+within a run) slows both alike, as the harness's interleaved steps do. Epochs during which other processes
+used more than ``MAX_FOREIGN_CORES`` of a core are left out of the medians (all epochs are kept when fewer
+than ``MIN_CLEAN_EPOCHS`` are clean, and the JSON records how many were dropped). Test RMSE after the last
+epoch (peer: its ``do_eval`` on the test file with the training vectors as inputs, as the zoo evaluates;
+zoo: unclamped, and clamped to [1, 5] as ``zoo test`` reports it). ``--repeats`` seeds (0, 1, ...).
 
     python bench/recsys_vs_deeprecommender.py [--epochs 30] [--repeats 2]
 
@@ -45,8 +46,10 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import types
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -85,12 +88,43 @@ def write_peer_file(matrix: RatingMatrix, folder: Path) -> None:
     (folder / "ratings.txt").write_text("\n".join(lines) + "\n")
 
 
+class Turns:
+    """Two runs in one process, one thread each, taking turns: a run waits for its turn before it starts
+    (:meth:`begin`), hands the turn over and waits for it again at the start of every epoch
+    (:meth:`next_epoch`), and hands it over for good when it ends (:meth:`end`). Only one side computes at a
+    time; its setup and evaluation between epochs run in its own turn, outside the timed epochs."""
+
+    def __init__(self, first: str, second: str) -> None:
+        self._other = {first: second, second: first}
+        self._turn, self._ended = first, set()
+        self._condition = threading.Condition()
+
+    def begin(self, side: str) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._turn == side)
+
+    def next_epoch(self, side: str) -> None:
+        with self._condition:
+            if self._other[side] not in self._ended:
+                self._turn = self._other[side]
+                self._condition.notify_all()
+            self._condition.wait_for(lambda: self._turn == side)
+
+    def end(self, side: str) -> None:
+        with self._condition:
+            self._ended.add(side)
+            self._turn = self._other[side]
+            self._condition.notify_all()
+
+
 class _EpochClock(io.StringIO):
     """run.py's stdout, timestamped: it prints ``Doing epoch`` before and ``Total epoch`` after the
-    training batches of every epoch, so the wall and CPU time between the two is the epoch's training."""
+    training batches of every epoch, so the wall and CPU time between the two is the epoch's training.
+    With ``turns`` the peer hands the turn to the zoo at every ``Doing epoch`` before its clock starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, turns: Turns | None = None) -> None:
         super().__init__()
+        self.turns = turns
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.foreign: list[float | None] = []
@@ -101,6 +135,8 @@ class _EpochClock(io.StringIO):
         return super().write(text)
 
     def _mark(self, start: bool) -> None:
+        if start and self.turns is not None:
+            self.turns.next_epoch("peer")
         wall, cpu = time.perf_counter(), time.process_time()
         if start:
             self._load = ForeignLoad().__enter__()
@@ -127,8 +163,11 @@ class _Recorder:
         pass
 
 
-def run_peer(folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: int, logdir: Path) -> dict:
-    """DeepRecommender's ``run.main()`` with the README command's settings, in this process."""
+def run_peer(
+    folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: int, logdir: Path, turns: Turns | None = None
+) -> dict:
+    """DeepRecommender's ``run.main()`` with the README command's settings, in this process (taking ``turns``
+    with the zoo's run epoch by epoch when given)."""
     argv = [
         "run.py",
         "--path_to_train_data",
@@ -170,7 +209,7 @@ def run_peer(folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: i
     torch.onnx.export = lambda *a, **k: None  # run.py ends with an ONNX export; training is done by then
     random.seed(seed)
     torch.manual_seed(seed)
-    out = _EpochClock()
+    out = _EpochClock(turns)
     try:
         spec = importlib.util.spec_from_file_location("deeprecommender_run", folder / "run.py")
         run = importlib.util.module_from_spec(spec)
@@ -198,15 +237,19 @@ def run_peer(folder: Path, train_dir: Path, test_dir: Path, epochs: int, seed: i
 
 
 class EpochTimer(pl.Callback):
-    """Wall time of each training epoch (batches, re-feeding and optimizer steps; no validation)."""
+    """Wall time of each training epoch (batches, re-feeding and optimizer steps; no validation). With
+    ``turns`` the zoo hands the turn to the peer at the start of every epoch before its clock starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, turns: Turns | None = None) -> None:
+        self.turns = turns
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.foreign: list[float | None] = []
         self.users = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.turns is not None:
+            self.turns.next_epoch("zoo")
         self.users = 0
         self._load = ForeignLoad().__enter__()
         self._start, self._start_cpu = time.perf_counter(), time.process_time()
@@ -221,8 +264,11 @@ class EpochTimer(pl.Callback):
         self.foreign.append(self._load.cores)
 
 
-def run_zoo(data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: int) -> dict:
-    """The zoo's training of the same network (AutoEncoderRecommender in a Lightning Trainer)."""
+def run_zoo(
+    data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: int, turns: Turns | None = None
+) -> dict:
+    """The zoo's training of the same network (AutoEncoderRecommender in a Lightning Trainer), taking
+    ``turns`` with the peer's run epoch by epoch when given."""
     pl.seed_everything(seed, verbose=False)
     steps_per_epoch = 2 * batches_per_epoch  # each batch: one sparse step + one re-feeding step
     model = AutoEncoderRecommender(
@@ -237,7 +283,7 @@ def run_zoo(data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: 
             torch.optim.lr_scheduler.MultiStepLR, milestones=[(m - 1) * steps_per_epoch for m in MILESTONES], gamma=0.5
         ),
     )
-    timer = EpochTimer()
+    timer = EpochTimer(turns)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -264,6 +310,30 @@ def run_zoo(data: RatingsDataModule, epochs: int, seed: int, batches_per_epoch: 
         "test_rmse_clamped": clamped,
         "foreign_cores": load.cores,
     }
+
+
+def run_interleaved(peer: Callable[[Turns], dict], zoo: Callable[[Turns], dict]) -> tuple[dict, dict]:
+    """``peer(turns)`` and ``zoo(turns)`` in two threads taking turns epoch by epoch (:class:`Turns`); an
+    error in either ends its turns (the other runs on alone) and is raised here."""
+    turns, results, errors = Turns("peer", "zoo"), {}, []
+
+    def side(name: str, run: Callable[[Turns], dict]) -> None:
+        turns.begin(name)
+        try:
+            results[name] = run(turns)
+        except BaseException as error:  # raised again in the main thread
+            errors.append(error)
+        finally:
+            turns.end(name)
+
+    threads = [threading.Thread(target=side, args=(n, r)) for n, r in (("peer", peer), ("zoo", zoo))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results["peer"], results["zoo"]
 
 
 def clean_epochs(run: dict) -> list[int]:
@@ -299,11 +369,12 @@ def main() -> None:
         write_peer_file(s.train, Path(tmp) / "train")
         write_peer_file(s.test, Path(tmp) / "test")
         for seed in range(args.repeats):
-            peer = run_peer(
-                folder, Path(tmp) / "train", Path(tmp) / "test", args.epochs, seed, Path(tmp) / f"log{seed}"
+            train, test, log = Path(tmp) / "train", Path(tmp) / "test", Path(tmp) / f"log{seed}"
+            peer, zoo = run_interleaved(
+                lambda turns: run_peer(folder, train, test, args.epochs, seed, log, turns),
+                lambda turns: run_zoo(data, args.epochs, seed, -(-users // BATCH), turns),
             )
             peer["users_per_epoch"] = peer_users
-            zoo = run_zoo(data, args.epochs, seed, -(-users // BATCH))
             for name, r in (("peer", peer), ("zoo", zoo)):
                 kept = clean_epochs(r)
                 r["epochs_dropped"] = len(r["epoch_times"]) - len(kept)

@@ -51,8 +51,64 @@ def test_peer_rating_file_round_trip(tmp_path: Path) -> None:
     assert lines == ["0\t1\t3.5", "0\t5\t4", "2\t0\t1", "3\t5\t5"]  # user <TAB> item <TAB> rating, user 1 has none
 
 
+def test_recsys_bench_interleaves_the_two_runs_epoch_by_epoch() -> None:
+    """The peer's and the zoo's runs take turns: one side's setup and first epoch, then the other's, and
+    from then on their epochs alternate, never overlapping; a side with more epochs runs on alone once
+    the other has ended."""
+    import threading
+    import time
+
+    bench = _load("recsys_vs_deeprecommender")
+    events: list[str] = []
+    busy = threading.Lock()
+
+    def run(name: str, epochs: int, turns) -> dict:
+        events.append(f"{name} setup")
+        for epoch in range(epochs):
+            turns.next_epoch(name)
+            assert busy.acquire(blocking=False), "the two sides ran at the same time"
+            events.append(f"{name} {epoch}")
+            time.sleep(0.005)
+            busy.release()
+        return {"epochs": epochs}
+
+    peer, zoo = bench.run_interleaved(lambda t: run("peer", 3, t), lambda t: run("zoo", 5, t))
+    assert (peer, zoo) == ({"epochs": 3}, {"epochs": 5})
+    assert events == [
+        "peer setup",
+        "zoo setup",
+        "peer 0",
+        "zoo 0",
+        "peer 1",
+        "zoo 1",
+        "peer 2",
+        "zoo 2",
+        "zoo 3",
+        "zoo 4",
+    ]
+
+
+def test_recsys_bench_interleaving_raises_a_sides_error_and_lets_the_other_finish() -> None:
+    bench = _load("recsys_vs_deeprecommender")
+    finished = []
+
+    def peer(turns) -> dict:
+        turns.next_epoch("peer")
+        raise RuntimeError("peer failed in its first epoch")
+
+    def zoo(turns) -> dict:
+        for _ in range(3):
+            turns.next_epoch("zoo")
+        finished.append("zoo")
+        return {}
+
+    with pytest.raises(RuntimeError, match="peer failed"):
+        bench.run_interleaved(peer, zoo)
+    assert finished == ["zoo"]
+
+
 def test_recsys_bench_leaves_out_loaded_epochs() -> None:
-    """The peer and the zoo run one after the other: epochs during which other processes used more than
+    """Epochs during which other processes used more than
     0.1 core are left out of the medians, unless fewer than 3 epochs are clean (then all are kept)."""
     bench = _load("recsys_vs_deeprecommender")
     run = {"epoch_times": [0.35, 9.0, 0.36, 0.34, 0.9], "epoch_foreign_cores": [0.0, 1.8, 0.05, 0.1, 0.6]}
