@@ -17,11 +17,13 @@ learning-rate schedule (halved at epochs 24, 36, 48, 66, 72), ``--epochs`` epoch
   ``paper_sgd`` setting) and schedule.
 
 users/s = users trained per epoch / training time of the epoch (median over epochs; re-feeding
-steps included on both sides), also per CPU-second of this process. The two runs of a seed are **interleaved
-epoch by epoch** in one process (:class:`Turns`): each runs in its own thread and, at the start of every
-epoch, hands the turn to the other and waits for it, so one side's epoch always runs next to the other's and
-a machine whose speed drifts over minutes (measured here: both sides' epochs moving between 0.34 and 0.64 s
-within a run) slows both alike, as the harness's interleaved steps do. Epochs during which other processes
+steps included on both sides), also per CPU-second of its process. The two runs of a seed are **interleaved
+epoch by epoch** (:class:`Turns`): each runs in the main thread of its own process (started with ``spawn``)
+and, at the start of every epoch, hands the turn to the other and waits for it, so one side's epoch always
+runs next to the other's and a machine whose speed drifts over minutes (measured here: both sides' epochs
+moving between 0.34 and 0.64 s within a run) slows both alike, as the harness's interleaved steps do. (Not two
+threads of one process: ATen's element-wise kernels ran up to 2x slower in a second thread here, an epoch
+20-30 % slower.) Epochs during which other processes
 used more than ``MAX_FOREIGN_CORES`` of a core are left out of the medians (all epochs are kept when fewer
 than ``MIN_CLEAN_EPOCHS`` are clean, and the JSON records how many were dropped). Test RMSE after the last
 epoch (peer: its ``do_eval`` on the test file with the training vectors as inputs, as the zoo evaluates;
@@ -41,13 +43,15 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import multiprocessing
 import os
+import queue as queue_module
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
+import traceback
 import types
 from collections.abc import Callable
 from functools import partial
@@ -89,31 +93,38 @@ def write_peer_file(matrix: RatingMatrix, folder: Path) -> None:
 
 
 class Turns:
-    """Two runs in one process, one thread each, taking turns: a run waits for its turn before it starts
-    (:meth:`begin`), hands the turn over and waits for it again at the start of every epoch
-    (:meth:`next_epoch`), and hands it over for good when it ends (:meth:`end`). Only one side computes at a
-    time; its setup and evaluation between epochs run in its own turn, outside the timed epochs."""
+    """Two runs, one process each, taking turns: a run waits for its turn before it starts (:meth:`begin`),
+    hands the turn over and waits for it again at the start of every epoch (:meth:`next_epoch`), and hands it
+    over for good when it ends (:meth:`end`). Only one side computes at a time; its setup and evaluation
+    between epochs run in its own turn, outside the timed epochs. Made of ``context``'s (multiprocessing)
+    primitives, so it travels to the processes that run the sides."""
 
-    def __init__(self, first: str, second: str) -> None:
-        self._other = {first: second, second: first}
-        self._turn, self._ended = first, set()
-        self._condition = threading.Condition()
+    def __init__(self, first: str, second: str, context: multiprocessing.context.BaseContext) -> None:
+        self._sides = (first, second)
+        self._turn = context.Value("i", 0, lock=False)  # index of the side whose turn it is
+        self._ended = context.Array("b", 2, lock=False)
+        self._condition = context.Condition()
+
+    def _index(self, side: str) -> int:
+        return self._sides.index(side)
 
     def begin(self, side: str) -> None:
         with self._condition:
-            self._condition.wait_for(lambda: self._turn == side)
+            self._condition.wait_for(lambda: self._turn.value == self._index(side))
 
     def next_epoch(self, side: str) -> None:
+        me = self._index(side)
         with self._condition:
-            if self._other[side] not in self._ended:
-                self._turn = self._other[side]
+            if not self._ended[1 - me]:
+                self._turn.value = 1 - me
                 self._condition.notify_all()
-            self._condition.wait_for(lambda: self._turn == side)
+            self._condition.wait_for(lambda: self._turn.value == me)
 
     def end(self, side: str) -> None:
+        me = self._index(side)
         with self._condition:
-            self._ended.add(side)
-            self._turn = self._other[side]
+            self._ended[me] = 1
+            self._turn.value = 1 - me
             self._condition.notify_all()
 
 
@@ -312,28 +323,59 @@ def run_zoo(
     }
 
 
-def run_interleaved(peer: Callable[[Turns], dict], zoo: Callable[[Turns], dict]) -> tuple[dict, dict]:
-    """``peer(turns)`` and ``zoo(turns)`` in two threads taking turns epoch by epoch (:class:`Turns`); an
-    error in either ends its turns (the other runs on alone) and is raised here."""
-    turns, results, errors = Turns("peer", "zoo"), {}, []
+def _run_side(side: str, turns: Turns, run: Callable[..., dict], kwargs: dict, threads: int, results) -> None:
+    """A spawned process: ``run(**kwargs, turns=turns)`` in its main thread, its result (or the error's
+    traceback) put on ``results``."""
+    torch.set_num_threads(threads)
+    turns.begin(side)
+    try:
+        results.put((side, run(**kwargs, turns=turns), None))
+    except BaseException:  # reported by the parent
+        results.put((side, None, traceback.format_exc()))
+    finally:
+        turns.end(side)
 
-    def side(name: str, run: Callable[[Turns], dict]) -> None:
-        turns.begin(name)
+
+def run_interleaved(
+    peer: tuple[Callable[..., dict], dict], zoo: tuple[Callable[..., dict], dict], threads: int = 2
+) -> tuple[dict, dict]:
+    """``peer = (run, kwargs)`` and ``zoo`` likewise, each ``run(**kwargs, turns=turns)`` in its own spawned
+    process, taking turns epoch by epoch (:class:`Turns`); an error in either ends its turns (the other runs
+    on alone) and is raised here with its traceback. ``run`` must be importable (module level)."""
+    context = multiprocessing.get_context("spawn")
+    turns, queue = Turns("peer", "zoo", context), context.Queue()
+    processes = [
+        context.Process(target=_run_side, args=(name, turns, run, kwargs, threads, queue))
+        for name, (run, kwargs) in (("peer", peer), ("zoo", zoo))
+    ]
+    for process in processes:
+        process.start()
+    results, errors = {}, []
+    while len(results) < len(processes):
         try:
-            results[name] = run(turns)
-        except BaseException as error:  # raised again in the main thread
-            errors.append(error)
-        finally:
-            turns.end(name)
-
-    threads = [threading.Thread(target=side, args=(n, r)) for n, r in (("peer", peer), ("zoo", zoo))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+            side, result, error = queue.get(timeout=1.0)
+        except queue_module.Empty:  # a process that failed before reporting (e.g. it could not unpickle its run);
+            for name, process in zip(("peer", "zoo"), processes):  # one that exits with 0 has put its result
+                if name not in results and process.exitcode not in (None, 0):
+                    results[name] = None
+                    errors.append(f"{name}: its process exited with code {process.exitcode} before reporting")
+                    turns.end(name)
+            continue
+        results[side] = result
+        if error:
+            errors.append(f"{side}: {error}")
+    for process in processes:
+        process.join()
     if errors:
-        raise errors[0]
+        raise RuntimeError("\n".join(errors))
     return results["peer"], results["zoo"]
+
+
+def run_zoo_on_ml100k(epochs: int, seed: int, turns: Turns | None = None) -> dict:
+    """:func:`run_zoo` on the bench's MovieLens-100k split (built again in a spawned process)."""
+    data = RatingsDataModule(None, split="user", seed=0, batch_size=BATCH, eval_batch_size=1024)
+    users = int((data.load().train.row_counts() > 0).sum())
+    return run_zoo(data, epochs, seed, -(-users // BATCH), turns)
 
 
 def clean_epochs(run: dict) -> list[int]:
@@ -371,8 +413,12 @@ def main() -> None:
         for seed in range(args.repeats):
             train, test, log = Path(tmp) / "train", Path(tmp) / "test", Path(tmp) / f"log{seed}"
             peer, zoo = run_interleaved(
-                lambda turns: run_peer(folder, train, test, args.epochs, seed, log, turns),
-                lambda turns: run_zoo(data, args.epochs, seed, -(-users // BATCH), turns),
+                (
+                    run_peer,
+                    dict(folder=folder, train_dir=train, test_dir=test, epochs=args.epochs, seed=seed, logdir=log),
+                ),
+                (run_zoo_on_ml100k, dict(epochs=args.epochs, seed=seed)),
+                threads=args.threads,
             )
             peer["users_per_epoch"] = peer_users
             for name, r in (("peer", peer), ("zoo", zoo)):

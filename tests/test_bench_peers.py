@@ -51,60 +51,35 @@ def test_peer_rating_file_round_trip(tmp_path: Path) -> None:
     assert lines == ["0\t1\t3.5", "0\t5\t4", "2\t0\t1", "3\t5\t5"]  # user <TAB> item <TAB> rating, user 1 has none
 
 
-def test_recsys_bench_interleaves_the_two_runs_epoch_by_epoch() -> None:
-    """The peer's and the zoo's runs take turns: one side's setup and first epoch, then the other's, and
-    from then on their epochs alternate, never overlapping; a side with more epochs runs on alone once
-    the other has ended."""
-    import threading
+def _epochs(name: str, epochs: int, fail: bool = False, turns=None) -> dict:
+    """A stand-in run for the interleaving tests (module level: the spawned processes import it): ``epochs``
+    epochs of 20 ms, each started with ``turns.next_epoch``; ``(start, end)`` monotonic times of each."""
     import time
 
-    bench = _load("recsys_vs_deeprecommender")
-    events: list[str] = []
-    busy = threading.Lock()
-
-    def run(name: str, epochs: int, turns) -> dict:
-        events.append(f"{name} setup")
-        for epoch in range(epochs):
-            turns.next_epoch(name)
-            assert busy.acquire(blocking=False), "the two sides ran at the same time"
-            events.append(f"{name} {epoch}")
-            time.sleep(0.005)
-            busy.release()
-        return {"epochs": epochs}
-
-    peer, zoo = bench.run_interleaved(lambda t: run("peer", 3, t), lambda t: run("zoo", 5, t))
-    assert (peer, zoo) == ({"epochs": 3}, {"epochs": 5})
-    assert events == [
-        "peer setup",
-        "zoo setup",
-        "peer 0",
-        "zoo 0",
-        "peer 1",
-        "zoo 1",
-        "peer 2",
-        "zoo 2",
-        "zoo 3",
-        "zoo 4",
-    ]
+    spans = []
+    for epoch in range(epochs):
+        turns.next_epoch(name)
+        if fail:
+            raise RuntimeError(f"{name} failed in epoch {epoch}")
+        start = time.monotonic()
+        time.sleep(0.02)
+        spans.append((start, time.monotonic()))
+    return {"spans": spans}
 
 
-def test_recsys_bench_interleaving_raises_a_sides_error_and_lets_the_other_finish() -> None:
-    bench = _load("recsys_vs_deeprecommender")
-    finished = []
+def test_recsys_bench_interleaves_the_two_runs_epoch_by_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's and the zoo's runs, each in its own process, take turns: their epochs alternate and never
+    overlap, and a side with more epochs runs on alone once the other has ended; an error in one side is
+    raised with its traceback after the other has finished."""
+    monkeypatch.syspath_prepend(str(BENCH))  # imported by name, so that the spawned processes find its functions
+    import recsys_vs_deeprecommender as bench
 
-    def peer(turns) -> dict:
-        turns.next_epoch("peer")
-        raise RuntimeError("peer failed in its first epoch")
-
-    def zoo(turns) -> dict:
-        for _ in range(3):
-            turns.next_epoch("zoo")
-        finished.append("zoo")
-        return {}
-
-    with pytest.raises(RuntimeError, match="peer failed"):
-        bench.run_interleaved(peer, zoo)
-    assert finished == ["zoo"]
+    peer, zoo = bench.run_interleaved((_epochs, dict(name="peer", epochs=3)), (_epochs, dict(name="zoo", epochs=5)))
+    spans = sorted([(*span, "peer") for span in peer["spans"]] + [(*span, "zoo") for span in zoo["spans"]])
+    assert [side for _, _, side in spans] == ["peer", "zoo"] * 3 + ["zoo"] * 2
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:]))
+    with pytest.raises(RuntimeError, match="peer failed in epoch 0"):
+        bench.run_interleaved((_epochs, dict(name="peer", epochs=2, fail=True)), (_epochs, dict(name="zoo", epochs=3)))
 
 
 def test_recsys_bench_leaves_out_loaded_epochs() -> None:
