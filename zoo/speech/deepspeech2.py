@@ -429,6 +429,15 @@ def panel_scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tens
     return buffer
 
 
+def packed_panels(role: str, lead: tuple[int, ...], depth: int, panel: int, bf16: bool, dtype: torch.dtype) -> Tensor:
+    """The :func:`panel_scratch` buffer of ``role`` for panels of ``depth`` rows of ``panel`` columns, after the
+    ``lead`` dimensions: ``(*lead, depth, panel)`` in ``dtype``, or with ``bf16`` ``(*lead, ceil(depth / 2),
+    2 * panel)`` bfloat16, each row holding the columns of a pair of depth rows (the layout ``vdpbf16ps`` reads)."""
+    if bf16:
+        return panel_scratch(role, (*lead, -(-depth // 2), 2 * panel), torch.bfloat16)
+    return panel_scratch(role, (*lead, depth, panel), dtype)
+
+
 def bf16_panels(product_dtype: torch.dtype, state_dtype: torch.dtype) -> bool:
     """Whether the C++ loop multiplies by ``U`` in bf16: asked for (``product_dtype``, bf16 under autocast), float32
     states, and built for a CPU with AVX512-BF16 (its ``bf16_products``)."""
@@ -466,13 +475,10 @@ class PackedRecurrence(torch.autograd.Function):
         cells = new(dirs, steps, batch, hidden) if rnn_type in ("lstm", "gru") else new(0)  # LSTM c, GRU U_n h
         y = new(gx.shape[0], dirs, hidden)
         blocks = gates // hidden
-        if bf16_panels(product_dtype, gx.dtype):  # U^T in bf16 pairs of depth rows; the states' bf16 copy
-            pairs = -(-hidden // 2)
-            packed = panel_scratch("forward", (dirs, padded // panel, blocks, pairs, 2 * panel), torch.bfloat16)
-            states_low = gx.new_zeros(dirs, steps + 1, batch, 2 * pairs, dtype=torch.bfloat16)
-        else:
-            packed = panel_scratch("forward", (dirs, padded // panel, blocks, hidden, panel), gx.dtype)
-            states_low = gx.new_empty(0, dtype=torch.bfloat16)
+        bf16 = bf16_panels(product_dtype, gx.dtype)
+        packed = packed_panels("forward", (dirs, padded // panel, blocks), hidden, panel, bf16, gx.dtype)  # U^T
+        # the states' bf16 copy (rows padded to pairs), the left operand of the bf16 products
+        states_low = gx.new_zeros(dirs, steps + 1, batch, 2 * packed.shape[-2] if bf16 else 0, dtype=torch.bfloat16)
         pre = new(dirs, batch, blocks * padded)
         load_recurrence().forward(
             _KIND_CODES[rnn_type], gx.contiguous(), weight, packed, *plan, y, states, acts, cells, pre, states_low
@@ -490,18 +496,15 @@ class PackedRecurrence(torch.autograd.Function):
         panel, padded = panel_layout(hidden, weight.dtype)
         grad_gx = acts.new_empty(grad_y.shape[0], dirs * gates)
         grad_pre = acts.new_zeros(dirs, steps, batch, gates)  # dL/d(U h_{s-1}) of all steps
-        if states_low.numel():  # bf16 panels: U in pairs of depth rows, and the gate gradients' bf16 copy
-            pairs = -(-gates // 2)
-            packed = panel_scratch("backward", (dirs, padded // panel, pairs, 2 * panel), torch.bfloat16)
-            grad_low = acts.new_zeros(dirs, steps, batch, 2 * pairs, dtype=torch.bfloat16)
-        else:
-            packed = panel_scratch("backward", (dirs, padded // panel, gates, panel), acts.dtype)
-            grad_low = acts.new_empty(0, dtype=torch.bfloat16)
+        bf16 = states_low.numel() > 0
+        packed = packed_panels("backward", (dirs, padded // panel), gates, panel, bf16, acts.dtype)  # U
+        # the gate gradients' bf16 copy (rows padded to pairs)
+        grad_low = acts.new_zeros(dirs, steps, batch, 2 * packed.shape[-2] if bf16 else 0, dtype=torch.bfloat16)
         load_recurrence().backward(
             _KIND_CODES[ctx.rnn_type],
             grad_y.to(acts.dtype).contiguous(),
             weight,
-            packed,  # U, packed by the loop
+            packed,
             *ctx.plan,
             states,
             acts,
@@ -512,7 +515,7 @@ class PackedRecurrence(torch.autograd.Function):
             acts.new_zeros(dirs, batch, padded),
             grad_low,
         )
-        if states_low.numel():  # the bf16 operands the steps used
+        if bf16:  # the bf16 operands the steps used
             left = grad_low.view(dirs, steps * batch, -1)[:, :, :gates]
             right = states_low[:, :-1].reshape(dirs, steps * batch, -1)[:, :, :hidden]
         else:
