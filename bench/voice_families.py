@@ -1,4 +1,4 @@
-"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Pico, Piper).
+"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Pico, Piper, hibari).
 
 Builds a small corpus in a temporary cache whose training voices mix every installed family (a family
 that is missing is left out with one line), and reports utterances per second of one worker's time per
@@ -27,6 +27,8 @@ VOICES = [
     "pico:en-US",
     "pico:en-GB",
     "piper:joe",
+    "hibari:heart",
+    "hibari:heart-gb",
 ]
 
 

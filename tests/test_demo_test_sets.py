@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
 import pytest
 from rich.console import Console
@@ -34,8 +35,17 @@ def test_default_plan_is_held_out_espeak_voices_and_the_whole_flite_family(monke
     monkeypatch.setattr(demo, "voice_missing", lambda variant: None)  # as where flite is installed
     args = build_parser().parse_args(["--text", text, "--utterances", "40", "--held-out", "12"])
     config = corpus_config(args)
-    # 'default,pico:**10': the shared spec's espeak-ng voices, then both SVOX Pico voices ten times each
-    assert config.train_variants == list(SyntheticCorpusConfig().train_variants) + ["pico:*"] * 10
+    # 'default,pico:**5,hibari:**4,piper:joe*8': the shared spec's espeak-ng voices, then both SVOX Pico voices five
+    # times each, hibari's two readings four times each and the Piper voice eight times
+    default = list(SyntheticCorpusConfig().train_variants)
+    assert config.train_variants == default + ["pico:*"] * 5 + ["hibari:*"] * 4 + ["piper:joe"] * 8
+    shares = Counter(voice_family(v) for v in expand_variants(config.train_variants))
+    assert {f: round(100 * n / sum(shares.values())) for f, n in shares.items()} == {
+        "espeak-ng": 71,
+        "pico": 11,
+        "hibari": 9,
+        "piper": 9,
+    }
     sets, left_out = plan_test_sets(config)
     assert left_out == []
     assert [(s.key, s.title) for s in sets] == [
@@ -49,7 +59,7 @@ def test_default_plan_is_held_out_espeak_voices_and_the_whole_flite_family(monke
     main, extra = planned(config), planned(unheard)
     train_sentences, train_voices = main["train"]
     val_sentences, val_voices = main["val"]
-    assert {voice_family(v) for v in train_voices} == {"espeak-ng", "pico"}
+    assert {voice_family(v) for v in train_voices} == {"espeak-ng", "pico", "hibari", "piper"}
     for test_sentences, test_voices in (main["test"], extra["test"]):
         assert len(test_sentences) == 12
         assert not test_sentences & train_sentences and not test_sentences & val_sentences
@@ -165,9 +175,8 @@ def test_table_json_rows_and_model_card_hold_both_test_sets(monkeypatch):
     info = card_info("commands", config, recipe_path("commands"), trainer, metrics, 10.0, test_sets=sets[1:])
     assert info.metrics == {k.replace("/", "_"): v for k, v in metrics.items() if not k.startswith("val/")}
     names = [d if isinstance(d, str) else d["name"] for d in info.datasets]
-    assert (
-        names[0] == "synthetic-speech" and "SVOX Pico" in names[1] and names[2:] == ["flite-speech", "voice-commands"]
-    )
+    assert names[0] == "synthetic-speech" and "SVOX Pico" in names[1] and "hibari" in names[2] and "Piper" in names[3]
+    assert names[4:] == ["flite-speech", "voice-commands"]
     assert "Metrics `unheard_*`: Flite (all 4 voices)" in info.notes and "flite:*" in info.notes
 
 

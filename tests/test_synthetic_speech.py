@@ -305,13 +305,20 @@ def test_zoo_demo_corpus_stage_builds_and_prints_the_table(tmp_path):
     # the corpus stage of `zoo demo` (zoo.commands.demo), without the training that follows it
     from rich.console import Console
 
-    from zoo.commands.demo import build_demo_corpus, build_parser, corpus_config, print_corpus_table
+    from zoo.commands.demo import (
+        DEMO_TRAIN_VARIANTS,
+        build_demo_corpus,
+        build_parser,
+        corpus_config,
+        parse_train_variants,
+        print_corpus_table,
+    )
 
     argv = ["--utterances", "6", "--held-out", "2", "--cache-dir", str(tmp_path), "--workers", "1", "--text", "english"]
     args = build_parser().parse_args(argv)
     config = corpus_config(args)
     assert (config.text, config.train_utterances, config.val_utterances, config.test_utterances) == ("english", 6, 2, 2)
-    assert config.train_variants == SyntheticCorpusConfig().train_variants + ["pico:*"] * 10  # espeak-ng + Pico
+    assert config.train_variants == parse_train_variants(DEMO_TRAIN_VARIANTS, SyntheticCorpusConfig().train_variants)
     for expected in ("corpus built", "found in the cache"):
         console = Console(file=io.StringIO(), width=120)
         manifests, info = build_demo_corpus(config, num_workers=args.workers, console=console)
@@ -601,3 +608,40 @@ def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
         assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
     info = corpus_info(manifests)
     assert info["statistics"]["unheard_test_families"] == ["pico"] and info["engines"]["pico"]["utterances"] == 4
+
+
+def test_hibari_family_renders_its_bundled_voice_with_both_spelling_rules(tmp_path):
+    pytest.importorskip("hibari")  # installed by `make install` (extra "voices")
+    from zoo.datamodules.hibari import Hibari
+
+    hibari = Hibari()
+    text = "ask for the last dance after the tomato pasta"
+    slow = hibari.render(text, Voicing("hibari:heart", rate=110))
+    fast = hibari.render(text, Voicing("hibari:heart", rate=220))
+    british = hibari.render(text, Voicing("hibari:heart", rate=110))
+    assert slow.dtype == np.int16 and hibari.sample_rate == 24000 and np.abs(slow).max() > 300
+    assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # speed = rate / 175
+    assert np.array_equal(british, slow)  # seeded: the same call renders the same samples
+    gb = hibari.render(text, Voicing("hibari:heart-gb", rate=110))
+    us_phonemes = hibari._voice("heart").phonemize(text)
+    gb_phonemes = hibari._voice("heart-gb").phonemize(text)
+    assert us_phonemes != gb_phonemes and gb.shape != slow.shape  # British readings of "dance", "tomato", "pasta"
+    with pytest.raises(EspeakError, match="unknown hibari voice 'hibari:emma'"):
+        hibari.render(text, Voicing("hibari:emma"))
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=2,
+        test_utterances=4,
+        train_variants=["f1", "m1"],
+        val_variants=["m5"],
+        test_variants=["hibari:*"],
+    )
+    manifests = build_corpus(config, num_workers=1)
+    test_rows = read_manifest(manifests.test)
+    assert {r["voice"] for r in test_rows} == {"hibari:heart", "hibari:heart-gb"}
+    for row in test_rows:
+        audio, rate = soundfile.read(manifests.root / row["audio_filepath"])
+        assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
+    info = corpus_info(manifests)
+    assert info["statistics"]["unheard_test_families"] == ["hibari"] and info["engines"]["hibari"]["utterances"] == 4
