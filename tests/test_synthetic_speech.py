@@ -582,6 +582,28 @@ def test_zoo_demo_train_variants_take_whole_families():
     ]
 
 
+def assert_whole_family_is_the_test_split(tmp_path, family: str, voices: set[str]) -> None:
+    """A tiny corpus whose test split is ``family:*``: every voice renders 16 kHz audio of the manifest's duration,
+    and corpus.json names the family as unheard in training."""
+    config = tiny(
+        tmp_path,
+        train_utterances=3,
+        val_utterances=2,
+        test_utterances=4,
+        train_variants=["f1", "m1"],
+        val_variants=["m5"],
+        test_variants=[f"{family}:*"],
+    )
+    manifests = build_corpus(config, num_workers=1)
+    test_rows = read_manifest(manifests.test)
+    assert {r["voice"] for r in test_rows} == voices
+    for row in test_rows:
+        audio, rate = soundfile.read(manifests.root / row["audio_filepath"])
+        assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
+    info = corpus_info(manifests)
+    assert info["statistics"]["unheard_test_families"] == [family] and info["engines"][family]["utterances"] == 4
+
+
 def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
     pytest.importorskip("py_nanotts")  # installed by `make install` (extra "voices")
     from zoo.datamodules.pico import Pico
@@ -591,23 +613,7 @@ def test_pico_family_renders_in_process_as_an_unheard_test_family(tmp_path):
     fast = pico.render("set a timer for five minutes", Voicing("pico:en-US", rate=200))
     assert slow.dtype == np.int16 and pico.sample_rate == 16000
     assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # speed = rate / 175
-    config = tiny(
-        tmp_path,
-        train_utterances=3,
-        val_utterances=2,
-        test_utterances=4,
-        train_variants=["f1", "m1"],
-        val_variants=["m5"],
-        test_variants=["pico:*"],
-    )
-    manifests = build_corpus(config, num_workers=1)
-    test_rows = read_manifest(manifests.test)
-    assert {r["voice"] for r in test_rows} == {"pico:en-US", "pico:en-GB"}
-    for row in test_rows:
-        audio, rate = soundfile.read(manifests.root / row["audio_filepath"])
-        assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
-    info = corpus_info(manifests)
-    assert info["statistics"]["unheard_test_families"] == ["pico"] and info["engines"]["pico"]["utterances"] == 4
+    assert_whole_family_is_the_test_split(tmp_path, "pico", {"pico:en-US", "pico:en-GB"})
 
 
 def test_hibari_family_renders_its_bundled_voice_with_both_spelling_rules(tmp_path):
@@ -618,30 +624,14 @@ def test_hibari_family_renders_its_bundled_voice_with_both_spelling_rules(tmp_pa
     text = "ask for the last dance after the tomato pasta"
     slow = hibari.render(text, Voicing("hibari:heart", rate=110))
     fast = hibari.render(text, Voicing("hibari:heart", rate=220))
-    british = hibari.render(text, Voicing("hibari:heart", rate=110))
+    again = hibari.render(text, Voicing("hibari:heart", rate=110))
     assert slow.dtype == np.int16 and hibari.sample_rate == 24000 and np.abs(slow).max() > 300
     assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # speed = rate / 175
-    assert np.array_equal(british, slow)  # seeded: the same call renders the same samples
+    assert np.array_equal(again, slow)  # seeded: the same call renders the same samples
     gb = hibari.render(text, Voicing("hibari:heart-gb", rate=110))
     us_phonemes = hibari._voice("heart").phonemize(text)
     gb_phonemes = hibari._voice("heart-gb").phonemize(text)
     assert us_phonemes != gb_phonemes and gb.shape != slow.shape  # British readings of "dance", "tomato", "pasta"
     with pytest.raises(EspeakError, match="unknown hibari voice 'hibari:emma'"):
         hibari.render(text, Voicing("hibari:emma"))
-    config = tiny(
-        tmp_path,
-        train_utterances=3,
-        val_utterances=2,
-        test_utterances=4,
-        train_variants=["f1", "m1"],
-        val_variants=["m5"],
-        test_variants=["hibari:*"],
-    )
-    manifests = build_corpus(config, num_workers=1)
-    test_rows = read_manifest(manifests.test)
-    assert {r["voice"] for r in test_rows} == {"hibari:heart", "hibari:heart-gb"}
-    for row in test_rows:
-        audio, rate = soundfile.read(manifests.root / row["audio_filepath"])
-        assert rate == 16000 and audio.shape[0] == round(row["duration"] * 16000) and np.abs(audio).max() > 0.01
-    info = corpus_info(manifests)
-    assert info["statistics"]["unheard_test_families"] == ["hibari"] and info["engines"]["hibari"]["utterances"] == 4
+    assert_whole_family_is_the_test_split(tmp_path, "hibari", {"hibari:heart", "hibari:heart-gb"})
