@@ -67,7 +67,7 @@ from zoo.datamodules.piper import PIPER_VOICES, Piper
 from zoo.datamodules.sentences import command_sentences, english_sentences
 from zoo.datamodules.splits import SPLITS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: voicings drawn per split
 ESPEAK = "espeak-ng"
 #: Other synthesizer families: prefix -> (engine class, its English voices, label, how to install it).
 ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
@@ -413,12 +413,13 @@ def resolve_voices(config: SyntheticCorpusConfig) -> tuple[SyntheticCorpusConfig
 
 def plan_corpus(config: SyntheticCorpusConfig) -> list[PlannedUtterance]:
     """Every utterance of the corpus: split, sentence and voicing. Variants are used in turn
-    (balanced within a split); accent, rate, pitch and word gap are drawn per utterance."""
+    (balanced within a split); accent, rate, pitch and word gap are drawn per utterance, from a generator of
+    each split's own, so the held-out voicings stay the same whatever the training split's size and voices."""
     config.validate()
     sentences = split_sentences(config)
-    rng = random.Random(f"voices-{config.seed}")
     plan = []
     for split in SPLITS:
+        rng = random.Random(f"voices-{config.seed}-{split}")
         variants = expand_variants(list(getattr(config, f"{split}_variants")))
         rng.shuffle(variants)
         for index, text in enumerate(sentences[split]):
