@@ -405,7 +405,6 @@ def test_plan_uses_each_split_variant_in_turn(tmp_path):
     assert len({u.voicing.voice.split("+")[0] for u in plan}) == len(config.accents)
 
 
-
 def test_held_out_voicings_do_not_depend_on_the_training_split(tmp_path):
     # ablating the training voices or their number must leave the validation and test sets as they were
     config = tiny(tmp_path, train_utterances=40, val_utterances=10, test_utterances=10)
@@ -414,6 +413,7 @@ def test_held_out_voicings_do_not_depend_on_the_training_split(tmp_path):
     for changed in (replace(config, train_utterances=80), replace(config, train_variants=config.train_variants[:1])):
         assert held_out(synthetic_speech.plan_corpus(changed)) == reference
     assert held_out(synthetic_speech.plan_corpus(replace(config, seed=1))) != reference
+
 
 FAKE_TEXT2WAVE = """#!{python}
 # Stands in for Festival's text2wave: 0.2 s of tone per word times Duration_Stretch; logs each call.
