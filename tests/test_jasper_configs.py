@@ -21,7 +21,10 @@ RECIPES = {  # config -> (encoder, parameter count)
     "jasper_english.yaml": ("jasper-demo", None),
     "jasper10x5dr_librispeech.yaml": ("jasper-10x5dr", 332_632_349),
     "quartznet15x5_librispeech.yaml": ("quartznet-15x5", 18_924_381),
+    "quartznet15x5_voices_gpu.yaml": ("quartznet-15x5", 18_924_381),
 }
+#: The cluster recipes: DDP, fp16 with loss scaling, batch 32 per GPU (the papers' setups).
+CLUSTER = {"jasper10x5dr_librispeech.yaml", "quartznet15x5_librispeech.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,14 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
     assert printed["model"]["init_args"]["optimizer"]["class_path"].startswith(("zoo.optim.", "torch.optim."))
     if count is not None:
         assert zoo.count_parameters(encoder) == count
+    if config in CLUSTER:
         assert printed["trainer"]["precision"] == "16-mixed" and printed["trainer"]["strategy"] == "ddp"
         assert printed["data"]["init_args"]["batch_size"] == 32
+    elif count is not None:  # the one-GPU many-voice recipe: bf16, a time budget the decay is fitted to
+        assert printed["trainer"]["precision"] == "bf16-mixed" and printed["trainer"]["max_time"] == "00:00:10:00"
+        assert printed["data"]["init_args"]["corpus"]["text"] == "english"
+        callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+        assert "zoo.callbacks.DecayOverTimeBudget" in callbacks
     # one step on tiny data: the big encoders are swapped for jasper-tiny (same stride 2)
     override = [] if count is None else ["--model.init_args.encoder", "jasper-tiny"]
     main(
@@ -92,8 +101,8 @@ def test_recipe_prints_and_runs_one_step(config, manifest, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("config", [c for c, (_, count) in sorted(RECIPES.items()) if count is not None])
 def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
-    """The cluster recipes with their own encoder (333M / 19M), precision (16-mixed + LossScaling) and
-    DDP strategy, on one GPU: one fast_dev_run step on the tiny manifest."""
+    """The GPU recipes with their own encoder (333M / 19M), precision (the cluster recipes: 16-mixed +
+    LossScaling, DDP strategy) on one GPU: one fast_dev_run step on the tiny manifest."""
     main(
         [
             "fit",
@@ -120,10 +129,13 @@ def test_gpu_recipe_runs_as_written_on_a_gpu(config, manifest, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, encoder", [(None, "jasper-demo"), ("ds2_demo.yaml", "ds2-demo")])
+@pytest.mark.parametrize(
+    "recipe, encoder",
+    [(None, "jasper-demo"), ("ds2_demo.yaml", "ds2-demo"), ("quartznet15x5_voices_gpu.yaml", "jasper-tiny")],
+)
 def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path, recipe, encoder):
-    """`zoo demo`'s speech stages (`--recipe` for DeepSpeech2): train (seconds), test greedy + beam, export,
-    reload, transcribe."""
+    """`zoo demo`'s speech stages (`--recipe` for DeepSpeech2, and the GPU many-voice recipe on the CPU with a tiny
+    encoder): train (seconds), test greedy + beam, export, reload, transcribe."""
     from rich.console import Console
 
     from zoo.commands.speech_demo import run
@@ -134,6 +146,8 @@ def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path, recipe, encoder):
     overrides = [
         "--trainer.val_check_interval",
         "1.0",
+        "--trainer.check_val_every_n_epoch",
+        "1",
         "--trainer.max_epochs",
         "1",
         "--data.init_args.batch_size",
@@ -141,6 +155,8 @@ def test_speech_demo_end_to_end_on_a_tiny_corpus(tmp_path, recipe, encoder):
         "--data.init_args.num_workers",
         "0",
     ]
+    if encoder != RECIPES.get(recipe, (encoder,))[0]:
+        overrides += ["--trainer.accelerator", "cpu", "--model.init_args.encoder", encoder]
     recipe_file = CONFIGS / recipe if recipe else None
     assert run("commands", corpus, out, 0.5, Console(width=120), overrides, recipe=recipe_file) == 0
     results = json.loads((out / "results.json").read_text())

@@ -24,6 +24,7 @@ EXPECTED = {
     "jasper_english",
     "lstm_demo",
     "quartznet15x5_librispeech",
+    "quartznet15x5_voices_gpu",
 }
 
 
