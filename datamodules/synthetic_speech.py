@@ -50,6 +50,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -513,19 +515,28 @@ def _render_all(
     else:
         # fork: the workers need only numpy, soundfile and the synthesizers, never the parent's torch threads.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
         chunksize = max(1, min(32, len(plan) // (8 * num_workers)))
-        pool = context.Pool(num_workers, initializer=_init_worker, initargs=(str(root), sample_rate, backend))
-        rendered = pool.imap_unordered(_render, plan, chunksize=chunksize)
+        # concurrent.futures, not multiprocessing.Pool: a worker killed by its synthesizer (espeak-ng aborts the
+        # process on some inputs) breaks the executor, where Pool would wait for the lost utterances forever.
+        pool = ProcessPoolExecutor(
+            num_workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker,
+            initargs=(str(root), sample_rate, backend),
+        )
+        rendered = pool.map(_render, plan, chunksize=chunksize)
     try:
         for result in rendered:
             results.append(result)
             if progress is not None:
                 progress(len(results), len(plan))
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            f"a rendering worker died while building {root} (its synthesizer crashed the process): {error}"
+        ) from None
     finally:
         if pool is not None:
-            pool.terminate() if len(results) < len(plan) else pool.close()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

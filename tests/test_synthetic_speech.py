@@ -405,6 +405,40 @@ def test_plan_uses_each_split_variant_in_turn(tmp_path):
     assert len({u.voicing.voice.split("+")[0] for u in plan}) == len(config.accents)
 
 
+DYING_WORKER = """
+import os, sys
+from zoo.datamodules import synthetic_speech
+from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, build_corpus
+
+render = synthetic_speech._render
+
+
+def dying_render(utterance):  # a synthesizer that kills its process on one utterance, as espeak-ng's abort() does
+    if utterance.split == "train" and utterance.index == 7:
+        os._exit(134)
+    return render(utterance)
+
+
+synthetic_speech._render = dying_render
+config = SyntheticCorpusConfig(train_utterances=24, val_utterances=4, test_utterances=4, cache_dir=sys.argv[1])
+build_corpus(config, num_workers=2)
+"""
+
+
+def test_a_worker_killed_by_its_synthesizer_fails_the_build_instead_of_hanging(tmp_path):
+    import subprocess
+    import sys
+
+    # in a child process with a time limit: the bug this guards against is a build waiting forever
+    result = subprocess.run(
+        [sys.executable, "-c", DYING_WORKER, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "RuntimeError: a rendering worker died while building" in result.stderr
+    speech = tmp_path / "speech"
+    assert not [p for p in speech.iterdir() if (p / "corpus.json").is_file()]  # nothing usable left behind
+
+
 def test_held_out_voicings_do_not_depend_on_the_training_split(tmp_path):
     # ablating the training voices or their number must leave the validation and test sets as they were
     config = tiny(tmp_path, train_utterances=40, val_utterances=10, test_utterances=10)
