@@ -442,11 +442,14 @@ def test_a_worker_killed_by_its_synthesizer_fails_the_build_instead_of_hanging(t
 def test_held_out_voicings_do_not_depend_on_the_training_split(tmp_path):
     # ablating the training voices or their number must leave the validation and test sets as they were
     config = tiny(tmp_path, train_utterances=40, val_utterances=10, test_utterances=10)
-    held_out = lambda plan: [u for u in plan if u.split != "train"]  # noqa: E731
-    reference = held_out(synthetic_speech.plan_corpus(config))
+
+    def held_out(config: SyntheticCorpusConfig) -> list:
+        return [u for u in synthetic_speech.plan_corpus(config) if u.split != "train"]
+
+    reference = held_out(config)
     for changed in (replace(config, train_utterances=80), replace(config, train_variants=config.train_variants[:1])):
-        assert held_out(synthetic_speech.plan_corpus(changed)) == reference
-    assert held_out(synthetic_speech.plan_corpus(replace(config, seed=1))) != reference
+        assert held_out(changed) == reference
+    assert held_out(replace(config, seed=1)) != reference
 
 
 FAKE_TEXT2WAVE = """#!{python}
