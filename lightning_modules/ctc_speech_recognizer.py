@@ -123,7 +123,10 @@ class CTCSpeechRecognizer(LightningModule):
                 f"the tokenizer {self.tokenizer.vocab_size} labels"
             )
 
-    def setup(self, stage: str) -> None:
+    def configure_model(self) -> None:
+        """Build the encoder from the DataModule's featurizer and tokenizer settings when none were given:
+        Lightning's hook for modules built from the data, called before any callback copies the module
+        (``EMAWeightAveraging`` does in its own ``setup``). Idempotent."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.encoder is None:
             if dm is None or not hasattr(dm, "featurizer_config") or not hasattr(dm, "tokenizer_config"):
@@ -136,6 +139,10 @@ class CTCSpeechRecognizer(LightningModule):
             self.hparams["featurizer"] = dataclasses.asdict(self.featurizer_config)
             self.hparams["tokenizer"] = dataclasses.asdict(self.tokenizer_config)
             self._build()
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         reduction = getattr(dm, "time_reduction", None)
         if reduction is not None and reduction != self.encoder.time_reduction:
             raise ValueError(

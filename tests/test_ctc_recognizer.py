@@ -493,3 +493,35 @@ def test_all_silence_audio_gives_finite_loss_and_a_transcript(trained):
     assert all(torch.isfinite(x["features"]).all() for x in items)
     metrics = trainer().validate(model, DataLoader(items, batch_size=4, collate_fn=collate), verbose=False)[0]
     assert math.isfinite(metrics["val/loss"])
+
+
+def test_ema_weight_averaging_averages_the_encoder_built_from_the_data(tmp_path):
+    """Lightning's EMAWeightAveraging copies the module in its own setup(), before the module's: the encoder
+    built from the DataModule's settings must exist by then (configure_model), or the average holds no weights,
+    validation silently uses the raw ones and the checkpoint's state_dict is empty (unloadable)."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    torch.manual_seed(0)
+    data = FakeSpeechData(make_items(32, 0), make_items(8, 1), batch_size=8)
+    model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam)  # featurizer and tokenizer from the data
+    ema = EMAWeightAveraging(decay=0.5)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        max_steps=4,
+        callbacks=[ema, checkpoints],
+    )
+    t.fit(model, data)
+
+    averaged = dict(ema._average_model.module.named_parameters())
+    assert averaged.keys() == dict(model.named_parameters()).keys()
+    saved = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)
+    raw = saved["current_model_state"]
+    reloaded = CTCSpeechRecognizer.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
+    name = "encoder.prologue.conv.weight"
+    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
+    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
