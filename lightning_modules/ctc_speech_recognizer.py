@@ -123,11 +123,15 @@ class CTCSpeechRecognizer(LightningModule):
                 f"the tokenizer {self.tokenizer.vocab_size} labels"
             )
 
+    def _datamodule(self) -> Any:
+        """The trainer's DataModule, or None when no trainer (or none with a DataModule) is attached."""
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
     def configure_model(self) -> None:
         """Build the encoder from the DataModule's featurizer and tokenizer settings when none were given:
         Lightning's hook for modules built from the data, called before any callback copies the module
         (``EMAWeightAveraging`` does in its own ``setup``). Idempotent."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self._datamodule()
         if self.encoder is None:
             if dm is None or not hasattr(dm, "featurizer_config") or not hasattr(dm, "tokenizer_config"):
                 raise ValueError(
@@ -142,7 +146,7 @@ class CTCSpeechRecognizer(LightningModule):
 
     def setup(self, stage: str) -> None:
         self.configure_model()
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self._datamodule()
         reduction = getattr(dm, "time_reduction", None)
         if reduction is not None and reduction != self.encoder.time_reduction:
             raise ValueError(

@@ -86,10 +86,10 @@ class FakeSpeechData(pl.LightningDataModule):
 
 def trainer(**kwargs):
     kwargs.setdefault("max_epochs", 1)
+    kwargs.setdefault("enable_checkpointing", False)
     return pl.Trainer(
         accelerator="cpu",
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -506,15 +506,7 @@ def test_ema_weight_averaging_averages_the_encoder_built_from_the_data(tmp_path)
     model = CTCSpeechRecognizer("jasper-tiny", optimizer=adam)  # featurizer and tokenizer from the data
     ema = EMAWeightAveraging(decay=0.5)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    t = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        max_steps=4,
-        callbacks=[ema, checkpoints],
-    )
+    t = trainer(max_steps=4, enable_checkpointing=True, callbacks=[ema, checkpoints])
     t.fit(model, data)
 
     averaged = dict(ema._average_model.module.named_parameters())
