@@ -28,6 +28,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
+from zoo.lightning_modules.attached_data import attached_datamodule
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.recsys.losses import drop_ratings, masked_mse
 from zoo.registry import create
@@ -91,8 +92,11 @@ class AutoEncoderRecommender(pl.LightningModule):
         self.net = create(self.hparams.network, **{**(self.hparams.network_overrides or {}), "num_items": num_items})
         self.register_buffer("item_index", torch.full((num_items,), -1, dtype=torch.long))
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+    def configure_model(self) -> None:
+        """Build the network for the DataModule's items when ``num_items`` was not given, and fill the item
+        index from the data: Lightning's hook for modules sized by the data, called before any callback
+        copies the module (``EMAWeightAveraging`` does in its own ``setup``). Idempotent."""
+        datamodule = attached_datamodule(self)
         if datamodule is not None and hasattr(datamodule, "item_ids"):
             n = datamodule.num_items
             if self.net is not None and self.net.config.num_items != n:
@@ -106,6 +110,9 @@ class AutoEncoderRecommender(pl.LightningModule):
             self.item_index.copy_(torch.as_tensor(np.asarray(datamodule.item_ids, dtype=np.int64)))
             if hasattr(datamodule, "describe"):
                 self.hparams["data_source"] = datamodule.describe()
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
         if self.net is None:
             raise ValueError("num_items is unknown: pass model num_items or use a datamodule with num_items")
 

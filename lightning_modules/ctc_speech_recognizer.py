@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zoo.config import as_config
+from zoo.lightning_modules.attached_data import attached_datamodule
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.registry import build_config, model_to_dict
 from zoo.speech.ctc import ctc_feasible
@@ -123,15 +124,11 @@ class CTCSpeechRecognizer(LightningModule):
                 f"the tokenizer {self.tokenizer.vocab_size} labels"
             )
 
-    def _datamodule(self) -> Any:
-        """The trainer's DataModule, or None when no trainer (or none with a DataModule) is attached."""
-        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-
     def configure_model(self) -> None:
         """Build the encoder from the DataModule's featurizer and tokenizer settings when none were given:
         Lightning's hook for modules built from the data, called before any callback copies the module
         (``EMAWeightAveraging`` does in its own ``setup``). Idempotent."""
-        dm = self._datamodule()
+        dm = attached_datamodule(self)
         if self.encoder is None:
             if dm is None or not hasattr(dm, "featurizer_config") or not hasattr(dm, "tokenizer_config"):
                 raise ValueError(
@@ -146,7 +143,7 @@ class CTCSpeechRecognizer(LightningModule):
 
     def setup(self, stage: str) -> None:
         self.configure_model()
-        dm = self._datamodule()
+        dm = attached_datamodule(self)
         reduction = getattr(dm, "time_reduction", None)
         if reduction is not None and reduction != self.encoder.time_reduction:
             raise ValueError(

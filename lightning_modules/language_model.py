@@ -38,6 +38,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import SumMetric
 
+from zoo.lightning_modules.attached_data import attached_datamodule
 from zoo.lightning_modules.optimization import configure_optimizers
 from zoo.registry import create, model_to_dict
 from zoo.text.softmax import LogUniformSampler, chunked_nll, sampled_softmax_nll
@@ -118,11 +119,19 @@ class LanguageModel(pl.LightningModule):
                 "(data vocab_file) or train a new model"
             )
 
+    def configure_model(self) -> None:
+        """Build the network for the DataModule's vocabulary (or check it is the one the network has):
+        Lightning's hook for modules sized by the data, called before any callback copies the module
+        (``EMAWeightAveraging`` does in its own ``setup``). Idempotent."""
+        datamodule = attached_datamodule(self)
+        if datamodule is not None and hasattr(datamodule, "vocabulary"):
+            self.attach_vocabulary(datamodule.vocabulary, "data")
+
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = attached_datamodule(self)
         if datamodule is not None and hasattr(datamodule, "vocabulary"):
             datamodule.setup(stage)
-            self.attach_vocabulary(datamodule.vocabulary, "data")
+            self.configure_model()
             self.level = datamodule.token_level
             config = self.net.config
             if config.cell == "bnlstm" and datamodule.bptt > config.max_length:

@@ -289,3 +289,26 @@ def test_config_fast_dev_run(name, tmp_path, monkeypatch) -> None:
             "1",
         ]
     assert main(args) == 0
+
+
+def test_ema_weight_averaging_averages_the_network_built_from_the_vocabulary(tmp_path) -> None:
+    """Lightning's EMAWeightAveraging copies the module in its own setup(), before the module's: the network
+    sized by the DataModule's vocabulary must exist by then (configure_model), or the average holds no
+    weights and the checkpoint's state_dict is empty (unloadable)."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    torch.manual_seed(0)
+    lm = LanguageModel("lstm-char-small", network_overrides=TINY, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    ema = EMAWeightAveraging(decay=0.5)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, max_steps=4, num_sanity_val_steps=0, enable_checkpointing=True)
+    trainer.callbacks = [*trainer.callbacks, ema, checkpoints]
+    trainer.fit(lm, _data(tmp_path / "data"))
+
+    averaged = dict(ema._average_model.module.named_parameters())
+    assert averaged.keys() == dict(lm.named_parameters()).keys()
+    raw = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)["current_model_state"]
+    reloaded = LanguageModel.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
+    name = "net.rnn.lstm.weight_ih_l0"
+    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
+    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights

@@ -344,3 +344,28 @@ def test_ml100k_config_resolves_to_the_recipe(tmp_path, capsys):
     assert {k: cli.datamodule.hparams[k] for k in ("split", "train_fraction", "seed", "batch_size")} == {
         k: data[k] for k in ("split", "train_fraction", "seed", "batch_size")
     }
+
+
+def test_ema_weight_averaging_averages_the_network_built_from_the_items(tmp_path):
+    """Lightning's EMAWeightAveraging copies the module in its own setup(), before the module's: the network
+    sized by the data's items and the item index must exist by then (configure_model), or the average holds no
+    weights, the checkpoint's state_dict is empty and the exported recommender cannot look items up."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from zoo.datamodules.ratings import RatingsDataModule
+
+    torch.manual_seed(0)
+    data = RatingsDataModule(path=str(write_ml100k(tmp_path)), batch_size=8)
+    module = AutoEncoderRecommender("autorec-ml100k", network_overrides={"encoder_sizes": [8]})
+    ema = EMAWeightAveraging(decay=0.5)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(max_steps=4, enable_checkpointing=True, callbacks=[ema, checkpoints]).fit(module, data)
+
+    averaged = dict(ema._average_model.module.named_parameters())
+    assert averaged.keys() == dict(module.named_parameters()).keys()
+    raw = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)["current_model_state"]
+    reloaded = AutoEncoderRecommender.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
+    name = next(iter(averaged))
+    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
+    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
+    assert reloaded.item_index.tolist() == data.item_ids.tolist()  # the integer item index survives averaging
