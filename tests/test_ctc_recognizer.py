@@ -500,6 +500,7 @@ def test_ema_weight_averaging_averages_the_encoder_built_from_the_data(tmp_path)
     built from the DataModule's settings must exist by then (configure_model), or the average holds no weights,
     validation silently uses the raw ones and the checkpoint's state_dict is empty (unloadable)."""
     from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from zoo_toys import assert_checkpoint_holds_the_average
 
     torch.manual_seed(0)
     data = FakeSpeechData(make_items(32, 0), make_items(8, 1), batch_size=8)
@@ -509,11 +510,4 @@ def test_ema_weight_averaging_averages_the_encoder_built_from_the_data(tmp_path)
     t = trainer(max_steps=4, enable_checkpointing=True, callbacks=[ema, checkpoints])
     t.fit(model, data)
 
-    averaged = dict(ema._average_model.module.named_parameters())
-    assert averaged.keys() == dict(model.named_parameters()).keys()
-    saved = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)
-    raw = saved["current_model_state"]
-    reloaded = CTCSpeechRecognizer.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
-    name = "encoder.prologue.conv.weight"
-    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
-    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
+    assert_checkpoint_holds_the_average(ema, model, checkpoints.last_model_path, "encoder.prologue.conv.weight")

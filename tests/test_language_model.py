@@ -296,6 +296,7 @@ def test_ema_weight_averaging_averages_the_network_built_from_the_vocabulary(tmp
     sized by the DataModule's vocabulary must exist by then (configure_model), or the average holds no
     weights and the checkpoint's state_dict is empty (unloadable)."""
     from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from zoo_toys import assert_checkpoint_holds_the_average
 
     torch.manual_seed(0)
     lm = LanguageModel("lstm-char-small", network_overrides=TINY, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
@@ -305,10 +306,4 @@ def test_ema_weight_averaging_averages_the_network_built_from_the_vocabulary(tmp
     trainer.callbacks = [*trainer.callbacks, ema, checkpoints]
     trainer.fit(lm, _data(tmp_path / "data"))
 
-    averaged = dict(ema._average_model.module.named_parameters())
-    assert averaged.keys() == dict(lm.named_parameters()).keys()
-    raw = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)["current_model_state"]
-    reloaded = LanguageModel.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
-    name = "net.rnn.lstm.weight_ih_l0"
-    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
-    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
+    assert_checkpoint_holds_the_average(ema, lm, checkpoints.last_model_path, "net.rnn.lstm.weight_ih_l0")

@@ -351,6 +351,7 @@ def test_ema_weight_averaging_averages_the_network_built_from_the_items(tmp_path
     sized by the data's items and the item index must exist by then (configure_model), or the average holds no
     weights, the checkpoint's state_dict is empty and the exported recommender cannot look items up."""
     from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from zoo_toys import assert_checkpoint_holds_the_average
 
     from zoo.datamodules.ratings import RatingsDataModule
 
@@ -361,11 +362,5 @@ def test_ema_weight_averaging_averages_the_network_built_from_the_items(tmp_path
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer(max_steps=4, enable_checkpointing=True, callbacks=[ema, checkpoints]).fit(module, data)
 
-    averaged = dict(ema._average_model.module.named_parameters())
-    assert averaged.keys() == dict(module.named_parameters()).keys()
-    raw = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)["current_model_state"]
-    reloaded = AutoEncoderRecommender.load_from_checkpoint(checkpoints.last_model_path, map_location="cpu")
-    name = next(iter(averaged))
-    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
-    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
+    reloaded = assert_checkpoint_holds_the_average(ema, module, checkpoints.last_model_path, "net.encoder_weights.0")
     assert reloaded.item_index.tolist() == data.item_ids.tolist()  # the integer item index survives averaging

@@ -104,6 +104,21 @@ class ToyModule(pl.LightningModule):
         return pipeline
 
 
+def assert_checkpoint_holds_the_average(
+    ema: pl.Callback, module: pl.LightningModule, path: str, name: str
+) -> pl.LightningModule:
+    """After a fit with Lightning's ``EMAWeightAveraging`` ``ema``: the average covers every parameter of
+    ``module``, and the checkpoint at ``path`` reloads with the averaged ``name``, not the last step's.
+    Returns the reloaded module."""
+    averaged = dict(ema._average_model.module.named_parameters())
+    assert averaged.keys() == dict(module.named_parameters()).keys()
+    raw = torch.load(path, map_location="cpu", weights_only=False)["current_model_state"]
+    reloaded = type(module).load_from_checkpoint(path, map_location="cpu")
+    assert torch.equal(reloaded.state_dict()[name], averaged[name].detach())
+    assert not torch.equal(reloaded.state_dict()[name], raw[name])  # the average, not the last step's weights
+    return reloaded
+
+
 def toy_tensors(n: int, seed: int) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g)
