@@ -221,8 +221,8 @@ class FakeReference:
     def __init__(self, texts: dict[str, str]):
         self.texts = texts
 
-    def transcribe(self, path):
-        return self.texts[Path(path).stem]
+    def transcribe_many(self, paths):
+        return [self.texts[Path(path).stem] for path in paths]
 
 
 def test_real_speech_wer_per_source_with_a_reference(tmp_path):
@@ -270,6 +270,33 @@ def test_pocketsphinx_reference_decodes_16k_files(tmp_path):
     assert isinstance(reference.transcribe(tmp_path / "tone.wav"), str)
     with pytest.raises(ValueError, match="16 kHz"):
         reference.transcribe(tmp_path / "narrow.wav")
+
+
+def test_pocketsphinx_workers_give_the_serial_hypotheses_in_order(tmp_path):
+    """Eight espeak-ng sentences: one decoder reading them in turn, and two worker processes, give each clip the
+    hypothesis a fresh decoder gives it, in the files' order (pocketsphinx's noise estimate would otherwise carry
+    from clip to clip: "goodbye" read third is "i", read first "bye"); a wrong sample rate in a worker still
+    names the file."""
+    pytest.importorskip("pocketsphinx")
+    from zoo.commands.real_speech_report import Pocketsphinx
+    from zoo.datamodules.espeak import Espeak, Voicing, resample
+
+    espeak = Espeak()
+    paths = []
+    texts = ("front left", "please enter your number", "goodbye", "the weather is cold today")
+    for i, text in enumerate(texts + tuple(f"{t} now" for t in texts)):
+        samples = resample(espeak.render(text, Voicing("en-us")), espeak.sample_rate, 16000)
+        soundfile.write(tmp_path / f"{i}.wav", samples, 16000, subtype="PCM_16")
+        paths.append(tmp_path / f"{i}.wav")
+    expected = [Pocketsphinx(workers=1).transcribe(path) for path in paths]  # each clip by a fresh decoder
+    assert len(set(expected)) == len(expected)  # different hypotheses: the order is checked
+    serial, parallel = Pocketsphinx(workers=1), Pocketsphinx(workers=2)
+    assert [serial.transcribe(path) for path in paths] == expected
+    parallel.decoder = None  # this process' decoder must not be the one that runs
+    assert parallel.transcribe_many(paths) == expected
+    tone(tmp_path / "narrow.wav", 8000, 0.3)
+    with pytest.raises(ValueError, match="narrow.wav: .*16 kHz"):
+        parallel.transcribe_many(paths[:7] + [tmp_path / "narrow.wav"])
 
 
 def test_subset_is_evenly_spaced_and_keeps_the_ends():
