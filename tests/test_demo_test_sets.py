@@ -30,6 +30,19 @@ def planned(config: SyntheticCorpusConfig) -> dict[str, tuple[set[str], set[str]
     return out
 
 
+def test_training_utterances_default_per_text_and_the_command_line_wins():
+    def train_utterances(*argv: str) -> int:
+        return corpus_config(build_parser().parse_args(list(argv))).train_utterances
+
+    assert train_utterances() == SyntheticCorpusConfig().train_utterances == 4000  # the shared spec
+    assert train_utterances("--text", "english") == demo.ENGLISH_TRAIN_UTTERANCES == 12000
+    assert train_utterances("--text", "english", "--utterances", "4000") == 4000
+    assert train_utterances("--utterances", "40") == 40
+    # the held-out splits keep their size
+    english = corpus_config(build_parser().parse_args(["--text", "english"]))
+    assert (english.val_utterances, english.test_utterances) == (300, 300)
+
+
 @pytest.mark.parametrize("text", ["commands", "english"])
 def test_default_plan_is_held_out_espeak_voices_and_the_whole_flite_family(monkeypatch, text):
     monkeypatch.setattr(demo, "voice_missing", lambda variant: None)  # as where flite is installed
