@@ -88,15 +88,14 @@ class Pocketsphinx:
 
     def __init__(self, workers: int | None = None) -> None:
         try:
-            from pocketsphinx import Decoder
+            import pocketsphinx
         except ImportError as error:
             raise PocketsphinxMissing(
                 "the pocketsphinx reference needs the PyPI package pocketsphinx: pip install pocketsphinx"
             ) from error
-        import pocketsphinx
 
         self.version = getattr(pocketsphinx, "__version__", None) or _distribution_version("pocketsphinx")
-        self.decoder = Decoder(samprate=16000, loglevel="FATAL")
+        self.decoder = _new_decoder()
         self.workers = max(1, workers if workers is not None else os.cpu_count() or 1)
 
     def transcribe(self, path: str | Path) -> str:
@@ -111,6 +110,13 @@ class Pocketsphinx:
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker_decoder) as pool:
             chunk = max(1, len(paths) // (4 * self.workers))
             return list(pool.map(_transcribe_in_worker, [str(p) for p in paths], chunksize=chunk))
+
+
+def _new_decoder():
+    """pocketsphinx's default English decoder for 16 kHz audio, quiet."""
+    from pocketsphinx import Decoder
+
+    return Decoder(samprate=16000, loglevel="FATAL")
 
 
 def _decode(decoder, path: str | Path) -> str:
@@ -137,9 +143,7 @@ _worker_decoder = None
 
 def _start_worker_decoder() -> None:
     global _worker_decoder
-    from pocketsphinx import Decoder
-
-    _worker_decoder = Decoder(samprate=16000, loglevel="FATAL")
+    _worker_decoder = _new_decoder()
 
 
 def _transcribe_in_worker(path: str) -> str:
