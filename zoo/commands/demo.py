@@ -43,8 +43,7 @@ DEMO_TRAIN_VARIANTS = "default,pico:**5,hibari:**4,piper:joe*8"
 #: The English demo's training utterances (``--text english`` without ``--utterances``): three times the shared
 #: spec's 4,000 (11.1 h of speech, three fifths of the usable fortunes sentences), chosen on the validation voices:
 #: greedy / beam WER 50.7-51.2 / 22.7-23.8 % -> 46.2-47.4 / 20.8-21.0 % in the same 20 minutes, two seeds each
-#: (docs/real-speech.md). The
-#: commands grammar keeps the shared spec's 4,000.
+#: (docs/real-speech.md). The commands grammar keeps the shared spec's 4,000.
 ENGLISH_TRAIN_UTTERANCES = 12000
 #: The synthesizer family held out whole as the second test set (``--unheard-family``).
 UNHEARD_FAMILY = "flite"
