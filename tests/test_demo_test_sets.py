@@ -13,7 +13,7 @@ from rich.console import Console
 
 from zoo.commands import demo
 from zoo.commands.demo import EvaluationSet, build_parser, corpus_config, plan_test_sets
-from zoo.commands.speech_demo import card_info, results_table, score_rows
+from zoo.commands.speech_demo import FAMILY_DATASETS, card_info, results_table, score_rows
 from zoo.datamodules import synthetic_speech
 from zoo.datamodules.synthetic_speech import SyntheticCorpusConfig, expand_variants, plan_corpus, voice_family
 
@@ -222,3 +222,7 @@ def test_demo_run_scores_and_records_both_test_sets(tmp_path):
         assert row["beam_wer"] == results["metrics"][f"{row['key']}/wer_beam"]
     card = (out / "jasper-demo" / "README.md").read_text()
     assert "| unheard_wer_beam |" in card and "| test_wer_beam |" in card and "SVOX Pico" in card
+
+
+def test_every_synthesizer_family_has_a_model_card_entry():
+    assert set(FAMILY_DATASETS) == {synthetic_speech.ESPEAK, *synthetic_speech.ENGINES}
