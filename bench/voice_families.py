@@ -1,4 +1,5 @@
-"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Pico, Piper, hibari).
+"""Rendering speed per synthesizer family of the many-voice corpus (espeak-ng, Flite, Festival, Pico, Piper, hibari,
+MBROLA, RHVoice).
 
 Builds a small corpus in a temporary cache whose training voices mix every installed family (a family
 that is missing is left out with one line), and reports utterances per second of one worker's time per
@@ -29,6 +30,10 @@ VOICES = [
     "piper:joe",
     "hibari:heart",
     "hibari:heart-gb",
+    "mbrola:us1",
+    "mbrola:en1",
+    "rhvoice:bdl",
+    "rhvoice:clb",
 ]
 
 
