@@ -19,8 +19,10 @@ import ctypes
 import ctypes.util
 import io
 import math
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +168,7 @@ class Espeak:
                     "install the Debian package: apt-get install espeak-ng"
                 )
             self.sample_rate = 22050
-            self.version, data = _program_info()
+            self.version, data = program_info()
         else:
             self.sample_rate, self.version, data = self._library.sample_rate, self._library.version, self._library.data
         self.backend = "library" if self._library is not None else "program"
@@ -213,6 +215,34 @@ class Espeak:
         return samples.reshape(-1)
 
 
+def run_to_wav(
+    command: list[str],
+    error: type[EspeakError],
+    what: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Run a synthesizer program that writes a WAV file -> (int16 samples (S,) of its first channel, sample rate).
+
+    ``command`` holds ``"{wav}"`` where the program takes the output path (a temporary file, removed after);
+    ``stdin`` is the program's input, ``env`` its environment. A failed run, or an empty file, raises ``error``
+    naming the program and ``what`` was rendered.
+    """
+    handle, path = tempfile.mkstemp(suffix=".wav")
+    os.close(handle)
+    try:
+        command = [path if part == "{wav}" else part for part in command]
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0 or os.path.getsize(path) == 0:
+            raise error(f"{' '.join(command[:3])} failed on {what}: {result.stderr.strip()[-300:]}")
+        samples, rate = soundfile.read(path, dtype="int16")
+    finally:
+        os.unlink(path)
+    if samples.size == 0:
+        raise error(f"{command[0]} produced no audio for {what}")
+    return samples.reshape(samples.shape[0], -1)[:, 0], rate
+
+
 def _smooth_at_least(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n (FFT lengths with small prime factors are fast)."""
     best = 1 << max(0, (n - 1).bit_length())
@@ -248,7 +278,7 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return np.clip(out[: round(n * up / down)], -1.0, 1.0).astype(np.float32)
 
 
-def _program_info() -> tuple[str, str | None]:
+def program_info() -> tuple[str, str | None]:
     """(version, data folder) from ``espeak-ng --version``: "eSpeak NG text-to-speech: 1.51  Data at: /usr/..."."""
     result = subprocess.run([PROGRAM, "--version"], capture_output=True, text=True, check=False)
     version = next((w for w in result.stdout.split() if w[:1].isdigit()), "unknown")

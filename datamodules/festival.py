@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
-import soundfile
 
-from zoo.datamodules.espeak import EspeakError, Voicing
+from zoo.datamodules.espeak import EspeakError, Voicing, run_to_wav
 
 PROGRAM = "text2wave"
 PREFIX = "festival:"
@@ -81,25 +79,7 @@ class Festival:
         self.check_voice(voicing.voice)
         name = voicing.voice.removeprefix(PREFIX)
         stretch = NEUTRAL_RATE / max(voicing.rate, 1)
-        handle, path = tempfile.mkstemp(suffix=".wav")
-        os.close(handle)
-        try:
-            command = [
-                PROGRAM,
-                "-eval",
-                f"(voice_{name})",
-                "-eval",
-                f"(Parameter.set 'Duration_Stretch {stretch:.4f})",
-                "-o",
-                path,
-            ]
-            result = subprocess.run(command, input=text, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise FestivalError(f"{' '.join(command)} failed on {text!r}: {result.stderr.strip()[-300:]}")
-            samples, rate = soundfile.read(path, dtype="int16")
-        finally:
-            os.unlink(path)
-        if samples.size == 0:
-            raise FestivalError(f"festival produced no audio for {text!r} with voice {voicing.voice!r}")
-        self.sample_rate = rate
-        return samples.reshape(samples.shape[0], -1)[:, 0]
+        command = [PROGRAM, "-eval", f"(voice_{name})", "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.4f})"]
+        what = f"{text!r} with voice {voicing.voice!r}"
+        samples, self.sample_rate = run_to_wav([*command, "-o", "{wav}"], FestivalError, what, stdin=text)
+        return samples

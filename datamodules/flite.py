@@ -13,15 +13,12 @@ neutral rate); pitch and word gap are left to the voice.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
-import soundfile
 
-from zoo.datamodules.espeak import EspeakError, Voicing
+from zoo.datamodules.espeak import EspeakError, Voicing, run_to_wav
 
 PROGRAM = "flite"
 PREFIX = "flite:"
@@ -58,17 +55,6 @@ class Flite:
         if name not in FLITE_VOICES:
             raise FliteError(f"unknown Flite voice {voicing.voice!r}; use one of {[PREFIX + v for v in FLITE_VOICES]}")
         stretch = NEUTRAL_RATE / max(voicing.rate, 1)
-        handle, path = tempfile.mkstemp(suffix=".wav")
-        os.close(handle)
-        try:
-            command = [PROGRAM, "-voice", name, "--setf", f"duration_stretch={stretch:.4f}", "-t", text, "-o", path]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise FliteError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-            samples, rate = soundfile.read(path, dtype="int16")
-        finally:
-            os.unlink(path)
-        if samples.size == 0:
-            raise FliteError(f"flite produced no audio for {text!r} with voice {voicing.voice!r}")
-        self.sample_rate = rate
-        return samples.reshape(samples.shape[0], -1)[:, 0]
+        command = [PROGRAM, "-voice", name, "--setf", f"duration_stretch={stretch:.4f}", "-t", text, "-o", "{wav}"]
+        samples, self.sample_rate = run_to_wav(command, FliteError, f"{text!r} with voice {voicing.voice!r}")
+        return samples

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 from zoo.datamodules.debian_archive import DebianArchiveError, installed_versions, unpacked_packages
 from zoo.datamodules.espeak import PROGRAM as ESPEAK_PROGRAM
-from zoo.datamodules.espeak import EspeakError, Voicing, _program_info
+from zoo.datamodules.espeak import EspeakError, Voicing, program_info, run_to_wav
 
 PREFIX = "mbrola:"
 #: voice -> its Debian package (non-free).
@@ -71,7 +70,7 @@ def mbrola_installation(cache_dir: str | os.PathLike[str] | None = None) -> Mbro
         return found
     if shutil.which(ESPEAK_PROGRAM) is None:
         raise MbrolaError("the voices 'mbrola:...' need espeak-ng as their front end: apt-get install espeak-ng")
-    _, espeak_data = _program_info()
+    _, espeak_data = program_info()
     if espeak_data is None:
         raise MbrolaError("the voices 'mbrola:...' need espeak-ng's data folder (`espeak-ng --version` names none)")
     try:
@@ -107,18 +106,8 @@ class Mbrola:
         if name not in MBROLA_VOICES:
             known = [PREFIX + v for v in MBROLA_VOICES]
             raise MbrolaError(f"unknown MBROLA voice {voicing.voice!r}; use one of {known}")
-        handle, path = tempfile.mkstemp(suffix=".wav")
-        os.close(handle)
-        try:
-            command = [ESPEAK_PROGRAM, "-v", f"mb-{name}", "-s", str(voicing.rate), "-p", str(voicing.pitch)]
-            command += ["-g", str(voicing.word_gap), "-w", path, "--", text]
-            result = subprocess.run(command, capture_output=True, text=True, env=self._installation.environment())
-            if result.returncode != 0 or os.path.getsize(path) == 0:
-                raise MbrolaError(f"{' '.join(command[:3])} failed on {text!r}: {result.stderr.strip()[-300:]}")
-            samples, rate = soundfile.read(path, dtype="int16")
-        finally:
-            os.unlink(path)
-        if samples.size == 0:
-            raise MbrolaError(f"MBROLA produced no audio for {text!r} with voice {voicing.voice!r}")
-        self.sample_rate = rate
-        return samples.reshape(samples.shape[0], -1)[:, 0]
+        command = [ESPEAK_PROGRAM, "-v", f"mb-{name}", "-s", str(voicing.rate), "-p", str(voicing.pitch)]
+        command += ["-g", str(voicing.word_gap), "-w", "{wav}", "--", text]
+        what = f"{text!r} with voice {voicing.voice!r}"
+        samples, self.sample_rate = run_to_wav(command, MbrolaError, what, env=self._installation.environment())
+        return samples
