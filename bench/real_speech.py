@@ -21,8 +21,10 @@ from harness import environment, table, write_result
 from rich.console import Console
 
 from zoo.commands.real_speech_report import (
+    EDIT_KINDS,
     Pocketsphinx,
     PocketsphinxMissing,
+    edits_table,
     evaluate_real_speech,
     real_speech_table,
     results_json,
@@ -74,6 +76,7 @@ def main() -> int:
             console.print(str(error))
     results = evaluate_real_speech(module, prepared, reference, max_clips=args.max_clips)
     console.print(real_speech_table(results, f"{checkpoint.name}: WER % on real human speech"))
+    console.print(edits_table(results))
     rows = [
         {
             "source": r.source,
@@ -103,9 +106,24 @@ def main() -> int:
         f"checkpoint {checkpoint}; {clips}; beam: {decoding}; "
         f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files"
     )
+    edit_rows = [
+        {"source": r.source, "decoder": decoder, **{k: 100 * n / max(r.words, 1) for k, n in edits.items()}}
+        for r in results
+        for decoder, edits in r.edits.items()
+    ]
+    edit_columns = [
+        ("source", "source"),
+        ("decoder", "decoder"),
+        *((kind, f"{kind} % of reference words", ".1f") for kind in EDIT_KINDS),
+    ]
     write_result(
         args.name,
-        [table("Real human speech: WER per source", columns, rows, notes)],
+        [
+            table("Real human speech: WER per source", columns, rows, notes),
+            table(
+                "Real human speech: where the errors are", edit_columns, edit_rows, "the three columns sum to the WER"
+            ),
+        ],
         env,
         checkpoint=str(checkpoint),
         beam_search=beam.__dict__ if beam else None,

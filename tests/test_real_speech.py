@@ -226,7 +226,7 @@ class FakeReference:
 
 
 def test_real_speech_wer_per_source_with_a_reference(tmp_path):
-    from zoo.commands.real_speech_report import evaluate_real_speech
+    from zoo.commands.real_speech_report import edits_table, evaluate_real_speech
     from zoo.datamodules.real_speech import PreparedSource
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
 
@@ -249,6 +249,13 @@ def test_real_speech_wer_per_source_with_a_reference(tmp_path):
     # reference hypotheses normalised like the references: "Front, left!" and "press 1 now" match
     assert result.pocketsphinx_wer == pytest.approx(1 / 7)
     assert [e["pocketsphinx"] for e in result.examples] == ["front left", "rear centre", "press one now"]
+    # the edits behind each WER, by kind: "rear centre" for "rear center" is one substitution; each greedy
+    # hypothesis is one number for two or three reference words: one substitution and the rest deletions
+    assert result.edits["pocketsphinx"] == {"substitutions": 1, "deletions": 0, "insertions": 0}
+    assert result.edits["greedy"] == {"substitutions": 3, "deletions": 4, "insertions": 0}
+    table = edits_table([result])
+    assert [c.header for c in table.columns] == ["source", "decoder", "substituted", "deleted", "inserted", "WER"]
+    assert list(table.columns[2].cells) == ["42.9", "14.3"] and list(table.columns[5].cells) == ["100.0", "14.3"]
     assert result.beam_wer is None and result.lexicon_oov is None
     # with a lexicon: the share of reference words the beam search cannot produce
     from zoo.speech.decoding import BeamSearchConfig
@@ -360,3 +367,35 @@ def test_missing_packages_are_fetched_into_the_cache(tmp_path, monkeypatch):
     log.unlink()
     assert list(prepare_real_speech(SOURCES, tmp_path / "cache", roots=[tmp_path / "empty"])) == list(SOURCES)
     assert not log.exists()
+
+
+def test_word_edits_match_a_naive_alignment_and_sum_to_jiwer_wer():
+    import random
+
+    import jiwer
+
+    from zoo.commands.real_speech_report import error_rate, word_edits
+
+    def levenshtein(reference: list[str], hypothesis: list[str]) -> int:
+        """The fewest word edits turning ``reference`` into ``hypothesis`` (the textbook dynamic programme)."""
+        previous = list(range(len(hypothesis) + 1))
+        for i, word in enumerate(reference, 1):
+            current = [i]
+            for j, other in enumerate(hypothesis, 1):
+                current.append(min(previous[j - 1] + (word != other), previous[j] + 1, current[j - 1] + 1))
+            previous = current
+        return previous[-1]
+
+    rng = random.Random(0)
+    vocabulary = ["a", "b", "c", "d"]
+    references = [" ".join(rng.choices(vocabulary, k=rng.randint(1, 7))) for _ in range(60)]
+    hypotheses = [" ".join(rng.choices(vocabulary, k=rng.randint(0, 8))) for _ in range(60)]
+    edits = word_edits(references, hypotheses)
+    pairs = [(r.split(), h.split()) for r, h in zip(references, hypotheses, strict=True)]
+    assert sum(edits.values()) == sum(levenshtein(r, h) for r, h in pairs)
+    # every alignment deletes as many more words than it inserts as the reference is longer than the hypothesis
+    assert edits["deletions"] - edits["insertions"] == sum(len(r) - len(h) for r, h in pairs)
+    words = sum(len(r.split()) for r in references)
+    assert error_rate(edits, words) == pytest.approx(jiwer.wer(references, hypotheses))
+    assert word_edits(["front left"], ["front left right"]) == {"substitutions": 0, "deletions": 0, "insertions": 1}
+    assert word_edits(["front left"], [""]) == {"substitutions": 0, "deletions": 2, "insertions": 0}

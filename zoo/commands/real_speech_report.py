@@ -3,7 +3,9 @@ beam search, next to pocketsphinx (PyPI ``pocketsphinx``, its bundled en-us acou
 language model) decoding the same recordings in the same run.
 
 WER is the corpus-level word error rate (jiwer: edits summed over the clips / reference words), with both
-systems' hypotheses normalised by the same tokenizer as the references.
+systems' hypotheses normalised by the same tokenizer as the references; each decoder's edits are also kept apart
+(substituted, deleted and inserted words), which tells a recognizer that mishears from one that drops or invents
+words.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class PocketsphinxMissing(RuntimeError):
 
 @dataclass
 class SourceResult:
-    """One source's scores; ``*_wer`` are fractions, None where that decoder did not run."""
+    """One source's scores; ``*_wer`` are fractions, None where that decoder did not run; ``edits``: per decoder
+    ("greedy", "beam", "pocketsphinx") the word edits of its WER, ``{"substitutions", "deletions", "insertions"}``."""
 
     source: str
     clips: int
@@ -44,6 +47,7 @@ class SourceResult:
     pocketsphinx_wer: float | None = None
     lexicon_oov: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    edits: dict[str, dict[str, int]] = field(default_factory=dict)
     speakers: list[str] = field(default_factory=list)
     licences: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
@@ -159,9 +163,18 @@ def _distribution_version(name: str) -> str:
         return "unknown"
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER: word edits summed over the clips / reference words (jiwer)."""
-    return float(jiwer.wer(references, hypotheses))
+EDIT_KINDS = ("substitutions", "deletions", "insertions")
+
+
+def word_edits(references: list[str], hypotheses: list[str]) -> dict[str, int]:
+    """The word edits of the minimal alignment of each clip (jiwer), summed over the clips, by kind."""
+    alignment = jiwer.process_words(references, hypotheses)
+    return {kind: int(getattr(alignment, kind)) for kind in EDIT_KINDS}
+
+
+def error_rate(edits: dict[str, int], words: int) -> float:
+    """Corpus WER: the edits summed over the clips / reference words."""
+    return sum(edits.values()) / max(words, 1)
 
 
 def subset(records: list[dict[str, Any]], max_clips: int | None) -> list[dict[str, Any]]:
@@ -212,25 +225,29 @@ def evaluate_real_speech(
         expected = [r["audio_filepath"] for r in records]
         if [str(Path(i).resolve()) for i in ids] != expected:
             raise RuntimeError(f"{prepared_source.manifest}: the recognizer skipped or reordered clips")
+        words = sum(len(t.split()) for t in references)
+        edits = {"greedy": word_edits(references, greedy)}
         result = SourceResult(
             source,
             len(records),
-            sum(len(t.split()) for t in references),
+            words,
             round(sum(r["duration"] for r in records) / 60, 2),
-            word_error_rate(references, greedy),
+            error_rate(edits["greedy"], words),
         )
         if beam is not None:
-            result.beam_wer = word_error_rate(references, beam)
+            edits["beam"] = word_edits(references, beam)
+            result.beam_wer = error_rate(edits["beam"], words)
         if lexicon is not None:
-            words = [w for t in references for w in t.split()]
-            result.lexicon_oov = sum(w not in lexicon for w in words) / max(len(words), 1)
+            result.lexicon_oov = sum(w not in lexicon for t in references for w in t.split()) / max(words, 1)
         sphinx = None
         if reference is not None:
             started = time.perf_counter()
             sphinx = [normal.normalize(text) for text in reference.transcribe_many(expected)]
             seconds["pocketsphinx"] = round(time.perf_counter() - started, 2)
-            result.pocketsphinx_wer = word_error_rate(references, sphinx)
+            edits["pocketsphinx"] = word_edits(references, sphinx)
+            result.pocketsphinx_wer = error_rate(edits["pocketsphinx"], words)
         result.seconds = seconds
+        result.edits = edits
         result.speakers = sorted({r.get("speaker", "?") for r in records})
         result.licences = sorted({r.get("licence", "?") for r in records})
         for i in range(min(examples, len(records))):
@@ -264,6 +281,25 @@ def real_speech_table(results: list[SourceResult], title: str = "real human spee
             _percent(r.lexicon_oov),
         )
     table.caption = "pocketsphinx: its bundled en-us model, dictionary and LM, on the same recordings in the same run"
+    return table
+
+
+def edits_table(
+    results: list[SourceResult], title: str = "where the errors are: word edits % of reference words"
+) -> Table:
+    """Per source and decoder: substituted, deleted and inserted words as % of the reference words (they sum to
+    the WER)."""
+    table = Table(title=title)
+    for column in ("source", "decoder", "substituted", "deleted", "inserted", "WER"):
+        table.add_column(column, justify="left" if column in ("source", "decoder") else "right")
+    for r in results:
+        for decoder, edits in r.edits.items():
+            table.add_row(
+                r.source,
+                decoder,
+                *(_percent(edits[k] / max(r.words, 1)) for k in EDIT_KINDS),
+                _percent(error_rate(edits, r.words)),
+            )
     return table
 
 

@@ -415,7 +415,13 @@ def evaluate_real_speech(
 ) -> list[dict[str, Any]]:
     """WER per real-speech source (``zoo prepare-real-speech``), greedy and with the tuned beam search, next to
     the synthetic test set's and to pocketsphinx on the same recordings (see :mod:`zoo.commands.real_speech_report`)."""
-    from zoo.commands.real_speech_report import Pocketsphinx, PocketsphinxMissing, real_speech_table, results_json
+    from zoo.commands.real_speech_report import (
+        Pocketsphinx,
+        PocketsphinxMissing,
+        edits_table,
+        real_speech_table,
+        results_json,
+    )
     from zoo.commands.real_speech_report import evaluate_real_speech as score
     from zoo.datamodules.real_speech import prepare_real_speech
     from zoo.lightning_modules.ctc_speech_recognizer import CTCSpeechRecognizer
@@ -446,6 +452,7 @@ def evaluate_real_speech(
         style="dim",
     )
     console.print(table)
+    console.print(edits_table(results))
     return results_json(results)
 
 
