@@ -30,7 +30,11 @@ NEW, OLD = FIXTURES / "nemo-3.0.0", FIXTURES / "nemo-2.4.1"
 STEMS = ("hello", "seven", "chirp")
 NEW_VARIANTS = ("quartznet", "jasper_dr", "samples_allfeat_max", "nonorm_dense_carried_max")
 OLD_VARIANTS = ("quartznet", "jasper_dr", "samples_allfeat_max")
-FEATURE_ATOL = 1e-4  # measured max 6.2e-5: float32 filterbank (torchaudio vs librosa in float64) and STFT rounding
+# Measured max 6.2e-5 on one Xeon, 2.0e-4 on another (no AMX): float32 filterbank (torchaudio vs librosa in float64)
+# and STFT rounding, largest in the chirp's lowest mel bin, far below the frame's energy, where the log and the
+# per-feature normalisation magnify it. A wrong window, filterbank, log guard or normalisation moves features by
+# 1e-2 or more (the biased vs unbiased std alone by ~1e-2).
+FEATURE_ATOL = 3e-4
 LOG_PROB_ATOL, LOG_PROB_RTOL = 5e-4, 1e-5  # measured max 6.1e-4 on log-probs down to -155 (2.2e-4 down to -33)
 
 
