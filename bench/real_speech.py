@@ -107,9 +107,9 @@ def main() -> int:
         f"pocketsphinx {reference.version if reference else 'not run'} (bundled en-us model) on the same files"
     )
     edit_rows = [
-        {"source": r.source, "decoder": decoder, **{k: 100 * n / max(r.words, 1) for k, n in edits.items()}}
+        {"source": r.source, "decoder": decoder, **{k: 100 * share for k, share in shares.items()}}
         for r in results
-        for decoder, edits in r.edits.items()
+        for decoder, shares in r.edit_shares().items()
     ]
     edit_columns = [
         ("source", "source"),

@@ -52,6 +52,10 @@ class SourceResult:
     licences: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
 
+    def edit_shares(self) -> dict[str, dict[str, float]]:
+        """Per decoder, each kind of word edit as a fraction of the reference words (they sum to its WER)."""
+        return {decoder: {k: n / max(self.words, 1) for k, n in edits.items()} for decoder, edits in self.edits.items()}
+
 
 def recognizer_hypotheses(
     module, manifest: Path, batch_size: int = 16
@@ -293,13 +297,8 @@ def edits_table(
     for column in ("source", "decoder", "substituted", "deleted", "inserted", "WER"):
         table.add_column(column, justify="left" if column in ("source", "decoder") else "right")
     for r in results:
-        for decoder, edits in r.edits.items():
-            table.add_row(
-                r.source,
-                decoder,
-                *(_percent(edits[k] / max(r.words, 1)) for k in EDIT_KINDS),
-                _percent(error_rate(edits, r.words)),
-            )
+        for decoder, shares in r.edit_shares().items():
+            table.add_row(r.source, decoder, *(_percent(shares[k]) for k in EDIT_KINDS), _percent(sum(shares.values())))
     return table
 
 
