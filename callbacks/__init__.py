@@ -1,6 +1,7 @@
 """callbacks of zoo (installed as zoo.callbacks)."""
 
 from zoo.callbacks.ctc_alignment import PlotCTCAlignment
+from zoo.callbacks.fastest_precision import FastestPrecision
 from zoo.callbacks.layerwise_monitor import LayerwiseMonitor
 from zoo.callbacks.loss_scaling import LossScaling
 from zoo.callbacks.plots import PlotMetrics
@@ -11,6 +12,7 @@ from zoo.callbacks.time_budget import DecayOverTimeBudget
 __all__ = [
     "AtomicCheckpointIO",
     "DecayOverTimeBudget",
+    "FastestPrecision",
     "LayerwiseMonitor",
     "LossScaling",
     "PlotCTCAlignment",

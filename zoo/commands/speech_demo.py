@@ -509,6 +509,7 @@ def run(
         "train_minutes": minutes,
         "checkpoint": str(checkpoint),
         "steps": trainer.global_step,
+        "precision": trainer.precision,  # the recipe's, or the one FastestPrecision measured fastest
         "metrics": metrics,
         "test_sets": rows,
         "test_sets_left_out": list(test_sets_left_out),
