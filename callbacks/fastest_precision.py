@@ -13,7 +13,8 @@ optimizer step) and divided by the number of elements in the batch's tensors, so
 precision (SortaGrad's first epoch grows in length) does not count against it. The precision with the lowest
 median time per element trains the rest of the run, and one line says which and why. The measured steps are
 real training steps: nothing is spent on the measurement itself. Under DDP rank 0's choice is broadcast, so
-every rank trains in the same precision.
+every rank trains in the same precision. The measurement runs only when ``trainer.precision`` is the first
+candidate (the recipe's own): ``--trainer.precision 32-true`` on the command line is kept as given.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class FastestPrecision(pl.Callback):
     """Time the first training steps under each of ``candidates`` and train the rest in the fastest.
 
     Args:
-        candidates: precisions to compare, from :data:`SWAPPABLE`; the trainer's own ``precision`` need not be
-            among them (it is used until the measurement ends).
+        candidates: precisions to compare, from :data:`SWAPPABLE`. The first is the recipe's own
+            ``trainer.precision``: the measurement runs only when the trainer's precision is that one, so that
+            another ``--trainer.precision`` on the command line is a deliberate choice and is kept (one line says
+            so).
         steps: timed steps per candidate, after one warm-up step each (``len(candidates) * (steps + 1)`` steps
             are measured in all).
 
@@ -86,10 +89,17 @@ class FastestPrecision(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._original = trainer.strategy.precision_plugin
-        self._plugins = {c: self._plugin(c, trainer) for c in self.candidates}
         self._timings = {c: [] for c in self.candidates}
         self._measured = 0
-        self.chosen, self.seconds_per_element = None, {}
+        self.chosen, self.seconds_per_element, self._plugins = None, {}, {}
+        if trainer.precision != self.candidates[0]:
+            self.chosen = trainer.precision
+            rank_zero_info(
+                f"FastestPrecision: training in {trainer.precision}, as set (the measurement runs when "
+                f"trainer.precision is {self.candidates[0]})"
+            )
+            return
+        self._plugins = {c: self._plugin(c, trainer) for c in self.candidates}
 
     def _synchronize(self, trainer: pl.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":

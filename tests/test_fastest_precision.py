@@ -56,7 +56,7 @@ def fit(module: CostsPerElement, callback: FastestPrecision, sizes: list[int], p
 def test_the_steps_alternate_then_the_fastest_precision_trains_on(bf16_factor, fp32_factor, fastest):
     module = CostsPerElement(bf16_factor, fp32_factor)
     callback = FastestPrecision(["bf16-mixed", "32-true"], steps=2)
-    trainer = fit(module, callback, [40] * 10)
+    trainer = fit(module, callback, [40] * 10, precision="bf16-mixed")
     assert module.autocast[:6] == [True, False] * 3  # a warm-up and two timed steps each, in turn
     assert module.autocast[6:] == [fastest == "bf16-mixed"] * 4
     assert callback.chosen == fastest and trainer.precision == fastest
@@ -79,9 +79,20 @@ def test_the_time_is_compared_per_batch_element_so_longer_batches_do_not_count_a
 def test_a_run_shorter_than_the_measurement_ends_in_the_trainers_own_precision():
     module = CostsPerElement(1.0, 1.0)
     callback = FastestPrecision(["32-true", "bf16-mixed"], steps=3)
-    trainer = fit(module, callback, [4] * 3, precision="bf16-mixed")
-    assert module.autocast == [False, True, False]
-    assert callback.chosen is None and trainer.precision == "bf16-mixed"
+    trainer = fit(module, callback, [4] * 2)
+    assert module.autocast == [False, True]
+    assert callback.chosen is None and trainer.precision == "32-true"
+
+
+def test_a_precision_other_than_the_recipes_is_kept_without_measuring(caplog):
+    """The recipe says bf16-mixed and lists the callback; ``--trainer.precision 32-true`` is a deliberate choice."""
+    module = CostsPerElement(bf16_factor=1.0, fp32_factor=3.0)
+    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=1)
+    with caplog.at_level("INFO"):
+        trainer = fit(module, callback, [8] * 6)
+    assert module.autocast == [False] * 6
+    assert callback.chosen == "32-true" == trainer.precision and callback.seconds_per_element == {}
+    assert "training in 32-true, as set" in caplog.text
 
 
 @pytest.mark.parametrize(
