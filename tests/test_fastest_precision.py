@@ -55,7 +55,7 @@ def fit(module: CostsPerElement, callback: FastestPrecision, sizes: list[int], p
 @pytest.mark.parametrize(("bf16_factor", "fp32_factor", "fastest"), [(3.0, 1.0, "32-true"), (1.0, 3.0, "bf16-mixed")])
 def test_the_steps_alternate_then_the_fastest_precision_trains_on(bf16_factor, fp32_factor, fastest):
     module = CostsPerElement(bf16_factor, fp32_factor)
-    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=2)
+    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=2, start=0.0)
     trainer = fit(module, callback, [40] * 10, precision="bf16-mixed")
     assert module.autocast[:6] == [True, False] * 3  # a warm-up and two timed steps each, in turn
     assert module.autocast[6:] == [fastest == "bf16-mixed"] * 4
@@ -68,7 +68,7 @@ def test_the_time_is_compared_per_batch_element_so_longer_batches_do_not_count_a
     """32-true always gets the batch twice as long as bf16's before it: per step it is 1.5x as slow, per element
     0.75x: it must win."""
     module = CostsPerElement(bf16_factor=4.0, fp32_factor=3.0)
-    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=3)
+    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=3, start=0.0)
     trainer = fit(module, callback, [2**i for i in range(2, 12)], precision="bf16-mixed")
     assert callback.chosen == "32-true" and trainer.precision == "32-true"
     assert callback.seconds_per_element["bf16-mixed"] / callback.seconds_per_element["32-true"] == pytest.approx(
@@ -76,9 +76,17 @@ def test_the_time_is_compared_per_batch_element_so_longer_batches_do_not_count_a
     )
 
 
+def test_the_measurement_starts_in_the_middle_of_the_first_epoch_where_sortagrad_puts_the_median_batch():
+    module = CostsPerElement(bf16_factor=3.0, fp32_factor=1.0)
+    callback = FastestPrecision(["bf16-mixed", "32-true"], steps=1)
+    fit(module, callback, [20] * 12, precision="bf16-mixed")
+    assert module.autocast == [True] * 6 + [True, False, True, False] + [False] * 2
+    assert callback.chosen == "32-true"
+
+
 def test_a_run_shorter_than_the_measurement_ends_in_the_trainers_own_precision():
     module = CostsPerElement(1.0, 1.0)
-    callback = FastestPrecision(["32-true", "bf16-mixed"], steps=3)
+    callback = FastestPrecision(["32-true", "bf16-mixed"], steps=3, start=0.0)
     trainer = fit(module, callback, [4] * 2)
     assert module.autocast == [False, True]
     assert callback.chosen is None and trainer.precision == "32-true"
@@ -96,17 +104,19 @@ def test_a_precision_other_than_the_recipes_is_kept_without_measuring(caplog):
 
 
 @pytest.mark.parametrize(
-    ("candidates", "steps", "message"),
+    ("settings", "message"),
     [
-        (["16-mixed", "32-true"], 3, "'16-mixed' cannot be swapped"),
-        (["32-true"], 3, "two or more"),
-        (["32-true", "32-true"], 3, "two or more"),
-        (["32-true", "bf16-mixed"], 0, "steps must be >= 1"),
+        ({"candidates": ["16-mixed", "32-true"]}, "'16-mixed' cannot be swapped"),
+        ({"candidates": ["32-true"]}, "two or more"),
+        ({"candidates": ["32-true", "32-true"]}, "two or more"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"start": 1.0}, "start must be in"),
+        ({"start": -0.1}, "start must be in"),
     ],
 )
-def test_bad_settings_are_named(candidates, steps, message):
+def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
-        FastestPrecision(candidates, steps=steps)
+        FastestPrecision(**settings)
 
 
 def test_batch_elements_counts_every_tensor_of_a_nested_batch():
