@@ -52,7 +52,8 @@ def batch_elements(batch: Any) -> int:
 
 
 class FastestPrecision(pl.Callback):
-    """Time the first training steps under each of ``candidates`` and train the rest in the fastest.
+    """Time training steps from the middle of the first epoch under each of ``candidates``; train the rest in the
+    fastest.
 
     Args:
         candidates: precisions to compare, from :data:`SWAPPABLE`. The first is the recipe's own
@@ -130,7 +131,7 @@ class FastestPrecision(pl.Callback):
             return
         self._current = self.candidates[self._measured % len(self.candidates)]
         trainer.strategy.precision_plugin = self._plugins[self._current]
-        self._elements = batch_elements(batch)
+        self._elements = batch_elements(batch) or 1  # a batch without tensors: time per step
         self._synchronize(trainer)
         self._started = time.perf_counter()
 
@@ -142,7 +143,7 @@ class FastestPrecision(pl.Callback):
         self._synchronize(trainer)
         seconds = time.perf_counter() - self._started
         self._started = None
-        if self._measured >= len(self.candidates) and self._elements:  # the first round is the warm-up
+        if self._measured >= len(self.candidates):  # the first round is the warm-up
             self._timings[self._current].append(seconds / self._elements)
         self._measured += 1
         if self._measured == len(self.candidates) * (self.steps + 1):
