@@ -91,8 +91,6 @@ class FastestPrecision(pl.Callback):
         self._timings: dict[str, list[float]] = {}
         self._measured = 0
         self._started: float | None = None
-        self._current: str | None = None
-        self._elements = 0
 
     def _plugin(self, precision: str, trainer: pl.Trainer) -> Precision:
         """Lightning's plugin for ``precision`` on this device (what ``Trainer(precision=...)`` builds)."""
@@ -118,6 +116,10 @@ class FastestPrecision(pl.Callback):
         batches = trainer.num_training_batches
         self._start_batch = int(self.start * batches) if math.isfinite(batches) else 0
 
+    def _candidate(self) -> str:
+        """The precision of the step being measured: the candidates in turn."""
+        return self.candidates[self._measured % len(self.candidates)]
+
     def _synchronize(self, trainer: pl.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
@@ -129,9 +131,7 @@ class FastestPrecision(pl.Callback):
             return
         if trainer.current_epoch == 0 and batch_idx < self._start_batch:
             return
-        self._current = self.candidates[self._measured % len(self.candidates)]
-        trainer.strategy.precision_plugin = self._plugins[self._current]
-        self._elements = batch_elements(batch) or 1  # a batch without tensors: time per step
+        trainer.strategy.precision_plugin = self._plugins[self._candidate()]
         self._synchronize(trainer)
         self._started = time.perf_counter()
 
@@ -144,7 +144,8 @@ class FastestPrecision(pl.Callback):
         seconds = time.perf_counter() - self._started
         self._started = None
         if self._measured >= len(self.candidates):  # the first round is the warm-up
-            self._timings[self._current].append(seconds / self._elements)
+            elements = batch_elements(batch) or 1  # a batch without tensors: time per step
+            self._timings[self._candidate()].append(seconds / elements)
         self._measured += 1
         if self._measured == len(self.candidates) * (self.steps + 1):
             self._choose(trainer)
