@@ -1,4 +1,4 @@
-"""FastestPrecision: the first training steps alternate between precisions, the fastest per batch element trains on."""
+"""FastestPrecision: training steps alternate between precisions from mid-epoch 0; the fastest per element trains on."""
 
 from __future__ import annotations
 
